@@ -1,0 +1,7 @@
+"""SGD with heavy-ball momentum."""
+
+import torch
+
+
+def make_optimizer(params, hparams, task):
+    return torch.optim.SGD(params, lr=hparams["lr"], momentum=hparams["momentum"])

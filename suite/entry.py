@@ -1,0 +1,159 @@
+"""Entries: a folder with `entry.toml` (manifest) and `entry.py` (`make_optimizer`), loaded by path."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from suite.registry import all_tasks, did_you_mean
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+REQUIRED = {"name": str, "version": (int, str), "authors": list, "description": str}
+OPTIONAL = {"requirements": list, "hparams": dict, "homepage": str, "paper": str}
+# Files that are outputs or caches, not the entry's code: they never enter the hash.
+HASH_EXCLUDE = {"results", "__pycache__", ".ipynb_checkpoints"}
+
+
+class EntryError(ValueError):
+    """A broken entry: the message names the file, the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A parsed entry manifest. Loading it never imports the entry's code."""
+
+    path: Path
+    name: str
+    version: str
+    authors: list[str]
+    description: str
+    hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requirements: list[str] = field(default_factory=list)
+
+    def hparams_for(self, task: str) -> dict[str, Any]:
+        """The `[hparams.default]` table updated with the task's own table."""
+        return {**self.hparams.get("default", {}), **self.hparams.get(task, {})}
+
+    def make_optimizer(self, params, task) -> torch.optim.Optimizer:
+        """Call the entry's `make_optimizer(params, hparams, task)` and check what it returns."""
+        hparams = self.hparams_for(task.name)
+        optimizer = load_module(self).make_optimizer(list(params), hparams, task)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise EntryError(
+                f"{self.path / 'entry.py'}: make_optimizer returned {type(optimizer).__name__}, "
+                "not a torch.optim.Optimizer; return an optimizer built on `params`"
+            )
+        return optimizer
+
+    @property
+    def hash(self) -> str:
+        return entry_hash(self.path)
+
+
+def fail(path: Path, problem: str, fix: str) -> EntryError:
+    return EntryError(f"{path}: {problem}; {fix}")
+
+
+def load_entry(folder: str | Path) -> Entry:
+    """Parse and check `folder/entry.toml` (and that `entry.py` exists); imports nothing."""
+    folder = Path(folder)
+    manifest = folder / "entry.toml"
+    if not folder.is_dir():
+        raise fail(folder, "is not a directory", "pass the path of an entry folder")
+    if not manifest.is_file():
+        raise fail(manifest, "is missing", "every entry folder needs an entry.toml manifest")
+    if not (folder / "entry.py").is_file():
+        raise fail(folder / "entry.py", "is missing", "define make_optimizer(params, hparams, task)")
+    try:
+        raw = tomllib.loads(manifest.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise fail(manifest, f"is not valid TOML ({err})", "fix the syntax") from None
+    check_fields(manifest, raw)
+    hparams = raw.get("hparams", {})
+    check_hparams(manifest, hparams)
+    return Entry(
+        path=folder,
+        name=raw["name"],
+        version=str(raw["version"]),
+        authors=list(raw["authors"]),
+        description=raw["description"],
+        hparams=hparams,
+        requirements=list(raw.get("requirements", [])),
+    )
+
+
+def check_fields(manifest: Path, raw: dict[str, Any]) -> None:
+    for key, kind in REQUIRED.items():
+        if key not in raw:
+            raise fail(manifest, f"lacks the field {key!r}", f"add {key} = ... at the top level")
+    for key, value in raw.items():
+        kind = REQUIRED.get(key) or OPTIONAL.get(key)
+        if kind is None:
+            known = list(REQUIRED) + list(OPTIONAL)
+            raise fail(manifest, f"has an unknown field {key!r}", f"remove it{did_you_mean(key, known)}")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise fail(manifest, f"field {key!r} has type {type(value).__name__}", "see entry docs")
+    if not NAME_PATTERN.match(raw["name"]):
+        raise fail(manifest, f"name {raw['name']!r} is not allowed",
+                   "use 1-64 characters from a-z, 0-9, '-' and '_', starting with a letter or digit")
+    if not all(isinstance(a, str) for a in raw["authors"]):
+        raise fail(manifest, "authors must be a list of strings", 'write authors = ["Ada Lovelace"]')
+    if not all(isinstance(r, str) for r in raw.get("requirements", [])):
+        raise fail(manifest, "requirements must be a list of strings", 'e.g. ["lion-pytorch>=0.2"]')
+
+
+def check_hparams(manifest: Path, hparams: dict[str, Any]) -> None:
+    tasks = all_tasks()
+    for table, values in hparams.items():
+        if table != "default" and table not in tasks:
+            raise fail(manifest, f"[hparams.{table}] names an unknown task",
+                       f"use [hparams.default] or a task name{did_you_mean(table, tasks)}")
+        if not isinstance(values, dict):
+            raise fail(manifest, f"hparams.{table} is not a table", f"write [hparams.{table}]")
+
+
+def load_module(entry: Entry):
+    """Import `entry.py` by path under a private module name (entries are not packages)."""
+    path = entry.path / "entry.py"
+    module_name = f"ldbench_entry_{entry.name.replace('-', '_')}_{entry_hash(entry.path)[:12]}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        raise fail(path, f"failed to import ({type(err).__name__}: {err})", "fix the error") from err
+    if not callable(getattr(module, "make_optimizer", None)):
+        raise fail(path, "does not define make_optimizer", "add def make_optimizer(params, hparams, task)")
+    sys.modules[module_name] = module
+    return module
+
+
+def entry_files(folder: Path) -> list[Path]:
+    """The files that make up an entry (sorted), excluding results and caches."""
+    files = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part in HASH_EXCLUDE for part in rel.parts) or not path.is_file():
+            continue
+        files.append(path)
+    return files
+
+
+def entry_hash(folder: str | Path) -> str:
+    """sha256 over the entry's relative file names and contents: names exactly what ran."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in entry_files(folder):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()

@@ -1,0 +1,119 @@
+"""Pinned hardware profiles: one TOML file each, applied before a run and fingerprinted into it."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+import suite
+from suite.registry import did_you_mean
+
+HERE = Path(__file__).parent
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class ProfileError(RuntimeError):
+    """A profile that does not exist, is malformed, or that this machine cannot honour."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    device: str
+    threads: int
+    dtype: str
+    deterministic: bool
+    tf32: bool
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def check(self) -> None:
+        """Refuse, with the reason and the fix, a profile this machine cannot honour."""
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ProfileError(
+                f"profile {self.name!r} needs a CUDA GPU, but torch.cuda.is_available() is False "
+                f"(torch {torch.__version__}); run with --profile cpu-2core instead"
+            )
+        cores = os.cpu_count() or 1
+        if self.device == "cpu" and cores < self.threads:
+            raise ProfileError(
+                f"profile {self.name!r} pins {self.threads} threads but this machine has {cores} "
+                "cores; its timings would not be comparable. Use a machine with more cores."
+            )
+
+    def apply(self) -> None:
+        """Set torch's process-wide numerics for this profile (threads, determinism, TF32)."""
+        self.check()
+        torch.set_num_threads(self.threads)
+        if self.device == "cuda":
+            # cuBLAS needs a fixed workspace to be deterministic (CUDA docs, "Reproducibility").
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cuda.matmul.allow_tf32 = self.tf32
+            torch.backends.cudnn.allow_tf32 = self.tf32
+            torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(self.deterministic)
+
+
+def available() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(HERE.glob("*.toml"))}
+
+
+def load(name: str) -> Profile:
+    files = available()
+    if name not in files:
+        raise ProfileError(f"unknown profile {name!r}{did_you_mean(name, files)}")
+    try:
+        raw = tomllib.loads(files[name].read_text())
+        profile = Profile(name=name, **raw)
+    except (tomllib.TOMLDecodeError, TypeError) as err:
+        raise ProfileError(f"{files[name]}: malformed profile ({err})") from None
+    if profile.dtype not in DTYPES or profile.device not in ("cpu", "cuda"):
+        raise ProfileError(f"{files[name]}: dtype must be in {list(DTYPES)}, device cpu or cuda")
+    return profile
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit(path: Path) -> str:
+    """HEAD of the git checkout holding `path` (+ "-dirty" if modified), or "" outside git."""
+    try:
+        run = dict(cwd=path, capture_output=True, text=True, timeout=10, check=True)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], **run).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def fingerprint(profile: Profile, entry_path: Path) -> dict[str, str]:
+    """What ran where: recorded in every result row (as JSON) for provenance."""
+    device = torch.cuda.get_device_name() if profile.device == "cuda" else cpu_model()
+    return {
+        "profile": json.dumps(asdict(profile), sort_keys=True),
+        "cpu_model": cpu_model(),
+        "cpu_count": str(os.cpu_count()),
+        "device_name": device,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "suite_version": suite.__version__,
+        "git_commit": git_commit(entry_path),
+    }

@@ -1,0 +1,123 @@
+"""Finds tasks by scanning `suite/tasks/` and builds them for a tier, failing loudly on typos."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+import pkgutil
+from functools import cache
+from typing import Any
+
+import suite.tasks
+from suite.task import FAMILIES, Task
+
+TIERS = ("smoke", "standard")
+
+
+class RegistryError(ValueError):
+    """An unknown task, tier or config key, with a 'did you mean' hint."""
+
+
+def did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; choose from {sorted(choices)}"
+
+
+@cache
+def all_tasks() -> dict[str, type[Task]]:
+    """name -> Task subclass, one per module of `suite/tasks/` (benchopt-style scan)."""
+    found: dict[str, type[Task]] = {}
+    for info in pkgutil.iter_modules(suite.tasks.__path__):
+        module = importlib.import_module(f"suite.tasks.{info.name}")
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, Task) and obj.__module__ == module.__name__:
+                check_task_class(obj)
+                if obj.name in found:
+                    raise RegistryError(f"two tasks are named {obj.name!r}: {module.__name__}")
+                found[obj.name] = obj
+    return dict(sorted(found.items()))
+
+
+def check_task_class(cls: type[Task]) -> None:
+    """Catch a malformed task at import time rather than in the middle of a suite."""
+    where = f"task class {cls.__name__} in {cls.__module__}"
+    for attr in ("name", "version", "family", "description", "tiers", "target"):
+        if not hasattr(cls, attr):
+            raise RegistryError(f"{where} lacks the class attribute {attr!r}")
+    if cls.family not in FAMILIES:
+        raise RegistryError(f"{where}: family {cls.family!r} is not one of {FAMILIES}")
+    if set(cls.tiers) != set(TIERS):
+        raise RegistryError(f"{where}: tiers must be exactly {TIERS}, got {sorted(cls.tiers)}")
+    keys = [set(cfg) for cfg in cls.tiers.values()]
+    if keys[0] != keys[1] or not {"steps", "evals"} <= keys[0]:
+        raise RegistryError(f"{where}: both tiers need the same keys, including steps and evals")
+
+
+def task_class(name: str) -> type[Task]:
+    tasks = all_tasks()
+    if name not in tasks:
+        raise RegistryError(f"unknown task {name!r}{did_you_mean(name, tasks)}")
+    return tasks[name]
+
+
+def parse_value(raw: str, default: Any, key: str) -> Any:
+    """Parse a `--set key=value` string to the type of the tier's default value."""
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError("expected true or false")
+            return raw.lower() in ("true", "1")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, (list, tuple)):
+            value = json.loads(raw)
+            if not isinstance(value, list):
+                raise ValueError("expected a JSON list such as [3, 2, 1]")
+            return value
+        return raw
+    except ValueError as err:
+        raise RegistryError(
+            f"--set {key}={raw}: cannot read {raw!r} as {type(default).__name__} ({err})"
+        ) from None
+
+
+def make_task(name: str, tier: str, overrides: dict[str, Any] | None = None) -> Task:
+    """The task `name` configured for `tier`, with `overrides` (key -> value or raw string)."""
+    cls = task_class(name)
+    if tier not in TIERS:
+        raise RegistryError(f"unknown tier {tier!r}{did_you_mean(tier, TIERS)}")
+    config = dict(cls.tiers[tier])
+    for key, value in (overrides or {}).items():
+        if key not in config:
+            raise RegistryError(f"task {name!r} has no config key {key!r}{did_you_mean(key, config)}")
+        config[key] = parse_value(value, config[key], key) if isinstance(value, str) else value
+    return cls(config)
+
+
+def split_overrides(pairs: list[str], task_names: list[str]) -> dict[str, dict[str, str]]:
+    """Turn CLI `key=value` / `task.key=value` pairs into per-task override dicts.
+
+    A bare key applies to every selected task whose tiers have it (and must exist in at least
+    one); `task.key` targets one task.
+    """
+    per_task: dict[str, dict[str, str]] = {name: {} for name in task_names}
+    for pair in pairs:
+        if "=" not in pair:
+            raise RegistryError(f"--set {pair!r}: expected key=value or task.key=value")
+        key, raw = pair.split("=", 1)
+        if "." in key and key.split(".", 1)[0] in all_tasks():
+            task, key = key.split(".", 1)
+            if task not in per_task:
+                raise RegistryError(f"--set {pair!r}: task {task!r} is not among the selected tasks")
+            per_task[task][key] = raw
+            continue
+        owners = [t for t in task_names if key in task_class(t).tiers["standard"]]
+        if not owners:
+            keys = {k for t in task_names for k in task_class(t).tiers["standard"]}
+            raise RegistryError(f"--set {pair!r}: no selected task has {key!r}{did_you_mean(key, keys)}")
+        for task in owners:
+            per_task[task][key] = raw
+    return per_task

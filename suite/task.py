@@ -1,0 +1,112 @@
+"""The Task contract: what one file in `suite/tasks/` defines, and the default run procedure."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+if TYPE_CHECKING:  # the harness imports tasks, tasks only need its type for hints
+    from suite.loop import Trainer, Trajectory
+
+DIRECTIONS = ("min", "max")
+FAMILIES = ("stage-timing", "representation-recovery", "generalization-gap", "linear-connectivity")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How to read one final metric of a task.
+
+    direction: "min" if lower is better, "max" if higher is better.
+    steps_to_target: the value counts steps until a target is reached; +inf means the target
+        was not reached within the run's budget (a failure, never a zero).
+    """
+
+    direction: str
+    description: str
+    unit: str = ""
+    steps_to_target: bool = False
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"metric direction must be one of {DIRECTIONS}, got {self.direction!r}")
+
+
+class Task:
+    """One benchmark task. A subclass lives alone in a file of `suite/tasks/` and defines:
+
+    Class attributes
+        name: registry name, lowercase with dashes (e.g. "deep-linear-modes").
+        version: integer written into every result row; raise it whenever a change alters results.
+        family: one of FAMILIES.
+        description: one paragraph, shown by `ldbench tasks` and on the leaderboard.
+        tiers: {"smoke": {...}, "standard": {...}}: every config value of each tier. Both tiers
+            must have the same keys; "steps" (optimizer steps) and "evals" (number of
+            log-spaced evaluation steps) are read by the harness.
+        target: name of the steps-to-target metric the scorer ranks entries by.
+
+    Methods (all per seed: the harness decides how seeds are executed)
+        metrics() -> {name: Metric}: the final metrics, for the current config.
+        make_data(seed) -> dict of tensors: the task's data, drawn from `seeding.generator`.
+        make_model(seed) -> nn.Module: the default single-seed model, initialised from a
+            generator (never the global RNG).
+        loss(model, batch) -> scalar tensor: the training objective on one batch; a pure
+            function of the model's parameters and the batch, so the harness may vmap it.
+        observe(model, data) -> {curve: float}: what is recorded at each evaluation step
+            (called under torch.no_grad() with the optimizer in eval mode).
+        summarize(steps, curves, data) -> {metric: float}: final metrics from the recorded
+            curves (steps: int64 array of evaluation steps; curves: name -> float64 array).
+
+    Optional
+        sample_batch(data, step, generator) -> batch: minibatch or fresh samples for one step
+            (default: the full data, i.e. full-batch training).
+        run(seed, trainer) -> Trajectory: a special procedure (spawning children, two
+            networks...) built from `trainer`'s pieces. Override only when one training run per
+            seed does not describe the task; the default is one model, one optimizer, `steps`.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int]
+    family: ClassVar[str]
+    description: ClassVar[str]
+    tiers: ClassVar[dict[str, dict[str, Any]]]
+    target: ClassVar[str]
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = dict(config)
+
+    # -- to implement -------------------------------------------------------------------------
+    def metrics(self) -> dict[str, Metric]:
+        raise NotImplementedError
+
+    def make_data(self, seed: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def make_model(self, seed: int) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def observe(self, model: torch.nn.Module, data: dict[str, torch.Tensor]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def summarize(self, steps, curves, data) -> dict[str, float]:
+        raise NotImplementedError
+
+    # -- defaults -----------------------------------------------------------------------------
+    def sample_batch(self, data: dict[str, torch.Tensor], step: int, generator: torch.Generator):
+        return data
+
+    def run(self, seed: int, trainer: Trainer) -> Trajectory:
+        data = trainer.to_device(self.make_data(seed))
+        model = trainer.to_device(self.make_model(seed))
+        optimizer = trainer.make_optimizer(model.parameters())
+        return trainer.train(model, optimizer, data, seed=seed, steps=self.config["steps"])
+
+    # -- helpers for the harness --------------------------------------------------------------
+    def nan_metrics(self) -> dict[str, float]:
+        """The metric row of a run that produced no result (diverged or failed)."""
+        return {name: math.nan for name in self.metrics()}

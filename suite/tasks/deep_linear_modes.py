@@ -1,0 +1,146 @@
+"""Staged learning of singular modes in a deep linear network (Saxe, McClelland & Ganguli 2013)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from suite import seeding
+from suite.metrics.stage_timing import crossing_step, learned_in_order, mode_strengths
+from suite.task import Metric, Task
+
+
+def saxe_mode_strength(*, s: float, u0: float, t: np.ndarray, lr: float) -> np.ndarray:
+    """Closed-form mode strength of a 2-layer net (Saxe et al. 2013, eq. 7).
+
+    u(t) = s e^{2st/τ} / (e^{2st/τ} − 1 + s/u₀), with τ = 1/lr and t in steps, for the loss
+    ½‖Y − W₂W₁X‖²_F with whitened X (Σ¹¹ = I) and balanced, aligned initial strength u₀.
+    """
+    growth = np.exp(2.0 * s * lr * np.asarray(t, dtype=np.float64))
+    return s * growth / (growth - 1.0 + s / u0)
+
+
+def saxe_half_time(*, s: float, u0: float, lr: float) -> float:
+    """Steps for a mode to go from u₀ to s/2: t½ = (τ/2s) ln((s − u₀)/u₀)."""
+    return math.log((s - u0) / u0) / (2.0 * s * lr)
+
+
+class DeepLinear(nn.Module):
+    """y = W_L ⋯ W_1 x with no biases; `weights[0]` is W_1."""
+
+    def __init__(self, weights: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.weights = nn.ParameterList([nn.Parameter(w) for w in weights])
+
+    def product(self) -> torch.Tensor:
+        out = self.weights[0]
+        for w in self.weights[1:]:
+            out = w @ out
+        return out  # (n_out, n_in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.product().T  # x: (N, n_in) -> (N, n_out)
+
+
+class DeepLinearModes(Task):
+    name = "deep-linear-modes"
+    version = 1
+    family = "stage-timing"
+    description = (
+        "A deep linear network learns a linear teacher with distinct singular values from "
+        "whitened inputs and a small initialisation. Under gradient descent each singular mode "
+        "follows a sigmoidal trajectory and modes are learned one after another, largest first "
+        "(Saxe, McClelland & Ganguli 2013). Measures when each mode is learned."
+    )
+    target = "steps_to_all_modes"
+    tiers = {
+        "smoke": dict(steps=1500, evals=100, n_in=6, n_out=6, hidden=6, depth=2,
+                      singular_values=[3.0, 2.0, 1.0], init="random", init_scale=0.01),
+        "standard": dict(steps=4000, evals=300, n_in=16, n_out=16, hidden=16, depth=2,
+                         singular_values=[4.0, 3.0, 2.0, 1.0, 0.5], init="random",
+                         init_scale=0.001),
+    }
+
+    @property
+    def s(self) -> list[float]:
+        return [float(x) for x in self.config["singular_values"]]
+
+    def metrics(self) -> dict[str, Metric]:
+        out = {
+            f"stage_time/mode_{i}": Metric(
+                "min", f"step at which mode {i} (s = {s:g}) reaches half its strength", "steps",
+                steps_to_target=True)
+            for i, s in enumerate(self.s)
+        }
+        out["modes_in_order"] = Metric("max", "1 if modes are learned by decreasing s, else 0")
+        out["steps_to_all_modes"] = Metric(
+            "min", "steps until every mode reaches 99% of its strength", "steps",
+            steps_to_target=True)
+        out["final_loss"] = Metric("min", "½‖Y − W X‖²_F at the last step")
+        return out
+
+    def make_data(self, seed: int) -> dict[str, torch.Tensor]:
+        cfg, s = self.config, self.s
+        if sorted(s, reverse=True) != s or len(set(s)) != len(s) or min(s) <= 0:
+            raise ValueError(f"singular_values must be distinct, positive, decreasing: {s}")
+        gen = seeding.generator(seed, "data")
+        rank = len(s)
+        # Random orthonormal teacher singular vectors: QR of a Gaussian matrix.
+        left = torch.linalg.qr(torch.randn(cfg["n_out"], rank, generator=gen))[0]  # (n_out, r)
+        right = torch.linalg.qr(torch.randn(cfg["n_in"], rank, generator=gen))[0]  # (n_in, r)
+        teacher = left @ torch.diag(torch.tensor(s)) @ right.T  # Σ³¹ = U S Vᵀ, (n_out, n_in)
+        x = torch.eye(cfg["n_in"])  # one example per input dim: Σ¹¹ = XᵀX = I
+        return {"x": x, "y": x @ teacher.T, "left": left, "right": right, "teacher": teacher}
+
+    def make_model(self, seed: int) -> DeepLinear:
+        cfg = self.config
+        widths = [cfg["n_in"]] + [cfg["hidden"]] * (cfg["depth"] - 1) + [cfg["n_out"]]
+        if cfg["init"] == "aligned":
+            return DeepLinear(self.aligned_weights(seed, widths))
+        if cfg["init"] != "random":
+            raise ValueError(f"init must be 'random' or 'aligned', got {cfg['init']!r}")
+        gen = seeding.generator(seed, "init")
+        return DeepLinear([cfg["init_scale"] * torch.randn(o, i, generator=gen)
+                           for i, o in zip(widths[:-1], widths[1:])])
+
+    def aligned_weights(self, seed: int, widths: list[int]) -> list[torch.Tensor]:
+        """Balanced init aligned with the teacher: W = U diag(u₀) Vᵀ, u₀ = init_scale.
+
+        Each of the L layers carries u₀^{1/L} on the teacher's modes, so that the closed-form
+        trajectory applies exactly (the setting of Saxe et al.'s analytic solution).
+        """
+        data, rank = self.make_data(seed), len(self.s)
+        if self.config["hidden"] < rank:
+            raise ValueError("aligned init needs hidden >= number of singular values")
+        a = self.config["init_scale"] ** (1.0 / (len(widths) - 1))
+        basis = torch.eye(self.config["hidden"])[:, :rank]  # hidden directions of the modes
+        weights = [a * basis @ data["right"].T]
+        weights += [a * basis @ basis.T for _ in range(len(widths) - 3)]
+        weights.append(a * data["left"] @ basis.T)
+        return weights
+
+    def loss(self, model: DeepLinear, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # Summed over examples with a ½, so that τ = 1/lr in Saxe et al.'s equations.
+        return 0.5 * (model(batch["x"]) - batch["y"]).pow(2).sum()
+
+    def observe(self, model: DeepLinear, data: dict[str, torch.Tensor]) -> dict[str, float]:
+        u = mode_strengths(product=model.product(), left=data["left"], right=data["right"])
+        out = {f"mode/{i}": float(v) for i, v in enumerate(u)}
+        out["loss"] = float(self.loss(model, data))
+        return out
+
+    def summarize(self, steps, curves, data) -> dict[str, float]:
+        s = np.asarray(self.s)
+        modes = np.stack([curves[f"mode/{i}"] for i in range(len(s))])  # (r, evals)
+        times = np.array([crossing_step(steps=steps, values=modes[i], threshold=s[i] / 2)
+                          for i in range(len(s))])
+        out = {f"stage_time/mode_{i}": float(t) for i, t in enumerate(times)}
+        out["modes_in_order"] = learned_in_order(stage_times=times)
+        # The slowest mode, relative to its target, decides when all are learned.
+        fraction = np.min(modes / s[:, None], axis=0)
+        out["steps_to_all_modes"] = crossing_step(steps=steps, values=fraction, threshold=0.99)
+        out["final_loss"] = float(curves["loss"][-1])
+        return out
