@@ -91,7 +91,7 @@ def load_entry(folder: str | Path) -> Entry:
 
 
 def check_fields(manifest: Path, raw: dict[str, Any]) -> None:
-    for key, kind in REQUIRED.items():
+    for key in REQUIRED:
         if key not in raw:
             raise fail(manifest, f"lacks the field {key!r}", f"add {key} = ... at the top level")
     for key, value in raw.items():

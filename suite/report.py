@@ -54,7 +54,7 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     for key, group in runs.groupby(keys, sort=False):
         statuses = group.drop_duplicates("run_id")["status"].value_counts().to_dict()
         rows.append({
-            **dict(zip(keys, key)),
+            **dict(zip(keys, key, strict=True)),
             "direction": ARROWS.get(group["direction"].iloc[0], "?"),
             "seeds": group["seed"].nunique(),
             "mean ± 95% CI": describe(group["value"].to_numpy()),

@@ -92,7 +92,7 @@ def rows_for(plan: Plan, traj: Trajectory, metrics: dict[str, float], error: str
     runs["diverged_step"] = runs["diverged_step"].astype("Int64")
     curves = pd.DataFrame(
         [(rid, task.name, entry.name, plan.seed, step, name, value)
-         for name, values in traj.curves.items() for step, value in zip(traj.steps, values)],
+         for name, values in traj.curves.items() for step, value in zip(traj.steps, values, strict=True)],
         columns=results.CURVE_SCHEMA.names,
     )
     return runs, curves
@@ -118,7 +118,7 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
     done = results.done_run_ids(out)
     ids = [run_id(entry=entry, entry_hash=digest, task=p.task, seed=p.seed, tier=tier,
                   profile=profile, overrides=p.overrides) for p in plans]
-    todo = [(p, rid) for p, rid in zip(plans, ids) if rid not in done]
+    todo = [(p, rid) for p, rid in zip(plans, ids, strict=True) if rid not in done]
     total = sum(p.task.config["steps"] for p, _ in todo)
     with tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True) as bar:
         for plan, rid in todo:

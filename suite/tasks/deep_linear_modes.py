@@ -104,7 +104,7 @@ class DeepLinearModes(Task):
             raise ValueError(f"init must be 'random' or 'aligned', got {cfg['init']!r}")
         gen = seeding.generator(seed, "init")
         return DeepLinear([cfg["init_scale"] * torch.randn(o, i, generator=gen)
-                           for i, o in zip(widths[:-1], widths[1:])])
+                           for i, o in zip(widths[:-1], widths[1:], strict=True)])
 
     def aligned_weights(self, seed: int, widths: list[int]) -> list[torch.Tensor]:
         """Balanced init aligned with the teacher: W = U diag(u₀) Vᵀ, u₀ = init_scale.

@@ -1,0 +1,78 @@
+"""Entry loading: every broken entry gets an error naming the file and the fix."""
+
+import pytest
+
+from suite.entry import EntryError, entry_hash, load_entry
+from suite.registry import make_task
+
+
+def test_baselines_load():
+    for name in ("sgd", "momentum", "adam", "adamw"):
+        entry = load_entry(f"baselines/{name}")
+        assert entry.name == name
+        assert "lr" in entry.hparams_for("deep-linear-modes")
+
+
+def test_task_table_overrides_default(make_entry):
+    entry = load_entry(make_entry(hparams="[hparams.default]\nlr = 0.1\n"
+                                          "[hparams.deep-linear-modes]\nlr = 0.5\n"))
+    assert entry.hparams_for("deep-linear-modes") == {"lr": 0.5}
+    assert entry.hparams_for("shared-representation") == {"lr": 0.1}
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda p: (p / "entry.toml").unlink(), "entry.toml: is missing"),
+    (lambda p: (p / "entry.py").unlink(), "entry.py: is missing"),
+    (lambda p: (p / "entry.toml").write_text("name = \n"), "is not valid TOML"),
+    (lambda p: (p / "entry.toml").write_text('name = "x"\n'), "lacks the field 'version'"),
+])
+def test_broken_entry_files(make_entry, mutate, message):
+    folder = make_entry()
+    mutate(folder)
+    with pytest.raises(EntryError, match=message):
+        load_entry(folder)
+
+
+def test_unknown_task_table_suggests_the_right_name(make_entry):
+    folder = make_entry(hparams="[hparams.deep-linaer-modes]\nlr = 0.1\n")
+    with pytest.raises(EntryError, match="did you mean 'deep-linear-modes'"):
+        load_entry(folder)
+
+
+def test_bad_name_and_unknown_field(make_entry):
+    with pytest.raises(EntryError, match="is not allowed"):
+        load_entry(make_entry(name="Bad Name!"))
+    with pytest.raises(EntryError, match="unknown field 'autors'"):
+        load_entry(make_entry(extra='autors = ["x"]'))
+
+
+def test_missing_make_optimizer(make_entry):
+    entry = load_entry(make_entry(code="def make_optimiser(params, hparams, task):\n    pass\n"))
+    task = make_task("deep-linear-modes", "smoke")
+    with pytest.raises(EntryError, match="does not define make_optimizer"):
+        entry.make_optimizer(task.make_model(0).parameters(), task)
+
+
+def test_entry_code_that_fails_to_import(make_entry):
+    entry = load_entry(make_entry(code="import not_a_module_anywhere\n"))
+    task = make_task("deep-linear-modes", "smoke")
+    with pytest.raises(EntryError, match="failed to import.*ModuleNotFoundError"):
+        entry.make_optimizer(task.make_model(0).parameters(), task)
+
+
+def test_make_optimizer_must_return_an_optimizer(make_entry):
+    entry = load_entry(make_entry(code="def make_optimizer(params, hparams, task):\n"
+                                       "    return 'adam'\n"))
+    task = make_task("deep-linear-modes", "smoke")
+    with pytest.raises(EntryError, match="returned str, not a torch.optim.Optimizer"):
+        entry.make_optimizer(task.make_model(0).parameters(), task)
+
+
+def test_hash_covers_code_but_not_results(make_entry):
+    folder = make_entry()
+    before = entry_hash(folder)
+    (folder / "results").mkdir()
+    (folder / "results" / "runs.parquet").write_bytes(b"anything")
+    assert entry_hash(folder) == before
+    (folder / "entry.py").write_text((folder / "entry.py").read_text() + "\n# changed\n")
+    assert entry_hash(folder) != before
