@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import secrets
 import sys
+from pathlib import Path
 
 import click
 from tabulate import tabulate
 
-from suite import registry, report, results, runner
+from suite import registry, report, results, runner, validate, verify
+from suite import score as score_mod
 from suite.entry import EntryError
 from suite.profiles import ProfileError
 
@@ -81,3 +84,128 @@ def show(results_dir, fmt) -> None:
     """Print the summary table of the results under RESULTS_DIR."""
     runs, _ = results.read_results(results_dir)
     click.echo(report.render(runs, fmt=fmt))
+
+
+@main.command("validate")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--tier", default="standard", show_default=True, type=click.Choice(registry.TIERS),
+              help="The tier whose results must be complete.")
+@click.option("--min-seeds", default=validate.MIN_SEEDS, show_default=True, type=click.IntRange(1),
+              help="Distinct seeds required per task.")
+@click.option("--manifest-only", is_flag=True,
+              help="Check files and manifests only (entries whose results are not committed yet).")
+def validate_cmd(paths, tier, min_seeds, manifest_only) -> None:
+    """Check submissions (or baselines) without running their code; exit 1 on any problem."""
+    failed = 0
+    for path in paths:
+        problems = validate.validate_submission(path, tier=tier, min_seeds=min_seeds,
+                                                check_results=not manifest_only)
+        for problem in problems:
+            click.secho(f"error: {problem}", fg="red", err=True)
+        if problems:
+            failed += 1
+        else:
+            click.echo(f"ok: {path}")
+    if failed:
+        click.secho(f"{failed} of {len(paths)} entries have problems", fg="red", err=True)
+        sys.exit(1)
+
+
+@main.command("verify")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--runs", "k", default=2, show_default=True, type=click.IntRange(1),
+              help="How many randomly chosen runs to reproduce.")
+@click.option("--tier", default="standard", show_default=True, type=click.Choice(registry.TIERS))
+@click.option("--profile", default="cpu-2core", show_default=True, help="This machine's profile.")
+@click.option("--pick-seed", default=None, type=int, help="Seed of the random choice (default: fresh).")
+@click.option("--rtol", default=verify.RTOL, show_default=True, help="Relative tolerance.")
+@user_errors
+def verify_cmd(path, k, tier, profile, pick_seed, rtol) -> None:
+    """Re-run K random runs of PATH here and compare metrics. EXECUTES the entry's code."""
+    if pick_seed is None:
+        pick_seed = secrets.randbelow(2**31)
+    click.echo(f"re-running {k} runs of {path} ({profile}, {tier}), chosen with --pick-seed {pick_seed}; "
+               f"tolerance |a - b| <= {verify.ATOL:g} + {rtol:g}·|a|")
+    checks = verify.verify_submission(path, k=k, tier=tier, profile=profile, pick_seed=pick_seed)
+    bad = [c for c in checks if not c.matches(rtol=rtol)]
+    rows = [[c.task, c.seed, c.metric, c.submitted_status, c.reproduced_status, c.submitted,
+             c.reproduced, "ok" if c.matches(rtol=rtol) else "MISMATCH"] for c in checks]
+    click.echo(tabulate(rows, headers=["task", "seed", "metric", "status", "rerun status",
+                                       "submitted", "reproduced", ""], tablefmt="simple"))
+    if bad:
+        click.secho(f"error: {path}: {len(bad)} of {len(checks)} metrics differ from the submitted "
+                    "results beyond the tolerance; rerun `ldbench run` on this profile and "
+                    "resubmit", fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {len(checks)} metrics reproduced")
+
+
+@main.command("score")
+@click.option("--tier", default="standard", show_default=True, type=click.Choice(registry.TIERS))
+@click.option("--root", "roots", multiple=True, default=score_mod.ROOTS, show_default=True,
+              help="Folders of entry folders. Repeatable.")
+@click.option("--out", default="leaderboard", show_default=True, type=click.Path(file_okay=False))
+@user_errors
+def score_cmd(tier, roots, out) -> None:
+    """Score every entry under the roots; write OUT/scores.parquet. Runs no entry code."""
+    inputs = score_mod.collect(list(roots), tier=tier)
+    for note in inputs.warnings:
+        click.secho(f"warning: {note}", fg="yellow", err=True)
+    table = score_mod.score(inputs)
+    path = Path(out) / score_mod.SCORES_FILE
+    score_mod.write_scores(table, path, inputs.digest)
+    overall = table[table["level"] == "overall"].sort_values(["profile", "rank", "entry"])
+    rows = [[r.profile, int(r.rank), r.entry, f"{r.score:.3f}", f"{int(r.solved)}/{int(r.tasks)}"]
+            for r in overall.itertuples()]
+    click.echo(tabulate(rows, headers=["profile", "rank", "entry", "score", "solved"],
+                        tablefmt="simple", disable_numparse=True))
+    click.echo(f"wrote {path} ({len(inputs.entries)} entries, {len(table)} rows)")
+
+
+@main.group()
+def leaderboard() -> None:
+    """Build or check the static leaderboard site."""
+
+
+@leaderboard.command("build")
+@click.option("--tier", default="standard", show_default=True, type=click.Choice(registry.TIERS))
+@click.option("--root", "roots", multiple=True, default=score_mod.ROOTS, show_default=True,
+              help="Folders of entry folders. Repeatable.")
+@click.option("--out", default="leaderboard", show_default=True, type=click.Path(file_okay=False))
+@user_errors
+def leaderboard_build(tier, roots, out) -> None:
+    """Write OUT/index.html, entry pages, plots and OUT/README.md from OUT/scores.parquet."""
+    from suite.site import build  # matplotlib is imported only for this command
+
+    scores, digest = score_mod.read_scores(Path(out) / score_mod.SCORES_FILE)
+    inputs = score_mod.collect(list(roots), tier=tier)
+    if digest != inputs.digest:
+        raise results.ResultsError(f"{Path(out) / score_mod.SCORES_FILE}: scores are older than the "
+                                   "results or manifests; run `ldbench score` first")
+    files = build.build(inputs, scores, out)
+    click.echo(f"wrote {len(files)} files to {out}/ (open {Path(out) / 'index.html'})")
+
+
+@leaderboard.command("check")
+@click.option("--tier", default="standard", show_default=True, type=click.Choice(registry.TIERS))
+@click.option("--root", "roots", multiple=True, default=score_mod.ROOTS, show_default=True)
+@click.option("--out", default="leaderboard", show_default=True, type=click.Path(file_okay=False))
+@user_errors
+def leaderboard_check(tier, roots, out) -> None:
+    """Fail when the built leaderboard in OUT is stale relative to the results. Runs no entry code."""
+    from suite.site import build
+
+    if not score_mod.has_results(list(roots), tier):
+        click.echo(f"no committed {tier}-tier results under {', '.join(roots)} yet: nothing to check")
+        return
+    want = score_mod.inputs_digest(score_mod.entry_folders(list(roots)), tier, registry.all_tasks())
+    path = Path(out) / score_mod.SCORES_FILE
+    found = {score_mod.SCORES_FILE: score_mod.read_scores(path)[1] if path.is_file() else "",
+             **build.recorded_digests(Path(out))}
+    stale = sorted(name for name, digest in found.items() if digest != want)
+    if stale:
+        click.secho(f"error: {out}/: {', '.join(stale)} are stale or missing relative to the "
+                    f"committed results (inputs {want[:12]}); run `ldbench score && ldbench "
+                    f"leaderboard build` and commit {out}/", fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {out}/ is up to date with the results (inputs {want[:12]})")

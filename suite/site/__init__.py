@@ -1,0 +1,1 @@
+"""The static leaderboard: HTML pages and Markdown tables built from the scores, with plots."""

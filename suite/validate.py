@@ -1,0 +1,312 @@
+"""Checks a submission folder (manifest, files, Parquet results) without importing any of its code."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from pathlib import Path
+
+import pandas as pd
+
+from suite import profiles, registry, results, runner
+from suite.entry import Entry, EntryError, entry_hash, load_entry
+from suite.task import Task
+
+MIN_SEEDS = 5
+MAX_FILE_BYTES = 16 * 2**20  # a standard-tier curves table of the whole suite is well under 1 MiB
+MAX_SUBMISSION_BYTES = 64 * 2**20
+STATUSES = ("ok", "diverged", "error")
+# Run-table columns every check reads; value may be NaN (no result) and a few are optional.
+NOT_NULL = [c for c in results.RUN_SCHEMA.names
+            if c not in ("value", "diverged_step", "error", "git_commit", "wall_time_s", "config",
+                         "hparams", "suite_version", "created_at", "steps")]
+
+
+def clean(text: str) -> str:
+    """`text` on one printable line."""
+    text = " ".join(text.splitlines())
+    # Odd bytes in file names come back from os as surrogates: print them as escapes.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def line(path: Path | str, what: str, fix: str) -> str:
+    """One problem as one line: `path: what; fix`."""
+    return clean(f"{path}: {what}; {fix}")
+
+
+def validate_submission(folder: str | Path, *, tier: str = "standard", min_seeds: int = MIN_SEEDS,
+                        tasks: dict[str, type[Task]] | None = None,
+                        check_results: bool = True) -> list[str]:
+    """Every problem of the submission in `folder`, one line each; [] when it is valid.
+
+    Reads files only: the manifest as TOML, the results as Parquet. `tasks` is the suite the
+    results must cover (default: every registered task).
+    """
+    folder = Path(folder)
+    problems = file_problems(folder)
+    if problems:  # a symlink or an oversized file: read nothing further
+        return problems
+    entry, problems = manifest_problems(folder)
+    if entry is None or problems or not check_results:  # results name the entry: fix it first
+        return problems
+    return problems + results_problems(folder, entry, tier=tier, min_seeds=min_seeds,
+                                       tasks=tasks if tasks is not None else registry.all_tasks())
+
+
+def file_problems(folder: Path) -> list[str]:
+    """Symlinks, special files and files over the size caps, found without following links."""
+    if folder.is_symlink():
+        return [line(folder, "is a symbolic link", "submit the folder itself, not a link to it")]
+    if not folder.is_dir():
+        return [line(folder, "is not a directory", "pass the path of an entry folder")]
+    problems, total = [], 0
+    for root, dirs, files in os.walk(folder, followlinks=False, onerror=None):
+        for name in sorted(dirs + files):
+            path = Path(root) / name
+            try:
+                info = path.lstat()
+            except OSError as err:
+                problems.append(line(path, f"cannot be read ({err.strerror})", "fix its permissions"))
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                problems.append(line(path, "is a symbolic link (it may point outside the folder)",
+                                     "replace it with the file itself"))
+            elif stat.S_ISREG(info.st_mode):
+                total += info.st_size
+                if info.st_size > MAX_FILE_BYTES:
+                    problems.append(line(path, f"is {info.st_size:,} bytes, over the "
+                                         f"{MAX_FILE_BYTES // 2**20} MiB cap per file",
+                                         "keep data out of the entry (standard-tier results are small)"))
+            elif not stat.S_ISDIR(info.st_mode):
+                problems.append(line(path, "is not a regular file or folder", "remove it"))
+    if total > MAX_SUBMISSION_BYTES:
+        problems.append(line(folder, f"holds {total / 2**20:.1f} MiB, over the "
+                             f"{MAX_SUBMISSION_BYTES // 2**20} MiB cap per submission",
+                             "remove large files that are not the entry's code or results"))
+    return problems
+
+
+def manifest_problems(folder: Path) -> tuple[Entry | None, list[str]]:
+    """The parsed manifest (None if broken) and its problems, including the folder name."""
+    try:
+        entry = load_entry(folder)
+    except EntryError as err:  # its message already reads "path: problem; fix"
+        return None, [clean(str(err))]
+    except (OSError, RecursionError, ValueError) as err:  # unreadable or absurdly nested TOML
+        return None, [line(folder / "entry.toml", f"cannot be read ({type(err).__name__})",
+                           "write a plain UTF-8 TOML manifest")]
+    if folder.resolve().name != entry.name:
+        return entry, [line(folder / "entry.toml", f"name {entry.name!r} differs from the folder "
+                            f"name {folder.resolve().name!r}",
+                            f"rename the folder to {entry.name!r} or change the name")]
+    return entry, []
+
+
+def results_problems(folder: Path, entry: Entry, *, tier: str, min_seeds: int,
+                     tasks: dict[str, type[Task]]) -> list[str]:
+    """Problems of `folder/results/<profile>/<tier>/`, for every profile present."""
+    root = folder / "results"
+    rerun = f"ldbench run {folder} --tier {tier} --seeds {min_seeds}"
+    if not root.is_dir():
+        return [line(root, f"is missing: no {tier}-tier results", f"run `{rerun}`")]
+    problems, found = [], 0
+    known_profiles = profiles.available()
+    for prof in sorted(root.iterdir()):
+        if prof.name not in known_profiles or not prof.is_dir():
+            problems.append(line(prof, "is not a known profile folder",
+                                 f"results go under results/<profile>/<tier>/ with a profile "
+                                 f"among {sorted(known_profiles)}"))
+            continue
+        for sub in sorted(prof.iterdir()):
+            if sub.name not in registry.TIERS or not sub.is_dir():
+                problems.append(line(sub, "is not a tier folder",
+                                     f"remove it; tiers are {list(registry.TIERS)}"))
+        if (prof / tier).is_dir():
+            found += 1
+            problems += tier_problems(prof / tier, entry, tier=tier, profile=prof.name,
+                                      min_seeds=min_seeds, tasks=tasks, rerun=rerun)
+    if not found:
+        problems.append(line(root, f"has no {tier}-tier results for any profile",
+                             f"run `{rerun}`"))
+    return problems
+
+
+def read(path: Path) -> tuple[pd.DataFrame | None, list[str]]:
+    """A results table, or the line saying why it cannot be used."""
+    if not path.is_file():
+        return None, [line(path, "is missing", "rerun `ldbench run`, which writes both tables")]
+    try:
+        return results.read_table(path), []
+    except results.ResultsError as err:
+        text = clean(str(err))
+        return None, [text if ";" in text else f"{text}; regenerate it with `ldbench run`"]
+
+
+def tier_problems(where: Path, entry: Entry, *, tier: str, profile: str, min_seeds: int,
+                  tasks: dict[str, type[Task]], rerun: str) -> list[str]:
+    expected = {results.RUNS_FILE, results.CURVES_FILE}
+    problems = [line(p, "is not a results table", "remove it") for p in sorted(where.iterdir())
+                if p.name not in expected]
+    runs, bad_runs = read(where / results.RUNS_FILE)
+    curves, bad_curves = read(where / results.CURVES_FILE)
+    problems += bad_runs + bad_curves
+    if runs is None:
+        return problems
+    path, digest = where / results.RUNS_FILE, entry_hash(entry.path)
+    nulls = null_problems(path, runs, NOT_NULL) + (
+        null_problems(where / results.CURVES_FILE, curves, results.CURVE_SCHEMA.names)
+        if curves is not None else [])
+    if nulls:  # every check below reads these columns
+        return problems + nulls
+    identity = identity_problems(path, runs, entry, digest, tier=tier, profile=profile, rerun=rerun)
+    # Run ids hash the entry's name and files: when those already differ, every id would too.
+    problems += identity + coverage_problems(path, runs, entry, digest, tier=tier, profile=profile,
+                                             min_seeds=min_seeds, tasks=tasks, rerun=rerun,
+                                             check_ids=not identity)
+    if curves is not None:
+        problems += curve_problems(where / results.CURVES_FILE, curves, runs, entry)
+    return problems
+
+
+def null_problems(path: Path, table: pd.DataFrame, columns: list[str]) -> list[str]:
+    empty = [c for c in columns if table[c].isna().any()]
+    return [line(path, f"columns {empty} have missing values", "regenerate it with `ldbench run`")
+            ] if empty else []
+
+
+def mismatch(path: Path, runs: pd.DataFrame, column: str, want: str, fix: str) -> list[str]:
+    found = sorted({str(v) for v in runs[column] if str(v) != want})
+    if not found:
+        return []
+    shown = ", ".join(repr(v[:40]) for v in found[:3]) + (" ..." if len(found) > 3 else "")
+    return [line(path, f"column {column} holds {shown}, expected {want!r}", fix)]
+
+
+def identity_problems(path: Path, runs: pd.DataFrame, entry: Entry, digest: str, *, tier: str,
+                      profile: str, rerun: str) -> list[str]:
+    """The rows say they are this entry's files, on this folder's tier and profile."""
+    fresh = f"delete {path.parent} and run `{rerun}`"
+    problems = mismatch(path, runs, "entry", entry.name, "results must come from this entry: " + fresh)
+    problems += mismatch(path, runs, "entry_version", entry.version, "the manifest's version changed: "
+                         + fresh)
+    problems += mismatch(path, runs, "tier", tier, "move them to results/<profile>/<tier>/ of the "
+                         "tier they ran on")
+    problems += mismatch(path, runs, "profile", profile, "move them to the folder of the profile "
+                         "they ran on")
+    problems += mismatch(path, runs, "entry_hash", digest,
+                         "the entry's files changed after the runs (or hold stale results): " + fresh)
+    unknown = sorted({str(s) for s in runs["status"]} - set(STATUSES))
+    if unknown:
+        problems.append(line(path, f"unknown run status {unknown}", f"statuses are {list(STATUSES)}"))
+    if (runs["seed"] < 0).any():
+        problems.append(line(path, "negative seeds", "seeds are 0, 1, 2, ...: " + fresh))
+    for text in sorted(set(runs["fingerprint"].astype(str)))[:50]:
+        if not is_json_object(text):
+            problems.append(line(path, "a fingerprint is not a JSON object", fresh))
+            break
+    return problems
+
+
+def is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
+def coverage_problems(path: Path, runs: pd.DataFrame, entry: Entry, digest: str, *, tier: str,
+                      profile: str, min_seeds: int, tasks: dict[str, type[Task]], rerun: str,
+                      check_ids: bool = True) -> list[str]:
+    """Every task present with current versions, enough distinct seeds, no duplicates, no gaps."""
+    problems = []
+    for name in sorted(set(runs["task"].astype(str)) - set(tasks)):
+        problems.append(line(path, f"task {name!r} is not in this suite",
+                             f"delete {path.parent} and run `{rerun}`"))
+    for name, cls in tasks.items():
+        rows = runs[runs["task"] == name]
+        again = f"run `{rerun} --tasks {name}`"
+        if rows.empty:
+            problems.append(line(path, f"task {name!r} has no runs", again))
+            continue
+        stale = sorted({int(v) for v in rows["task_version"]} - {cls.version})
+        if stale:
+            problems.append(line(path, f"task {name!r} ran at version {stale}, the suite's is "
+                                 f"{cls.version} (stale results)", f"delete {path.parent} and {again}"))
+            continue
+        problems += task_problems(path, rows, cls(cls.tiers[tier]), entry, digest, tier=tier,
+                                  profile=profile, min_seeds=min_seeds, again=again,
+                                  check_ids=check_ids)
+    return problems
+
+
+def task_problems(path: Path, rows: pd.DataFrame, task: Task, entry: Entry, digest: str, *,
+                  tier: str, profile: str, min_seeds: int, again: str, check_ids: bool) -> list[str]:
+    """The runs of one task: no overrides, consistent ids, declared metrics, finite values."""
+    where, problems = f"task {task.name!r}", []
+    per_run = rows.drop_duplicates("run_id")
+    overridden = per_run[per_run["overrides"].astype(str).map(lambda s: s.strip() != "{}")]
+    if len(overridden):
+        problems.append(line(path, f"{where}: {len(overridden)} runs used --set overrides, so they "
+                             f"are not the {tier} tier", f"rerun without --set: {again}"))
+    if (rows.groupby("run_id")[["task", "seed"]].nunique() > 1).any(axis=None):
+        problems.append(line(path, f"{where}: a run_id is shared by different seeds",
+                             "the table was edited; regenerate it: " + again))
+    seeds = per_run.groupby("seed")["run_id"].nunique()
+    if (seeds > 1).any():
+        problems.append(line(path, f"{where}: duplicate runs for seeds {sorted(seeds[seeds > 1].index)}",
+                             "keep one run per seed: delete the folder and " + again))
+    forged = [r.seed for r in per_run.itertuples() if r.run_id != runner.run_id(
+        entry=entry, entry_hash=digest, task=task, seed=int(r.seed), tier=tier, profile=profile,
+        overrides={})]
+    if forged and check_ids and not len(overridden):
+        problems.append(line(path, f"{where}: run ids of seeds {sorted(forged)[:5]} do not match "
+                             "their entry, task, seed, tier and profile", "regenerate them: " + again))
+    errors = per_run[per_run["status"] == "error"]
+    if len(errors):
+        problems.append(line(path, f"{where}: seeds {sorted(errors['seed'])} failed with an error "
+                             f"({str(errors['error'].iloc[0])[:80]!r})", "fix the entry and " + again))
+    done = set(per_run.loc[per_run["status"].isin(results.DONE_STATUSES), "seed"])
+    if len(done) < min_seeds:
+        problems.append(line(path, f"{where}: {len(done)} seeds with a result, {min_seeds} required",
+                             again))
+    return problems + metric_problems(path, rows, task, where=where, again=again)
+
+
+def metric_problems(path: Path, rows: pd.DataFrame, task: Task, *, where: str, again: str) -> list[str]:
+    declared, problems = task.metrics(), []
+    if rows.duplicated(["run_id", "metric"]).any():
+        problems.append(line(path, f"{where}: a metric appears twice in one run", "regenerate: " + again))
+    found = [set(ms) for _, ms in rows.groupby("run_id")["metric"]]
+    missing = sorted(set().union(*(set(declared) - ms for ms in found)))
+    extra = sorted(set().union(*found) - set(declared))
+    if missing or extra:
+        problems.append(line(path, f"{where}: metrics missing {missing[:5]}, undeclared {extra[:5]}",
+                             "regenerate with this suite: " + again))
+    for metric, spec in declared.items():
+        sub = rows[rows["metric"] == metric]
+        if (sub["direction"] != spec.direction).any():
+            problems.append(line(path, f"{where}: metric {metric!r} has the wrong direction",
+                                 "regenerate with this suite: " + again))
+        ok = sub[sub["status"] == "ok"]["value"].to_numpy(dtype=float)
+        allowed = [math.inf] if spec.steps_to_target else []
+        bad = [v for v in ok if not math.isfinite(v) and v not in allowed]
+        if bad:
+            problems.append(line(path, f"{where}: metric {metric!r} is {bad[0]} in a run whose "
+                                 "status is ok", "a run without a result must say so (status "
+                                 "diverged or error): regenerate: " + again))
+    return problems
+
+
+def curve_problems(path: Path, curves: pd.DataFrame, runs: pd.DataFrame, entry: Entry) -> list[str]:
+    problems = mismatch(path, curves, "entry", entry.name, "curves must come from this entry")
+    orphans = set(curves["run_id"]) - set(runs["run_id"])
+    if orphans:
+        problems.append(line(path, f"{len(orphans)} runs have curves but no rows in runs.parquet",
+                             "regenerate both tables with `ldbench run`"))
+    ok = set(runs.loc[runs["status"] == "ok", "run_id"])
+    if ok - set(curves["run_id"]):
+        problems.append(line(path, f"{len(ok - set(curves['run_id']))} finished runs have no curves",
+                             "regenerate both tables with `ldbench run`"))
+    return problems
