@@ -14,6 +14,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from suite import profiles, registry, results
+from suite.entry import NAME_PATTERN
 from suite.report import ARROWS, format_number
 from suite.score import TAU_MAX, Inputs
 from suite.site.plots import Plot, task_plots
@@ -281,6 +282,8 @@ def build(inputs: Inputs, scores: pd.DataFrame, out: str | Path, *,
     written.add(out / "index.html")
     page = env.get_template("entry.html.j2")
     for name in sorted(set(scores["entry"]) & set(inputs.entries)):
+        if not NAME_PATTERN.match(name):  # a page per entry only for names safe as file names
+            continue
         path = out / "entries" / f"{name}.html"
         write_text(path, page.render(root="../", **entry_page(name, inputs, scores, tasks), **common))
         written.add(path)

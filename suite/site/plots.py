@@ -87,7 +87,7 @@ def mode_strengths(curves: pd.DataFrame, metrics: pd.DataFrame, entries: list[st
 
 
 def stage_times(curves: pd.DataFrame, metrics: pd.DataFrame, entries: list[str]) -> Plot | None:
-    rows = metrics[metrics["metric"].map(lambda m: bool(STAGE_METRIC.match(str(m))))]
+    rows = metrics[np.array([bool(STAGE_METRIC.match(str(m))) for m in metrics["metric"]], dtype=bool)]
     shown = [e for e in entries if e in set(rows["entry"])][:2 * LINES]
     if rows.empty or not shown:
         return None

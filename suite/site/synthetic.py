@@ -127,6 +127,7 @@ def synthetic_results(folder: Path, *, tier: str = "standard", profile: str = "c
 def synthetic_entry(root: Path, name: str, *, rng: np.random.Generator, speed: float = 1.0,
                     **kwargs) -> Path:
     """A complete synthetic entry folder `root/name` with results."""
-    folder = write_manifest(root / name, name, description=kwargs.pop("description", "synthetic entry"))
+    folder = write_manifest(root / name, name, description=kwargs.pop("description", "synthetic entry"),
+                            authors=kwargs.pop("authors", ("Synthetic",)))
     synthetic_results(folder, rng=rng, speed=speed, **kwargs)
     return folder

@@ -1,0 +1,183 @@
+"""The scorer: bootstrap CIs against scipy, ranks with ties, time-to-target performance profiles."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy import stats
+
+from suite import registry, results, score
+from suite.cli import main
+from suite.site.synthetic import synthetic_entry
+
+
+def scipy_ci(row: np.ndarray) -> tuple[float, float]:
+    """scipy.stats.bootstrap called directly on one row, with the scorer's settings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap((row,), np.mean, n_resamples=score.N_RESAMPLES, method="percentile",
+                              confidence_level=0.95, rng=np.random.default_rng(score.CI_SEED))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def test_vectorised_bootstrap_equals_scipy_on_each_row():
+    rng = np.random.default_rng(3)
+    values = rng.lognormal(size=(700, 5))  # more rows than one chunk
+    values[5] = 2.0  # a constant row: the point interval
+    low, high = score.bootstrap_ci(values)
+    for i in (0, 1, 5, 350, 699):
+        want = (2.0, 2.0) if i == 5 else scipy_ci(values[i])
+        assert (low[i], high[i]) == pytest.approx(want, rel=1e-12)
+    assert np.all(low <= values.mean(axis=1) + 1e-12) and np.all(values.mean(axis=1) <= high + 1e-12)
+
+
+def test_one_seed_has_no_interval():
+    low, high = score.bootstrap_ci(np.array([[1.0], [2.0]]))
+    assert np.isnan(low).all() and np.isnan(high).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=arrays(np.float64, (3, 5), elements=st.floats(-1e3, 1e3)),
+       shift=st.floats(-1e3, 1e3))
+def test_bootstrap_is_equivariant_under_shift_and_negation(values, shift):
+    low, high = score.bootstrap_ci(values)
+    low_s, high_s = score.bootstrap_ci(values + shift)
+    np.testing.assert_allclose(low_s, low + shift, atol=1e-6)
+    np.testing.assert_allclose(high_s, high + shift, atol=1e-6)
+    low_n, high_n = score.bootstrap_ci(-values)
+    np.testing.assert_allclose(low_n, -high, atol=1e-9)
+    np.testing.assert_allclose(high_n, -low, atol=1e-9)
+
+
+def test_seed_statistics_count_failures_and_average_finite_values():
+    groups = pd.Series({"a": [1.0, 2.0, 3.0, math.inf, math.nan], "b": [math.inf] * 5})
+    out = score.seed_statistics(groups)
+    assert out.loc["a", "seeds"] == 5 and out.loc["a", "failures"] == 2
+    assert out.loc["a", "mean"] == 2.0
+    interval = (out.loc["a", "ci_low"], out.loc["a", "ci_high"])
+    assert interval == pytest.approx(scipy_ci(np.array([1.0, 2.0, 3.0])))
+    assert out.loc["b", "failures"] == 5 and math.isnan(out.loc["b", "mean"])
+
+
+def test_ranks_tie_where_intervals_overlap_and_failures_rank_last():
+    # a and b overlap (tie for first); c is clearly worse; d failed a seed; e failed all.
+    ranks = score.ranks_with_ties(
+        mean=np.array([1.0, 1.2, 5.0, 0.5, np.nan]), low=np.array([0.8, 1.0, 4.5, 0.4, np.nan]),
+        high=np.array([1.3, 1.5, 5.5, 0.6, np.nan]), failed=np.array([0, 0, 0, 0.2, 1.0]),
+        direction="min")
+    assert list(ranks) == [1, 1, 3, 4, 5]
+    # Higher is better: the order flips, ties stay.
+    ranks = score.ranks_with_ties(mean=np.array([1.0, 1.2, 5.0]), low=np.array([0.8, 1.0, 4.5]),
+                                  high=np.array([1.3, 1.5, 5.5]), failed=np.zeros(3), direction="max")
+    assert list(ranks) == [2, 2, 1]
+
+
+def test_time_to_target_counts_unreached_seeds_as_failures():
+    assert score.time_to_target(np.array([10, 20, 30, np.inf, np.inf])) == 30
+    assert score.time_to_target(np.array([10, np.nan, np.inf, np.inf, 5])) == math.inf
+    assert score.time_to_target(np.array([])) == math.inf
+
+
+def test_performance_profile_score_by_hand():
+    # Steps to target of entries A, B, C on two tasks; B never reaches task 2's target.
+    times = {"A": [100, 200], "B": [200, math.inf], "C": [400, 100]}
+    columns = zip(*times.values(), strict=True)  # one column per task
+    ratios = np.column_stack([score.performance_ratios(np.array(col)) for col in columns])
+    np.testing.assert_allclose(ratios, [[1, 2], [2, math.inf], [4, 1]])
+    # Area under rho(tau) on [1, 4], divided by 3: a task at ratio r adds (4 - r) / 3.
+    got = {e: score.profile_score(ratios=r) for e, r in zip(times, ratios, strict=True)}
+    assert got == pytest.approx({"A": (1 + 2 / 3) / 2, "B": (2 / 3 + 0) / 2, "C": (0 + 1) / 2})
+
+
+@settings(max_examples=50, deadline=None)
+@given(ratios=st.lists(st.one_of(st.floats(1.0, 10.0), st.just(math.inf)), min_size=1, max_size=6))
+def test_profile_score_is_the_area_under_the_step_function(ratios):
+    tau = np.linspace(1.0, score.TAU_MAX, 30001)
+    rho = (np.array(ratios)[:, None] <= tau[None, :]).mean(axis=0)  # fraction solved within tau
+    area = np.trapezoid(rho, tau) / (score.TAU_MAX - 1.0)
+    assert score.profile_score(ratios=np.array(ratios)) == pytest.approx(area, abs=1e-3)
+
+
+def test_nobody_solving_a_task_fails_everyone_and_step_zero_counts_as_one():
+    assert np.isinf(score.performance_ratios(np.array([math.inf, math.inf]))).all()
+    np.testing.assert_allclose(score.performance_ratios(np.array([0.0, 2.0])), [1.0, 2.0])
+
+
+@pytest.fixture
+def two_tasks():
+    tasks = registry.all_tasks()
+    return {name: tasks[name] for name in ("deep-linear-modes", "shared-representation")}
+
+
+def test_scores_table_and_unreached_targets(tmp_path, two_tasks):
+    rng = np.random.default_rng(1)
+    for name, speed in (("fast", 1.0), ("slow", 2.0)):
+        synthetic_entry(tmp_path / "subs", name, rng=rng, speed=speed, tasks=two_tasks)
+    never = synthetic_entry(tmp_path / "subs", "never", rng=rng, tasks=two_tasks)
+    runs_path = never / "results/cpu-2core/standard/runs.parquet"
+    runs = pd.read_parquet(runs_path)
+    targets = runs.metric.isin([c.target for c in two_tasks.values()])
+    runs.loc[targets, "value"] = math.inf  # never reaches a target: a failure, not a zero
+    results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), runs_path)
+
+    inputs = score.collect([tmp_path / "subs"], tasks=two_tasks)
+    assert inputs.warnings == [] and set(inputs.entries) == {"fast", "slow", "never"}
+    table = score.score(inputs, two_tasks)
+    overall = table[table.level == "overall"].set_index("entry")
+    assert overall.loc["fast", "rank"] == 1 and overall.loc["never", "rank"] == 3
+    assert overall.loc["never", "score"] == 0 and overall.loc["never", "solved"] == 0
+    assert overall.loc["fast", "score"] > overall.loc["slow", "score"] > 0
+    metric = table[(table.level == "metric") & table.target.fillna(False).astype(bool)]
+    assert (metric[metric.entry == "never"]["failures"] == 5).all()
+    assert np.isinf(metric[metric.entry == "never"]["time_to_target"]).all()
+    # One row per (task, entry, metric), with a family score per family present.
+    rows = table[table.level == "metric"]
+    assert not rows.duplicated(["profile", "tier", "task", "entry", "metric"]).any()
+    assert set(table[table.level == "family"].family) == {c.family for c in two_tasks.values()}
+
+
+def test_entries_are_compared_only_within_one_profile(tmp_path, two_tasks):
+    rng = np.random.default_rng(2)
+    synthetic_entry(tmp_path / "subs", "cpu-fast", rng=rng, speed=1.0, tasks=two_tasks)
+    synthetic_entry(tmp_path / "subs", "gpu-slow", rng=rng, speed=3.0, tasks=two_tasks,
+                    profile="cuda-1gpu")
+    table = score.score(score.collect([tmp_path / "subs"], tasks=two_tasks), two_tasks)
+    overall = table[table.level == "overall"]
+    assert set(zip(overall.profile, overall.entry, overall["rank"], strict=True)) == {
+        ("cpu-2core", "cpu-fast", 1), ("cuda-1gpu", "gpu-slow", 1)}
+    assert (overall.score == 1.0).all()
+
+
+def test_stale_and_overridden_rows_are_left_out_with_a_warning(tmp_path, two_tasks):
+    folder = synthetic_entry(tmp_path / "subs", "probe", rng=np.random.default_rng(0), tasks=two_tasks)
+    path = folder / "results/cpu-2core/standard/runs.parquet"
+    runs = pd.read_parquet(path)
+    runs.loc[runs.task == "deep-linear-modes", "task_version"] -= 1
+    results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), path)
+    inputs = score.collect([tmp_path / "subs"], tasks=two_tasks)
+    assert set(inputs.runs.task) == {"shared-representation"}
+    assert len(inputs.warnings) == 1 and "stale task version" in inputs.warnings[0]
+
+
+def test_score_command_writes_parquet_with_the_inputs_digest(tmp_path, two_tasks, monkeypatch):
+    monkeypatch.setattr(registry, "all_tasks", lambda: two_tasks)
+    for name, speed in (("alpha", 1.0), ("beta", 1.5)):
+        synthetic_entry(tmp_path / "subs", name, rng=np.random.default_rng(0), speed=speed, tasks=two_tasks)
+    out = tmp_path / "lb"
+    result = CliRunner().invoke(main, ["score", "--root", str(tmp_path / "subs"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table, digest = score.read_scores(out / score.SCORES_FILE)
+    assert digest == score.inputs_digest(score.entry_folders([tmp_path / "subs"]), "standard", two_tasks)
+    assert {"alpha", "beta"} <= set(table.entry) and "alpha" in result.output
+    # Deterministic: scoring the same inputs again gives the same table.
+    CliRunner().invoke(main, ["score", "--root", str(tmp_path / "subs"), "--out", str(tmp_path / "lb2")])
+    again, _ = score.read_scores(tmp_path / "lb2" / score.SCORES_FILE)
+    pd.testing.assert_frame_equal(table, again)
