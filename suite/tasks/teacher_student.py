@@ -1,0 +1,129 @@
+"""Generalization dynamics of a linear student on a noisy low-rank teacher (Lampinen & Ganguli 2018)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from suite import seeding
+from suite.metrics.generalization import (
+    early_stopping,
+    gap_summary,
+    generalization_error,
+    singular_vector_overlap,
+)
+from suite.metrics.stage_timing import crossing_step
+from suite.task import Metric, Task
+from suite.tasks.deep_linear_modes import DeepLinear
+
+# The target: steps until the test error is within this factor of the theoretical optimum.
+NEAR_OPTIMUM = 1.25
+
+
+def theory_optimum(*, snr: list[float], aspect: float) -> float:
+    """Lampinen & Ganguli's early-stopping optimum 1 − O², extended mode by mode to rank r.
+
+    For well-separated teacher modes each data mode û_α v̂_αᵀ overlaps only its own teacher
+    mode (in the large-size limit), so the best rescaling of each leaves s̄_α²(1 − O_α²) of
+    the teacher's energy unexplained: E* = Σ s̄_α²(1 − O_α²) / Σ s̄_α². For one mode this is
+    `optimal_test_error_rank_one`.
+    """
+    s2 = np.asarray(snr, dtype=np.float64) ** 2
+    overlap2 = np.array([singular_vector_overlap(signal=s, aspect=aspect) ** 2 for s in snr])
+    return float(np.sum(s2 * (1.0 - overlap2)) / np.sum(s2))
+
+
+class TeacherStudent(Task):
+    name = "teacher-student"
+    version = 1
+    family = "generalization-gap"
+    description = (
+        "A two-layer linear student learns a low-rank linear teacher Ȳ = U S̄ Vᵀ from one-hot "
+        "inputs and noisy targets Y = Ȳ + Z (noise drawn once), full batch, from a small "
+        "initialisation. The student learns the data's strong modes first and the noise modes "
+        "last, so the test error ‖W₂W₁ − Ȳ‖²_F/‖Ȳ‖²_F falls to an early-stopping optimum and "
+        "then rises as the noise is fitted (Lampinen & Ganguli 2018). Measures the optimum, "
+        "when it is reached, and how much the run overfits afterwards."
+    )
+    target = "steps_to_near_optimum"
+    # snr: teacher singular values in units of the noise σ; noise entries are N(0, σ²/n_in)
+    # (the scaling under which the paper's formulas hold, see suite.metrics.generalization).
+    tiers = {
+        "smoke": dict(steps=800, evals=60, n_in=60, n_out=30, hidden=30, snr=[3.0],
+                      noise=1.0, init_scale=1e-3),
+        "standard": dict(steps=3000, evals=150, n_in=200, n_out=100, hidden=100, snr=[3.0],
+                         noise=1.0, init_scale=1e-3),
+    }
+
+    @property
+    def aspect(self) -> float:
+        return self.config["n_out"] / self.config["n_in"]
+
+    @property
+    def optimum(self) -> float:
+        return theory_optimum(snr=self.config["snr"], aspect=self.aspect)
+
+    def metrics(self) -> dict[str, Metric]:
+        return {
+            "min_test_error": Metric("min", "lowest test error over training: the oracle "
+                                     "early-stopping error (theory ≈ Σ s̄²(1 − O²)/Σ s̄²)"),
+            "best_step": Metric("min", "step of the lowest test error (optimal early stopping); "
+                                "earlier is better at an equal min_test_error", "steps"),
+            "final_test_error": Metric("min", "test error at the last step"),
+            "overfit_ratio": Metric("min", "final / minimum test error: how much fitting the "
+                                    "noise costs after the optimum (1 = no overfitting)"),
+            "final_gap": Metric("min", "test − train error at the last step"),
+            "max_gap": Metric("min", "largest test − train error over training"),
+            "steps_to_near_optimum": Metric(
+                "min", f"steps until the test error is within ×{NEAR_OPTIMUM} of the "
+                "theoretical early-stopping optimum", "steps", steps_to_target=True),
+        }
+
+    def make_data(self, seed: int) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        snr = [float(s) for s in cfg["snr"]]
+        n_in, n_out = cfg["n_in"], cfg["n_out"]
+        if not snr or min(snr) <= 0 or len(snr) > min(n_in, n_out):
+            raise ValueError(f"snr must list 1 to min(n_in, n_out) positive values, got {snr}")
+        if cfg["noise"] <= 0:
+            raise ValueError(f"noise must be > 0 (it sets the scale of the teacher), got {cfg['noise']}")
+        gen = seeding.generator(seed, "data")
+        rank, sigma = len(snr), float(cfg["noise"])
+        left = torch.linalg.qr(torch.randn(n_out, rank, generator=gen))[0]  # U (n_out, r)
+        right = torch.linalg.qr(torch.randn(n_in, rank, generator=gen))[0]  # V (n_in, r)
+        teacher = sigma * left @ torch.diag(torch.tensor(snr)) @ right.T  # Ȳ (n_out, n_in)
+        # Noise variance σ²/n_in (per example count), drawn once and fixed for the whole run.
+        noise = sigma / math.sqrt(n_in) * torch.randn(n_out, n_in, generator=gen)
+        targets = teacher + noise  # Y (n_out, n_in): column i is example i's target
+        x = torch.eye(n_in)  # one-hot inputs, one example per column of Y
+        return {"x": x, "y": targets.T, "targets": targets, "teacher": teacher}
+
+    def make_model(self, seed: int) -> DeepLinear:
+        cfg = self.config
+        gen = seeding.generator(seed, "init")
+        w1 = cfg["init_scale"] * torch.randn(cfg["hidden"], cfg["n_in"], generator=gen)
+        w2 = cfg["init_scale"] * torch.randn(cfg["n_out"], cfg["hidden"], generator=gen)
+        return DeepLinear([w1, w2])
+
+    def loss(self, model: DeepLinear, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # ½ summed squared error, as in Saxe et al. / Lampinen & Ganguli: τ = 1/lr in steps.
+        return 0.5 * (model(batch["x"]) - batch["y"]).pow(2).sum()
+
+    def observe(self, model: DeepLinear, data: dict[str, torch.Tensor]) -> dict[str, float]:
+        product = model.product()  # W₂W₁ (n_out, n_in): with one-hot inputs, the predictions
+        return {
+            "train_error": generalization_error(product=product, teacher=data["targets"]),
+            "test_error": generalization_error(product=product, teacher=data["teacher"]),
+        }
+
+    def summarize(self, steps, curves, data) -> dict[str, float]:
+        train, test = curves["train_error"], curves["test_error"]
+        best, best_step = early_stopping(steps=steps, test_error=test)
+        out = {"min_test_error": best, "best_step": best_step, "final_test_error": float(test[-1]),
+               "overfit_ratio": float(test[-1] / best)}
+        out.update(gap_summary(train=train, test=test))
+        out["steps_to_near_optimum"] = crossing_step(
+            steps=steps, values=test, threshold=NEAR_OPTIMUM * self.optimum, rising=False)
+        return out
