@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -18,6 +19,11 @@ MIN_SEEDS = 5
 MAX_FILE_BYTES = 16 * 2**20  # a standard-tier curves table of the whole suite is well under 1 MiB
 MAX_SUBMISSION_BYTES = 64 * 2**20
 STATUSES = ("ok", "diverged", "error")
+# A PEP 508 name, optional extras and version specifiers: no URLs, markers or pip options.
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_SPEC = r"(?:===|==|!=|<=|>=|~=|<|>)\s*[A-Za-z0-9.*+!_-]+"
+REQUIREMENT = re.compile(rf"^\s*{_NAME}\s*(?:\[\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\])?\s*"
+                         rf"(?:{_SPEC}(?:\s*,\s*{_SPEC})*)?\s*$")
 # Run-table columns every check reads; value may be NaN (no result) and a few are optional.
 NOT_NULL = [c for c in results.RUN_SCHEMA.names
             if c not in ("value", "diverged_step", "error", "git_commit", "wall_time_s", "config",
@@ -97,11 +103,23 @@ def manifest_problems(folder: Path) -> tuple[Entry | None, list[str]]:
     except (OSError, RecursionError, ValueError) as err:  # unreadable or absurdly nested TOML
         return None, [line(folder / "entry.toml", f"cannot be read ({type(err).__name__})",
                            "write a plain UTF-8 TOML manifest")]
+    problems = requirement_problems(folder / "entry.toml", entry.requirements)
     if folder.resolve().name != entry.name:
-        return entry, [line(folder / "entry.toml", f"name {entry.name!r} differs from the folder "
-                            f"name {folder.resolve().name!r}",
-                            f"rename the folder to {entry.name!r} or change the name")]
-    return entry, []
+        problems.append(line(folder / "entry.toml", f"name {entry.name!r} differs from the folder "
+                             f"name {folder.resolve().name!r}",
+                             f"rename the folder to {entry.name!r} or change the name"))
+    return entry, problems
+
+
+def requirement_problems(manifest: Path, requirements: list[str]) -> list[str]:
+    """Plain package requirements only: CI installs them, so no pip options and no URLs."""
+    problems = []
+    for text in requirements:
+        if not REQUIREMENT.match(text):
+            problems.append(line(manifest, f"requirement {text!r} is not a plain package requirement",
+                                 'write a name and version range from the package index, e.g. '
+                                 '"lion-pytorch>=0.2"'))
+    return problems
 
 
 def results_problems(folder: Path, entry: Entry, *, tier: str, min_seeds: int,

@@ -1,0 +1,101 @@
+"""A new entry wrapping a third-party optimizer (lion-pytorch): run, validate, verify, score, page."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from suite import registry, results, runner, score
+from suite.cli import main
+from suite.site import build
+from suite.validate import validate_submission
+from suite.verify import verify_submission
+
+pytest.importorskip("lion_pytorch", reason="lion-pytorch is in the dev extra: pip install -e '.[dev]'")
+
+LION = '''
+"""Lion (Chen et al. 2023), from the lion-pytorch package."""
+
+from lion_pytorch import Lion
+
+
+def make_optimizer(params, hparams, task):
+    return Lion(params, lr=hparams["lr"], betas=(hparams["beta1"], hparams["beta2"]))
+'''
+MANIFEST = '''
+name = "lion"
+version = 1
+authors = ["ldbench tests"]
+description = "Lion (sign momentum) from lion-pytorch"
+requirements = ["lion-pytorch>=0.2"]
+
+[hparams.default]
+lr = 0.03
+beta1 = 0.9
+beta2 = 0.99
+'''
+TASK = "deep-linear-modes"  # its smoke tier runs in well under a second per seed
+SEEDS = 5
+
+
+@pytest.fixture(scope="module")
+def submitted(tmp_path_factory):
+    """A submissions/lion folder with real smoke-tier results for 5 seeds, and the suite it ran."""
+    root = tmp_path_factory.mktemp("e2e") / "submissions"
+    folder = root / "lion"
+    folder.mkdir(parents=True)
+    (folder / "entry.toml").write_text(textwrap.dedent(MANIFEST))
+    (folder / "entry.py").write_text(textwrap.dedent(LION))
+    runs = runner.run_suite(folder, tasks=[TASK], seeds=SEEDS, tier="smoke",
+                            out=folder / "results" / "cpu-2core" / "smoke", progress=False)
+    assert (runs.status == "ok").all()
+    return folder, {TASK: registry.task_class(TASK)}
+
+
+def test_it_validates(submitted):
+    folder, suite = submitted
+    assert validate_submission(folder, tier="smoke", tasks=suite) == []
+    # The full suite is the default: then the other tasks are named as missing.
+    problems = validate_submission(folder, tier="smoke")
+    assert all("has no runs" in p for p in problems) and len(problems) == len(registry.all_tasks()) - 1
+
+
+def test_verify_reproduces_the_runs_and_catches_a_doctored_value(submitted, tmp_path):
+    folder, _ = submitted
+    checks = verify_submission(folder, k=2, tier="smoke", pick_seed=0)
+    assert len({c.seed for c in checks}) == 2 and all(c.matches() for c in checks)
+    # A copy whose final loss was edited by hand no longer verifies.
+    copy = tmp_path / "lion"
+    shutil.copytree(folder, copy)
+    path = copy / "results/cpu-2core/smoke/runs.parquet"
+    runs = results.read_table(path)
+    runs.loc[runs.metric == "final_loss", "value"] *= 0.5
+    results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), path)
+    result = CliRunner().invoke(main, ["verify", str(copy), "--tier", "smoke", "--runs", "1",
+                                       "--pick-seed", "3"])
+    assert result.exit_code == 1 and "MISMATCH" in result.output and "final_loss" in result.output
+
+
+def test_it_scores_and_appears_on_the_page(submitted, tmp_path):
+    folder, suite = submitted
+    inputs = score.collect([folder.parent], tier="smoke", tasks=suite)
+    assert inputs.warnings == [] and list(inputs.entries) == ["lion"]
+    table = score.score(inputs, suite)
+    overall = table[table.level == "overall"]
+    assert list(overall.entry) == ["lion"] and overall.score.iloc[0] == 1.0  # alone: the fastest
+    target = table[(table.level == "metric") & (table.metric == suite[TASK].target)]
+    assert target.seeds.iloc[0] == SEEDS and target.failures.iloc[0] == 0
+    score.write_scores(table, tmp_path / score.SCORES_FILE, inputs.digest)
+    scores, _ = score.read_scores(tmp_path / score.SCORES_FILE)
+    build.build(inputs, scores, tmp_path, tasks=suite)
+    html = (tmp_path / "index.html").read_text()
+    assert 'href="entries/lion.html">lion</a>' in html and "cpu-2core · smoke" in html
+    assert "-modes.svg" in html and "-stage-times.svg" in html  # real mode curves were plotted
+    page = (tmp_path / "entries" / "lion.html").read_text()
+    assert "lion-pytorch&gt;=0.2" in page and "Lion (sign momentum)" in page
+    readme = (tmp_path / "README.md").read_text()
+    assert "| lion" in readme and not pd.isna(target["mean"].iloc[0])
