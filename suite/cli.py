@@ -60,12 +60,16 @@ def tasks() -> None:
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Results folder (default: ENTRY_DIR/results/PROFILE/TIER).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--seed-batch", default="auto", show_default=True, metavar="auto|1|N",
+              help="Train the seeds of a task as one batched computation: auto = all of them, "
+                   "N = up to N at a time, 1 = one by one. Tasks with their own procedure "
+                   "(overriding Task.run) always run seed by seed.")
 @user_errors
-def run(entry_dir, task_list, seeds, tier, profile, sets, out, quiet) -> None:
+def run(entry_dir, task_list, seeds, tier, profile, sets, out, quiet, seed_batch) -> None:
     """Run ENTRY_DIR on the suite, write Parquet results and print a summary table."""
     names = [t.strip() for t in task_list.split(",") if t.strip()] or None
     runs = runner.run_suite(entry_dir, tasks=names, seeds=seeds, tier=tier, profile=profile,
-                            sets=list(sets), out=out, progress=not quiet)
+                            sets=list(sets), out=out, progress=not quiet, seed_batch=seed_batch)
     click.echo(report.render(runs))
     errors = runs[runs["status"] == "error"].drop_duplicates("run_id")
     for _, row in errors.iterrows():

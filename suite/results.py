@@ -33,6 +33,8 @@ RUN_SCHEMA = pa.schema([
     ("status", pa.string()),  # ok | diverged | error
     ("diverged_step", pa.int64()),  # null unless status == diverged
     ("error", pa.string()),  # null unless status == error
+    # Seconds of the run; seeds trained as one batch (suite.batched) share one computation,
+    # so each is charged the batch's wall time divided by its number of seeds.
     ("wall_time_s", pa.float64()),
     ("steps", pa.int64()),  # optimizer steps taken
     ("metric", pa.string()),

@@ -6,6 +6,7 @@ import hashlib
 import json
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from suite import profiles, registry, results
+from suite import batched, profiles, registry, results
 from suite.entry import Entry, EntryError, load_entry
 from suite.loop import Trainer, Trajectory
 from suite.task import Task
@@ -58,12 +59,75 @@ def execute(plan: Plan, trainer: Trainer) -> tuple[Trajectory, dict[str, float],
     except EntryError:
         raise  # a broken entry breaks every run: stop the suite and say so
     except Exception as err:  # noqa: BLE001 - recorded in the results, the suite goes on
-        message = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
-        return Trajectory(status="error"), plan.task.nan_metrics(), message
+        return Trajectory(status="error"), plan.task.nan_metrics(), error_message(err)
+    return finish(plan, traj)
+
+
+def error_message(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
+
+
+def finish(plan: Plan, traj: Trajectory) -> tuple[Trajectory, dict[str, float], str | None]:
+    """The final metrics of a trajectory (NaN unless it ended ok)."""
     if traj.status != "ok":
         return traj, plan.task.nan_metrics(), None
     steps, curves = traj.arrays()
-    return traj, plan.task.summarize(steps, curves, traj.data), None
+    try:
+        return traj, plan.task.summarize(steps, curves, traj.data), None
+    except Exception as err:  # noqa: BLE001 - recorded in the results, the suite goes on
+        return Trajectory(status="error"), plan.task.nan_metrics(), error_message(err)
+
+
+def execute_batch(plans: list[Plan], trainer: Trainer
+                  ) -> list[tuple[Trajectory, dict[str, float], str | None]]:
+    """Run the plans (seeds of one task) as one seed-batched computation.
+
+    If the batch cannot run batched (the task or model does not allow it) or fails, its seeds
+    are rerun one by one with `execute`, so a failure is recorded per seed exactly as the
+    one-by-one path would record it.
+    """
+    if len(plans) == 1:
+        return [execute(plans[0], trainer)]
+    try:
+        trajs = batched.train_seeds(plans[0].task, trainer, [p.seed for p in plans])
+    except EntryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the one-by-one path records or avoids it
+        warnings.warn(f"{plans[0].task.name}: seed batching failed ({type(err).__name__}: {err}); "
+                      "running its seeds one by one", RuntimeWarning, stacklevel=2)
+        return [execute(plan, trainer) for plan in plans]
+    return [finish(plan, traj) for plan, traj in zip(plans, trajs, strict=True)]
+
+
+def parse_seed_batch(value: int | str) -> int | None:
+    """`--seed-batch`: "auto" (None: all seeds of a task together) or a positive integer."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        size = 0
+    if size < 1:
+        raise registry.RegistryError(
+            f"--seed-batch {value!r}: expected 'auto' or a positive integer (1 runs seeds one by one)")
+    return size
+
+
+def group_plans(todo: list[tuple[Plan, str]], size: int | None) -> list[list[tuple[Plan, str]]]:
+    """Consecutive plans of one task in groups of `size` seeds (None: all of them).
+
+    A task that overrides Task.run has its own procedure and always runs seed by seed.
+    """
+    groups: list[list[tuple[Plan, str]]] = []
+    for item in todo:
+        task = item[0].task
+        limit = (size or len(todo)) if batched.batchable(task) else 1
+        last = groups[-1] if groups else None
+        if last and last[0][0].task is task and len(last) < limit:
+            last.append(item)
+        else:
+            groups.append([item])
+    return groups
 
 
 def rows_for(plan: Plan, traj: Trajectory, metrics: dict[str, float], error: str | None, *,
@@ -98,16 +162,26 @@ def rows_for(plan: Plan, traj: Trajectory, metrics: dict[str, float], error: str
     return runs, curves
 
 
+def concat_rows(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Stack the rows of several runs (skipping empty frames, which pandas warns about)."""
+    kept = [f for f in frames if len(f)]
+    return pd.concat(kept, ignore_index=True) if kept else frames[0]
+
+
 def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: int = 1,
               tier: str = "smoke", profile: str = "cpu-2core", sets: list[str] | None = None,
-              out: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+              out: str | Path | None = None, progress: bool = True,
+              seed_batch: int | str = "auto") -> pd.DataFrame:
     """Run every selected task for seeds 0..seeds-1 and return the run table of all of them.
 
     Finished runs already in `out` are skipped, so an interrupted suite resumes where it
-    stopped; each run is appended to `out` atomically as soon as it ends.
+    stopped; each batch of runs is appended to `out` atomically as soon as it ends.
+    `seed_batch`: "auto" trains all seeds of a task as one batched computation (see
+    `suite.batched`), N at most N seeds together, 1 one by one.
     """
     entry = load_entry(entry_dir)
     prof = profiles.load(profile)
+    size = parse_seed_batch(seed_batch)
     prof.apply()
     task_names = tasks or list(registry.all_tasks())
     for name in task_names:
@@ -121,15 +195,18 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
     todo = [(p, rid) for p, rid in zip(plans, ids, strict=True) if rid not in done]
     total = sum(p.task.config["steps"] for p, _ in todo)
     with tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True) as bar:
-        for plan, rid in todo:
-            bar.set_description(f"{plan.task.name} seed {plan.seed}")
-            trainer = Trainer(plan.task, entry, prof, on_step=bar.update)
+        for group in group_plans(todo, size):
+            batch = [plan for plan, _ in group]
+            bar.set_description(f"{batch[0].task.name} seed {','.join(str(p.seed) for p in batch)}")
+            trainer = Trainer(batch[0].task, entry, prof, on_step=bar.update)
             start = time.perf_counter()
-            traj, metrics, error = execute(plan, trainer)
-            wall = time.perf_counter() - start
-            runs, curves = rows_for(plan, traj, metrics, error, rid=rid, entry=entry,
-                                    entry_hash=digest, tier=tier, profile=profile,
-                                    fingerprint=fingerprint, wall=wall)
-            results.append_run(out, runs, curves)
+            outcomes = execute_batch(batch, trainer)
+            # The seeds of a batch share one computation: each is charged an equal share of it.
+            wall = (time.perf_counter() - start) / len(batch)
+            frames = [rows_for(plan, traj, metrics, error, rid=rid, entry=entry,
+                               entry_hash=digest, tier=tier, profile=profile,
+                               fingerprint=fingerprint, wall=wall)
+                      for (plan, rid), (traj, metrics, error) in zip(group, outcomes, strict=True)]
+            results.append_run(out, *(concat_rows([f[k] for f in frames]) for k in (0, 1)))
     all_runs, _ = results.read_results(out)
     return all_runs[all_runs["run_id"].isin(ids)]
