@@ -103,7 +103,7 @@ def check_gradients(task: Task, model: nn.Module, batch: Any, loss: torch.Tensor
     reference = task.loss(model, batch)
     expected = torch.autograd.grad(reference, params, allow_unused=True)
     scale = lambda t: 1e-4 * float(t.abs().max()) + 1e-30  # noqa: E731 - tolerance of one tensor
-    if abs(float(reference.detach()) - float(loss)) > scale(reference.detach()):
+    if abs(float(reference.detach()) - float(loss.detach())) > scale(reference.detach()):
         raise BatchingUnsupported("the vmapped loss differs from the single-seed loss")
     for name, want in zip(names, expected, strict=True):
         want = torch.zeros_like(grads[name]) if want is None else want

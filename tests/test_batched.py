@@ -1,0 +1,332 @@
+"""Seed-batched execution: every seed's numbers equal the one-by-one run, seeds stay isolated."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from suite import batched, profiles, registry, runner
+from suite.cli import main
+from suite.entry import load_entry
+from suite.loop import Trainer
+from suite.task import Task
+from suite.tasks.deep_linear_modes import DeepLinear, DeepLinearModes
+
+SEEDS = [0, 1, 2]
+SHORT = {"steps": 60, "evals": 8}
+
+ADAM = """
+import torch
+
+def make_optimizer(params, hparams, task):
+    return torch.optim.Adam(params, lr=hparams["lr"])
+"""
+
+# One entry per torch optimizer of the fast path, with the options that change its update.
+ELEMENTWISE_CODE = {
+    "sgd-momentum": "torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3)",
+    "adam-amsgrad": "torch.optim.Adam(params, lr=3e-3, amsgrad=True)",
+    "adamw": "torch.optim.AdamW(params, lr=3e-3, weight_decay=0.1)",
+    "rmsprop-centered": "torch.optim.RMSprop(params, lr=1e-3, momentum=0.5, centered=True)",
+    "adagrad": "torch.optim.Adagrad(params, lr=0.05, lr_decay=1e-3)",
+}
+
+# A layer-wise trust ratio (LARS/LAMB): the step of each tensor scales with ‖p‖ / ‖m‖.
+LARS = """
+import torch
+
+class LARS(torch.optim.Optimizer):
+    def __init__(self, params, lr):
+        super().__init__(params, dict(lr=lr))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                m = self.state[p].setdefault("m", torch.zeros_like(p))
+                m.mul_(0.9).add_(p.grad)
+                trust = p.norm() / (m.norm() + 1e-12)
+                p.add_(m, alpha=-group["lr"] * float(trust))
+
+def make_optimizer(params, hparams, task):
+    return LARS(params, lr=0.05)
+"""
+
+# Couples all parameters of a run: the gradient is clipped to a global norm inside the step.
+GLOBAL_CLIP = """
+import torch
+
+class GlobalClipSGD(torch.optim.SGD):
+    @torch.no_grad()
+    def step(self, closure=None):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        for g in grads:
+            g.mul_(torch.clamp(0.05 / (norm + 1e-12), max=1.0))
+        return super().step(closure)
+
+def make_optimizer(params, hparams, task):
+    return GlobalClipSGD(params, lr=0.02)
+"""
+
+# A global step-size estimate (distance over gradients, Ivgi et al. 2023):
+# η_t = max_{s≤t} ‖x_s − x_0‖ / sqrt(Σ_s ‖g_s‖²), both norms over all parameters of the run.
+DOG = """
+import torch
+
+class DoG(torch.optim.Optimizer):
+    def __init__(self, params, r0=1e-3):
+        super().__init__(params, dict(r0=r0))
+        self.x0 = [p.detach().clone() for g in self.param_groups for p in g["params"]]
+        self.rbar, self.gsum = r0, 0.0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        params = [p for g in self.param_groups for p in g["params"]]
+        dist = sum(float((p - x0).pow(2).sum()) for p, x0 in zip(params, self.x0)) ** 0.5
+        self.rbar = max(self.rbar, dist)
+        self.gsum += sum(float(p.grad.pow(2).sum()) for p in params)
+        eta = self.rbar / (self.gsum ** 0.5 + 1e-12)
+        for p in params:
+            p.add_(p.grad, alpha=-eta)
+
+def make_optimizer(params, hparams, task):
+    return DoG(params)
+"""
+
+
+def entry_code(call: str) -> str:
+    return f"import torch\n\ndef make_optimizer(params, hparams, task):\n    return {call}\n"
+
+
+@pytest.fixture(scope="module")
+def profile():
+    prof = profiles.load("cpu-2core")
+    prof.apply()
+    return prof
+
+
+def both_ways(task, entry_dir, profile, seeds=SEEDS):
+    """(one-by-one trajectories, batched trajectories) of `seeds`."""
+    trainer = Trainer(task, load_entry(entry_dir), profile)
+    return [task.run(s, trainer) for s in seeds], batched.train_seeds(task, trainer, seeds)
+
+
+def assert_same_run(single, batch, rtol=1e-4, atol=1e-6):
+    assert batch.status == single.status
+    assert batch.diverged_step == single.diverged_step
+    assert batch.steps_done == single.steps_done
+    assert batch.steps == single.steps
+    assert batch.curves.keys() == single.curves.keys()
+    for name, values in single.curves.items():
+        np.testing.assert_allclose(batch.curves[name], values, rtol=rtol, atol=atol, err_msg=name)
+
+
+def batchable_tasks():
+    return [name for name, cls in registry.all_tasks().items() if cls.run is Task.run]
+
+
+@pytest.mark.parametrize("name", batchable_tasks())
+def test_every_batchable_task_matches_one_by_one_with_adam(name, make_entry, profile):
+    task = registry.make_task(name, "smoke", {"steps": 40, "evals": 6})
+    singles, batch = both_ways(task, make_entry(code=ADAM), profile)
+    for single, b in zip(singles, batch, strict=True):
+        assert_same_run(single, b)
+    # The seeds really are different runs (a shared computation would make them equal).
+    first = next(iter(singles[0].curves))
+    assert singles[0].curves[first] != singles[1].curves[first]
+
+
+@pytest.mark.parametrize("kind", sorted(ELEMENTWISE_CODE))
+def test_fast_path_optimizers_match_one_by_one(kind, make_entry, profile):
+    task = registry.make_task("deep-linear-modes", "smoke", SHORT)
+    singles, batch = both_ways(task, make_entry(code=entry_code(ELEMENTWISE_CODE[kind])), profile)
+    for single, b in zip(singles, batch, strict=True):
+        assert_same_run(single, b)
+
+
+@pytest.mark.parametrize("code", [LARS, GLOBAL_CLIP, DOG], ids=["lars", "global-clip", "dog"])
+@pytest.mark.parametrize("name", ["deep-linear-modes", "shared-representation"])
+def test_per_seed_optimizers_see_their_own_seed_alone(code, name, make_entry, profile):
+    task = registry.make_task(name, "smoke", SHORT)
+    singles, batch = both_ways(task, make_entry(code=code), profile)
+    for single, b in zip(singles, batch, strict=True):
+        assert_same_run(single, b)
+
+
+def test_pooling_seeds_in_one_coupled_optimizer_would_be_caught(make_entry, profile, monkeypatch):
+    """The equality test above can fail: one optimizer over all seeds' stacks (what the fast
+    path would do if it accepted this class) clips with the norm of every seed together."""
+    entry = make_entry(code=GLOBAL_CLIP)
+    task = registry.make_task("deep-linear-modes", "smoke", SHORT)
+    singles, _ = both_ways(task, entry, profile)
+    cls = type(Trainer(task, load_entry(entry), profile).make_optimizer([torch.zeros(1)]))
+    monkeypatch.setattr(batched, "ELEMENTWISE", batched.ELEMENTWISE + (cls,))
+    _, pooled = both_ways(task, entry, profile)
+    with pytest.raises(AssertionError):
+        assert_same_run(singles[1], pooled[1])
+
+
+def test_fast_path_only_for_exact_elementwise_torch_optimizers(make_entry, profile):
+    task = registry.make_task("deep-linear-modes", "smoke", SHORT)
+    models = [task.make_model(s) for s in SEEDS]
+    stacks = batched.stack_parameters(models)
+
+    def shared(code):
+        trainer = Trainer(task, load_entry(make_entry(code=code)), profile)
+        return batched.stacked_optimizer([trainer.make_optimizer(m.parameters()) for m in models],
+                                         models, stacks)
+
+    fast = shared(ADAM)
+    assert isinstance(fast, torch.optim.Adam)
+    assert [p.shape for p in fast.param_groups[0]["params"]] == [(3, 6, 6), (3, 6, 6)]
+    assert shared(LARS) is None and shared(GLOBAL_CLIP) is None  # subclasses keep their own step
+
+
+def test_the_stacked_step_equals_separate_optimizers_and_leaves_frozen_rows_alone():
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(3, 4, 5, generator=gen)  # three seeds' (4, 5) parameter
+    grads = [torch.randn(4, 5, generator=gen) for _ in range(2)]  # two steps of gradients
+    separate = [rows[i].clone() for i in range(3)]
+    optimizers = [torch.optim.Adam([p], lr=0.1) for p in separate]
+    stacks = {"w": rows.clone()}
+    shared = torch.optim.Adam([stacks["w"]], lr=0.1)
+    for k, g in enumerate(grads):
+        for i, (p, opt) in enumerate(zip(separate, optimizers, strict=True)):
+            if not (k == 1 and i == 1):  # seed 1 diverged at the second step
+                p.grad = g * (i + 1)
+                opt.step()
+        stacked = torch.stack([g * (i + 1) for i in range(3)])
+        if k == 1:
+            stacked[1] = float("nan")
+        batched.step_shared(shared, stacks, {"w": stacked}, frozen=[1] if k == 1 else [])
+    for i in range(3):
+        torch.testing.assert_close(stacks["w"][i], separate[i], rtol=1e-6, atol=1e-7)
+
+
+class Exploding(DeepLinearModes):
+    """Seed 1's targets are 10⁴ times larger: its loss overflows, the other seeds are fine."""
+
+    def make_data(self, seed):
+        data = super().make_data(seed)
+        if seed == 1:
+            data["y"] = 1e4 * data["y"]
+        return data
+
+
+@pytest.mark.parametrize("call", ["torch.optim.SGD(params, lr=0.05)",
+                                  "type('PlainSGD', (torch.optim.SGD,), {})(params, lr=0.05)"],
+                         ids=["fast-path", "per-seed"])
+def test_a_diverging_seed_is_frozen_and_the_others_finish(call, make_entry, profile):
+    task = Exploding(dict(DeepLinearModes.tiers["smoke"], **SHORT))
+    singles, batch = both_ways(task, make_entry(code=entry_code(call)), profile)
+    assert singles[1].status == "diverged" and 1 <= singles[1].diverged_step < SHORT["steps"]
+    assert [b.status for b in batch] == ["ok", "diverged", "ok"]
+    assert batch[0].steps_done == batch[2].steps_done == SHORT["steps"]
+    for single, b in zip(singles, batch, strict=True):
+        assert_same_run(single, b)
+
+
+class CachedReference(nn.Module):
+    """Reads its weight through a plain list: functional_call cannot swap that reference."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = nn.Parameter(w)
+        self.cache = [self.w]
+
+
+class CachingTask(DeepLinearModes):
+    def make_model(self, seed):
+        return CachedReference(super().make_model(seed).product().detach())
+
+    def loss(self, model, batch):
+        return 0.5 * (batch["x"] @ model.cache[0].T - batch["y"]).pow(2).sum()
+
+    def observe(self, model, data):
+        return {"loss": float(self.loss(model, data))}
+
+
+def test_a_loss_that_hides_parameters_from_vmap_is_refused_before_any_step(make_entry, profile):
+    task = CachingTask(dict(DeepLinearModes.tiers["smoke"], **SHORT))
+    trainer = Trainer(task, load_entry(make_entry()), profile)
+    with pytest.raises(batched.BatchingUnsupported, match="gradient of 'w' differs"):
+        batched.train_seeds(task, trainer, SEEDS)
+
+
+def test_parameter_list_slices_keep_their_gradients():
+    """torch's ParameterList[1:] wraps tensors in new Parameters; the template's slices do not."""
+    weights = [torch.randn(3, 3) for _ in range(3)]
+    loss = batched.loss_template(DeepLinearModes(DeepLinearModes.tiers["smoke"]), DeepLinear(weights))
+    batch = {"x": torch.eye(3), "y": torch.ones(3, 3)}
+    params = {f"model.weights.{i}": w for i, w in enumerate(weights)}
+    grads = torch.func.grad(lambda p: torch.func.functional_call(loss, p, (batch,)))(params)
+    model = DeepLinear([w.clone() for w in weights])
+    expected = torch.autograd.grad(loss.task.loss(model, batch), list(model.parameters()))
+    for i, want in enumerate(expected):
+        torch.testing.assert_close(grads[f"model.weights.{i}"], want)
+
+
+class Buffered(DeepLinearModes):
+    def make_model(self, seed):
+        model = super().make_model(seed)
+        model.register_buffer("scale", torch.ones(()))
+        return model
+
+
+def test_an_unbatchable_model_falls_back_to_one_by_one(make_entry, profile):
+    task = Buffered(dict(DeepLinearModes.tiers["smoke"], **SHORT))
+    plans = [runner.Plan(task, seed, {}) for seed in SEEDS]
+    trainer = Trainer(task, load_entry(make_entry()), profile)
+    with pytest.warns(RuntimeWarning, match="buffers.*one by one"):
+        outcomes = runner.execute_batch(plans, trainer)
+    for plan, (traj, metrics, error) in zip(plans, outcomes, strict=True):
+        ref_traj, ref_metrics, _ = runner.execute(plan, trainer)
+        assert error is None and metrics == ref_metrics and traj.curves == ref_traj.curves
+
+
+def test_tasks_with_their_own_procedure_run_seed_by_seed():
+    plans = runner.make_plans(["mode-connectivity", "deep-linear-modes"], [0, 1, 2], "smoke", [])
+    todo = [(p, str(i)) for i, p in enumerate(plans)]
+    assert [len(g) for g in runner.group_plans(todo, None)] == [1, 1, 1, 3]
+    assert [len(g) for g in runner.group_plans(todo, 2)] == [1, 1, 1, 2, 1]
+    assert [len(g) for g in runner.group_plans(todo, 1)] == [1] * 6
+
+
+def suite_rows(entry, out, seed_batch):
+    runs = runner.run_suite(entry, tasks=["deep-linear-modes", "shared-representation"], seeds=3,
+                            tier="smoke", sets=["steps=40", "evals=6"], out=out, progress=False,
+                            seed_batch=seed_batch)
+    curves = pd.read_parquet(out / "curves.parquet")
+    return (runs.sort_values(["run_id", "metric"]).reset_index(drop=True),
+            curves.sort_values(["run_id", "metric", "step"]).reset_index(drop=True))
+
+
+def test_runner_rows_are_the_same_batched_or_not(make_entry, tmp_path, monkeypatch):
+    entry = make_entry(code=ADAM)
+    runs_1, curves_1 = suite_rows(entry, tmp_path / "one", 1)
+    runs_b, curves_b = suite_rows(entry, tmp_path / "batched", "auto")
+    assert list(runs_b.columns) == list(runs_1.columns) and len(runs_b) == len(runs_1)
+    for column in ("run_id", "task", "seed", "metric", "status", "steps", "direction"):
+        assert list(runs_b[column]) == list(runs_1[column]), column
+    np.testing.assert_allclose(runs_b.value, runs_1.value, rtol=1e-4, atol=1e-6)
+    assert list(curves_b.run_id) == list(curves_1.run_id)
+    np.testing.assert_allclose(curves_b.value, curves_1.value, rtol=1e-4, atol=1e-6)
+    # One batch per task: its seeds share the batch's wall time equally.
+    walls = runs_b.groupby("task").wall_time_s.nunique()
+    assert (walls == 1).all()
+    # Resuming skips the finished runs: no training happens.
+    monkeypatch.setattr(batched, "train_seeds", lambda *a: pytest.fail("trained again"))
+    monkeypatch.setattr(runner, "execute", lambda *a: pytest.fail("trained again"))
+    again, _ = suite_rows(entry, tmp_path / "batched", "auto")
+    assert len(again) == len(runs_b)
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "many"])
+def test_a_bad_seed_batch_is_a_clear_error(bad, make_entry, tmp_path):
+    result = CliRunner().invoke(main, ["run", str(make_entry()), "--seed-batch", bad,
+                                       "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--seed-batch" in result.output and "positive integer" in result.output
