@@ -1,0 +1,339 @@
+"""Linear mode connectivity of a small MLP: spawning (Frankle et al. 2020), Git Re-Basin and LLFC."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from suite import seeding
+from suite.loop import Trainer, Trajectory
+from suite.metrics.connectivity import (
+    barrier,
+    interpolate,
+    llfc_distance,
+    mlp_forward,
+    params_from_sequential,
+    path_curve,
+    permute_params,
+    weight_matching,
+)
+from suite.task import Metric, Task
+
+LLFC_ALPHA = 0.5
+
+
+def path_name(pair: str, kind: str, alpha: float) -> str:
+    """Curve name of one point of a linear path: `path/{pair}/{loss|error}@{alpha:.4f}`."""
+    return f"path/{pair}/{kind}@{alpha:.4f}"
+
+
+def clone_params(model: nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed snapshot of an MLP's (weight, bias) pairs, safe from further training."""
+    return [(w.clone(), b.clone()) for w, b in params_from_sequential(model=model)]
+
+
+def record_final(traj: Trajectory, values: dict[str, float]) -> None:
+    """Add curves that exist only at the last recorded step, padded with NaN before it.
+
+    The run's curves must stay aligned with `traj.steps`; path and LLFC values are measured
+    once, after training, so the earlier evaluation steps have no value for them.
+    """
+    earlier = len(traj.steps) - 1
+    for name, value in values.items():
+        traj.curves[name] = [math.nan] * earlier + [float(value)]
+
+
+class ModeConnectivity(Task):
+    name = "mode-connectivity"
+    version = 1
+    family = "linear-connectivity"
+    description = (
+        "A ReLU MLP classifies a Gaussian mixture whose clusters carry random labels, trained "
+        "with minibatch noise. Spawning: a parent is trained for k steps, copied with its "
+        "optimizer state into two children that finish training on different data orders; the "
+        "loss and error barriers along the straight line between the children measure how "
+        "early training becomes linearly stable (Frankle et al. 2020). Two independently "
+        "initialised networks are compared before and after aligning their hidden units by "
+        "weight matching (Ainsworth et al. 2023), and the features of the interpolated network "
+        "against the interpolated features (LLFC, Zhou et al. 2023)."
+    )
+    target = "stable_spawn_step"
+    tiers = {
+        "smoke": dict(steps=300, evals=12, dim=8, clusters=32, classes=4, cluster_std=0.3,
+                      n_train=512, n_test=512, width=32, depth=2, batch_size=32,
+                      spawn_steps=[0, 25, 300], alphas=11, barrier_threshold=0.02),
+        # 256 random-label clusters in 16 dimensions with 8 training points each: the network
+        # must carve many small regions, and which hidden unit takes which cluster is decided
+        # by early minibatch noise, so children spawned at step 0 end in different basins.
+        "standard": dict(steps=2000, evals=30, dim=16, clusters=256, classes=4, cluster_std=0.3,
+                         n_train=2048, n_test=2048, width=128, depth=2, batch_size=32,
+                         spawn_steps=[0, 5, 10, 25, 100, 500], alphas=21,
+                         barrier_threshold=0.02),
+    }
+
+    # -- configuration ------------------------------------------------------------------------
+    @property
+    def spawn_steps(self) -> list[int]:
+        return sorted({int(k) for k in self.config["spawn_steps"]})
+
+    @property
+    def alpha_grid(self) -> np.ndarray:
+        return np.linspace(0.0, 1.0, self.config["alphas"])
+
+    @property
+    def pairs(self) -> list[str]:
+        return [f"spawn_{k}" for k in self.spawn_steps] + ["independent", "matched"]
+
+    @property
+    def llfc_layers(self) -> list[int]:
+        # Layer 0's pre-activations x W₀ᵀ + b₀ are linear in the weights, so their LLFC distance
+        # is exactly 0 (tested in the metric tests): report the later hidden layers and logits.
+        return list(range(1, self.config["depth"] + 1))
+
+    def check_config(self) -> None:
+        cfg = self.config
+        bad = [k for k in self.spawn_steps if not 0 <= k <= cfg["steps"]]
+        if bad:
+            raise ValueError(f"spawn_steps {bad} lie outside [0, steps={cfg['steps']}]; "
+                             "choose spawn steps between 0 and the run's length")
+        if cfg["alphas"] < 3:
+            raise ValueError(f"alphas={cfg['alphas']}: the path needs at least 3 points "
+                             "(both ends and one inside)")
+        if cfg["depth"] < 1:
+            raise ValueError(f"depth={cfg['depth']}: weight matching needs a hidden layer")
+        if cfg["classes"] > cfg["clusters"]:
+            raise ValueError(f"classes={cfg['classes']} > clusters={cfg['clusters']}: every "
+                             "class needs at least one cluster")
+
+    # -- the contract -------------------------------------------------------------------------
+    def metrics(self) -> dict[str, Metric]:
+        out = {}
+        for pair in self.pairs:
+            if pair.startswith("spawn_"):
+                what = f"two children spawned at step {pair.removeprefix('spawn_')}"
+            elif pair == "independent":
+                what = "two independently initialised networks"
+            else:
+                what = "two independent networks after weight matching"
+            out[f"loss_barrier/{pair}"] = Metric(
+                "min", f"max over α of test loss above the chord, between {what}", "nats")
+            out[f"error_barrier/{pair}"] = Metric(
+                "min", f"max over α of test error above the chord, between {what}", "fraction")
+        for l in self.llfc_layers:
+            out[f"llfc/layer_{l}"] = Metric(
+                "min", f"1 − cos(F_α, (F_A + F_B)/2) of layer {l}'s pre-activations at α = 0.5, "
+                "matched pair, averaged over test samples")
+            out[f"llfc_baseline/layer_{l}"] = Metric(
+                "min", f"1 − cos(F_A, F_B) of layer {l}'s pre-activations, matched pair: the "
+                "distance llfc/layer_{l} is compared with")
+        out["test_error"] = Metric("min", "mean final test error of the two independent networks",
+                                   "fraction")
+        out["stable_spawn_step"] = Metric(
+            "min", f"smallest spawn step whose error barrier is below "
+            f"{self.config['barrier_threshold']:g} (linear stability, Frankle et al. 2020)",
+            "steps", steps_to_target=True)
+        return out
+
+    def make_data(self, seed: int) -> dict[str, torch.Tensor]:
+        """Gaussian clusters around random centres, each cluster labelled with a random class.
+
+        Random labels make the classes non-convex unions of clusters, so a network must bend
+        its decision boundaries; cluster overlap keeps the minibatch gradients noisy.
+        """
+        self.check_config()
+        cfg = self.config
+        gen = seeding.generator(seed, "data")
+        centres = torch.randn(cfg["clusters"], cfg["dim"], generator=gen)  # (K, d)
+        # Balanced labels: each class owns ⌊K/C⌋ or ⌈K/C⌉ clusters, in random order.
+        labels = torch.arange(cfg["clusters"])[torch.randperm(cfg["clusters"], generator=gen)]
+        labels = labels % cfg["classes"]  # (K,)
+        out = {}
+        for part in ("train", "test"):
+            n = cfg[f"n_{part}"]
+            which = torch.randint(cfg["clusters"], (n,), generator=gen)  # (n,) cluster ids
+            noise = cfg["cluster_std"] * torch.randn(n, cfg["dim"], generator=gen)
+            out[f"x_{part}"] = centres[which] + noise  # (n, d)
+            out[f"y_{part}"] = labels[which]  # (n,)
+        return out
+
+    def make_model(self, seed: int) -> nn.Sequential:
+        return self.init_model(seed, "init")
+
+    def init_model(self, seed: int, purpose: str) -> nn.Sequential:
+        """[Linear, ReLU] × depth, Linear: He-normal weights from the `purpose` stream, zero biases.
+
+        Built on the meta device first: nn.Linear's own initialisation would draw from the
+        global RNG.
+        """
+        self.check_config()
+        cfg = self.config
+        widths = [cfg["dim"]] + [cfg["width"]] * cfg["depth"] + [cfg["classes"]]
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(fan_in, fan_out, device="meta"), nn.ReLU()]
+        model = nn.Sequential(*layers[:-1]).to_empty(device="cpu")
+        gen = seeding.generator(seed, purpose)
+        with torch.no_grad():
+            for module in model:
+                if isinstance(module, nn.Linear):
+                    nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=gen)
+                    nn.init.zeros_(module.bias)
+        return model
+
+    def sample_batch(self, data, step, generator):
+        idx = torch.randint(len(data["y_train"]), (self.config["batch_size"],),
+                            generator=generator, device=generator.device)
+        return {"x": data["x_train"][idx], "y": data["y_train"][idx]}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "x" not in batch:  # the full training set
+            batch = {"x": batch["x_train"], "y": batch["y_train"]}
+        return F.cross_entropy(model(batch["x"]), batch["y"])
+
+    def observe(self, model: nn.Module, data: dict[str, torch.Tensor]) -> dict[str, float]:
+        out = {}
+        for part in ("train", "test"):
+            logits = model(data[f"x_{part}"])  # (n, C)
+            out[f"{part}_loss"] = float(F.cross_entropy(logits, data[f"y_{part}"]))
+            out[f"{part}_error"] = float((logits.argmax(1) != data[f"y_{part}"]).double().mean())
+        return out
+
+    # -- the procedure ------------------------------------------------------------------------
+    def spawn(self, trainer: Trainer, parent: nn.Module,
+              parent_opt: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """A child: a copy of the parent's parameters and of its optimizer state.
+
+        The state dict is deep-copied because load_state_dict keeps the tensors it is given:
+        without the copy both children would update the same momentum buffers in place.
+        """
+        child = copy.deepcopy(parent)
+        optimizer = trainer.make_optimizer(child.parameters())
+        optimizer.load_state_dict(copy.deepcopy(parent_opt.state_dict()))
+        return child, optimizer
+
+    def path_values(self, pair: str, params_a, params_b, data) -> dict[str, float]:
+        """Test loss and error along θ(α) = (1 − α)θ_A + αθ_B, one curve value per α."""
+        alphas = self.alpha_grid
+        curve = path_curve(params_a=params_a, params_b=params_b, alphas=alphas,
+                           x=data["x_test"], y=data["y_test"])
+        out = {}
+        for kind in ("loss", "error"):
+            out.update({path_name(pair, kind, a): v for a, v in zip(alphas, curve[kind], strict=True)})
+        return out
+
+    def llfc_values(self, params_a, params_b, data) -> dict[str, float]:
+        """LLFC distance of each reported layer at α = 0.5, and its F_A-vs-F_B baseline."""
+        mid = interpolate(params_a=params_a, params_b=params_b, alpha=LLFC_ALPHA)
+        with torch.no_grad():
+            feats = [mlp_forward(params=p, x=data["x_test"], return_features=True)[1]
+                     for p in (mid, params_a, params_b)]  # 3 × [(n, h_1), ..., (n, C)]
+        out = {}
+        for l in self.llfc_layers:
+            dist = llfc_distance(features_interp=feats[0][l], features_a=feats[1][l],
+                                 features_b=feats[2][l], alpha=LLFC_ALPHA)
+            out[f"llfc/layer_{l}"] = dist["cosine_per_sample"]
+            out[f"llfc_baseline/layer_{l}"] = dist["baseline_per_sample"]
+        return out
+
+    def run(self, seed: int, trainer: Trainer) -> Trajectory:
+        """Spawned children per spawn step, then two independent networks, matched.
+
+        The run's curves are those of independent network A at the evaluation steps; path and
+        LLFC values are added at the final step. Any diverged network ends the run.
+        """
+        self.check_config()
+        steps = self.config["steps"]
+        data = trainer.to_device(self.make_data(seed))
+        final: dict[str, float] = {}
+        done = 0  # optimizer steps over every network of the run
+
+        def train(model, optimizer, *, start: int, end: int, purpose: str,
+                  traj: Trajectory | None = None) -> Trajectory:
+            nonlocal done
+            out = trainer.train(model, optimizer, data, seed=seed, steps=end, start=start,
+                                purpose=purpose, trajectory=traj)
+            done += out.steps_done
+            return out
+
+        # 1. Spawning: one parent, trained segment by segment up to each spawn step.
+        parent = trainer.to_device(self.make_model(seed))
+        parent_opt = trainer.make_optimizer(parent.parameters())
+        at = 0
+        for k in self.spawn_steps:
+            seg = train(parent, parent_opt, start=at, end=k, purpose=f"parent_from_{at}")
+            if seg.status != "ok":
+                return self.diverged(seg, done)
+            at = k
+            children = []
+            for side in ("a", "b"):
+                child, child_opt = self.spawn(trainer, parent, parent_opt)
+                out = train(child, child_opt, start=k, end=steps, purpose=f"spawn_{k}_{side}")
+                if out.status != "ok":
+                    return self.diverged(out, done)
+                children.append(clone_params(child))
+            final.update(self.path_values(f"spawn_{k}", *children, data))
+
+        # 2. Independent networks from their own initialisations; A's evaluations (recorded
+        # in a fresh trajectory) are the run's curves.
+        traj, nets = Trajectory(), {}
+        for side in ("a", "b"):
+            model = trainer.to_device(self.init_model(seed, f"init_{side}"))
+            optimizer = trainer.make_optimizer(model.parameters())
+            out = train(model, optimizer, start=0, end=steps, purpose=f"independent_{side}",
+                        traj=traj if side == "a" else None)
+            if out.status != "ok":
+                return self.diverged(out, done)
+            nets[side] = clone_params(model)
+        final.update(self.path_values("independent", nets["a"], nets["b"], data))
+
+        # 3. Weight matching aligns B's hidden units to A's.
+        perms = weight_matching(params_a=nets["a"], params_b=nets["b"],
+                                generator=seeding.generator(seed, "matching"))
+        matched = permute_params(params=nets["b"], perms=perms)
+        final.update(self.path_values("matched", nets["a"], matched, data))
+        final.update(self.llfc_values(nets["a"], matched, data))
+
+        if not traj.steps or traj.steps[-1] != steps:
+            raise RuntimeError(f"the reference network's last evaluation is not step {steps}")
+        record_final(traj, final)
+        traj.steps_done = done
+        return traj
+
+    @staticmethod
+    def diverged(traj: Trajectory, done: int) -> Trajectory:
+        return Trajectory(status="diverged", diverged_step=traj.diverged_step, steps_done=done,
+                          data=traj.data)
+
+    def summarize(self, steps, curves, data) -> dict[str, float]:
+        alphas = self.alpha_grid
+        out = {}
+        for pair in self.pairs:
+            for kind in ("loss", "error"):
+                values = [curves[path_name(pair, kind, a)][-1] for a in alphas]
+                out[f"{kind}_barrier/{pair}"] = barrier(values=values, alphas=alphas)
+        for l in self.llfc_layers:
+            for name in (f"llfc/layer_{l}", f"llfc_baseline/layer_{l}"):
+                out[name] = float(curves[name][-1])
+        ends = [curves[path_name("independent", "error", a)][-1] for a in (0.0, 1.0)]
+        out["test_error"] = float(np.mean(ends))
+        out["stable_spawn_step"] = stable_spawn_step(
+            spawn_steps=self.spawn_steps,
+            error_barriers=[out[f"error_barrier/spawn_{k}"] for k in self.spawn_steps],
+            threshold=self.config["barrier_threshold"])
+        return out
+
+
+def stable_spawn_step(*, spawn_steps: list[int], error_barriers: list[float],
+                      threshold: float) -> float:
+    """Smallest spawn step whose error barrier is below `threshold`; +inf if none is.
+
+    NaN barriers (no result) never count as stable.
+    """
+    stable = [k for k, b in zip(spawn_steps, error_barriers, strict=True)
+              if np.isfinite(b) and b < threshold]
+    return float(min(stable)) if stable else math.inf
