@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,9 @@ from suite.task import Task
 
 SCORE_VERSION = 1  # raise when a change below alters scores: it invalidates built leaderboards
 TAU_MAX = 4.0  # performance profiles are integrated over τ ∈ [1, TAU_MAX] (AlgoPerf uses 4)
-N_RESAMPLES = 2000  # with 5 seeds there are only 126 distinct resamples: 2000 draws cover them
+# With 5 seeds there are only 126 distinct resamples; 1000 draws put the 2.5% and 97.5% points
+# within a few percent of the interval's width, and keep 1,000 entries' scoring in seconds.
+N_RESAMPLES = 1000
 CI_SEED = 0  # the same draws for every row: an entry's CI never depends on the other entries
 CONFIDENCE = 0.95
 ROOTS = ("baselines", "submissions")
@@ -40,7 +41,7 @@ class Inputs:
     entries: dict[str, Entry] = field(default_factory=dict)
     runs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=KEEP))
     provenance: pd.DataFrame = field(default_factory=pd.DataFrame)
-    results_dirs: dict[tuple[str, str], Path] = field(default_factory=dict)  # (entry, profile) ->
+    results_dirs: dict[tuple[str, str], Path] = field(default_factory=dict)  # (entry, profile)
     warnings: list[str] = field(default_factory=list)
     digest: str = ""
 
@@ -90,7 +91,7 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
     tasks = tasks if tasks is not None else registry.all_tasks()
     folders = entry_folders(roots)
     inputs = Inputs(tier=tier, digest=inputs_digest(folders, tier, tasks))
-    frames, prov = [], []
+    tables, paths = [], []
     for folder in folders:
         try:
             entry = load_entry(folder)
@@ -103,56 +104,84 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
             continue
         inputs.entries[entry.name] = entry
         for path in sorted((folder / "results").glob(f"*/{tier}/{results.RUNS_FILE}")):
-            rows = usable_rows(path, entry, tier, tasks, inputs.warnings)
-            if rows is not None and len(rows):
-                frames.append(rows[KEEP])
-                prov.append(provenance(rows, entry))
-                inputs.results_dirs[entry.name, path.parent.parent.name] = path.parent
-    if frames:
-        inputs.runs = pd.concat(frames, ignore_index=True)
-        inputs.provenance = pd.DataFrame(prov)
+            try:
+                table = read_runs(path)
+            except results.ResultsError as err:
+                inputs.warnings.append(f"skipped: {err}")
+                continue
+            n = len(table)  # which file and entry each row came from, to check and to report
+            tables.append(table.append_column("_file", pa.array([len(paths)] * n, pa.int32()))
+                          .append_column("_entry", pa.array([entry.name] * n, pa.string())))
+            paths.append(path)
+    if not tables:
+        return inputs
+    runs = pa.concat_tables(tables).to_pandas()
+    runs["_profile"] = np.array([p.parent.parent.name for p in paths], dtype=object)[runs["_file"]]
+    keep = usable(runs, tier, tasks)
+    for i, dropped in runs.loc[~keep].groupby("_file")["task"]:
+        inputs.warnings.append(
+            f"{paths[i]}: left out {len(dropped)} rows of tasks {sorted(set(dropped))[:5]} (unknown "
+            "profile or task, stale task version, --set overrides, or another entry's rows); "
+            "`ldbench validate` names each problem")
+    runs = runs[keep]
+    inputs.runs = runs[KEEP].reset_index(drop=True)
+    inputs.provenance = provenance(runs)
+    inputs.results_dirs = {(e, p): paths[i].parent for e, p, i in
+                           runs[["entry", "profile", "_file"]].drop_duplicates().itertuples(index=False)}
     return inputs
 
 
-def usable_rows(path: Path, entry: Entry, tier: str, tasks: dict[str, type[Task]],
-                notes: list[str]) -> pd.DataFrame | None:
+def read_runs(path: Path) -> pa.Table:
+    """A runs table as Arrow. Fast path when the schema is exactly ours, else results.read_table,
+    which names the problem (ResultsError) or returns a table that converts."""
     try:
-        runs = results.read_table(path)
-    except results.ResultsError as err:
-        notes.append(f"skipped: {err}")
-        return None
-    profile = path.parent.parent.name
+        table = pq.ParquetFile(path).read(use_threads=False)  # small files: threads only cost
+        meta = table.schema.metadata or {}
+        if (meta.get(results.META_VERSION) == str(results.SCHEMA_VERSION).encode()
+                and all(f.name in table.schema.names and table.schema.field(f.name).type == f.type
+                        for f in results.RUN_SCHEMA)):
+            return table.select(results.RUN_SCHEMA.names).replace_schema_metadata(None)
+    except (pa.ArrowException, OSError):
+        pass
+    frame = results.read_table(path)
+    return pa.Table.from_pandas(frame[results.RUN_SCHEMA.names], schema=results.RUN_SCHEMA,
+                                preserve_index=False).replace_schema_metadata(None)
+
+
+def usable(runs: pd.DataFrame, tier: str, tasks: dict[str, type[Task]]) -> pd.Series:
+    """Rows that can be compared: this entry's, this tier's, a known profile, current task versions."""
     versions = {name: cls.version for name, cls in tasks.items()}
-    keep = ((runs["entry"] == entry.name) & (runs["tier"] == tier) & (runs["profile"] == profile)
+    return ((runs["entry"] == runs["_entry"]) & (runs["tier"] == tier)
+            & (runs["profile"] == runs["_profile"]) & runs["profile"].isin(list(profiles.available()))
             & (runs["overrides"].astype(str).str.strip() == "{}")
             & (runs["task"].map(versions) == runs["task_version"]))
-    if profile not in profiles.available():
-        keep &= False
-    if (~keep).any():
-        dropped = runs.loc[~keep, "task"].astype(str).unique()
-        notes.append(f"{path}: left out {int((~keep).sum())} rows of tasks {sorted(dropped)[:5]} "
-                     "(unknown profile or task, stale task version, --set overrides, or another "
-                     "entry's rows); `ldbench validate` names each problem")
-    return runs[keep]
 
 
-def provenance(rows: pd.DataFrame, entry: Entry) -> dict:
-    """One line of where and when an entry's results were made, for its leaderboard page."""
-    first = rows.iloc[0]
+def provenance(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (entry, profile): where and when its results were made, for its page."""
+    if runs.empty:
+        return pd.DataFrame()
+    keys = ["entry", "profile"]
+    created = pd.to_datetime(runs["created_at"], utc=True, errors="coerce")
+    out = runs.assign(created=created).groupby(keys).agg(
+        tier=("tier", "first"), entry_hash=("entry_hash", "first"), git_commit=("git_commit", "first"),
+        fingerprint=("fingerprint", "first"), first_run=("created", "min"), last_run=("created", "max"),
+        runs=("run_id", "nunique"), seeds=("seed", "nunique"))
+    suites = runs.groupby(keys)["suite_version"].unique()
+    versions = runs.groupby([*keys, "task"])["task_version"].first()
+    out["suite_versions"] = [sorted(map(str, suites[k])) for k in out.index]
+    out["task_versions"] = [{str(t): int(v) for t, v in versions[k].items()} for k in out.index]
+    out["fingerprint"] = out["fingerprint"].map(json_object)
+    out["git_commit"] = out["git_commit"].fillna("").astype(str)
+    return out.reset_index()
+
+
+def json_object(text) -> dict:
     try:
-        machine = json.loads(first["fingerprint"])
+        value = json.loads(text)
     except (TypeError, ValueError):
-        machine = {}
-    created = pd.to_datetime(rows["created_at"], utc=True, errors="coerce")
-    return {
-        "entry": entry.name, "profile": first["profile"], "tier": first["tier"],
-        "entry_hash": first["entry_hash"],
-        "suite_versions": sorted(rows["suite_version"].astype(str).unique()),
-        "task_versions": {str(t): int(v) for t, v in rows.groupby("task")["task_version"].first().items()},
-        "git_commit": str(first["git_commit"] or ""), "fingerprint": machine,
-        "first_run": created.min(), "last_run": created.max(),
-        "runs": int(rows["run_id"].nunique()), "seeds": int(rows["seed"].nunique()),
-    }
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 # -- statistics -------------------------------------------------------------------------------
@@ -183,28 +212,28 @@ def bootstrap_ci(values: np.ndarray, *, confidence: float = CONFIDENCE,
     return low, high
 
 
-def seed_statistics(groups: pd.Series) -> pd.DataFrame:
-    """Per group of seed values: seeds, failures (non-finite), mean and CI over the finite values.
+def seed_statistics(*, group: np.ndarray, values: np.ndarray, n_groups: int) -> pd.DataFrame:
+    """Per group: seeds, failures (non-finite values), and the mean and CI of the finite values.
 
-    Groups are batched by their number of finite values so that scipy's bootstrap runs
-    vectorised over all groups of one size.
+    group: (rows,) group index of each seed value, non-decreasing; values: (rows,). Groups are
+    batched by their number of finite values so that scipy's bootstrap runs vectorised over
+    all groups of one size.
     """
-    keys = groups.index
-    finite = [np.asarray(v, dtype=np.float64)[np.isfinite(v)] for v in groups]
-    out = pd.DataFrame(index=keys)
-    out["seeds"] = [len(v) for v in groups]
-    out["failures"] = out["seeds"] - np.array([len(f) for f in finite])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # the mean of no finite value is NaN
-        out["mean"] = [float(np.mean(f)) if len(f) else math.nan for f in finite]
-    low, high = np.full(len(finite), np.nan), np.full(len(finite), np.nan)
-    sizes = np.array([len(f) for f in finite])
-    for size in np.unique(sizes):
-        where = np.flatnonzero(sizes == size)
-        lo, hi = bootstrap_ci(np.stack([finite[i] for i in where]) if size else np.empty((len(where), 0)))
-        low[where], high[where] = lo, hi
-    out["ci_low"], out["ci_high"] = low, high
-    return out
+    group, values = np.asarray(group), np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    seeds = np.bincount(group, minlength=n_groups)
+    counts = np.bincount(group[finite], minlength=n_groups)
+    sums = np.bincount(group[finite], weights=values[finite], minlength=n_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    low, high = np.full(n_groups, np.nan), np.full(n_groups, np.nan)
+    kept_group, kept = group[finite], values[finite]  # still ordered by group
+    for size in np.unique(counts[counts >= 2]):
+        rows = np.flatnonzero(counts == size)
+        block = kept[counts[kept_group] == size].reshape(len(rows), size)  # (groups, seeds)
+        low[rows], high[rows] = bootstrap_ci(block)
+    return pd.DataFrame({"seeds": seeds, "failures": seeds - counts, "mean": mean,
+                         "ci_low": low, "ci_high": high})
 
 
 def ranks_with_ties(*, mean: np.ndarray, low: np.ndarray, high: np.ndarray, failed: np.ndarray,
@@ -269,8 +298,12 @@ def score(inputs: Inputs, tasks: dict[str, type[Task]] | None = None) -> pd.Data
         return pd.DataFrame(columns=COLUMNS)
     runs = runs.drop_duplicates(["profile", "tier", "task", "entry", "metric", "seed"], keep="last")
     keys = ["profile", "tier", "family", "task", "metric", "direction", "entry"]
-    groups = runs.groupby(keys, sort=True)["value"].agg(list)
-    table = seed_statistics(groups).reset_index()
+    runs = runs.sort_values(keys, kind="stable")
+    grouped = runs.groupby(keys, sort=True)
+    table = grouped.size().index.to_frame(index=False)
+    stats_ = seed_statistics(group=grouped.ngroup().to_numpy(), values=runs["value"].to_numpy(),
+                             n_groups=len(table))
+    table = pd.concat([table, stats_], axis=1)
     table["level"] = "metric"
     table["rank"] = 0
     for _, idx in table.groupby(["profile", "tier", "task", "metric"]).groups.items():
@@ -280,7 +313,7 @@ def score(inputs: Inputs, tasks: dict[str, type[Task]] | None = None) -> pd.Data
             failed=(part["failures"] / part["seeds"]).to_numpy(), direction=part["direction"].iloc[0])
     targets = {name: cls.target for name, cls in tasks.items()}
     table["target"] = table["metric"] == table["task"].map(targets)
-    profiles_ = target_profiles(groups, targets, tasks)
+    profiles_ = target_profiles(runs, targets, tasks)
     table = table.merge(profiles_[["profile", "tier", "task", "entry", "time_to_target", "ratio"]]
                         .assign(target=True), on=["profile", "tier", "task", "entry", "target"],
                         how="left")
@@ -293,45 +326,47 @@ COLUMNS = ["level", "profile", "tier", "family", "task", "entry", "metric", "dir
            "score", "solved", "tasks"]
 
 
-def target_profiles(groups: pd.Series, targets: dict[str, str],
+def target_profiles(runs: pd.DataFrame, targets: dict[str, str],
                     tasks: dict[str, type[Task]]) -> pd.DataFrame:
     """Per (profile, tier, task, entry): time to the task's target and its performance ratio.
 
     Every entry with results in a (profile, tier) is compared on every task any entry ran
     there; an entry without runs of a task has not solved it.
     """
-    rows = []
-    flat = groups.reset_index()
-    for (prof, tier), part in flat.groupby(["profile", "tier"]):
-        entries = sorted(part["entry"].unique())
-        for task in sorted(set(part["task"]) & set(targets)):
-            mine = part[(part["task"] == task) & (part["metric"] == targets[task])]
-            times = dict(zip(mine["entry"], map(time_to_target, mine["value"]), strict=True))
-            t = np.array([times.get(e, math.inf) for e in entries])
-            for entry, steps, ratio in zip(entries, t, performance_ratios(t), strict=True):
-                rows.append({"profile": prof, "tier": tier, "task": task, "family": tasks[task].family,
-                             "entry": entry, "time_to_target": steps, "ratio": ratio})
-    return pd.DataFrame(rows, columns=["profile", "tier", "task", "family", "entry", "time_to_target",
-                                       "ratio"])
+    mine = runs[runs["metric"] == runs["task"].map(targets)]
+    times = mine.groupby(["profile", "tier", "task", "entry"])["value"].agg(time_to_target)
+    present = runs.groupby(["profile", "tier"])[["entry", "task"]].agg(lambda c: sorted(set(c)))
+    frames = []
+    for (prof, tier), (entries, ran) in present.iterrows():
+        for task in [t for t in ran if t in targets]:
+            key = (prof, tier, task)
+            t = (times.loc[key] if key in times.index.droplevel("entry") else pd.Series(dtype=float))
+            t = t.reindex(entries, fill_value=math.inf).to_numpy(dtype=np.float64)
+            frames.append(pd.DataFrame({"profile": prof, "tier": tier, "task": task,
+                                        "family": tasks[task].family, "entry": entries,
+                                        "time_to_target": t, "ratio": performance_ratios(t)}))
+    columns = ["profile", "tier", "task", "family", "entry", "time_to_target", "ratio"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 def family_scores(per_task: pd.DataFrame, tasks: dict[str, type[Task]]) -> pd.DataFrame:
     """Per (profile, tier, family or overall, entry): area under the performance profile."""
-    rows = []
-    scopes = [("family", f, per_task[per_task["family"] == f]) for f in sorted(set(per_task["family"]))]
-    scopes.append(("overall", "", per_task))
-    for level, family, part in scopes:
-        for (prof, tier, entry), mine in part.groupby(["profile", "tier", "entry"]):
-            ratios = mine["ratio"].to_numpy()
-            rows.append({"level": level, "profile": prof, "tier": tier, "family": family,
-                         "entry": entry, "score": profile_score(ratios=ratios),
-                         "solved": int(np.isfinite(ratios).sum()), "tasks": len(ratios)})
-    out = pd.DataFrame(rows, columns=["level", "profile", "tier", "family", "entry", "score", "solved",
-                                      "tasks"])
-    if len(out):
-        out["rank"] = (out.groupby(["level", "profile", "tier", "family"])["score"]
-                       .rank(method="min", ascending=False).astype(int))
-    return out
+    columns = ["level", "profile", "tier", "family", "entry", "score", "solved", "tasks", "rank"]
+    if per_task.empty:
+        return pd.DataFrame(columns=columns)
+    scored = per_task.assign(solved=np.isfinite(per_task["ratio"]))
+    parts = []
+    for level, keys in (("family", ["profile", "tier", "family", "entry"]),
+                        ("overall", ["profile", "tier", "entry"])):
+        grouped = scored.groupby(keys)
+        part = pd.DataFrame({
+            "score": grouped["ratio"].agg(lambda r: profile_score(ratios=r.to_numpy())),
+            "solved": grouped["solved"].sum().astype(int), "tasks": grouped.size()}).reset_index()
+        parts.append(part.assign(level=level, family=part["family"] if level == "family" else ""))
+    out = pd.concat(parts, ignore_index=True)
+    out["rank"] = (out.groupby(["level", "profile", "tier", "family"])["score"]
+                   .rank(method="min", ascending=False).astype(int))
+    return out[columns]
 
 
 def write_scores(table: pd.DataFrame, path: Path, digest: str) -> None:

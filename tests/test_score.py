@@ -58,13 +58,16 @@ def test_bootstrap_is_equivariant_under_shift_and_negation(values, shift):
 
 
 def test_seed_statistics_count_failures_and_average_finite_values():
-    groups = pd.Series({"a": [1.0, 2.0, 3.0, math.inf, math.nan], "b": [math.inf] * 5})
-    out = score.seed_statistics(groups)
-    assert out.loc["a", "seeds"] == 5 and out.loc["a", "failures"] == 2
-    assert out.loc["a", "mean"] == 2.0
-    interval = (out.loc["a", "ci_low"], out.loc["a", "ci_high"])
-    assert interval == pytest.approx(scipy_ci(np.array([1.0, 2.0, 3.0])))
-    assert out.loc["b", "failures"] == 5 and math.isnan(out.loc["b", "mean"])
+    # Group 0: three finite seeds, one unreached, one without result; group 1: all failed;
+    # group 2: one finite seed (no interval); group 3: three finite seeds again (same batch as 0).
+    values = [1.0, 2.0, 3.0, math.inf, math.nan, math.inf, math.inf, 7.0, 4.0, 0.5, 9.0]
+    group = [0, 0, 0, 0, 0, 1, 1, 2, 3, 3, 3]
+    out = score.seed_statistics(group=np.array(group), values=np.array(values), n_groups=4)
+    assert list(out["seeds"]) == [5, 2, 1, 3] and list(out["failures"]) == [2, 2, 0, 0]
+    assert out.loc[0, "mean"] == 2.0 and math.isnan(out.loc[1, "mean"]) and out.loc[2, "mean"] == 7.0
+    assert (out.loc[0, "ci_low"], out.loc[0, "ci_high"]) == pytest.approx(scipy_ci(np.array([1.0, 2.0, 3.0])))
+    assert (out.loc[3, "ci_low"], out.loc[3, "ci_high"]) == pytest.approx(scipy_ci(np.array([4.0, 0.5, 9.0])))
+    assert out.loc[[1, 2], ["ci_low", "ci_high"]].isna().all(axis=None)
 
 
 def test_ranks_tie_where_intervals_overlap_and_failures_rank_last():
@@ -137,6 +140,9 @@ def test_scores_table_and_unreached_targets(tmp_path, two_tasks):
     assert overall.loc["fast", "score"] > overall.loc["slow", "score"] > 0
     metric = table[(table.level == "metric") & table.target.fillna(False).astype(bool)]
     assert (metric[metric.entry == "never"]["failures"] == 5).all()
+    for entry in ("fast", "slow", "never"):  # the overall score is the profile of its task ratios
+        ratios = metric[metric.entry == entry]["ratio"].to_numpy()
+        assert overall.loc[entry, "score"] == pytest.approx(score.profile_score(ratios=ratios))
     assert np.isinf(metric[metric.entry == "never"]["time_to_target"]).all()
     # One row per (task, entry, metric), with a family score per family present.
     rows = table[table.level == "metric"]

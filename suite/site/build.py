@@ -9,15 +9,14 @@ import tempfile
 from pathlib import Path
 
 import jinja2
-import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
 from suite import profiles, registry, results
-from suite.entry import NAME_PATTERN
+from suite.entry import NAME_PATTERN, Entry
 from suite.report import ARROWS, format_number
 from suite.score import TAU_MAX, Inputs
-from suite.site.plots import Plot, task_plots
+from suite.site.plots import task_plots
 from suite.task import Task
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -59,18 +58,13 @@ def write_text(path: Path, text: str) -> None:
 def cell_text(row) -> str:
     """'mean [low, high]' of a metric row, with the seeds that failed."""
     seeds, failed = int(row["seeds"]), int(row["failures"])
-    word = "not reached" if truthy(row["target"]) else "failed"
+    word = "not reached" if row["target"] else "failed"
     if failed == seeds:
         return f"{word} {failed}/{seeds}"
     text = format_number(float(row["mean"]))
-    if np.isfinite(row["ci_low"]):
+    if math.isfinite(row["ci_low"]):
         text += f" [{format_number(float(row['ci_low']))}, {format_number(float(row['ci_high']))}]"
     return text + (f" ({word} {failed}/{seeds})" if failed else "")
-
-
-def truthy(value) -> bool:
-    """A boolean cell of the scores table, where family and overall rows hold NA."""
-    return value is not None and not pd.isna(value) and bool(value)
 
 
 def steps_text(value: float) -> str:
@@ -82,36 +76,59 @@ def ratio_text(value: float) -> str:
 
 
 # -- page contexts -----------------------------------------------------------------------------
+# The scores table becomes plain dicts once: per-entry pandas filtering is far too slow for
+# a thousand entries.
 
-def overall_rows(scores: pd.DataFrame, families: list[str]) -> list[dict]:
-    overall = scores[scores["level"] == "overall"].sort_values(["rank", "entry"])
-    fam = scores[scores["level"] == "family"].set_index(["family", "entry"])["score"]
+def records(scores: pd.DataFrame) -> list[dict]:
+    """The scores rows as dicts, with NA replaced by None/NaN and booleans made plain."""
+    rows = scores.astype(object).where(scores.notna(), None).to_dict("records")
+    for row in rows:
+        row["target"] = bool(row["target"]) if row["target"] is not None else False
+        for key in ("mean", "ci_low", "ci_high", "time_to_target", "ratio", "score"):
+            row[key] = math.nan if row[key] is None else float(row[key])
+    return rows
+
+
+def group_by(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    return groups
+
+
+def overall_rows(rows: list[dict], families: list[str]) -> list[dict]:
+    fam = {(r["family"], r["entry"]): r["score"] for r in rows if r["level"] == "family"}
+    overall = sorted((r for r in rows if r["level"] == "overall"), key=lambda r: (r["rank"], r["entry"]))
     return [{"rank": int(r["rank"]), "entry": r["entry"], "score": f"{r['score']:.3f}",
              "solved": f"{int(r['solved'])}/{int(r['tasks'])}",
-             "families": [f"{fam[f, r['entry']]:.3f}" if (f, r["entry"]) in fam.index else "—"
+             "families": [f"{fam[f, r['entry']]:.3f}" if (f, r["entry"]) in fam else "—"
                           for f in families]}
-            for _, r in overall.iterrows()]
+            for r in overall]
 
 
-def task_section(name: str, cls: type[Task], scores: pd.DataFrame, tier: str) -> dict:
-    """One task's table: entries by time to target, every metric's mean [CI] and rank."""
+def task_section(name: str, cls: type[Task], rows: list[dict], tier: str) -> dict:
+    """One task's table from its metric rows: entries by time to target, every metric's mean [CI]."""
     declared = cls(cls.tiers[tier]).metrics()
-    rows = scores[(scores["level"] == "metric") & (scores["task"] == name)]
-    metrics = [m for m in declared if m in set(rows["metric"])]
-    target = rows[rows["metric"] == cls.target].set_index("entry")
-    entries = sorted(set(rows["entry"]), key=lambda e: (
-        target["ratio"].get(e, math.inf), target["time_to_target"].get(e, math.inf), e))
-    by_key = {(r.entry, r.metric): r for r in rows.itertuples(index=False)}
+    present = {r["metric"] for r in rows}
+    metrics = [m for m in declared if m in present]
+    target = {r["entry"]: r for r in rows if r["metric"] == cls.target}
+    by_key = {(r["entry"], r["metric"]): r for r in rows}
+
+    def order(entry: str) -> tuple:
+        t = target.get(entry)
+        return (math.inf, math.inf, entry) if t is None else (t["ratio"], t["time_to_target"], entry)
+
+    entries = sorted({r["entry"] for r in rows}, key=order)
     table = []
     for entry in entries:
+        t = target.get(entry, {"ratio": math.inf, "time_to_target": math.inf})
         cells = []
         for metric in metrics:
             r = by_key.get((entry, metric))
-            cells.append({"text": cell_text(r._asdict()) if r else "—",
-                          "rank": int(r.rank) if r else None, "sort": sort_key(r)})
-        table.append({"entry": entry, "time": steps_text(target["time_to_target"].get(entry, math.inf)),
-                      "ratio": ratio_text(target["ratio"].get(entry, math.inf)),
-                      "ratio_sort": float(target["ratio"].get(entry, math.inf)), "cells": cells})
+            cells.append({"text": cell_text(r) if r else "—", "rank": int(r["rank"]) if r else None,
+                          "sort": sort_key(r)})
+        table.append({"entry": entry, "time": steps_text(t["time_to_target"]),
+                      "ratio": ratio_text(t["ratio"]), "ratio_sort": t["ratio"], "cells": cells})
     return {
         "name": name, "family": cls.family, "version": cls.version, "description": cls.description,
         "target": cls.target, "target_description": declared[cls.target].description,
@@ -122,11 +139,11 @@ def task_section(name: str, cls: type[Task], scores: pd.DataFrame, tier: str) ->
     }
 
 
-def sort_key(row) -> float:
+def sort_key(row: dict | None) -> float:
     """A number the page's table sorter orders by: the mean, failures last."""
-    if row is None or not np.isfinite(row.mean):
+    if row is None or not math.isfinite(row["mean"]):
         return math.inf
-    return float(row.mean)
+    return row["mean"]
 
 
 def curves_for_task(inputs: Inputs, profile: str, task: str, entries: list[str],
@@ -149,14 +166,14 @@ def curves_for_task(inputs: Inputs, profile: str, task: str, entries: list[str],
     return pd.concat(frames, ignore_index=True)
 
 
-def plots_for(inputs: Inputs, scores: pd.DataFrame, section: dict, profile: str, tier: str,
+def plots_for(inputs: Inputs, rows: list[dict], section: dict, profile: str, tier: str,
               out: Path, cache: dict, written: set[Path]) -> list[dict]:
     top = section["entries"][:8]  # plots show the best entries; the table has them all
     curves = curves_for_task(inputs, profile, section["name"], top, cache)
-    metrics = scores[(scores["level"] == "metric") & (scores["task"] == section["name"])]
-    found: list[Plot] = task_plots(curves, metrics, top)
+    metrics = pd.DataFrame([r for r in rows if r["entry"] in set(top)],
+                           columns=["entry", "metric", "mean", "ci_low", "ci_high"])
     shown = []
-    for plot in found:
+    for plot in task_plots(curves, metrics, top):
         rel = Path("plots") / f"{profile}-{tier}-{section['name']}-{plot.key}.svg"
         write_text(out / rel, plot.svg)
         written.add(out / rel)
@@ -164,18 +181,20 @@ def plots_for(inputs: Inputs, scores: pd.DataFrame, section: dict, profile: str,
     return shown
 
 
-def sections(inputs: Inputs, scores: pd.DataFrame, tasks: dict[str, type[Task]], out: Path,
+def sections(inputs: Inputs, rows: list[dict], tasks: dict[str, type[Task]], out: Path,
              written: set[Path]) -> list[dict]:
     """One section per (profile, tier): overall ranking, family scores, task tables and plots."""
     found, cache = [], {}
-    for (profile, tier), part in scores.groupby(["profile", "tier"], sort=True):
-        families = sorted(set(part.loc[part["level"] == "family", "family"]))
-        task_names = [t for t in tasks if t in set(part["task"].dropna())]
+    for (profile, tier), part in sorted(group_by(rows, "profile", "tier").items()):
+        families = sorted({r["family"] for r in part if r["level"] == "family"})
+        per_task = group_by([r for r in part if r["level"] == "metric"], "task")
         groups = []
         for family in families:
-            secs = [task_section(t, tasks[t], part, tier) for t in task_names if tasks[t].family == family]
+            secs = [task_section(t, cls, per_task[t,], tier) for t, cls in tasks.items()
+                    if cls.family == family and (t,) in per_task]
             for sec in secs:
-                sec["plots"] = plots_for(inputs, part, sec, profile, tier, out, cache, written)
+                sec["plots"] = plots_for(inputs, per_task[sec["name"],], sec, profile, tier, out,
+                                         cache, written)
             groups.append({"name": family, "tasks": secs})
         try:
             description = profiles.load(profile).description
@@ -184,18 +203,15 @@ def sections(inputs: Inputs, scores: pd.DataFrame, tasks: dict[str, type[Task]],
         found.append({"id": f"{profile}-{tier}", "profile": profile, "tier": tier,
                       "description": description, "families": families,
                       "overall": overall_rows(part, families), "groups": groups,
-                      "n_entries": int(part["entry"].nunique())})
+                      "n_entries": len({r["entry"] for r in part})})
     return found
 
 
-def entry_page(name: str, inputs: Inputs, scores: pd.DataFrame, tasks: dict[str, type[Task]]) -> dict:
-    entry = inputs.entries[name]
-    mine = scores[scores["entry"] == name]
-    prov = inputs.provenance
-    runs = []
-    for _, p in (prov[prov["entry"] == name].iterrows() if len(prov) else []):
+def provenance_rows(prov: list[dict], tasks: dict[str, type[Task]]) -> list[dict]:
+    shown = []
+    for p in prov:
         machine = p["fingerprint"] if isinstance(p["fingerprint"], dict) else {}
-        runs.append({
+        shown.append({
             "profile": p["profile"], "tier": p["tier"], "entry_hash": p["entry_hash"],
             "suite_versions": ", ".join(p["suite_versions"]), "git_commit": p["git_commit"] or "—",
             "task_versions": [{"task": t, "version": v, "current": t in tasks and tasks[t].version == v}
@@ -206,26 +222,33 @@ def entry_page(name: str, inputs: Inputs, scores: pd.DataFrame, tasks: dict[str,
             "dates": f"{date_text(p['first_run'])} – {date_text(p['last_run'])}",
             "runs": p["runs"], "seeds": p["seeds"],
         })
-    results_ = []
-    for (profile, tier), part in mine.groupby(["profile", "tier"], sort=True):
-        overall = part[part["level"] == "overall"]
+    return shown
+
+
+def entry_page(entry: Entry, rows: list[dict], prov: list[dict], tasks: dict[str, type[Task]]) -> dict:
+    """The context of one entry's page: manifest, provenance per profile, and its scores."""
+    shown = []
+    for (profile, tier), part in sorted(group_by(rows, "profile", "tier").items()):
+        metric_rows = group_by([r for r in part if r["level"] == "metric"], "task")
         task_rows = []
-        for task in [t for t in tasks if t in set(part["task"].dropna())]:
-            declared = tasks[task](tasks[task].tiers[tier]).metrics()
-            rows = part[(part["level"] == "metric") & (part["task"] == task)]
+        for task, cls in tasks.items():
+            if (task,) not in metric_rows:
+                continue
+            declared = cls(cls.tiers[tier]).metrics()
             task_rows.append({"task": task, "metrics": [
                 {"name": r["metric"], "arrow": ARROWS.get(r["direction"], ""),
                  "description": declared[r["metric"]].description if r["metric"] in declared else "",
-                 "text": cell_text(r), "rank": int(r["rank"]), "target": truthy(r["target"])}
-                for _, r in rows.iterrows()]})
-        results_.append({
+                 "text": cell_text(r), "rank": int(r["rank"]), "target": r["target"]}
+                for r in metric_rows[task,]]})
+        overall = [r for r in part if r["level"] == "overall"]
+        shown.append({
             "profile": profile, "tier": tier, "tasks": task_rows,
-            "overall": (f"{overall['score'].iloc[0]:.3f} (rank {int(overall['rank'].iloc[0])})"
-                        if len(overall) else "—"),
+            "overall": f"{overall[0]['score']:.3f} (rank {int(overall[0]['rank'])})" if overall else "—",
             "families": [(r["family"], f"{r['score']:.3f}", int(r["rank"]))
-                         for _, r in part[part["level"] == "family"].iterrows()],
+                         for r in part if r["level"] == "family"],
         })
-    return {"entry": entry, "hparams": sorted(entry.hparams.items()), "runs": runs, "results": results_}
+    return {"entry": entry, "hparams": sorted(entry.hparams.items()),
+            "runs": provenance_rows(prov, tasks), "results": shown}
 
 
 def date_text(value) -> str:
@@ -274,18 +297,22 @@ def build(inputs: Inputs, scores: pd.DataFrame, out: str | Path, *,
     out = Path(out)
     tasks = tasks if tasks is not None else registry.all_tasks()
     written: set[Path] = set()
-    site = sections(inputs, scores, tasks, out, written)
+    rows = records(scores)
+    site = sections(inputs, rows, tasks, out, written)
     env = environment()
     common = {"digest": inputs.digest, "tau_max": TAU_MAX}
     write_text(out / "index.html", env.get_template("index.html.j2").render(
         sections=site, entries=sorted(inputs.entries), root="", **common))
     written.add(out / "index.html")
     page = env.get_template("entry.html.j2")
-    for name in sorted(set(scores["entry"]) & set(inputs.entries)):
-        if not NAME_PATTERN.match(name):  # a page per entry only for names safe as file names
+    per_entry = group_by(rows, "entry")
+    prov = group_by(inputs.provenance.to_dict("records") if len(inputs.provenance) else [], "entry")
+    for (name,), mine in sorted(per_entry.items()):
+        if name not in inputs.entries or not NAME_PATTERN.match(name):  # names safe as file names
             continue
         path = out / "entries" / f"{name}.html"
-        write_text(path, page.render(root="../", **entry_page(name, inputs, scores, tasks), **common))
+        context = entry_page(inputs.entries[name], mine, prov.get((name,), []), tasks)
+        write_text(path, page.render(root="../", **context, **common))
         written.add(path)
     write_text(out / "README.md", markdown(site, inputs.digest))
     written.add(out / "README.md")

@@ -36,7 +36,7 @@ class Plot:
 def render(fig: Figure) -> str:
     buffer = io.StringIO()
     with matplotlib.rc_context(SVG_RC):
-        fig.savefig(buffer, format="svg", metadata={"Date": None}, bbox_inches="tight")
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
     return buffer.getvalue()
 
 
