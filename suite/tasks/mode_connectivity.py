@@ -125,12 +125,13 @@ class ModeConnectivity(Task):
             out[f"error_barrier/{pair}"] = Metric(
                 "min", f"max over α of test error above the chord, between {what}", "fraction")
         for l in self.llfc_layers:
+            where = "the logits" if l == self.config["depth"] else f"hidden layer {l}'s pre-activations"
             out[f"llfc/layer_{l}"] = Metric(
-                "min", f"1 − cos(F_α, (F_A + F_B)/2) of layer {l}'s pre-activations at α = 0.5, "
-                "matched pair, averaged over test samples")
+                "min", f"1 − cos(F_α, (F_A + F_B)/2) of {where} at α = 0.5, matched pair, "
+                "averaged over test samples (LLFC holds when ≪ llfc_baseline)")
             out[f"llfc_baseline/layer_{l}"] = Metric(
-                "min", f"1 − cos(F_A, F_B) of layer {l}'s pre-activations, matched pair: the "
-                "distance llfc/layer_{l} is compared with")
+                "min", f"1 − cos(F_A, F_B) of {where}, matched pair, averaged over test "
+                f"samples: the distance llfc/layer_{l} is compared with")
         out["test_error"] = Metric("min", "mean final test error of the two independent networks",
                                    "fraction")
         out["stable_spawn_step"] = Metric(
