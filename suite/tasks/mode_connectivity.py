@@ -187,13 +187,13 @@ class ModeConnectivity(Task):
         return model
 
     def sample_batch(self, data, step, generator):
+        # i.i.d. indices from the stream named by the caller's purpose: the data order is the
+        # only thing two children spawned from one parent differ by.
         idx = torch.randint(len(data["y_train"]), (self.config["batch_size"],),
                             generator=generator, device=generator.device)
         return {"x": data["x_train"][idx], "y": data["y_train"][idx]}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "x" not in batch:  # the full training set
-            batch = {"x": batch["x_train"], "y": batch["y_train"]}
         return F.cross_entropy(model(batch["x"]), batch["y"])
 
     def observe(self, model: nn.Module, data: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -247,9 +247,8 @@ class ModeConnectivity(Task):
         The run's curves are those of independent network A at the evaluation steps; path and
         LLFC values are added at the final step. Any diverged network ends the run.
         """
-        self.check_config()
         steps = self.config["steps"]
-        data = trainer.to_device(self.make_data(seed))
+        data = trainer.to_device(self.make_data(seed))  # checks the config first
         final: dict[str, float] = {}
         done = 0  # optimizer steps over every network of the run
 
