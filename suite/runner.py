@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import traceback
 import warnings
@@ -154,9 +155,12 @@ def rows_for(plan: Plan, traj: Trajectory, metrics: dict[str, float], error: str
         for name, metric in declared.items()
     ])
     runs["diverged_step"] = runs["diverged_step"].astype("Int64")
+    # NaN marks "not observed at this step" (e.g. a curve recorded only at the final step):
+    # the long format needs no placeholders, so those rows are dropped.
     curves = pd.DataFrame(
         [(rid, task.name, entry.name, plan.seed, step, name, value)
-         for name, values in traj.curves.items() for step, value in zip(traj.steps, values, strict=True)],
+         for name, values in traj.curves.items()
+         for step, value in zip(traj.steps, values, strict=True) if not math.isnan(value)],
         columns=results.CURVE_SCHEMA.names,
     )
     return runs, curves
