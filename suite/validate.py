@@ -174,7 +174,8 @@ def tier_problems(where: Path, entry: Entry, *, tier: str, profile: str, min_see
         return problems
     path, digest = where / results.RUNS_FILE, entry_hash(entry.path)
     nulls = null_problems(path, runs, NOT_NULL) + (
-        null_problems(where / results.CURVES_FILE, curves, results.CURVE_SCHEMA.names)
+        null_problems(where / results.CURVES_FILE, curves, [c for c in results.CURVE_SCHEMA.names
+                                                             if c != "value"])
         if curves is not None else [])
     if nulls:  # every check below reads these columns
         return problems + nulls

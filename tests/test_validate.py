@@ -127,6 +127,16 @@ def test_broken_submission_is_reported(name, tmp_path):
         assert ": " in line and "; " in line, line
 
 
+def test_missing_curve_values_are_allowed(tmp_path):
+    # Tasks record some curves only at some steps (path curves at the final step): NaN elsewhere.
+    folder = valid_submission(tmp_path / "submissions")
+    path = folder / RUNS.with_name("curves.parquet")
+    curves = results.read_table(path)
+    curves.loc[::3, "value"] = np.nan
+    results.write_atomic(results.to_table(curves, results.CURVE_SCHEMA, results.CURVES_FILE), path)
+    assert validate_submission(folder) == []
+
+
 def test_every_problem_is_one_line_naming_a_file(tmp_path):
     folder = valid_submission(tmp_path / "submissions")
     MUTATIONS["three_seeds"](folder)

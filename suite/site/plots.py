@@ -54,6 +54,7 @@ def seed_means(curves: pd.DataFrame) -> pd.DataFrame:
 
 def log_steps(ax) -> None:
     ax.set_xscale("symlog", linthresh=1.0)  # step 0 (the initialisation) stays on the axis
+    ax.set_xlim(left=0.0)  # no negative steps in the margin
     ax.set_xlabel("step")
 
 
@@ -92,7 +93,7 @@ def stage_times(curves: pd.DataFrame, metrics: pd.DataFrame, entries: list[str])
     if rows.empty or not shown:
         return None
     names = sorted(set(rows["metric"]), key=lambda m: int(STAGE_METRIC.match(m).group(1)))
-    fig, (ax,) = figure(1, width=6.0, height=0.9 + 0.28 * len(shown))
+    fig, (ax,) = figure(1, width=6.0, height=1.6 + 0.28 * len(shown))
     colors = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(names)))
     for i, (name, color) in enumerate(zip(names, colors, strict=True)):
         part = rows[rows["metric"] == name].set_index("entry").reindex(shown)
@@ -104,7 +105,9 @@ def stage_times(curves: pd.DataFrame, metrics: pd.DataFrame, entries: list[str])
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("stage time (steps, mean ± 95% CI)")
-    ax.legend(fontsize=7, frameon=False, ncols=min(len(names), 5), loc="lower right")
+    # Above the axes, so that it never hides a point.
+    ax.legend(fontsize=7, frameon=False, ncols=min(len(names), 6), loc="lower center",
+              bbox_to_anchor=(0.5, 1.0))
     return Plot("stage-times", "Stage times", "Step at which each mode reaches half its strength, "
                 "per entry: larger singular values should be learned first.", render(fig))
 
@@ -186,7 +189,9 @@ def barrier_curves(curves: pd.DataFrame, metrics: pd.DataFrame, entries: list[st
         mine = means[means["entry"] == entry]
         for pair in sorted(set(mine["pair"]), key=lambda p: (p not in labels, p)):
             line = mine[mine["pair"] == pair]
-            ax.plot(line["alpha"], line["value"], marker=".", label=labels.get(pair, pair.replace("_", " ")))
+            spawned = re.fullmatch(r"spawn_(\d+)", pair)
+            label = f"spawned at step {spawned.group(1)}" if spawned else labels.get(pair, pair)
+            ax.plot(line["alpha"], line["value"], marker=".", label=label)
         ax.set_title(entry, fontsize=9)
         ax.set_xlabel("α")
     axes[0].set_ylabel(f"test {kind}")
