@@ -69,8 +69,13 @@ class ModularAddition(Task):
         "to 99% train and test accuracy, the delay between them, and the accuracy gap."
     )
     target = "steps_to_test"
-    # Standard: AdamW (lr 3e-3, weight decay 1) fits the 1740 training pairs in ≈150 steps and
-    # reaches 99% test accuracy after ≈1000-2000; 4000 steps leave a 2× margin.
+    # Standard tier, chosen by a small sweep (seed 0, then 5 seeds) so that the AdamW baseline
+    # (lr 3e-3, β₂ 0.98, weight decay 1) groks on 2 CPU cores in well under a minute per seed:
+    # p = 59 with half of the 3481 pairs for training fits in ≈150 steps and reaches 99% test
+    # accuracy at 1000-2100 (5 seeds); 4000 steps leave a 2× margin. Weight decay sets the
+    # delay (≈1/(lr·wd)): 0.5 needs ≈4700 steps, 2 about half as many as 1, and without decay
+    # (Adam, SGD) the test accuracy stays near 0. Width 128 and embedding 32 are the smallest
+    # that fit quickly; the smoke tier (p = 31, 80% train) groks within its 1500 steps.
     tiers = {
         "smoke": dict(steps=1500, evals=60, p=31, train_fraction=0.8, embed_dim=32, width=128,
                       init_scale=1.0),
