@@ -49,7 +49,13 @@ class TeacherStudent(Task):
     )
     target = "steps_to_near_optimum"
     # snr: teacher singular values in units of the noise σ; noise entries are N(0, σ²/n_in)
-    # (the scaling under which the paper's formulas hold, see suite.metrics.generalization).
+    # (the scaling under which the paper's formulas hold, see suite.metrics.generalization;
+    # REFERENCES.md's σ²/n_out does not reproduce them). Standard: A = n_out/n_in = 0.5 and a
+    # rank-one teacher at s̄ = 3 (threshold A^{1/4} ≈ 0.84): the data's mode sits at ŝ ≈ 3.25
+    # above the noise bulk edge 1 + √A ≈ 1.71, the optimum is 1 − O² ≈ 0.158, and a student
+    # wide enough to memorise (hidden = n_out) ends near ‖Z‖²/‖Ȳ‖² ≈ n_out/s̄² ≈ 11. With
+    # gradient descent at lr 0.01 (lr·ŝ ≈ 0.03) the optimum comes at step ≈ 200 and the noise
+    # is fitted by ≈ 2000; 3000 steps take a few seconds.
     tiers = {
         "smoke": dict(steps=800, evals=60, n_in=60, n_out=30, hidden=30, snr=[3.0],
                       noise=1.0, init_scale=1e-3),
