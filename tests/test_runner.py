@@ -16,6 +16,8 @@ RUN_COLUMNS = ["run_id", "task", "task_version", "entry", "entry_version", "entr
 
 
 def run(entry, out, **kwargs):
+    # Two quick tasks exercise the harness; every task's own smoke run lives in its test file.
+    kwargs.setdefault("tasks", ["deep-linear-modes", "shared-representation"])
     kwargs.setdefault("sets", FAST)
     return runner.run_suite(entry, tier="smoke", out=out, progress=False, **kwargs)
 
