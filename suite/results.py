@@ -86,6 +86,7 @@ def write_atomic(table: pa.Table, path: Path) -> None:
             pq.write_table(table, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared and committed
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
