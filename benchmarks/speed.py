@@ -1,0 +1,165 @@
+"""Seed batching speed-up per task and achieved FLOP/s, measured side by side on this machine.
+
+    python benchmarks/speed.py                      # standard-tier models, 200 steps, 8 seeds
+    python benchmarks/speed.py --suite              # also time the whole standard tier, 5 seeds
+
+For every task in the registry: the wall time of training `--seeds` seeds one by one
+(`Task.run` per seed, the `--seed-batch 1` path) and batched (`suite.batched.train_seeds`, the
+`--seed-batch auto` path), each the median of `--repeats` interleaved repeats, and their ratio.
+Then the FLOP/s the largest task's training achieves (forward + backward matmul FLOPs counted by
+torch's FlopCounterMode, times seeds and steps, over the wall time) against the FLOP/s of a
+dense float32 matmul measured in the same process.
+"""
+
+from __future__ import annotations
+
+import os
+
+# As `import suite` does, but before torch loads: OpenMP threads that spin while waiting make
+# torch many times slower when the two cores are shared with other processes.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: find benchmarks/
+
+import torch
+from tabulate import tabulate
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.common import configured
+from suite import batched, profiles, registry, runner, seeding
+from suite.entry import load_entry
+from suite.loop import Trainer
+from suite.task import Task
+
+
+def one_by_one_seconds(task: Task, trainer: Trainer, seeds: list[int]) -> float:
+    start = time.perf_counter()
+    for seed in seeds:
+        task.run(seed, trainer)
+    return time.perf_counter() - start
+
+
+def batched_seconds(task: Task, trainer: Trainer, seeds: list[int]) -> float:
+    start = time.perf_counter()
+    batched.train_seeds(task, trainer, seeds)
+    return time.perf_counter() - start
+
+
+def medians(task: Task, trainer: Trainer, seeds: list[int], repeats: int) -> tuple[float, float]:
+    """Median wall times (one by one, batched); repeats alternate so load hits both alike.
+
+    A task with its own procedure runs seed by seed either way: it is timed once.
+    """
+    singles, batches = [], []
+    for _ in range(repeats):
+        singles.append(one_by_one_seconds(task, trainer, seeds))
+        if batched.batchable(task):
+            batches.append(batched_seconds(task, trainer, seeds))
+    single = statistics.median(singles)
+    return single, statistics.median(batches) if batches else single
+
+
+def step_flops(task: Task, trainer: Trainer) -> int:
+    """Matmul FLOPs of one seed's training step (forward and backward of Task.loss)."""
+    data = trainer.to_device(task.make_data(0))
+    model = trainer.to_device(task.make_model(0))
+    batch = task.sample_batch(data, 1, seeding.generator(0, "batches", device=trainer.device))
+    with FlopCounterMode(display=False) as counter:
+        task.loss(model, batch).backward()
+    return counter.get_total_flops()
+
+
+def matmul_flop_rate(n: int = 1024, repeats: int = 20) -> float:
+    """FLOP/s of a dense n×n float32 matmul (best of `repeats`: the machine's dense peak)."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+    a @ b  # warm-up
+    best = min(timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def suite_seconds(entry: str, seeds: int, seed_batch: str) -> float:
+    """Wall time of `ldbench run ENTRY --tier standard --seeds N` into a throwaway folder."""
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        runner.run_suite(entry, seeds=seeds, tier="standard", out=out, progress=False,
+                         seed_batch=seed_batch)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entry", default="baselines/adam")
+    parser.add_argument("--tier", default="standard", choices=registry.TIERS)
+    parser.add_argument("--steps", type=int, default=200, help="steps per run (0: the tier's)")
+    parser.add_argument("--evals", type=int, default=20, help="evaluations per run (0: the tier's)")
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", default="cpu-2core")
+    parser.add_argument("--tasks", default="", help="comma-separated (default: all)")
+    parser.add_argument("--suite", action="store_true",
+                        help="also time the whole standard tier with 5 seeds, batched")
+    args = parser.parse_args()
+
+    prof = profiles.load(args.profile)
+    prof.apply()
+    entry = load_entry(args.entry)
+    seeds = list(range(args.seeds))
+    names = [t for t in args.tasks.split(",") if t] or list(registry.all_tasks())
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"profile {prof.name} ({torch.get_num_threads()} threads), {profiles.cpu_model()}, "
+          f"torch {torch.__version__}, load average {load:.2f} at start")
+    print(f"{args.tier} tier, {args.steps or 'tier'} steps, {args.evals or 'tier'} evaluations, "
+          f"{args.seeds} seeds, entry {entry.name}, median of {args.repeats}\n")
+
+    headers = ["task", "execution", "one by one (s)", "batched (s)", "speed-up"]
+    rows, timings = [], {}
+    for name in names:
+        task = configured(name, args.tier, args.steps or None, args.evals or None)
+        trainer = Trainer(task, entry, prof)
+        warm = configured(name, args.tier, 5, 2)
+        medians(warm, Trainer(warm, entry, prof), seeds[:2], 1)  # load kernels once
+        single, batch = medians(task, trainer, seeds, args.repeats)
+        timings[name] = (task, trainer, single, batch)
+        how = "batched" if batched.batchable(task) else "own procedure: seed by seed"
+        rows.append([name, how, f"{single:.2f}", f"{batch:.2f}", f"{single / batch:.1f}×"])
+        print(f"  {name}: {single:.2f} s one by one, {batch:.2f} s batched", flush=True)
+    print()
+    print(tabulate(rows, headers=headers, tablefmt="github"))
+
+    batchable = {n: t for n, t in timings.items() if batched.batchable(t[0])}
+    if batchable:
+        flops = {n: step_flops(t[0], t[1]) for n, t in batchable.items()}
+        largest = max(flops, key=flops.get)
+        task, _, single, batch = timings[largest]
+        total = flops[largest] * task.config["steps"] * len(seeds)
+        peak = matmul_flop_rate()
+        print(f"\nlargest task: {largest}, {flops[largest] / 1e6:.1f} MFLOP per seed-step "
+              f"(forward + backward matmuls)")
+        print(f"dense 1024×1024 float32 matmul: {peak / 1e9:.1f} GFLOP/s")
+        for how, seconds in (("batched", batch), ("one by one", single)):
+            rate = total / seconds
+            print(f"{how:>10}: {rate / 1e9:.2f} GFLOP/s = {rate / peak:.1%} of the matmul rate "
+                  "(wall time includes data, evaluation and optimizer)")
+
+    if args.suite:
+        seconds = suite_seconds(args.entry, 5, "auto")
+        print(f"\nwhole standard tier, 5 seeds, {entry.name}, --seed-batch auto: "
+              f"{seconds / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
