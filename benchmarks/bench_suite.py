@@ -37,6 +37,8 @@ class TrainSteps:
 
     params = TASKS
     param_names = ["task"]
+    number = 1  # one call is one training run
+    repeat = (2, 5, 10.0)  # 2 to 5 samples per round, stopping after 10 s: minutes per commit
     timeout = 300
 
     def setup(self, name):
@@ -52,6 +54,8 @@ class TrainSeedsBatched:
 
     params = TASKS
     param_names = ["task"]
+    number = 1  # one call is one training run
+    repeat = (2, 5, 10.0)  # 2 to 5 samples per round, stopping after 10 s: minutes per commit
     timeout = 300
 
     def setup(self, name):
