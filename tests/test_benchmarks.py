@@ -1,0 +1,38 @@
+"""benchmarks/: the FLOP count speed.py reports, the shortened configs, and the script end to end."""
+
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.common import REPO, baseline_trainer, configured
+from benchmarks.speed import step_flops
+from suite.registry import make_task
+
+
+def test_step_flops_count_the_forward_and_backward_matmuls_of_a_deep_linear_net():
+    """y = X (W₂W₁)ᵀ with X = I (N = n_in examples): the product costs 2·o·h·i, applying it
+    2·N·i·o; backward needs both operands' gradients of the product (2 · 2·o·h·i) but only the
+    weight side of X Pᵀ (X is data): 6·o·h·i + 4·N·i·o in all."""
+    i, h, o = 5, 7, 4
+    task = make_task("deep-linear-modes", "smoke",
+                     {"n_in": i, "hidden": h, "n_out": o, "singular_values": [2.0, 1.0]})
+    assert step_flops(task, baseline_trainer(task)) == 6 * o * h * i + 4 * i * i * o
+
+
+def test_configured_shortens_the_run_but_keeps_the_tier_sizes():
+    task = configured("deep-linear-modes", "standard", 20, 3)
+    assert task.config["steps"] == 20 and task.config["evals"] == 3
+    assert task.config["n_in"] == make_task("deep-linear-modes", "standard").config["n_in"]
+    spawning = configured("mode-connectivity", "standard", 100)
+    assert max(spawning.spawn_steps) == 100  # spawn steps past the end move to it
+
+
+@pytest.mark.parametrize("name", ["deep-linear-modes"])
+def test_speed_script_prints_the_ratio_and_the_flop_rates(name):
+    out = subprocess.run(
+        [sys.executable, "benchmarks/speed.py", "--tier", "smoke", "--steps", "5", "--evals", "2",
+         "--seeds", "2", "--repeats", "1", "--tasks", name],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=True).stdout
+    assert f"| {name}" in out and "speed-up" in out
+    assert "MFLOP per seed-step" in out and "of the matmul rate" in out
