@@ -2,8 +2,9 @@
 
 Speed and memory use the Adam baseline on the cpu-2core profile; accuracy uses the SGD baseline,
 whose dynamics the tasks' theory describes. The baselines (entry code and hyperparameters) come
-from this checkout, so across commits only the suite changes. Task lists come from the registry:
-a new task gets its speed, memory and steps-to-target benchmarks without edits here.
+from this checkout, so across commits only the suite changes. The task list comes from this
+checkout's `suite/tasks/`: a new task gets its speed, memory and steps-to-target benchmarks
+without edits here, and is skipped at commits whose suite lacks it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import torch
 
 from suite import registry, runner
 
-from .common import BASELINES, baseline_trainer, configured
+from .common import baseline, baseline_trainer, checkout_tasks, configured
 
-TASKS = list(registry.all_tasks())
+TARGETS = checkout_tasks()  # task -> its target metric
+TASKS = list(TARGETS)
 STEPS = 100  # training steps timed per run: enough that per-run setup is a small share
 SEEDS = 8
 
@@ -154,7 +156,7 @@ def closed_form_error() -> float:
 def gd_entry(folder: Path, lr: float) -> Path:
     """An entry with the SGD baseline's code and learning rate `lr`."""
     folder.mkdir()
-    (folder / "entry.py").write_text((BASELINES / "sgd" / "entry.py").read_text())
+    (folder / "entry.py").write_text((baseline("sgd") / "entry.py").read_text())
     (folder / "entry.toml").write_text(
         'name = "gd"\nversion = 1\nauthors = ["ldbench"]\ndescription = "gradient descent"\n'
         f"[hparams.default]\nlr = {lr}\n")
@@ -171,7 +173,7 @@ class Accuracy:
 
     def setup_cache(self):
         with tempfile.TemporaryDirectory() as out:
-            runs = runner.run_suite(BASELINES / "sgd", seeds=1, tier="smoke", out=out,
+            runs = runner.run_suite(baseline("sgd"), seeds=1, tier="smoke", out=out,
                                     progress=False)
         values = {f"{row.task}/{row.metric}": float(row.value) for row in runs.itertuples()}
         values["closed_form_error"] = closed_form_error()
@@ -194,7 +196,7 @@ class Accuracy:
 
     def track_teacher_student_excess_test_error(self, values):
         """Best test error over the theory's early-stopping optimum, minus 1."""
-        if "teacher-student" not in TASKS:
+        if "teacher-student" not in registry.all_tasks():
             return math.nan
         optimum = registry.make_task("teacher-student", "smoke").optimum
         return value(values, "teacher-student/min_test_error") / optimum - 1.0
@@ -219,7 +221,7 @@ def value(values: dict[str, float], key: str) -> float:
 
 def steps_to_target(task: str):
     """A track_ method for `task`'s target metric (the one the scorer ranks by)."""
-    target = registry.task_class(task).target
+    target = TARGETS[task]
 
     def track(self, values):
         return value(values, f"{task}/{target}")
