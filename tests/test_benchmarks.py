@@ -36,3 +36,27 @@ def test_speed_script_prints_the_ratio_and_the_flop_rates(name):
         cwd=REPO, capture_output=True, text=True, timeout=300, check=True).stdout
     assert f"| {name}" in out and "speed-up" in out
     assert "MFLOP per seed-step" in out and "of the matmul rate" in out
+
+
+def test_the_benchmarked_tasks_read_from_source_are_the_registered_tasks_and_targets():
+    from benchmarks.common import checkout_tasks
+    from suite import registry
+
+    assert checkout_tasks() == {name: registry.task_class(name).target
+                                for name in sorted(registry.all_tasks())}
+
+
+def test_accuracy_tracks_are_finite_or_nan_and_carry_a_unit():
+    """asv's step detection (`asv publish`) never returns on an infinite value."""
+    import math
+
+    from benchmarks.bench_suite import TARGETS, Accuracy, value
+
+    assert math.isnan(value({"t/m": math.inf}, "t/m")) and math.isnan(value({}, "t/m"))
+    assert value({"t/m": 3.0}, "t/m") == 3.0
+    tracks = [getattr(Accuracy, n) for n in dir(Accuracy) if n.startswith("track_")]
+    assert len(tracks) >= 10 and all(isinstance(t.unit, str) and t.unit for t in tracks)
+    unreached = {f"{task}/{target}": math.inf for task, target in TARGETS.items()}
+    for task in TARGETS:
+        track = getattr(Accuracy, f"track_steps_to_target_{task.replace('-', '_')}")
+        assert math.isnan(track(Accuracy(), unreached))
