@@ -18,7 +18,7 @@ from suite import profiles, registry, results
 from suite.entry import Entry, EntryError, load_entry
 from suite.task import Task
 
-SCORE_VERSION = 1  # raise when a change below alters scores: it invalidates built leaderboards
+SCORE_VERSION = 2  # raise when a change below alters scores: it invalidates built leaderboards
 TAU_MAX = 4.0  # performance profiles are integrated over τ ∈ [1, TAU_MAX] (AlgoPerf uses 4)
 # With 5 seeds there are only 126 distinct resamples; 1000 draws put the 2.5% and 97.5% points
 # within a few percent of the interval's width, and keep 1,000 entries' scoring in seconds.
@@ -213,7 +213,8 @@ def bootstrap_ci(values: np.ndarray, *, confidence: float = CONFIDENCE,
 
 
 def seed_statistics(*, group: np.ndarray, values: np.ndarray, n_groups: int) -> pd.DataFrame:
-    """Per group: seeds, failures (non-finite values), and the mean and CI of the finite values.
+    """Per group: seeds, failures (non-finite values), of which unreached (infinite: a target
+    never met), and the mean and CI of the finite values.
 
     group: (rows,) group index of each seed value, non-decreasing; values: (rows,). Groups are
     batched by their number of finite values so that scipy's bootstrap runs vectorised over
@@ -232,7 +233,9 @@ def seed_statistics(*, group: np.ndarray, values: np.ndarray, n_groups: int) -> 
         rows = np.flatnonzero(counts == size)
         block = kept[counts[kept_group] == size].reshape(len(rows), size)  # (groups, seeds)
         low[rows], high[rows] = bootstrap_ci(block)
-    return pd.DataFrame({"seeds": seeds, "failures": seeds - counts, "mean": mean,
+    unreached = np.bincount(group[np.isinf(values)], minlength=n_groups)
+    return pd.DataFrame({"seeds": seeds, "failures": seeds - counts, "unreached": unreached,
+                         "mean": mean,
                          "ci_low": low, "ci_high": high})
 
 
@@ -322,7 +325,7 @@ def score(inputs: Inputs, tasks: dict[str, type[Task]] | None = None) -> pd.Data
 
 
 COLUMNS = ["level", "profile", "tier", "family", "task", "entry", "metric", "direction", "target",
-           "seeds", "failures", "mean", "ci_low", "ci_high", "rank", "time_to_target", "ratio",
+           "seeds", "failures", "unreached", "mean", "ci_low", "ci_high", "rank", "time_to_target", "ratio",
            "score", "solved", "tasks"]
 
 
@@ -372,7 +375,7 @@ def family_scores(per_task: pd.DataFrame, tasks: dict[str, type[Task]]) -> pd.Da
 def write_scores(table: pd.DataFrame, path: Path, digest: str) -> None:
     """Write the scores atomically, recording the digest of the inputs they came from."""
     frame = table.reindex(columns=COLUMNS).copy()
-    for col in ("seeds", "failures", "rank", "solved", "tasks"):
+    for col in ("seeds", "failures", "unreached", "rank", "solved", "tasks"):
         frame[col] = pd.array(frame[col], dtype="Int64")
     frame["target"] = frame["target"].astype("boolean")
     arrow = pa.Table.from_pandas(frame, preserve_index=False)

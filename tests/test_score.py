@@ -64,6 +64,7 @@ def test_seed_statistics_count_failures_and_average_finite_values():
     group = [0, 0, 0, 0, 0, 1, 1, 2, 3, 3, 3]
     out = score.seed_statistics(group=np.array(group), values=np.array(values), n_groups=4)
     assert list(out["seeds"]) == [5, 2, 1, 3] and list(out["failures"]) == [2, 2, 0, 0]
+    assert list(out["unreached"]) == [1, 2, 0, 0]
     assert out.loc[0, "mean"] == 2.0 and math.isnan(out.loc[1, "mean"]) and out.loc[2, "mean"] == 7.0
     assert (out.loc[0, "ci_low"], out.loc[0, "ci_high"]) == pytest.approx(scipy_ci(np.array([1.0, 2.0, 3.0])))
     assert (out.loc[3, "ci_low"], out.loc[3, "ci_high"]) == pytest.approx(scipy_ci(np.array([4.0, 0.5, 9.0])))

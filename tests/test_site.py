@@ -301,3 +301,19 @@ def test_screenshot_of_the_leaderboard(site, browser, tmp_path):
     # The dark header band on top and a light page below: something was drawn.
     assert pixels[10, :, :3].mean() < 0.3 and pixels[-50:, :, :3].mean() > 0.7
     assert pixels[..., :3].std() > 0.05
+
+
+@pytest.mark.parametrize("failures, unreached, text", [
+    (0, 0, "2 [1, 3]"),
+    (1, 1, "2 [1, 3] (not reached 1/5)"),
+    (2, 1, "2 [1, 3] (not reached 1/5, no result 1/5)"),
+    (5, 5, "not reached 5/5"),
+    (5, 0, "no result 5/5"),
+])
+def test_cells_say_not_reached_for_infinite_values_and_no_result_for_nan(failures, unreached, text):
+    """The words of `ldbench show` (suite.report.describe), whatever the metric."""
+    from suite.site.build import cell_text
+
+    row = {"seeds": 5, "failures": failures, "unreached": unreached, "mean": 2.0,
+           "ci_low": 1.0, "ci_high": 3.0}
+    assert cell_text(row) == text

@@ -56,15 +56,18 @@ def write_text(path: Path, text: str) -> None:
 # -- the numbers, as text ----------------------------------------------------------------------
 
 def cell_text(row) -> str:
-    """'mean [low, high]' of a metric row, with the seeds that failed."""
+    """'mean [low, high]' of a metric row, noting seeds that did not reach a target (an infinite
+    value) or have no result (NaN), in the words of `ldbench show`."""
     seeds, failed = int(row["seeds"]), int(row["failures"])
-    word = "not reached" if row["target"] else "failed"
+    unreached = int(row["unreached"])
+    notes = [f"{word} {n}/{seeds}" for word, n in
+             (("not reached", unreached), ("no result", failed - unreached)) if n]
     if failed == seeds:
-        return f"{word} {failed}/{seeds}"
+        return ", ".join(notes)
     text = format_number(float(row["mean"]))
     if math.isfinite(row["ci_low"]):
         text += f" [{format_number(float(row['ci_low']))}, {format_number(float(row['ci_high']))}]"
-    return text + (f" ({word} {failed}/{seeds})" if failed else "")
+    return text + (f" ({', '.join(notes)})" if notes else "")
 
 
 def steps_text(value: float) -> str:
