@@ -197,7 +197,7 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
     ids = [run_id(entry=entry, entry_hash=digest, task=p.task, seed=p.seed, tier=tier,
                   profile=profile, overrides=p.overrides) for p in plans]
     todo = [(p, rid) for p, rid in zip(plans, ids, strict=True) if rid not in done]
-    total = sum(p.task.config["steps"] for p, _ in todo)
+    total = sum(p.task.optimizer_steps() for p, _ in todo)
     with tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True) as bar:
         for group in group_plans(todo, size):
             batch = [plan for plan, _ in group]

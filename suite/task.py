@@ -65,6 +65,8 @@ class Task:
         run(seed, trainer) -> Trajectory: a special procedure (spawning children, two
             networks...) built from `trainer`'s pieces. Override only when one training run per
             seed does not describe the task; the default is one model, one optimizer, `steps`.
+        optimizer_steps() -> int: the optimizer steps `run` takes over all its networks (the
+            progress bar's total); override it with `run`.
     """
 
     name: ClassVar[str]
@@ -105,6 +107,9 @@ class Task:
         model = trainer.to_device(self.make_model(seed))
         optimizer = trainer.make_optimizer(model.parameters())
         return trainer.train(model, optimizer, data, seed=seed, steps=self.config["steps"])
+
+    def optimizer_steps(self) -> int:
+        return int(self.config["steps"])
 
     # -- helpers for the harness --------------------------------------------------------------
     def nan_metrics(self) -> dict[str, float]:

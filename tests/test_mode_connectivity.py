@@ -93,6 +93,7 @@ def test_run_records_aligned_curves_and_spawning_at_the_end_has_no_barrier(make_
     # Every optimizer step of every network is counted: parent to 150, two children from 0,
     # none from 150, and the two independent networks.
     assert traj.steps_done == 150 + 2 * 150 + 0 + 2 * 150
+    assert task.optimizer_steps() == traj.steps_done  # the progress bar's total
     alphas = np.linspace(0, 1, task.config["alphas"])
     for pair in ("spawn_0", "spawn_150", "independent", "matched"):
         for kind in ("loss", "error"):

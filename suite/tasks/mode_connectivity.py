@@ -241,6 +241,11 @@ class ModeConnectivity(Task):
             out[f"llfc_baseline/layer_{l}"] = dist["baseline_per_sample"]
         return out
 
+    def optimizer_steps(self) -> int:
+        """The parent up to the last spawn step, two children from each, two independent nets."""
+        steps = self.config["steps"]
+        return max(self.spawn_steps) + sum(2 * (steps - k) for k in self.spawn_steps) + 2 * steps
+
     def run(self, seed: int, trainer: Trainer) -> Trajectory:
         """Spawned children per spawn step, then two independent networks, matched.
 
