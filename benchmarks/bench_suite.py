@@ -25,13 +25,17 @@ STEPS = 100  # training steps timed per run: enough that per-run setup is a smal
 SEEDS = 8
 
 
-def seed_batching():
-    """suite.batched, or NotImplementedError (asv: skipped) at commits before it existed."""
+def batched_run(name: str, tier: str, steps: int):
+    """(suite.batched, task, trainer) for timing `name`'s seeds as one batch; NotImplementedError
+    (asv: skipped) at commits before seed batching, or for a task with its own procedure."""
     try:
         from suite import batched
     except ImportError:
         raise NotImplementedError("no seed batching at this commit") from None
-    return batched
+    task = configured(name, tier, steps, 2)
+    if not batched.batchable(task):
+        raise NotImplementedError(f"{name} has its own procedure: its seeds run one by one")
+    return batched, task, baseline_trainer(task)
 
 
 class TrainSteps:
@@ -61,11 +65,7 @@ class TrainSeedsBatched:
     timeout = 300
 
     def setup(self, name):
-        self.batched = seed_batching()
-        self.task = configured(name, "smoke", STEPS, 2)
-        if not self.batched.batchable(self.task):
-            raise NotImplementedError(f"{name} has its own procedure: its seeds run one by one")
-        self.trainer = baseline_trainer(self.task)
+        self.batched, self.task, self.trainer = batched_run(name, "smoke", STEPS)
 
     def time_8_seeds(self, name):
         self.batched.train_seeds(self.task, self.trainer, list(range(SEEDS)))
@@ -94,11 +94,7 @@ class StandardBatchMemory:
     timeout = 300
 
     def setup(self, name):
-        self.batched = seed_batching()
-        self.task = configured(name, "standard", 20, 2)
-        if not self.batched.batchable(self.task):
-            raise NotImplementedError(f"{name} has its own procedure: its seeds run one by one")
-        self.trainer = baseline_trainer(self.task)
+        self.batched, self.task, self.trainer = batched_run(name, "standard", 20)
 
     def peakmem_standard_5_seeds(self, name):
         self.batched.train_seeds(self.task, self.trainer, list(range(5)))
