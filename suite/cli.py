@@ -57,6 +57,9 @@ def tasks() -> None:
 @click.option("--profile", default="cpu-2core", show_default=True, help="Hardware profile.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a tier config value (task.key=value for one task). Repeatable.")
+@click.option("--hparam", "hparams", multiple=True, metavar="KEY=VALUE",
+              help="Override one of the entry's hyperparameters (task.key=value for one task). "
+                   "Repeatable. Recorded with each run; the leaderboard takes no such runs.")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Results folder (default: ENTRY_DIR/results/PROFILE/TIER).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -65,11 +68,12 @@ def tasks() -> None:
                    "N = up to N at a time, 1 = one by one. Tasks with their own procedure "
                    "(overriding Task.run) always run seed by seed.")
 @user_errors
-def run(entry_dir, task_list, seeds, tier, profile, sets, out, quiet, seed_batch) -> None:
+def run(entry_dir, task_list, seeds, tier, profile, sets, hparams, out, quiet, seed_batch) -> None:
     """Run ENTRY_DIR on the suite, write Parquet results and print a summary table."""
     names = [t.strip() for t in task_list.split(",") if t.strip()] or None
     runs = runner.run_suite(entry_dir, tasks=names, seeds=seeds, tier=tier, profile=profile,
-                            sets=list(sets), out=out, progress=not quiet, seed_batch=seed_batch)
+                            sets=list(sets), hparams=list(hparams), out=out,
+                            progress=not quiet, seed_batch=seed_batch)
     click.echo(report.render(runs))
     errors = runs[runs["status"] == "error"].drop_duplicates("run_id")
     for _, row in errors.iterrows():

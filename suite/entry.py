@@ -7,13 +7,13 @@ import importlib.util
 import re
 import sys
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from suite.registry import all_tasks, did_you_mean
+from suite.registry import RegistryError, all_tasks, did_you_mean, parse_value
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 REQUIRED = {"name": str, "version": (int, str), "authors": list, "description": str}
@@ -56,6 +56,49 @@ class Entry:
     @property
     def hash(self) -> str:
         return entry_hash(self.path)
+
+    def with_hparams(self, per_task: dict[str, dict[str, Any]]) -> Entry:
+        """This entry with `per_task[task]` laid over each task's hyperparameters."""
+        tables = {t: dict(v) for t, v in self.hparams.items()}
+        for task, values in per_task.items():
+            if values:
+                tables[task] = {**tables.get(task, {}), **values}
+        return replace(self, hparams=tables)
+
+
+def split_hparams(pairs: list[str], entry: Entry, task_names: list[str]) -> dict[str, dict[str, Any]]:
+    """Turn `--hparam key=value` / `task.key=value` pairs into per-task hyperparameter overrides.
+
+    As `--set` does for configs: a bare key applies to every selected task whose hyperparameters
+    have it (at least one must), `task.key` to one task; values take the type of the current one.
+    """
+    per_task: dict[str, dict[str, Any]] = {name: {} for name in task_names}
+    for pair in pairs:
+        if "=" not in pair:
+            raise RegistryError(f"--hparam {pair!r}: expected key=value or task.key=value")
+        key, raw = pair.split("=", 1)
+        targets = task_names
+        if "." in key and key.split(".", 1)[0] in all_tasks():
+            task, key = key.split(".", 1)
+            if task not in per_task:
+                raise RegistryError(f"--hparam {pair!r}: task {task!r} is not among the selected tasks")
+            targets = [task]
+        owners = [t for t in targets if key in entry.hparams_for(t)]
+        if not owners:
+            known = {k for t in targets for k in entry.hparams_for(t)}
+            which = f"task {targets[0]}" if len(targets) == 1 else "any selected task"
+            raise RegistryError(
+                f"--hparam {pair!r}: {entry.path / 'entry.toml'} gives no {key!r} for {which} (a "
+                "new hyperparameter goes into its [hparams.default] or [hparams.TASK] table "
+                f"first){did_you_mean(key, known)}")
+        for task in owners:
+            current = entry.hparams_for(task)[key]
+            # A number stays a number: `weight_decay = 1` in TOML still takes 0.5.
+            number = isinstance(current, int) and not isinstance(current, bool)
+            per_task[task][key] = parse_value(raw, 0.0 if number else current, key, "--hparam")
+            if number and float(per_task[task][key]).is_integer() and "." not in raw:
+                per_task[task][key] = int(per_task[task][key])
+    return per_task
 
 
 def fail(path: Path, problem: str, fix: str) -> EntryError:

@@ -61,8 +61,8 @@ def task_class(name: str) -> type[Task]:
     return tasks[name]
 
 
-def parse_value(raw: str, default: Any, key: str) -> Any:
-    """Parse a `--set key=value` string to the type of the tier's default value."""
+def parse_value(raw: str, default: Any, key: str, option: str = "--set") -> Any:
+    """Parse an `option key=value` string to the type of the current (tier or entry) value."""
     try:
         if isinstance(default, bool):
             if raw.lower() not in ("true", "false", "1", "0"):
@@ -80,7 +80,7 @@ def parse_value(raw: str, default: Any, key: str) -> Any:
         return raw
     except ValueError as err:
         raise RegistryError(
-            f"--set {key}={raw}: cannot read {raw!r} as {type(default).__name__} ({err})"
+            f"{option} {key}={raw}: cannot read {raw!r} as {type(default).__name__} ({err})"
         ) from None
 
 

@@ -48,9 +48,10 @@ def describe(values: np.ndarray) -> str:
 
 
 def summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (entry, task, metric) with the seeds' mean ± 95% CI and run statuses."""
+    """One row per (entry, tier, profile, overrides, task, metric) with the seeds' mean ± 95% CI
+    and run statuses: runs with other `--set`/`--hparam` overrides are never pooled."""
     rows = []
-    keys = ["entry", "tier", "profile", "task", "metric"]
+    keys = ["entry", "tier", "profile", "overrides", "task", "metric"]
     for key, group in runs.groupby(keys, sort=False):
         statuses = group.drop_duplicates("run_id")["status"].value_counts().to_dict()
         rows.append({
@@ -64,12 +65,15 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def render(runs: pd.DataFrame, fmt: str = "simple") -> str:
-    """The summary as text, one block per (entry, tier, profile)."""
+    """The summary as text, one block per (entry, tier, profile, overrides)."""
     table = summary(runs)
     blocks = []
-    for (entry, tier, profile), group in table.groupby(["entry", "tier", "profile"], sort=False):
+    heads = ["entry", "tier", "profile", "overrides"]
+    for (entry, tier, profile, overrides), group in table.groupby(heads, sort=False):
         title = f"entry {entry} · tier {tier} · profile {profile}"
-        body = group.drop(columns=["entry", "tier", "profile"])
+        if str(overrides).strip() not in ("", "{}"):
+            title += f" · overrides {overrides}"
+        body = group.drop(columns=heads)
         blocks.append(title + "\n" + tabulate(body, headers="keys", tablefmt=fmt,
                                               showindex=False, disable_numparse=True))
     return "\n\n".join(blocks)

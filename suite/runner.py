@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from suite import batched, profiles, registry, results
-from suite.entry import Entry, EntryError, load_entry
+from suite.entry import Entry, EntryError, load_entry, split_hparams
 from suite.loop import Trainer, Trajectory
 from suite.task import Task
 
@@ -42,13 +42,17 @@ def run_id(*, entry: Entry, entry_hash: str, task: Task, seed: int, tier: str, p
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def make_plans(task_names: list[str], seeds: list[int], tier: str,
-               sets: list[str]) -> list[Plan]:
+def make_plans(task_names: list[str], seeds: list[int], tier: str, sets: list[str],
+               hparams: dict[str, dict[str, Any]] | None = None) -> list[Plan]:
+    """The runs to do. A run's overrides are its config overrides (`--set`) and, under the key
+    "hparams", its hyperparameter overrides (`--hparam`); both enter its run id."""
     per_task = registry.split_overrides(sets, task_names)
     plans = []
     for name in task_names:
         task = registry.make_task(name, tier, per_task[name])
-        overrides = {k: task.config[k] for k in per_task[name]}
+        overrides: dict[str, Any] = {k: task.config[k] for k in per_task[name]}
+        if (hparams or {}).get(name):
+            overrides["hparams"] = dict(sorted(hparams[name].items()))
         plans.extend(Plan(task, seed, overrides) for seed in seeds)
     return plans
 
@@ -175,13 +179,14 @@ def concat_rows(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: int = 1,
               tier: str = "smoke", profile: str = "cpu-2core", sets: list[str] | None = None,
               out: str | Path | None = None, progress: bool = True,
-              seed_batch: int | str = "auto") -> pd.DataFrame:
+              seed_batch: int | str = "auto", hparams: list[str] | None = None) -> pd.DataFrame:
     """Run every selected task for seeds 0..seeds-1 and return the run table of all of them.
 
     Finished runs already in `out` are skipped, so an interrupted suite resumes where it
     stopped; each batch of runs is appended to `out` atomically as soon as it ends.
     `seed_batch`: "auto" trains all seeds of a task as one batched computation (see
-    `suite.batched`), N at most N seeds together, 1 one by one.
+    `suite.batched`), N at most N seeds together, 1 one by one. `sets` override tier config
+    values and `hparams` the entry's hyperparameters (`key=value` or `task.key=value` each).
     """
     entry = load_entry(entry_dir)
     prof = profiles.load(profile)
@@ -190,7 +195,9 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
     task_names = tasks or list(registry.all_tasks())
     for name in task_names:
         registry.task_class(name)  # fail before any work on a typo
-    plans = make_plans(task_names, list(range(seeds)), tier, sets or [])
+    per_task_hparams = split_hparams(hparams or [], entry, task_names)
+    entry = entry.with_hparams(per_task_hparams)
+    plans = make_plans(task_names, list(range(seeds)), tier, sets or [], per_task_hparams)
     out = Path(out) if out else default_out(entry, profile, tier)
     digest, fingerprint = entry.hash, profiles.fingerprint(prof, entry.path)
     done = results.done_run_ids(out)

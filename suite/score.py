@@ -86,7 +86,7 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
     """Read every entry's manifest and `tier` results under `roots`, without importing any code.
 
     Rows that cannot be compared are left out with a warning: unknown tasks or profiles, stale
-    task versions, runs with --set overrides, and results of another entry.
+    task versions, runs with --set or --hparam overrides, and results of another entry.
     """
     tasks = tasks if tasks is not None else registry.all_tasks()
     folders = entry_folders(roots)
@@ -121,7 +121,7 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
     for i, dropped in runs.loc[~keep].groupby("_file")["task"]:
         inputs.warnings.append(
             f"{paths[i]}: left out {len(dropped)} rows of tasks {sorted(set(dropped))[:5]} (unknown "
-            "profile or task, stale task version, --set overrides, or another entry's rows); "
+            "profile or task, stale task version, --set or --hparam overrides, or another entry's rows); "
             "`ldbench validate` names each problem")
     runs = runs[keep]
     inputs.runs = runs[KEEP].reset_index(drop=True)

@@ -267,8 +267,9 @@ def task_problems(path: Path, rows: pd.DataFrame, task: Task, entry: Entry, dige
     per_run = rows.drop_duplicates("run_id")
     overridden = per_run[per_run["overrides"].astype(str).map(lambda s: s.strip() != "{}")]
     if len(overridden):
-        problems.append(line(path, f"{where}: {len(overridden)} runs used --set overrides, so they "
-                             f"are not the {tier} tier", f"rerun without --set: {again}"))
+        problems.append(line(path, f"{where}: {len(overridden)} runs used --set or --hparam "
+                             f"overrides, so they are not the {tier} tier of this entry",
+                             f"rerun without them (put hyperparameters in entry.toml): {again}"))
     if (rows.groupby("run_id")[["task", "seed"]].nunique() > 1).any(axis=None):
         problems.append(line(path, f"{where}: a run_id is shared by different seeds",
                              "the table was edited; regenerate it: " + again))

@@ -77,9 +77,11 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
     checks = []
     for run in pick_runs(submitted, k, pick_seed).itertuples(index=False):
         overrides = json.loads(run.overrides or "{}")
-        task = registry.make_task(run.task, tier, overrides)
+        config = {k: v for k, v in overrides.items() if k != "hparams"}
+        task = registry.make_task(run.task, tier, config)
         plan = runner.Plan(task, int(run.seed), overrides)
-        traj, metrics, _ = runner.execute(plan, Trainer(task, entry, prof))
+        tuned = entry.with_hparams({run.task: overrides.get("hparams", {})})
+        traj, metrics, _ = runner.execute(plan, Trainer(task, tuned, prof))
         rows = submitted[submitted["run_id"] == run.run_id].set_index("metric")
         for name in task.metrics():
             value = float(rows["value"].get(name, math.nan))

@@ -29,3 +29,39 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
     assert result.exit_code == 2
     assert "error:" in result.output and "entry.toml: is missing" in result.output
     assert "Traceback" not in result.output
+
+
+def test_hparam_overrides_change_the_run_are_recorded_and_never_pooled(make_entry, tmp_path):
+    """`--hparam` reaches make_optimizer, enters the run id (a rerun with another value is a new
+    run, not skipped) and the recorded hparams/overrides; `show` keeps the two apart."""
+    import json
+
+    from suite import runner
+
+    entry, out = make_entry(), tmp_path / "out"
+    common = dict(tasks=["deep-linear-modes"], seeds=1, out=out, progress=False,
+                  sets=["steps=30", "evals=3"])
+    base = runner.run_suite(entry, **common)
+    tuned = runner.run_suite(entry, hparams=["deep-linear-modes.lr=0.05"], **common)
+    assert set(base["run_id"]).isdisjoint(tuned["run_id"])
+    row = tuned.iloc[0]
+    assert json.loads(row["hparams"]) == {"lr": 0.05}
+    assert json.loads(row["overrides"])["hparams"] == {"lr": 0.05}
+    loss = lambda runs: float(runs.set_index("metric").loc["final_loss", "value"])  # noqa: E731
+    assert loss(tuned) != loss(base)
+    again = runner.run_suite(entry, hparams=["lr=0.05"], **common)  # same run: skipped
+    assert list(again["run_id"]) == list(tuned["run_id"])
+    assert list(again["created_at"]) == list(tuned["created_at"])
+    shown = CliRunner().invoke(main, ["show", str(out)])
+    assert shown.output.count("entry probe · tier smoke") == 2
+    assert '"lr": 0.05' in shown.output
+
+
+def test_hparam_typos_fail_with_did_you_mean(make_entry, tmp_path):
+    args = ["run", str(make_entry()), "--tasks", "deep-linear-modes", "--hparam", "lrr=0.1",
+            "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "did you mean 'lr'" in result.output
+    assert "[hparams.default]" in result.output
+    result = CliRunner().invoke(main, args[:-4] + ["--hparam", "lr=fast", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--hparam lr=fast: cannot read 'fast'" in result.output
