@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from suite.registry import RegistryError, all_tasks, did_you_mean, parse_value
+from suite.registry import all_tasks, did_you_mean, parse_value, split_pairs
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 REQUIRED = {"name": str, "version": (int, str), "authors": list, "description": str}
@@ -67,37 +67,23 @@ class Entry:
 
 
 def split_hparams(pairs: list[str], entry: Entry, task_names: list[str]) -> dict[str, dict[str, Any]]:
-    """Turn `--hparam key=value` / `task.key=value` pairs into per-task hyperparameter overrides.
+    """Per-task hyperparameter overrides from `--hparam key=value` / `task.key=value` pairs.
 
-    As `--set` does for configs: a bare key applies to every selected task whose hyperparameters
-    have it (at least one must), `task.key` to one task; values take the type of the current one.
+    Keys are those the entry's tables give each task (as `--set` takes the tier's config keys);
+    values take the type of the current one, a number staying a number (`weight_decay = 1` in
+    TOML still takes 0.5).
     """
-    per_task: dict[str, dict[str, Any]] = {name: {} for name in task_names}
-    for pair in pairs:
-        if "=" not in pair:
-            raise RegistryError(f"--hparam {pair!r}: expected key=value or task.key=value")
-        key, raw = pair.split("=", 1)
-        targets = task_names
-        if "." in key and key.split(".", 1)[0] in all_tasks():
-            task, key = key.split(".", 1)
-            if task not in per_task:
-                raise RegistryError(f"--hparam {pair!r}: task {task!r} is not among the selected tasks")
-            targets = [task]
-        owners = [t for t in targets if key in entry.hparams_for(t)]
-        if not owners:
-            known = {k for t in targets for k in entry.hparams_for(t)}
-            which = f"task {targets[0]}" if len(targets) == 1 else "any selected task"
-            raise RegistryError(
-                f"--hparam {pair!r}: {entry.path / 'entry.toml'} gives no {key!r} for {which} (a "
-                "new hyperparameter goes into its [hparams.default] or [hparams.TASK] table "
-                f"first){did_you_mean(key, known)}")
-        for task in owners:
+    hint = (f" in {entry.path / 'entry.toml'} (a new one goes into its [hparams.default] or "
+            "[hparams.TASK] table first)")
+    raw = split_pairs(pairs, task_names, option="--hparam", keys_of=entry.hparams_for, hint=hint)
+    per_task: dict[str, dict[str, Any]] = {}
+    for task, values in raw.items():
+        per_task[task] = {}
+        for key, text in values.items():
             current = entry.hparams_for(task)[key]
-            # A number stays a number: `weight_decay = 1` in TOML still takes 0.5.
             number = isinstance(current, int) and not isinstance(current, bool)
-            per_task[task][key] = parse_value(raw, 0.0 if number else current, key, "--hparam")
-            if number and float(per_task[task][key]).is_integer() and "." not in raw:
-                per_task[task][key] = int(per_task[task][key])
+            value = parse_value(text, 0.0 if number else current, key, "--hparam")
+            per_task[task][key] = int(value) if number and value.is_integer() and "." not in text else value
     return per_task
 
 

@@ -6,6 +6,7 @@ import difflib
 import importlib
 import json
 import pkgutil
+from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any
 
@@ -98,26 +99,36 @@ def make_task(name: str, tier: str, overrides: dict[str, Any] | None = None) -> 
 
 
 def split_overrides(pairs: list[str], task_names: list[str]) -> dict[str, dict[str, str]]:
-    """Turn CLI `key=value` / `task.key=value` pairs into per-task override dicts.
+    """Turn CLI `--set key=value` / `task.key=value` pairs into per-task config overrides."""
+    return split_pairs(pairs, task_names, option="--set",
+                       keys_of=lambda task: task_class(task).tiers["standard"])
 
-    A bare key applies to every selected task whose tiers have it (and must exist in at least
-    one); `task.key` targets one task.
+
+def split_pairs(pairs: list[str], task_names: list[str], *, option: str,
+                keys_of: Callable[[str], Iterable[str]], hint: str = "") -> dict[str, dict[str, str]]:
+    """Per selected task, the raw values of CLI `key=value` / `task.key=value` pairs.
+
+    A bare key applies to every selected task that has it (`keys_of(task)`; at least one must);
+    `task.key` targets one task, which must have it. `hint` says where a missing key would go.
     """
     per_task: dict[str, dict[str, str]] = {name: {} for name in task_names}
     for pair in pairs:
         if "=" not in pair:
-            raise RegistryError(f"--set {pair!r}: expected key=value or task.key=value")
+            raise RegistryError(f"{option} {pair!r}: expected key=value or task.key=value")
         key, raw = pair.split("=", 1)
+        targets = task_names
         if "." in key and key.split(".", 1)[0] in all_tasks():
             task, key = key.split(".", 1)
             if task not in per_task:
-                raise RegistryError(f"--set {pair!r}: task {task!r} is not among the selected tasks")
-            per_task[task][key] = raw
-            continue
-        owners = [t for t in task_names if key in task_class(t).tiers["standard"]]
+                raise RegistryError(f"{option} {pair!r}: task {task!r} is not among the selected tasks")
+            targets = [task]
+        owners = [t for t in targets if key in keys_of(t)]
         if not owners:
-            keys = {k for t in task_names for k in task_class(t).tiers["standard"]}
-            raise RegistryError(f"--set {pair!r}: no selected task has {key!r}{did_you_mean(key, keys)}")
+            known = {k for t in targets for k in keys_of(t)}
+            which = f"task {targets[0]!r}" if len(targets) == 1 else "no selected task"
+            verb = "has no" if len(targets) == 1 else "has"
+            raise RegistryError(f"{option} {pair!r}: {which} {verb} {key!r}{hint}"
+                                f"{did_you_mean(key, known)}")
         for task in owners:
             per_task[task][key] = raw
     return per_task
