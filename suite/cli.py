@@ -148,11 +148,22 @@ def verify_cmd(path, k, tier, profile, pick_seed, rtol) -> None:
     click.echo(f"ok: {len(checks)} metrics reproduced")
 
 
+def leaderboard_options(func):
+    """--tier, --root and --out, shared by `score` and `leaderboard build|check`."""
+    for option in reversed([
+        click.option("--tier", default="standard", show_default=True,
+                     type=click.Choice(registry.TIERS)),
+        click.option("--root", "roots", multiple=True, default=score_mod.ROOTS, show_default=True,
+                     help="Folders of entry folders. Repeatable."),
+        click.option("--out", default="leaderboard", show_default=True,
+                     type=click.Path(file_okay=False)),
+    ]):
+        func = option(func)
+    return func
+
+
 @main.command("score")
-@click.option("--tier", default="standard", show_default=True, type=click.Choice(registry.TIERS))
-@click.option("--root", "roots", multiple=True, default=score_mod.ROOTS, show_default=True,
-              help="Folders of entry folders. Repeatable.")
-@click.option("--out", default="leaderboard", show_default=True, type=click.Path(file_okay=False))
+@leaderboard_options
 @user_errors
 def score_cmd(tier, roots, out) -> None:
     """Score every entry under the roots; write OUT/scores.parquet. Runs no entry code."""
@@ -176,10 +187,7 @@ def leaderboard() -> None:
 
 
 @leaderboard.command("build")
-@click.option("--tier", default="standard", show_default=True, type=click.Choice(registry.TIERS))
-@click.option("--root", "roots", multiple=True, default=score_mod.ROOTS, show_default=True,
-              help="Folders of entry folders. Repeatable.")
-@click.option("--out", default="leaderboard", show_default=True, type=click.Path(file_okay=False))
+@leaderboard_options
 @user_errors
 def leaderboard_build(tier, roots, out) -> None:
     """Write OUT/index.html, entry pages, plots and OUT/README.md from OUT/scores.parquet."""
@@ -195,9 +203,7 @@ def leaderboard_build(tier, roots, out) -> None:
 
 
 @leaderboard.command("check")
-@click.option("--tier", default="standard", show_default=True, type=click.Choice(registry.TIERS))
-@click.option("--root", "roots", multiple=True, default=score_mod.ROOTS, show_default=True)
-@click.option("--out", default="leaderboard", show_default=True, type=click.Path(file_okay=False))
+@leaderboard_options
 @user_errors
 def leaderboard_check(tier, roots, out) -> None:
     """Fail when the built leaderboard in OUT is stale relative to the results. Runs no entry code."""
