@@ -152,7 +152,7 @@ def check_hparams(manifest: Path, hparams: dict[str, Any]) -> None:
 def load_module(entry: Entry):
     """Import `entry.py` by path under a private module name (entries are not packages)."""
     path = entry.path / "entry.py"
-    module_name = f"ldbench_entry_{entry.name.replace('-', '_')}_{entry_hash(entry.path)[:12]}"
+    module_name = f"ldbench_entry_{entry.name.replace('-', '_')}_{entry.hash[:12]}"
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)

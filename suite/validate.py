@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from suite import profiles, registry, results, runner
-from suite.entry import Entry, EntryError, entry_hash, load_entry
+from suite.entry import Entry, EntryError, load_entry
 from suite.task import Task
 
 MIN_SEEDS = 5
@@ -172,7 +172,7 @@ def tier_problems(where: Path, entry: Entry, *, tier: str, profile: str, min_see
     problems += bad_runs + bad_curves
     if runs is None:
         return problems
-    path, digest = where / results.RUNS_FILE, entry_hash(entry.path)
+    path, digest = where / results.RUNS_FILE, entry.hash
     nulls = null_problems(path, runs, NOT_NULL) + (
         null_problems(where / results.CURVES_FILE, curves, [c for c in results.CURVE_SCHEMA.names
                                                              if c != "value"])
