@@ -12,7 +12,12 @@ if TYPE_CHECKING:  # the harness imports tasks, tasks only need its type for hin
     from suite.loop import Trainer, Trajectory
 
 DIRECTIONS = ("min", "max")
+ROLES = ("ranked", "diagnostic")
 FAMILIES = ("stage-timing", "representation-recovery", "generalization-gap", "linear-connectivity")
+
+
+class ConfigError(ValueError):
+    """A tier config value outside its allowed range: the message names the key and the range."""
 
 
 @dataclass(frozen=True)
@@ -22,16 +27,38 @@ class Metric:
     direction: "min" if lower is better, "max" if higher is better.
     steps_to_target: the value counts steps until a target is reached; +inf means the target
         was not reached within the run's budget (a failure, never a zero).
+    role: "ranked" (enters ranks and scores) or "diagnostic" (shown, never ranked: reference
+        values, and end-state quantities that an under-trained run would win). Every task
+        declares it per metric and says why in its docstring.
+    resolution: absolute floor below which two values of this metric are numerical noise
+        (e.g. float32 rounding amplified by the metric); ranks, `show`, `compare` and `verify`
+        treat values closer than this as equal. Every task declares it per metric.
+    bounds: the metric's valid range (a fraction lies in [0, 1]); intervals are clipped to it.
     """
 
     direction: str
     description: str
     unit: str = ""
     steps_to_target: bool = False
+    role: str | None = None
+    resolution: float | None = None
+    bounds: tuple[float, float] = (-math.inf, math.inf)
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
             raise ValueError(f"metric direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        if self.role is not None and self.role not in ROLES:
+            raise ValueError(f"metric role must be one of {ROLES}, got {self.role!r}")
+        if self.resolution is not None and not self.resolution >= 0:
+            raise ValueError(f"metric resolution must be >= 0, got {self.resolution!r}")
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One curve a task records at each evaluation step (a key of `Task.observe`'s dict)."""
+
+    description: str
+    unit: str = ""
 
 
 class Task:
@@ -49,6 +76,9 @@ class Task:
 
     Methods (all per seed: the harness decides how seeds are executed)
         metrics() -> {name: Metric}: the final metrics, for the current config.
+        curves() -> {name: Curve}: the curves `observe` (or `run`) records, for the current config.
+        check_config() -> None: raise ConfigError naming the key and its allowed range for a
+            nonsense config value (steps=0, hidden=0, ...); called before any run.
         make_data(seed) -> dict of tensors: the task's data, drawn from `seeding.generator`.
         make_model(seed) -> nn.Module: the default single-seed model, initialised from a
             generator (never the global RNG).
@@ -83,6 +113,9 @@ class Task:
     def metrics(self) -> dict[str, Metric]:
         raise NotImplementedError
 
+    def curves(self) -> dict[str, Curve]:
+        raise NotImplementedError
+
     def make_data(self, seed: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -99,6 +132,13 @@ class Task:
         raise NotImplementedError
 
     # -- defaults -----------------------------------------------------------------------------
+    def check_config(self) -> None:
+        """The harness's own keys; a task extends this (calling super) for its keys."""
+        for key in ("steps", "evals"):
+            value = self.config.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{self.name}: config {key}={value!r} must be an integer >= 1")
+
     def sample_batch(self, data: dict[str, torch.Tensor], step: int, generator: torch.Generator):
         return data
 
