@@ -35,7 +35,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from suite import seeding
-from suite.loop import Trainer, Trajectory, eval_steps, set_mode
+from suite.loop import BatchingUnsupported, Lane, Trainer, Trajectory
 from suite.task import Task
 
 # torch optimizers whose update of each parameter entry depends only on that entry's gradient
@@ -43,10 +43,6 @@ from suite.task import Task
 # then S independent optimizers. Exact classes only: a subclass may override `step`.
 ELEMENTWISE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop,
                torch.optim.Adagrad)
-
-
-class BatchingUnsupported(RuntimeError):
-    """The task or its model cannot be seed-batched; the runner runs its seeds one by one."""
 
 
 def batchable(task: Task) -> bool:
@@ -220,75 +216,168 @@ def gradient_function(seed_loss, stacks: dict[str, torch.Tensor], batch: Any, di
         return eager
 
 
+def tensor_attributes(model: nn.Module) -> list[str]:
+    """Names of the model's tensors that are neither parameters nor buffers.
+
+    The vmapped loss runs one copy of one seed's model with each seed's parameters swapped
+    in: a plain tensor attribute (a fixed random projection drawn per seed, say) would be
+    that one seed's tensor for every seed, so such a model is refused.
+    """
+    found = []
+    for prefix, module in model.named_modules():
+        for key, value in vars(module).items():
+            if key in ("_parameters", "_buffers", "_modules"):
+                continue
+            if any(isinstance(leaf, torch.Tensor) for leaf in pytree.tree_leaves(value)):
+                found.append(f"{prefix}.{key}" if prefix else key)
+    return found
+
+
 def train_seeds(task: Task, trainer: Trainer, seeds: list[int]) -> list[Trajectory]:
     """Train `seeds` of `task` together with the default procedure; one Trajectory per seed.
 
     Each trajectory is what `task.run(seed, trainer)` returns for that seed, up to the
-    floating-point rounding of the batched kernels. Raises BatchingUnsupported (before any
-    optimizer step) when the task cannot be batched faithfully.
+    floating-point rounding of the batched kernels. Raises BatchingUnsupported (at the
+    latest at the first step) when the task or entry cannot be batched faithfully.
     """
     if not batchable(task):
         raise BatchingUnsupported(f"task {task.name} overrides Task.run")
-    steps, S = task.config["steps"], len(seeds)
     datas = [trainer.to_device(task.make_data(seed)) for seed in seeds]
     models = [trainer.to_device(task.make_model(seed)) for seed in seeds]
+    hidden = tensor_attributes(models[0])
+    if hidden:
+        raise BatchingUnsupported(
+            f"model attribute {hidden[0]!r} is a tensor that is neither a parameter nor a "
+            "buffer (every seed would see seed 0's); register it with register_buffer or "
+            "make it a parameter")
     template = loss_template(task, models[0])
     stacks = stack_parameters(models)  # name -> (S, ...); models[i]'s parameters are rows i
-    optimizers = [trainer.make_optimizer(m.parameters()) for m in models]
-    shared = stacked_optimizer(optimizers, models, stacks)
-    params = [dict(m.named_parameters()) for m in models]
-    gens = [seeding.generator(seed, "batches", device=trainer.device) for seed in seeds]
-    trajs = [Trajectory(data=data) for data in datas]
-    schedule = set(eval_steps(steps, task.config["evals"]))
+    optimizers = [trainer.make_optimizer(m.parameters(), seed=s) for m, s in zip(models, seeds, strict=True)]
+    lanes = [Lane(seed, model, opt, data, seeding.generator(seed, "batches", device=trainer.device),
+                  Trajectory(data=data))
+             for seed, model, opt, data in zip(seeds, models, optimizers, datas, strict=True)]
+    batch = SeedBatch(task, template, lanes, stacks, stacked_optimizer(optimizers, models, stacks))
+    trainer.run_lanes(lanes, start=0, end=task.config["steps"], step_function=batch)
+    for lane in lanes:
+        lane.traj.execution = batch.execution()
+    return [lane.traj for lane in lanes]
 
-    def seed_loss(flat: dict[str, torch.Tensor], batch) -> torch.Tensor:
-        return functional_call(template, {f"model.{n}": t for n, t in flat.items()}, (batch,))
 
-    # Full-batch tasks (the default sample_batch) see the same data every step: stack it once.
-    fixed = type(task).sample_batch is Task.sample_batch
-    batches = datas if fixed else None
-    batch, dims = stack_batches(datas) if fixed else (None, None)
-    traced: dict[Any, Any] = {}  # batch signature -> traced gradient function
+class SeedBatch:
+    """The step function of a seed batch: one vmapped gradient for all lanes, then their steps.
 
-    active = list(range(S))
-    for i in active:
-        set_mode(optimizers[i], "train")
-        models[i].train()
-        if 0 in schedule:
-            trajs[i].record(0, trainer.observe(models[i], optimizers[i], datas[i]))
-    for step in range(1, steps + 1):
-        if not fixed:
-            batches = [task.sample_batch(datas[i], step, gens[i]) for i in range(S)]
-            batch, dims = stack_batches(batches)
+    Before the batch is trusted, at its first step, every seed's vmapped loss and gradients
+    are checked against plain autograd on its own model, and the stacked optimizer's update
+    (the fast path) against the seeds' own optimizers. At every step, a parameter that the
+    entry's optimizer rebound (`p.data = ...`) instead of updating in place is stacked anew,
+    so the batch keeps following it.
+    """
+
+    def __init__(self, task: Task, template: SeedLoss, lanes: list[Lane],
+                 stacks: dict[str, torch.Tensor], shared: torch.optim.Optimizer | None) -> None:
+        self.task, self.lanes, self.stacks, self.shared = task, lanes, stacks, shared
+        self.row = {id(lane): i for i, lane in enumerate(lanes)}
+        self.params = [dict(lane.model.named_parameters()) for lane in lanes]
+        self.traced: dict[Any, Any] = {}  # batch signature -> traced gradient function
+        self.restacked = 0  # steps at which a rebound parameter was stacked anew
+        self.checked = False
+
+        def seed_loss(flat: dict[str, torch.Tensor], batch) -> torch.Tensor:
+            return functional_call(template, {f"model.{n}": t for n, t in flat.items()}, (batch,))
+
+        self.seed_loss = seed_loss
+        # Full-batch tasks (the default sample_batch) see the same data every step: stack it once.
+        self.fixed = stack_batches([lane.data for lane in lanes]) \
+            if type(task).sample_batch is Task.sample_batch else None
+
+    def execution(self) -> dict[str, Any]:
+        return {"mode": "batched", "seeds": [lane.seed for lane in self.lanes],
+                "optimizer": "stacked" if self.shared is not None else "per-seed"}
+
+    def stacked_batch(self, lanes: list[Lane], batches: list[Any]) -> tuple[Any, Any]:
+        if self.fixed is not None:
+            return self.fixed
+        # Every seed's row is computed; a diverged seed's row reuses a live seed's batch and
+        # is never read.
+        per_row = [batches[0]] * len(self.lanes)
+        for lane, batch in zip(lanes, batches, strict=True):
+            per_row[self.row[id(lane)]] = batch
+        return stack_batches(per_row)
+
+    def __call__(self, trainer: Trainer, lanes: list[Lane], batches: list[Any], step: int) -> list[bool]:
+        batch, dims = self.stacked_batch(lanes, batches)
         key = signature(batch)
-        if key not in traced:
-            traced[key] = gradient_function(seed_loss, stacks, batch, dims)
-        grads, losses = traced[key](stacks, batch)  # grads: name -> (S, ...); losses: (S,)
-        finite = torch.isfinite(losses).tolist()
-        if step == 1 and any(finite):
-            i = finite.index(True)
-            check_gradients(task, models[i], batches[i], losses[i],
-                            {name: g[i] for name, g in grads.items()})
-        for i in [i for i in active if not finite[i]]:
-            trajs[i].status, trajs[i].diverged_step = "diverged", step
-            active.remove(i)
-        if not active:
-            break
-        if shared is not None:
-            step_shared(shared, stacks, grads, frozen=[i for i in range(S) if i not in active])
+        if key not in self.traced:
+            self.traced[key] = gradient_function(self.seed_loss, self.stacks, batch, dims)
+        grads, losses = self.traced[key](self.stacks, batch)  # name -> (S, ...); losses: (S,)
+        rows = [self.row[id(lane)] for lane in lanes]
+        finite = [bool(f) for f in torch.isfinite(losses[rows]).tolist()]
+        live = [(lane, i, b) for lane, i, b, ok in zip(lanes, rows, batches, finite, strict=True) if ok]
+        if not self.checked and live:
+            for lane, i, b in live:
+                check_gradients(self.task, lane.model, b, losses[i], {n: g[i] for n, g in grads.items()})
+        if self.shared is not None:
+            frozen = sorted(set(range(len(self.lanes))) - {i for _, i, _ in live})
+            if self.checked:
+                step_shared(self.shared, self.stacks, grads, frozen=frozen)
+            else:
+                self.first_shared_step(trainer, live, grads, frozen)
         else:
-            for i in active:
-                for name, g in grads.items():
-                    params[i][name].grad = g[i]
-                optimizers[i].step()
-        for i in active:
-            trajs[i].steps_done += 1
-        if trainer.on_step is not None:
-            trainer.on_step(len(active))
-        if step in schedule:
-            for i in active:
-                trajs[i].record(step, trainer.observe(models[i], optimizers[i], datas[i]))
-    return trajs
+            for lane, i, _ in live:
+                self.step_seed(trainer, lane, i, grads)
+            self.follow_rebinding()
+        self.checked = self.checked or bool(live)
+        return finite
+
+    def step_seed(self, trainer: Trainer, lane: Lane, i: int, grads: dict[str, torch.Tensor]) -> None:
+        """The seed's own optimizer steps on its views of the stacks, as it would one by one."""
+        with trainer.entry_code(lane.seed, "optimizer.zero_grad"):
+            lane.optimizer.zero_grad(set_to_none=True)
+        for name, g in grads.items():
+            self.params[i][name].grad = g[i]
+        with trainer.entry_code(lane.seed, "optimizer.step"):
+            lane.optimizer.step()
+
+    def first_shared_step(self, trainer: Trainer, live, grads: dict[str, torch.Tensor],
+                          frozen: list[int]) -> None:
+        """The stacked optimizer's first step, checked against every seed's own optimizer.
+
+        The seeds' optimizers step first (the reference); then the stacks are reset and the
+        stacked optimizer steps. If the two disagree, the batch keeps the reference and goes
+        on with the seeds' own optimizers, whose state is then the consistent one.
+        """
+        before = {n: s.clone() for n, s in self.stacks.items()}
+        for lane, i, _ in live:
+            self.step_seed(trainer, lane, i, grads)
+        reference = {n: s.clone() for n, s in self.stacks.items()}
+        for name, stack in self.stacks.items():
+            stack.copy_(before[name])
+        step_shared(self.shared, self.stacks, grads, frozen=frozen)
+        for name, stack in self.stacks.items():
+            want = reference[name]
+            if float((stack - want).abs().max()) > 1e-4 * float(want.abs().max()) + 1e-30:
+                for n, s in self.stacks.items():
+                    s.copy_(reference[n])
+                self.shared = None
+                return
+
+    def follow_rebinding(self) -> None:
+        """Stack anew every parameter whose tensor an optimizer replaced instead of updating it.
+
+        A new stack (not a copy into the old one) leaves any tensor the optimizer kept of the
+        old values untouched, exactly as one by one.
+        """
+        for name, stack in self.stacks.items():
+            rows = [params[name] for params in self.params]
+            if all(r.data_ptr() == stack[i].data_ptr() and r.shape == stack.shape[1:]
+                   for i, r in enumerate(rows)):
+                continue
+            if any(r.shape != stack.shape[1:] or r.dtype != stack.dtype for r in rows):
+                raise BatchingUnsupported(f"the optimizer changed the shape or dtype of {name!r}")
+            self.stacks[name] = torch.stack([r.detach() for r in rows])
+            for i, r in enumerate(rows):
+                r.data = self.stacks[name][i]
+            self.restacked += 1
 
 
 def step_shared(optimizer: torch.optim.Optimizer, stacks: dict[str, torch.Tensor],

@@ -7,6 +7,9 @@ import importlib.util
 import re
 import sys
 import tomllib
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,9 @@ class Entry:
     def make_optimizer(self, params, task) -> torch.optim.Optimizer:
         """Call the entry's `make_optimizer(params, hparams, task)` and check what it returns."""
         hparams = self.hparams_for(task.name)
-        optimizer = load_module(self).make_optimizer(list(params), hparams, task)
+        module = load_module(self)
+        with entry_call(self, "make_optimizer"):
+            optimizer = module.make_optimizer(list(params), hparams, task)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise EntryError(
                 f"{self.path / 'entry.py'}: make_optimizer returned {type(optimizer).__name__}, "
@@ -186,3 +191,32 @@ def entry_hash(folder: str | Path) -> str:
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+class EntryCodeError(RuntimeError):
+    """An exception raised inside the entry's own code: the entry's failure, not the harness's."""
+
+
+def entry_code_error(err: BaseException, entry_dir: Path, call: str) -> EntryCodeError:
+    """One line naming the entry's file and line (the last frame inside its folder) and the error.
+
+    Without a frame in the entry folder (a library optimizer raising on its own), the last
+    frame of the call is named instead.
+    """
+    frames = traceback.extract_tb(err.__traceback__)
+    root = entry_dir.resolve()
+    inside = [f for f in frames if Path(f.filename).resolve().is_relative_to(root)]
+    frame = (inside or frames or [None])[-1]
+    where = f" at {frame.filename}:{frame.lineno} ({frame.name})" if frame else ""
+    return EntryCodeError(f"the entry's {call} failed{where}: {type(err).__name__}: {err}")
+
+
+@contextmanager
+def entry_call(entry: Entry, call: str) -> Iterator[None]:
+    """Run entry code: an exception it raises becomes an EntryCodeError pointing at its line."""
+    try:
+        yield
+    except (EntryError, EntryCodeError):
+        raise
+    except Exception as err:
+        raise entry_code_error(err, entry.path, call) from err

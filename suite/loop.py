@@ -1,8 +1,17 @@
-"""The training loop of one run: seeding, evaluation schedule, eval mode and divergence."""
+"""The one training loop: lanes (networks) advanced in lockstep, with evaluation and divergence.
+
+A *lane* is one network in training: its model, optimizer, data, batch stream and record.
+`Trainer.run_lanes` advances a list of lanes step by step; how their gradients are computed
+and their optimizers stepped is a *step function*: `plain_steps` (each lane by plain autograd
+on its own model: one-by-one execution) or `suite.batched.SeedBatch` (the lanes' parameters
+stacked and one vmapped gradient for all). Everything else (the evaluation schedule, eval
+mode, divergence, progress, the entry's global-RNG state) is this one loop, whichever runs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,9 +19,13 @@ import numpy as np
 import torch
 
 from suite import seeding
-from suite.entry import Entry
+from suite.entry import Entry, entry_call
 from suite.profiles import Profile
 from suite.task import Task
+
+
+class BatchingUnsupported(RuntimeError):
+    """These lanes cannot run as one batch faithfully; the runner runs their seeds one by one."""
 
 
 @dataclass
@@ -25,6 +38,8 @@ class Trajectory:
     diverged_step: int | None = None
     steps_done: int = 0
     data: Any = None  # the run's data, handed back to Task.summarize
+    # How the run was executed (recorded with its results; `verify` re-runs it the same way).
+    execution: dict[str, Any] = field(default_factory=dict)
 
     def record(self, step: int, values: dict[str, float]) -> None:
         self.steps.append(step)
@@ -34,6 +49,23 @@ class Trajectory:
     def arrays(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         steps = np.asarray(self.steps, dtype=np.int64)
         return steps, {k: np.asarray(v, dtype=np.float64) for k, v in self.curves.items()}
+
+
+@dataclass
+class Lane:
+    """One network in training; `Trainer.run_lanes` advances lanes together."""
+
+    seed: int
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    data: Any
+    stream: torch.Generator  # the random stream of its batches
+    traj: Trajectory
+
+
+# (trainer, active lanes, their batches, step) -> per lane: was its loss finite?
+# A step function leaves every finite lane's optimizer stepped once.
+StepFunction = Callable[["Trainer", list[Lane], list[Any], int], list[bool]]
 
 
 def eval_steps(steps: int, evals: int) -> list[int]:
@@ -52,10 +84,27 @@ def set_mode(optimizer: torch.optim.Optimizer, mode: str) -> None:
         method()
 
 
+def plain_steps(trainer: Trainer, lanes: list[Lane], batches: list[Any], step: int) -> list[bool]:
+    """One step of each lane by plain autograd on its own model (one-by-one execution)."""
+    finite = []
+    for lane, batch in zip(lanes, batches, strict=True):
+        with trainer.entry_code(lane.seed, "optimizer.zero_grad"):
+            lane.optimizer.zero_grad(set_to_none=True)
+        loss = trainer.task.loss(lane.model, batch)
+        finite.append(bool(torch.isfinite(loss).item()))
+        if finite[-1]:
+            loss.backward()
+            with trainer.entry_code(lane.seed, "optimizer.step"):
+                lane.optimizer.step()
+    return finite
+
+
 class Trainer:
     """The pieces of one run a task may use: device placement, the optimizer, the loop.
 
     Task.run (default or special) composes these; it never writes its own training loop.
+    Every call into entry code goes through `entry_code`, which lends the seed's own
+    global-RNG state and turns an exception into an EntryCodeError naming the entry's line.
     """
 
     def __init__(self, task: Task, entry: Entry, profile: Profile,
@@ -64,6 +113,7 @@ class Trainer:
         self.entry = entry
         self.profile = profile
         self.on_step = on_step
+        self.rngs: dict[int, seeding.EntryRNG] = {}
 
     @property
     def device(self) -> torch.device:
@@ -80,45 +130,88 @@ class Trainer:
             return obj.to(self.device, dtype=dtype if obj.is_floating_point() else None)
         return obj
 
-    def make_optimizer(self, params) -> torch.optim.Optimizer:
-        return self.entry.make_optimizer(params, self.task)
+    @contextmanager
+    def entry_code(self, seed: int, call: str) -> Iterator[None]:
+        """Around a call into entry code: the seed's global-RNG state, errors located."""
+        rng = self.rngs.get(seed)
+        if rng is None:
+            rng = self.rngs[seed] = seeding.EntryRNG(seed, self.device)
+        with rng, entry_call(self.entry, call):
+            yield
 
-    def observe(self, model, optimizer, data) -> dict[str, float]:
-        set_mode(optimizer, "eval")
+    def make_optimizer(self, params, *, seed: int) -> torch.optim.Optimizer:
+        with self.entry_code(seed, "make_optimizer"):
+            return self.entry.make_optimizer(params, self.task)
+
+    def observe(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data, *,
+                seed: int) -> dict[str, float]:
+        """The task's evaluation, with the optimizer in eval mode (schedule-free optimizers)."""
+        with self.entry_code(seed, "optimizer.eval"):
+            set_mode(optimizer, "eval")
         with torch.no_grad():
             values = self.task.observe(model, data)
-        set_mode(optimizer, "train")
+        with self.entry_code(seed, "optimizer.train"):
+            set_mode(optimizer, "train")
         return values
 
     def train(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data, *,
               seed: int, steps: int, start: int = 0, purpose: str = "batches",
               trajectory: Trajectory | None = None) -> Trajectory:
-        """Train from step `start` to `steps`, evaluating on the task's log-spaced schedule.
+        """Train one network from step `start` to `steps` (one-by-one execution).
 
-        A non-finite loss stops the run: status "diverged" and the step it happened at.
         `purpose` names the random stream of the batches (two children spawned from one parent
         pass different purposes to see different data orders).
         """
         traj = trajectory if trajectory is not None else Trajectory()
         traj.data = data
-        schedule = set(eval_steps(self.task.config["steps"], self.task.config["evals"]))
-        gen = seeding.generator(seed, purpose, device=self.device)
-        set_mode(optimizer, "train")
-        model.train()
-        if start in schedule and start not in traj.steps:
-            traj.record(start, self.observe(model, optimizer, data))
-        for step in range(start + 1, steps + 1):
-            batch = self.task.sample_batch(data, step, gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss = self.task.loss(model, batch)
-            if not torch.isfinite(loss).item():
-                traj.status, traj.diverged_step = "diverged", step
-                return traj
-            loss.backward()
-            optimizer.step()
-            traj.steps_done += 1
-            if self.on_step is not None:
-                self.on_step(1)
-            if step in schedule:
-                traj.record(step, self.observe(model, optimizer, data))
+        lane = Lane(seed, model, optimizer, data, seeding.generator(seed, purpose, self.device), traj)
+        self.run_lanes([lane], start=start, end=steps, step_function=plain_steps)
         return traj
+
+    def run_lanes(self, lanes: list[Lane], *, start: int, end: int,
+                  step_function: StepFunction) -> None:
+        """Advance `lanes` from step `start` to `end`, evaluating on the task's log-spaced schedule.
+
+        A lane whose loss is non-finite stops there: status "diverged" and the step; the others
+        go on. Lanes trained together must not draw from Python's or numpy's global RNG (their
+        draws would interleave): that is checked at every evaluation step and at the end.
+        """
+        schedule = set(eval_steps(self.task.config["steps"], self.task.config["evals"]))
+        for lane in lanes:
+            with self.entry_code(lane.seed, "optimizer.train"):
+                set_mode(lane.optimizer, "train")
+            lane.model.train()
+            if start in schedule and start not in lane.traj.steps:
+                lane.traj.record(start, self.observe(lane.model, lane.optimizer, lane.data, seed=lane.seed))
+        host = seeding.host_rng_states() if len(lanes) > 1 else None
+        active = list(lanes)
+        for step in range(start + 1, end + 1):
+            batches = [self.task.sample_batch(lane.data, step, lane.stream) for lane in active]
+            finite = step_function(self, active, batches, step)
+            for lane, ok in zip(active, finite, strict=True):
+                if not ok:
+                    lane.traj.status, lane.traj.diverged_step = "diverged", step
+            active = [lane for lane, ok in zip(active, finite, strict=True) if ok]
+            for lane in active:
+                lane.traj.steps_done += 1
+            if self.on_step is not None:
+                self.on_step(len(active))
+            if not active:
+                break
+            if step in schedule:
+                host = check_host_rngs(host)
+                for lane in active:
+                    lane.traj.record(step, self.observe(lane.model, lane.optimizer, lane.data,
+                                                         seed=lane.seed))
+        check_host_rngs(host)
+
+
+def check_host_rngs(before: tuple | None) -> tuple | None:
+    """Refuse a batch whose entry code drew from Python's or numpy's global RNG since `before`."""
+    if before is None:
+        return None
+    now = seeding.host_rng_states()
+    if not seeding.same_host_rng_states(before, now):
+        raise BatchingUnsupported("the entry's code draws from Python's or numpy's global RNG, "
+                                  "so seeds trained together would share one stream")
+    return now

@@ -37,6 +37,10 @@ RUN_SCHEMA = pa.schema([
     # so each is charged the batch's wall time divided by its number of seeds.
     ("wall_time_s", pa.float64()),
     ("steps", pa.int64()),  # optimizer steps taken
+    # JSON object: how the run was executed ({"mode": "batched", "seeds": [...], "optimizer":
+    # "stacked" | "per-seed"}, {"mode": "one-by-one"} or {"mode": "procedure"}); null in files
+    # written before it was recorded. `ldbench verify` re-runs a run the same way.
+    ("execution", pa.string()),
     ("metric", pa.string()),
     ("value", pa.float64()),  # +inf: steps-to-target not reached; NaN: no result (see status)
     ("direction", pa.string()),  # min | max
@@ -58,6 +62,8 @@ CURVE_SCHEMA = pa.schema([
 ])
 
 SCHEMAS = {RUNS_FILE: RUN_SCHEMA, CURVES_FILE: CURVE_SCHEMA}
+# Columns added after schema version 1 was first written: older files lack them.
+ADDED_COLUMNS = {RUNS_FILE: ("execution",)}
 DONE_STATUSES = ("ok", "diverged")  # a rerun skips these; "error" runs are retried
 
 
@@ -111,6 +117,10 @@ def read_table(path: Path) -> pd.DataFrame:
         )
     expected = SCHEMAS.get(name)
     if expected is not None:
+        for added in ADDED_COLUMNS.get(name, ()):  # files older than the column read as null
+            if added not in table.schema.names:
+                column = expected.field(added)
+                table = table.append_column(column, pa.nulls(len(table), column.type))
         found = {f.name: f.type for f in table.schema}
         bad = [f.name for f in expected if found.get(f.name) != f.type]
         if bad:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 import traceback
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,9 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from suite import batched, profiles, registry, results
-from suite.entry import Entry, EntryError, load_entry, split_hparams
-from suite.loop import Trainer, Trajectory
+from suite import batched, profiles, registry, results, seeding
+from suite.entry import Entry, EntryCodeError, EntryError, load_entry, split_hparams
+from suite.loop import BatchingUnsupported, Trainer, Trajectory
 from suite.task import Task
 
 
@@ -57,19 +58,31 @@ def make_plans(task_names: list[str], seeds: list[int], tier: str, sets: list[st
     return plans
 
 
-def execute(plan: Plan, trainer: Trainer) -> tuple[Trajectory, dict[str, float], str | None]:
-    """Run one plan; a non-finite loss is a result (diverged), an exception is an error."""
+def execute(plan: Plan, trainer: Trainer, note: str | None = None
+            ) -> tuple[Trajectory, dict[str, float], str | None]:
+    """Run one plan by itself; a non-finite loss is a result (diverged), an exception an error.
+
+    `note` says why a plan that could have been batched runs by itself.
+    """
+    execution = {"mode": "one-by-one" if batched.batchable(plan.task) else "procedure"}
+    if note:
+        execution["note"] = note
     try:
-        traj = plan.task.run(plan.seed, trainer)
+        with seeding.seeded_host_rngs(plan.seed):
+            traj = plan.task.run(plan.seed, trainer)
     except EntryError:
         raise  # a broken entry breaks every run: stop the suite and say so
     except Exception as err:  # noqa: BLE001 - recorded in the results, the suite goes on
-        return Trajectory(status="error"), plan.task.nan_metrics(), error_message(err)
+        return Trajectory(status="error", execution=execution), plan.task.nan_metrics(), error_message(err)
+    traj.execution = execution
     return finish(plan, traj)
 
 
 def error_message(err: Exception) -> str:
-    return f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
+    """The entry's own failures in one line pointing at its code; ldbench's with a traceback."""
+    if isinstance(err, EntryCodeError):
+        return str(err)
+    return f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=-4)}"
 
 
 def finish(plan: Plan, traj: Trajectory) -> tuple[Trajectory, dict[str, float], str | None]:
@@ -80,16 +93,18 @@ def finish(plan: Plan, traj: Trajectory) -> tuple[Trajectory, dict[str, float], 
     try:
         return traj, plan.task.summarize(steps, curves, traj.data), None
     except Exception as err:  # noqa: BLE001 - recorded in the results, the suite goes on
-        return Trajectory(status="error"), plan.task.nan_metrics(), error_message(err)
+        failed = Trajectory(status="error", execution=traj.execution)
+        return failed, plan.task.nan_metrics(), error_message(err)
 
 
-def execute_batch(plans: list[Plan], trainer: Trainer
+def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], None] = print
                   ) -> list[tuple[Trajectory, dict[str, float], str | None]]:
     """Run the plans (seeds of one task) as one seed-batched computation.
 
-    If the batch cannot run batched (the task or model does not allow it) or fails, its seeds
-    are rerun one by one with `execute`, so a failure is recorded per seed exactly as the
-    one-by-one path would record it.
+    A batch that cannot be trusted (suite.batched refuses it) runs its seeds one by one, and
+    `notes` says why; so does a batch in which the entry's own code failed, so that each seed
+    records its own outcome exactly as one by one. Either way no seed's numbers come from a
+    batch that differs from its one-by-one run.
     """
     if len(plans) == 1:
         return [execute(plans[0], trainer)]
@@ -97,10 +112,17 @@ def execute_batch(plans: list[Plan], trainer: Trainer
         trajs = batched.train_seeds(plans[0].task, trainer, [p.seed for p in plans])
     except EntryError:
         raise
+    except EntryCodeError:
+        return [execute(plan, Trainer(plan.task, trainer.entry, trainer.profile, trainer.on_step))
+                for plan in plans]
     except Exception as err:  # noqa: BLE001 - the one-by-one path records or avoids it
-        warnings.warn(f"{plans[0].task.name}: seed batching failed ({type(err).__name__}: {err}); "
-                      "running its seeds one by one", RuntimeWarning, stacklevel=2)
-        return [execute(plan, trainer) for plan in plans]
+        reason = f"{type(err).__name__}: {err}"
+        if not isinstance(err, BatchingUnsupported):  # ldbench's own bug: keep its traceback
+            reason += "\n" + traceback.format_exc(limit=-4)
+        notes(f"note: {plans[0].task.name}: seeds {', '.join(str(p.seed) for p in plans)} run one "
+              f"by one, not batched: {reason}")
+        return [execute(plan, Trainer(plan.task, trainer.entry, trainer.profile, trainer.on_step),
+                        note=reason.splitlines()[0]) for plan in plans]
     return [finish(plan, traj) for plan, traj in zip(plans, trajs, strict=True)]
 
 
@@ -152,6 +174,7 @@ def rows_for(plan: Plan, traj: Trajectory, metrics: dict[str, float], error: str
         steps=traj.steps_done, suite_version=fingerprint["suite_version"],
         git_commit=fingerprint["git_commit"], fingerprint=json.dumps(fingerprint, sort_keys=True),
         created_at=pd.Timestamp.now(tz="UTC"),
+        execution=json.dumps(traj.execution, sort_keys=True) if traj.execution else None,
     )
     runs = pd.DataFrame([
         {**base, "metric": name, "value": float(metrics.get(name, float("nan"))),
@@ -211,7 +234,7 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
             bar.set_description(f"{batch[0].task.name} seed {','.join(str(p.seed) for p in batch)}")
             trainer = Trainer(batch[0].task, entry, prof, on_step=bar.update)
             start = time.perf_counter()
-            outcomes = execute_batch(batch, trainer)
+            outcomes = execute_batch(batch, trainer, notes=lambda text: bar.write(text, file=sys.stderr))
             # The seeds of a batch share one computation: each is charged an equal share of it.
             wall = (time.perf_counter() - start) / len(batch)
             frames = [rows_for(plan, traj, metrics, error, rid=rid, entry=entry,

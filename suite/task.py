@@ -145,7 +145,7 @@ class Task:
     def run(self, seed: int, trainer: Trainer) -> Trajectory:
         data = trainer.to_device(self.make_data(seed))
         model = trainer.to_device(self.make_model(seed))
-        optimizer = trainer.make_optimizer(model.parameters())
+        optimizer = trainer.make_optimizer(model.parameters(), seed=seed)
         return trainer.train(model, optimizer, data, seed=seed, steps=self.config["steps"])
 
     def optimizer_steps(self) -> int:

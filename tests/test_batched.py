@@ -156,17 +156,23 @@ def test_per_seed_optimizers_see_their_own_seed_alone(code, name, make_entry, pr
         assert_same_run(single, b)
 
 
-def test_pooling_seeds_in_one_coupled_optimizer_would_be_caught(make_entry, profile, monkeypatch):
-    """The equality test above can fail: one optimizer over all seeds' stacks (what the fast
-    path would do if it accepted this class) clips with the norm of every seed together."""
+def test_pooling_seeds_in_one_coupled_optimizer_is_caught_at_the_first_step(make_entry, profile,
+                                                                            monkeypatch):
+    """If the fast path wrongly accepted a coupled optimizer (one instance over all seeds'
+    stacks clips with the norm of every seed together), the first-step check against the
+    seeds' own optimizers catches it and the batch goes on with those: same numbers."""
     entry = make_entry(code=GLOBAL_CLIP)
     task = registry.make_task("deep-linear-modes", "smoke", SHORT)
     singles, _ = both_ways(task, entry, profile)
-    cls = type(Trainer(task, load_entry(entry), profile).make_optimizer([torch.zeros(1)]))
+    cls = type(Trainer(task, load_entry(entry), profile).make_optimizer([torch.zeros(1)], seed=0))
     monkeypatch.setattr(batched, "ELEMENTWISE", batched.ELEMENTWISE + (cls,))
     _, pooled = both_ways(task, entry, profile)
-    with pytest.raises(AssertionError):
-        assert_same_run(singles[1], pooled[1])
+    for single, b in zip(singles, pooled, strict=True):
+        assert_same_run(single, b)
+        assert b.execution["optimizer"] == "per-seed"
+    # ... and an honest fast-path optimizer keeps the stacked path.
+    _, adam = both_ways(task, make_entry("adam", code=ADAM), profile)
+    assert adam[0].execution == {"mode": "batched", "seeds": SEEDS, "optimizer": "stacked"}
 
 
 def test_fast_path_only_for_exact_elementwise_torch_optimizers(make_entry, profile):
@@ -176,7 +182,7 @@ def test_fast_path_only_for_exact_elementwise_torch_optimizers(make_entry, profi
 
     def shared(code):
         trainer = Trainer(task, load_entry(make_entry(code=code)), profile)
-        return batched.stacked_optimizer([trainer.make_optimizer(m.parameters()) for m in models],
+        return batched.stacked_optimizer([trainer.make_optimizer(m.parameters(), seed=0) for m in models],
                                          models, stacks)
 
     fast = shared(ADAM)

@@ -205,15 +205,15 @@ class ModeConnectivity(Task):
         return out
 
     # -- the procedure ------------------------------------------------------------------------
-    def spawn(self, trainer: Trainer, parent: nn.Module,
-              parent_opt: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+    def spawn(self, trainer: Trainer, parent: nn.Module, parent_opt: torch.optim.Optimizer,
+              seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
         """A child: a copy of the parent's parameters and of its optimizer state.
 
         The state dict is deep-copied because load_state_dict keeps the tensors it is given:
         without the copy both children would update the same momentum buffers in place.
         """
         child = copy.deepcopy(parent)
-        optimizer = trainer.make_optimizer(child.parameters())
+        optimizer = trainer.make_optimizer(child.parameters(), seed=seed)
         optimizer.load_state_dict(copy.deepcopy(parent_opt.state_dict()))
         return child, optimizer
 
@@ -267,7 +267,7 @@ class ModeConnectivity(Task):
 
         # 1. Spawning: one parent, trained segment by segment up to each spawn step.
         parent = trainer.to_device(self.make_model(seed))
-        parent_opt = trainer.make_optimizer(parent.parameters())
+        parent_opt = trainer.make_optimizer(parent.parameters(), seed=seed)
         at = 0
         for k in self.spawn_steps:
             seg = train(parent, parent_opt, start=at, end=k, purpose=f"parent_from_{at}")
@@ -276,7 +276,7 @@ class ModeConnectivity(Task):
             at = k
             children = []
             for side in ("a", "b"):
-                child, child_opt = self.spawn(trainer, parent, parent_opt)
+                child, child_opt = self.spawn(trainer, parent, parent_opt, seed)
                 out = train(child, child_opt, start=k, end=steps, purpose=f"spawn_{k}_{side}")
                 if out.status != "ok":
                     return self.diverged(out, done)
@@ -288,7 +288,7 @@ class ModeConnectivity(Task):
         traj, nets = Trajectory(), {}
         for side in ("a", "b"):
             model = trainer.to_device(self.init_model(seed, f"init_{side}"))
-            optimizer = trainer.make_optimizer(model.parameters())
+            optimizer = trainer.make_optimizer(model.parameters(), seed=seed)
             out = train(model, optimizer, start=0, end=steps, purpose=f"independent_{side}",
                         traj=traj if side == "a" else None)
             if out.status != "ok":

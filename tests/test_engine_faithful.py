@@ -1,0 +1,211 @@
+"""The silent ways a seed batch could differ from one-by-one runs: each is followed or refused."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from suite import batched, profiles, registry, runner
+from suite.entry import load_entry
+from suite.loop import BatchingUnsupported, Trainer
+from suite.tasks.deep_linear_modes import DeepLinear, DeepLinearModes
+
+SEEDS = [0, 1, 2]
+SHORT = {"steps": 60, "evals": 8}
+
+# Hand-written optimizers often rebind instead of updating in place.
+REBINDING = """
+import torch
+
+class Rebinding(torch.optim.Optimizer):
+    def __init__(self, params, lr):
+        super().__init__(params, dict(lr=lr))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["before"] = p.data  # kept old values must stay untouched
+                p.data = p.data - group["lr"] * p.grad
+
+def make_optimizer(params, hparams, task):
+    return Rebinding(params, lr=0.05)
+"""
+
+# Noise from torch's global RNG (as pytorch-optimizer's Apollo and Kron draw it).
+TORCH_NOISE = """
+import torch
+
+class Noisy(torch.optim.SGD):
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad.add_(torch.randn_like(p), alpha=1e-3)
+        return super().step(closure)
+
+def make_optimizer(params, hparams, task):
+    return Noisy(params, lr=0.05)
+"""
+
+NUMPY_NOISE = """
+import numpy as np
+import torch
+
+class NumpyNoisy(torch.optim.SGD):
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad.add_(torch.from_numpy(np.random.randn(*p.shape)).to(p.dtype), alpha=1e-3)
+        return super().step(closure)
+
+def make_optimizer(params, hparams, task):
+    return NumpyNoisy(params, lr=0.05)
+"""
+
+BROKEN = """
+import torch
+
+class Broken(torch.optim.SGD):
+    def step(self, closure=None):
+        if self.state.get("calls", 0) > 3:
+            raise ValueError("a bug in my optimizer")
+        self.state["calls"] = self.state.get("calls", 0) + 1
+        return super().step(closure)
+
+def make_optimizer(params, hparams, task):
+    return Broken(params, lr=0.05)
+"""
+
+
+@pytest.fixture(scope="module")
+def profile():
+    prof = profiles.load("cpu-2core")
+    prof.apply()
+    return prof
+
+
+def one_by_one(task, entry_dir, profile, seeds=SEEDS):
+    return [task.run(s, Trainer(task, load_entry(entry_dir), profile)) for s in seeds]
+
+
+def batch(task, entry_dir, profile, seeds=SEEDS):
+    return batched.train_seeds(task, Trainer(task, load_entry(entry_dir), profile), seeds)
+
+
+def final(traj, curve="loss"):
+    return traj.curves[curve][-1]
+
+
+class ProjectedLinear(DeepLinearModes):
+    """deep-linear-modes whose model holds a fixed random projection drawn per seed."""
+
+    def make_model(self, seed):
+        model = super().make_model(seed)
+        gen = torch.Generator().manual_seed(1000 + seed)
+        model.proj = torch.eye(self.config["n_in"]) + 0.5 * torch.randn(
+            self.config["n_in"], self.config["n_in"], generator=gen)
+        return model
+
+    def loss(self, model: DeepLinear, batch):
+        return 0.5 * ((batch["x"] @ model.proj) @ model.product().T - batch["y"]).pow(2).sum()
+
+
+def test_a_plain_tensor_attribute_is_refused_and_runs_one_by_one(make_entry, profile, tmp_path,
+                                                                 monkeypatch, capsys):
+    task = ProjectedLinear({**DeepLinearModes.tiers["smoke"], **SHORT})
+    entry = make_entry()
+    with pytest.raises(BatchingUnsupported, match="'proj' is a tensor"):
+        batch(task, entry, profile)
+    # Through the runner: the seeds run one by one, give the one-by-one numbers, and say why.
+    monkeypatch.setattr(registry, "make_task", lambda *a, **k: task)
+    runs = runner.run_suite(entry, tasks=["deep-linear-modes"], seeds=3, out=tmp_path, progress=False)
+    singles = one_by_one(task, entry, profile)
+    got = runs[runs["metric"] == "final_loss"].sort_values("seed")["value"].to_numpy()
+    np.testing.assert_array_equal(got, [final(t) for t in singles])
+    assert "run one by one" in capsys.readouterr().err
+    notes = [json.loads(text) for text in runs["execution"]]
+    assert {n["mode"] for n in notes} == {"one-by-one"}
+    assert {n["note"] for n in notes} == {
+        "BatchingUnsupported: model attribute 'proj' is a tensor that is neither a parameter nor a "
+        "buffer (every seed would see seed 0's); register it with register_buffer or make it a parameter"}
+
+
+def test_a_rebinding_optimizer_gives_the_one_by_one_numbers(make_entry, profile):
+    task = registry.make_task("deep-linear-modes", "smoke", SHORT)
+    entry = make_entry(code=REBINDING)
+    singles, batches = one_by_one(task, entry, profile), batch(task, entry, profile)
+    for single, b in zip(singles, batches, strict=True):
+        for name, values in single.curves.items():
+            np.testing.assert_allclose(b.curves[name], values, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert final(singles[0]) < 0.5 * singles[0].curves["loss"][0]  # it did train
+
+
+def test_a_torch_global_rng_optimizer_is_reproducible_batched_and_one_by_one(make_entry, profile):
+    task = registry.make_task("deep-linear-modes", "smoke", SHORT)
+    entry = make_entry(code=TORCH_NOISE)
+    torch.manual_seed(123)  # whatever the global state was before, the runs do not depend on it
+    first = one_by_one(task, entry, profile)
+    torch.manual_seed(456)
+    again = one_by_one(task, entry, profile, seeds=[2, 1, 0])[::-1]
+    batches = batch(task, entry, profile)
+    for a, b, c in zip(first, again, batches, strict=True):
+        assert a.curves == b.curves  # bit-identical run to run, in any order
+        np.testing.assert_allclose(c.curves["loss"], a.curves["loss"], rtol=1e-4, atol=1e-6)
+    assert first[0].curves != first[1].curves  # each seed has its own noise
+    # The global RNG itself is left as the harness found it.
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    one_by_one(task, entry, profile, seeds=[0])
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_numpy_global_rng_optimizer_is_refused_in_a_batch_and_reproducible_alone(make_entry, profile,
+                                                                                 tmp_path):
+    task = registry.make_task("deep-linear-modes", "smoke", SHORT)
+    entry = make_entry(code=NUMPY_NOISE)
+    with pytest.raises(BatchingUnsupported, match="numpy's global RNG"):
+        batch(task, entry, profile)
+    runs = [runner.run_suite(entry, tasks=["deep-linear-modes"], seeds=2, out=tmp_path / str(k),
+                             progress=False) for k in range(2)]
+    values = [r.sort_values(["seed", "metric"])["value"].to_numpy() for r in runs]
+    np.testing.assert_array_equal(values[0], values[1])
+    assert set(runs[0]["execution"].str.slice(0, 22)) == {'{"mode": "one-by-one",'}
+
+
+def test_an_error_in_entry_code_names_the_entry_line_without_batching_noise(make_entry, tmp_path,
+                                                                           capsys):
+    entry = make_entry(code=BROKEN)
+    runs = runner.run_suite(entry, tasks=["deep-linear-modes"], seeds=2, out=tmp_path, progress=False)
+    errors = runs.drop_duplicates("run_id")["error"].tolist()
+    assert len(errors) == 2
+    for error in errors:
+        assert error.startswith("the entry's optimizer.step failed at ")
+        assert f"{entry / 'entry.py'}:7 (step): ValueError: a bug in my optimizer" in error
+        assert "Traceback" not in error and "\n" not in error
+    assert "batch" not in capsys.readouterr().err
+
+
+def test_batches_record_their_execution_and_single_seeds_theirs(make_entry, tmp_path):
+    runs = runner.run_suite(make_entry(), tasks=["deep-linear-modes", "mode-connectivity"], seeds=2,
+                            out=tmp_path, progress=False,
+                            sets=["steps=40", "mode-connectivity.spawn_steps=[0, 10, 40]"])
+    modes = runs.drop_duplicates("run_id").set_index(["task", "seed"])["execution"]
+    assert modes["deep-linear-modes", 0] == '{"mode": "batched", "optimizer": "stacked", "seeds": [0, 1]}'
+    assert modes["mode-connectivity", 1] == '{"mode": "procedure"}'
+
+
+def test_buffers_and_shape_changes_are_refused(profile):
+    class WithBuffer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(2))
+            self.register_buffer("b", torch.zeros(2))
+
+    with pytest.raises(BatchingUnsupported, match="buffers"):
+        batched.stack_parameters([WithBuffer(), WithBuffer()])
+    assert batched.tensor_attributes(WithBuffer()) == []
