@@ -45,13 +45,13 @@ ELEMENTWISE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim
                torch.optim.Adagrad)
 
 
-def batchable(task: Task) -> bool:
-    """True when the task uses the default procedure (one model, one optimizer per seed).
-
-    A task that overrides `Task.run` (spawning children, two networks) keeps its own procedure
-    and runs seed by seed.
+def batchable(task: Task | type[Task]) -> bool:
+    """True when the task (or task class) uses the default procedure (one model, one optimizer
+    per seed). A task that overrides `Task.run` (spawning children, two networks) keeps its own
+    procedure and runs seed by seed.
     """
-    return type(task).run is Task.run
+    cls = task if isinstance(task, type) else type(task)
+    return cls.run is Task.run
 
 
 class SeedLoss(nn.Module):

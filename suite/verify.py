@@ -1,4 +1,4 @@
-"""Re-runs a random sample of a submission's runs on this machine and compares the metrics.
+"""Re-runs a random sample of a submission's runs on this machine, as they were executed.
 
 This imports and executes the submission's `entry.py` (as `ldbench run` does): run it only in a
 sandbox without secrets, such as the pull-request CI job.
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from suite import profiles, registry, results, runner
+from suite import batched, profiles, registry, results, runner
 from suite.entry import load_entry
 from suite.loop import Trainer
 
@@ -58,9 +58,30 @@ def pick_runs(runs: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
     return per_run.iloc[np.sort(chosen)]
 
 
+def batch_seeds(run, submitted: pd.DataFrame) -> list[int]:
+    """The seeds run `run` was trained with, as recorded; [its seed] if it ran by itself.
+
+    Files written before the execution mode was recorded came from `--seed-batch auto`: all
+    seeds of the task (with the same overrides) together, when the task batches.
+    """
+    execution = json.loads(run.execution) if isinstance(run.execution, str) else None
+    if execution is None:
+        if not batched.batchable(registry.task_class(run.task)):
+            return [int(run.seed)]
+        same = submitted[(submitted["task"] == run.task) & (submitted["overrides"] == run.overrides)]
+        return sorted(int(s) for s in same["seed"].unique())
+    if execution.get("mode") == "batched":
+        return [int(s) for s in execution["seeds"]]
+    return [int(run.seed)]
+
+
 def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
                       profile: str = "cpu-2core", pick_seed: int = 0) -> list[Check]:
-    """Re-run `k` random runs of `folder`'s results for (profile, tier); one Check per metric."""
+    """Re-run `k` random runs of `folder`'s results for (profile, tier); one Check per metric.
+
+    Each run is re-run the way it was executed (its seed batch, or by itself), so an honest
+    result reproduces to the last bit on the same kind of machine.
+    """
     folder = Path(folder)
     entry = load_entry(folder)
     prof = profiles.load(profile)
@@ -74,14 +95,20 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
             f"{where / results.RUNS_FILE}: results come from other entry files (hash "
             f"{sorted(hashes)[0][:12]}), not the submitted ones; run `ldbench validate {folder}`")
     prof.apply()
-    checks = []
+    checks, reruns = [], {}
     for run in pick_runs(submitted, k, pick_seed).itertuples(index=False):
         overrides = json.loads(run.overrides or "{}")
-        config = {k: v for k, v in overrides.items() if k != "hparams"}
-        task = registry.make_task(run.task, tier, config)
-        plan = runner.Plan(task, int(run.seed), overrides)
-        tuned = entry.with_hparams({run.task: overrides.get("hparams", {})})
-        traj, metrics, _ = runner.execute(plan, Trainer(task, tuned, prof))
+        seeds = batch_seeds(run, submitted)
+        key = (run.task, run.overrides, tuple(seeds))
+        if key not in reruns:
+            config = {k: v for k, v in overrides.items() if k != "hparams"}
+            task = registry.make_task(run.task, tier, config)
+            tuned = entry.with_hparams({run.task: overrides.get("hparams", {})})
+            plans = [runner.Plan(task, seed, overrides) for seed in seeds]
+            outcomes = runner.execute_batch(plans, Trainer(task, tuned, prof), notes=lambda _: None)
+            reruns[key] = (task, dict(zip(seeds, outcomes, strict=True)))
+        task, outcomes = reruns[key]
+        traj, metrics, _ = outcomes[int(run.seed)]
         rows = submitted[submitted["run_id"] == run.run_id].set_index("metric")
         for name in task.metrics():
             value = float(rows["value"].get(name, math.nan))

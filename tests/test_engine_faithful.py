@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from suite import batched, profiles, registry, runner
+from suite import batched, profiles, registry, runner, verify
 from suite.entry import load_entry
 from suite.loop import BatchingUnsupported, Trainer
 from suite.tasks.deep_linear_modes import DeepLinear, DeepLinearModes
@@ -209,3 +209,13 @@ def test_buffers_and_shape_changes_are_refused(profile):
     with pytest.raises(BatchingUnsupported, match="buffers"):
         batched.stack_parameters([WithBuffer(), WithBuffer()])
     assert batched.tensor_attributes(WithBuffer()) == []
+
+
+def test_verify_reruns_each_run_as_it_was_executed_to_the_last_bit(make_entry, tmp_path):
+    """Batched results of a global-RNG optimizer reproduce exactly: verify re-runs the batch."""
+    entry = make_entry(code=TORCH_NOISE)
+    out = entry / "results" / "cpu-2core" / "smoke"
+    runner.run_suite(entry, tasks=["deep-linear-modes"], seeds=3, out=out, progress=False)
+    checks = verify.verify_submission(entry, k=3, tier="smoke", pick_seed=0)
+    assert len(checks) == 3 * len(registry.make_task("deep-linear-modes", "smoke").metrics())
+    assert all(c.matches(rtol=0.0, atol=0.0) for c in checks), [c for c in checks if not c.matches()]
