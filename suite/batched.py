@@ -242,6 +242,8 @@ def train_seeds(task: Task, trainer: Trainer, seeds: list[int]) -> list[Trajecto
     """
     if not batchable(task):
         raise BatchingUnsupported(f"task {task.name} overrides Task.run")
+    if trainer.entry.closure or trainer.entry.create_graph:
+        raise BatchingUnsupported("closure and create_graph entries step seed by seed")
     datas = [trainer.to_device(task.make_data(seed)) for seed in seeds]
     models = [trainer.to_device(task.make_model(seed)) for seed in seeds]
     hidden = tensor_attributes(models[0])
@@ -252,10 +254,11 @@ def train_seeds(task: Task, trainer: Trainer, seeds: list[int]) -> list[Trajecto
             "make it a parameter")
     template = loss_template(task, models[0])
     stacks = stack_parameters(models)  # name -> (S, ...); models[i]'s parameters are rows i
-    optimizers = [trainer.make_optimizer(m.parameters(), seed=s) for m, s in zip(models, seeds, strict=True)]
+    made = [trainer.make_optimizer(m, seed=s) for m, s in zip(models, seeds, strict=True)]
+    optimizers = [opt for opt, _ in made]
     lanes = [Lane(seed, model, opt, data, seeding.generator(seed, "batches", device=trainer.device),
-                  Trajectory(data=data))
-             for seed, model, opt, data in zip(seeds, models, optimizers, datas, strict=True)]
+                  Trajectory(data=data), schedule)
+             for seed, model, (opt, schedule), data in zip(seeds, models, made, datas, strict=True)]
     batch = SeedBatch(task, template, lanes, stacks, stacked_optimizer(optimizers, models, stacks))
     trainer.run_lanes(lanes, start=0, end=task.config["steps"], step_function=batch)
     for lane in lanes:
@@ -326,8 +329,28 @@ class SeedBatch:
             for lane, i, _ in live:
                 self.step_seed(trainer, lane, i, grads)
             self.follow_rebinding()
+        self.step_schedules(trainer, [lane for lane, _, _ in live])
         self.checked = self.checked or bool(live)
         return finite
+
+    def step_schedules(self, trainer: Trainer, live: list[Lane]) -> None:
+        """Each seed's schedule steps its own optimizer's groups; the stacked optimizer takes
+        their hyperparameters, which must agree across seeds (else the batch is refused)."""
+        if not any(lane.schedule is not None for lane in live):
+            return
+        for lane in live:
+            with trainer.entry_code(lane.seed, "schedule.step"):
+                lane.schedule.step()
+        if self.shared is None:
+            return
+        for g, group in enumerate(self.shared.param_groups):
+            for key in group:
+                if key == "params":
+                    continue
+                values = [lane.optimizer.param_groups[g][key] for lane in live]
+                if not all(same_value(v, values[0]) for v in values):
+                    raise BatchingUnsupported(f"the schedules set {key!r} differently across seeds")
+                group[key] = values[0]
 
     def step_seed(self, trainer: Trainer, lane: Lane, i: int, grads: dict[str, torch.Tensor]) -> None:
         """The seed's own optimizer steps on its views of the stacks, as it would one by one."""

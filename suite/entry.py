@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import re
 import sys
 import tomllib
@@ -15,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from suite.registry import all_tasks, did_you_mean, parse_value, split_pairs
+from suite.task import TaskView
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 REQUIRED = {"name": str, "version": (int, str), "authors": list, "description": str}
-OPTIONAL = {"requirements": list, "hparams": dict, "homepage": str, "paper": str}
+OPTIONAL = {"requirements": list, "hparams": dict, "homepage": str, "paper": str,
+            "closure": bool, "create_graph": bool}
 # Files that are outputs or caches, not the entry's code: they never enter the hash.
 HASH_EXCLUDE = {"results", "__pycache__", ".ipynb_checkpoints"}
 
@@ -40,23 +44,50 @@ class Entry:
     description: str
     hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
     requirements: list[str] = field(default_factory=list)
+    # `closure = true`: the harness calls optimizer.step(closure), the closure recomputing the
+    # loss and gradients on the same batch (LBFGS, SAM). `create_graph = true`: gradients keep
+    # their graph (backward(create_graph=True)) for Hessian-vector products (AdaHessian, Sophia).
+    closure: bool = False
+    create_graph: bool = False
 
     def hparams_for(self, task: str) -> dict[str, Any]:
         """The `[hparams.default]` table updated with the task's own table."""
         return {**self.hparams.get("default", {}), **self.hparams.get(task, {})}
 
-    def make_optimizer(self, params, task) -> torch.optim.Optimizer:
-        """Call the entry's `make_optimizer(params, hparams, task)` and check what it returns."""
+    def make_optimizer(self, model: torch.nn.Module, task: TaskView) -> torch.optim.Optimizer:
+        """Call the entry's `make_optimizer(params, hparams, task[, model])` and check the result.
+
+        `params` are the model's parameters in `task.param_names` order; an entry whose
+        make_optimizer takes a fourth argument also receives the model (GSAM, LOMO need it).
+        """
         hparams = self.hparams_for(task.name)
         module = load_module(self)
+        extra = (model,) if accepts_model(module.make_optimizer) else ()
         with entry_call(self, "make_optimizer"):
-            optimizer = module.make_optimizer(list(params), hparams, task)
+            optimizer = module.make_optimizer(list(model.parameters()), hparams, task, *extra)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise EntryError(
                 f"{self.path / 'entry.py'}: make_optimizer returned {type(optimizer).__name__}, "
                 "not a torch.optim.Optimizer; return an optimizer built on `params`"
             )
+        if not self.closure and needs_closure(optimizer):
+            raise EntryError(
+                f"{self.path / 'entry.toml'}: {type(optimizer).__name__}.step needs a closure; "
+                "add `closure = true` at the top level of entry.toml")
         return optimizer
+
+    def make_schedule(self, optimizer: torch.optim.Optimizer, task: TaskView) -> LRScheduler | None:
+        """The entry's `make_schedule(optimizer, hparams, task)`, if it defines one."""
+        module = load_module(self)
+        if not callable(getattr(module, "make_schedule", None)):
+            return None
+        with entry_call(self, "make_schedule"):
+            schedule = module.make_schedule(optimizer, self.hparams_for(task.name), task)
+        if not isinstance(schedule, LRScheduler) or schedule.optimizer is not optimizer:
+            raise EntryError(
+                f"{self.path / 'entry.py'}: make_schedule returned {type(schedule).__name__}, not a "
+                "torch.optim.lr_scheduler.LRScheduler of the optimizer it was given; build one on it")
+        return schedule
 
     @property
     def hash(self) -> str:
@@ -69,6 +100,25 @@ class Entry:
             if values:
                 tables[task] = {**tables.get(task, {}), **values}
         return replace(self, hparams=tables)
+
+
+def accepts_model(make_optimizer) -> bool:
+    """True when make_optimizer takes a fourth positional parameter or a `model` keyword."""
+    try:
+        params = list(inspect.signature(make_optimizer).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 4 or any(p.name == "model" for p in params)
+
+
+def needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """True when the optimizer's step has a required `closure` argument (LBFGS)."""
+    try:
+        closure = inspect.signature(optimizer.step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
 
 
 def split_hparams(pairs: list[str], entry: Entry, task_names: list[str]) -> dict[str, dict[str, Any]]:
@@ -121,6 +171,8 @@ def load_entry(folder: str | Path) -> Entry:
         description=raw["description"],
         hparams=hparams,
         requirements=list(raw.get("requirements", [])),
+        closure=raw.get("closure", False),
+        create_graph=raw.get("create_graph", False),
     )
 
 
@@ -133,7 +185,7 @@ def check_fields(manifest: Path, raw: dict[str, Any]) -> None:
         if kind is None:
             known = list(REQUIRED) + list(OPTIONAL)
             raise fail(manifest, f"has an unknown field {key!r}", f"remove it{did_you_mean(key, known)}")
-        if not isinstance(value, kind) or isinstance(value, bool):
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise fail(manifest, f"field {key!r} has type {type(value).__name__}", "see entry docs")
     if not NAME_PATTERN.match(raw["name"]):
         raise fail(manifest, f"name {raw['name']!r} is not allowed",

@@ -10,6 +10,10 @@ mode, divergence, progress, the entry's global-RNG state) is this one loop, whic
 
 from __future__ import annotations
 
+import copy
+import functools
+import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from suite import seeding
 from suite.entry import Entry, entry_call
@@ -61,6 +66,7 @@ class Lane:
     data: Any
     stream: torch.Generator  # the random stream of its batches
     traj: Trajectory
+    schedule: LRScheduler | None = None  # stepped once after every optimizer step
 
 
 # (trainer, active lanes, their batches, step) -> per lane: was its loss finite?
@@ -85,18 +91,87 @@ def set_mode(optimizer: torch.optim.Optimizer, mode: str) -> None:
 
 
 def plain_steps(trainer: Trainer, lanes: list[Lane], batches: list[Any], step: int) -> list[bool]:
-    """One step of each lane by plain autograd on its own model (one-by-one execution)."""
+    """One step of each lane by plain autograd on its own model (one-by-one execution).
+
+    With the entry's `closure = true` the optimizer is stepped with a closure that recomputes
+    the loss and gradients on the same batch (after the harness's own forward and backward,
+    whose gradients SAM-style optimizers use first); without it, no extra pass is paid.
+    """
     finite = []
+    create_graph = trainer.entry.create_graph
     for lane, batch in zip(lanes, batches, strict=True):
         with trainer.entry_code(lane.seed, "optimizer.zero_grad"):
             lane.optimizer.zero_grad(set_to_none=True)
         loss = trainer.task.loss(lane.model, batch)
         finite.append(bool(torch.isfinite(loss).item()))
-        if finite[-1]:
-            loss.backward()
-            with trainer.entry_code(lane.seed, "optimizer.step"):
+        if not finite[-1]:
+            continue
+        with warnings.catch_warnings():
+            # create_graph's reference cycle (parameter <-> gradient) is broken by the
+            # zero_grad(set_to_none=True) that starts every step, so torch's warning is moot.
+            warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph")
+            loss.backward(create_graph=create_graph)
+        with trainer.entry_code(lane.seed, "optimizer.step"):
+            if trainer.entry.closure:
+                lane.optimizer.step(loss_closure(trainer.task, lane, batch, create_graph))
+            else:
                 lane.optimizer.step()
+        if lane.schedule is not None:
+            with trainer.entry_code(lane.seed, "schedule.step"):
+                lane.schedule.step()
     return finite
+
+
+def loss_closure(task: Task, lane: Lane, batch: Any, create_graph: bool) -> Callable[[], torch.Tensor]:
+    """The closure of `optimizer.step(closure)`: fresh gradients of the loss on the same batch."""
+    def closure() -> torch.Tensor:
+        with torch.enable_grad():  # optimizers call it from inside their no_grad step
+            lane.optimizer.zero_grad(set_to_none=True)
+            loss = task.loss(lane.model, batch)
+            loss.backward(create_graph=create_graph)
+        return loss
+    return closure
+
+
+def copy_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        schedule: LRScheduler | None):
+    """A deep copy of (model, optimizer, schedule) as one object graph: the copy's optimizer
+    holds the copy's parameters, and its schedule the copy's optimizer.
+
+    Every attribute is copied: `Optimizer.__getstate__` keeps only the state dict, so a plain
+    deepcopy (or load_state_dict) would silently reset state an optimizer keeps in its own
+    attributes. The step wrapper an LRScheduler installs on its optimizer points at the
+    original (a weak reference), so the copy's is installed anew for the copy.
+    """
+    memo: dict[int, Any] = {}
+    model = copy.deepcopy(model, memo)
+    copies = []
+    for obj in (optimizer, schedule):
+        if obj is None:
+            copies.append(None)
+            continue
+        new = object.__new__(type(obj))
+        memo[id(obj)] = new
+        attrs = {k: v for k, v in vars(obj).items() if not getattr(v, "_wrapped_by_lr_sched", False)}
+        new.__dict__.update(copy.deepcopy(attrs, memo))
+        copies.append(new)
+    if "step" in vars(optimizer) and getattr(optimizer.step, "_wrapped_by_lr_sched", False):
+        copies[0].step = counted_step(copies[0])
+    return model, copies[0], copies[1]
+
+
+def counted_step(optimizer: torch.optim.Optimizer) -> Callable:
+    """optimizer.step marked as called, as LRScheduler's own wrapper does (for its warning)."""
+    func, ref = type(optimizer).step, weakref.ref(optimizer)
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        opt = ref()
+        opt._opt_called = True
+        return func.__get__(opt, type(opt))(*args, **kwargs)
+
+    wrapper._wrapped_by_lr_sched = True
+    return wrapper
 
 
 class Trainer:
@@ -139,9 +214,14 @@ class Trainer:
         with rng, entry_call(self.entry, call):
             yield
 
-    def make_optimizer(self, params, *, seed: int) -> torch.optim.Optimizer:
+    def make_optimizer(self, model: torch.nn.Module, *, seed: int
+                       ) -> tuple[torch.optim.Optimizer, LRScheduler | None]:
+        """The entry's optimizer for `model`, and its schedule if it defines `make_schedule`."""
+        view = self.task.view(model)
         with self.entry_code(seed, "make_optimizer"):
-            return self.entry.make_optimizer(params, self.task)
+            optimizer = self.entry.make_optimizer(model, view)
+        with self.entry_code(seed, "make_schedule"):
+            return optimizer, self.entry.make_schedule(optimizer, view)
 
     def observe(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data, *,
                 seed: int) -> dict[str, float]:
@@ -156,7 +236,7 @@ class Trainer:
 
     def train(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data, *,
               seed: int, steps: int, start: int = 0, purpose: str = "batches",
-              trajectory: Trajectory | None = None) -> Trajectory:
+              trajectory: Trajectory | None = None, schedule: LRScheduler | None = None) -> Trajectory:
         """Train one network from step `start` to `steps` (one-by-one execution).
 
         `purpose` names the random stream of the batches (two children spawned from one parent
@@ -164,7 +244,8 @@ class Trainer:
         """
         traj = trajectory if trajectory is not None else Trajectory()
         traj.data = data
-        lane = Lane(seed, model, optimizer, data, seeding.generator(seed, purpose, self.device), traj)
+        lane = Lane(seed, model, optimizer, data, seeding.generator(seed, purpose, self.device), traj,
+                    schedule)
         self.run_lanes([lane], start=start, end=steps, step_function=plain_steps)
         return traj
 

@@ -140,15 +140,18 @@ def parse_seed_batch(value: int | str) -> int | None:
     return size
 
 
-def group_plans(todo: list[tuple[Plan, str]], size: int | None) -> list[list[tuple[Plan, str]]]:
+def group_plans(todo: list[tuple[Plan, str]], size: int | None, entry: Entry
+                ) -> list[list[tuple[Plan, str]]]:
     """Consecutive plans of one task in groups of `size` seeds (None: all of them).
 
-    A task that overrides Task.run has its own procedure and always runs seed by seed.
+    A task that overrides Task.run has its own procedure, and an entry that steps with a
+    closure or keeps the gradients' graph steps per seed: those always run seed by seed.
     """
     groups: list[list[tuple[Plan, str]]] = []
+    alone = entry.closure or entry.create_graph
     for item in todo:
         task = item[0].task
-        limit = (size or len(todo)) if batched.batchable(task) else 1
+        limit = (size or len(todo)) if batched.batchable(task) and not alone else 1
         last = groups[-1] if groups else None
         if last and last[0][0].task is task and len(last) < limit:
             last.append(item)
@@ -229,7 +232,7 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
     todo = [(p, rid) for p, rid in zip(plans, ids, strict=True) if rid not in done]
     total = sum(p.task.optimizer_steps() for p, _ in todo)
     with tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True) as bar:
-        for group in group_plans(todo, size):
+        for group in group_plans(todo, size, entry):
             batch = [plan for plan, _ in group]
             bar.set_description(f"{batch[0].task.name} seed {','.join(str(p.seed) for p in batch)}")
             trainer = Trainer(batch[0].task, entry, prof, on_step=bar.update)

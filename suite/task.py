@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -59,6 +62,36 @@ class Curve:
 
     description: str
     unit: str = ""
+
+
+PARAM_ROLES = ("hidden matrix", "embedding", "readout", "bias", "gain")
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """What an entry's code sees of a task: a read-only copy, never the object the harness runs.
+
+    name, version, family: the task's.
+    config: the tier config that runs (read-only; `--set` overrides included).
+    steps: the optimizer steps each network of a run takes, the budget a schedule decays over
+        (a mode-connectivity child continues its parent's schedule rather than starting one).
+    param_names, param_roles: the name and role (one of PARAM_ROLES) of each tensor in `params`,
+        in the same order, so that e.g. a Muon-style optimizer can put hidden matrices in one
+        group and embeddings, readouts, biases and gains in another without guessing.
+    """
+
+    name: str
+    version: int
+    family: str
+    config: Mapping[str, Any]
+    steps: int
+    param_names: tuple[str, ...] = ()
+    param_roles: tuple[str, ...] = ()
+
+
+def default_role(name: str, param: torch.Tensor) -> str:
+    """A role from a parameter's shape, for tasks that declare none: matrices are hidden."""
+    return "hidden matrix" if param.dim() >= 2 else "bias"
 
 
 class Task:
@@ -132,6 +165,18 @@ class Task:
         raise NotImplementedError
 
     # -- defaults -----------------------------------------------------------------------------
+    def param_roles(self, model: torch.nn.Module) -> dict[str, str]:
+        """name -> role (PARAM_ROLES) of each parameter of the task's model; override to declare."""
+        return {name: default_role(name, p) for name, p in model.named_parameters()}
+
+    def view(self, model: torch.nn.Module | None = None) -> TaskView:
+        """The read-only view an entry's code receives (with `model`'s parameter names and roles)."""
+        names = tuple(n for n, _ in model.named_parameters()) if model is not None else ()
+        roles = self.param_roles(model) if model is not None else {}
+        return TaskView(self.name, self.version, self.family,
+                        MappingProxyType(copy.deepcopy(self.config)), int(self.config["steps"]),
+                        names, tuple(roles[n] for n in names))
+
     def check_config(self) -> None:
         """The harness's own keys; a task extends this (calling super) for its keys."""
         for key in ("steps", "evals"):
@@ -145,8 +190,9 @@ class Task:
     def run(self, seed: int, trainer: Trainer) -> Trajectory:
         data = trainer.to_device(self.make_data(seed))
         model = trainer.to_device(self.make_model(seed))
-        optimizer = trainer.make_optimizer(model.parameters(), seed=seed)
-        return trainer.train(model, optimizer, data, seed=seed, steps=self.config["steps"])
+        optimizer, schedule = trainer.make_optimizer(model, seed=seed)
+        return trainer.train(model, optimizer, data, seed=seed, steps=self.config["steps"],
+                             schedule=schedule)
 
     def optimizer_steps(self) -> int:
         return int(self.config["steps"])

@@ -164,7 +164,7 @@ def test_pooling_seeds_in_one_coupled_optimizer_is_caught_at_the_first_step(make
     entry = make_entry(code=GLOBAL_CLIP)
     task = registry.make_task("deep-linear-modes", "smoke", SHORT)
     singles, _ = both_ways(task, entry, profile)
-    cls = type(Trainer(task, load_entry(entry), profile).make_optimizer([torch.zeros(1)], seed=0))
+    cls = type(Trainer(task, load_entry(entry), profile).make_optimizer(task.make_model(0), seed=0)[0])
     monkeypatch.setattr(batched, "ELEMENTWISE", batched.ELEMENTWISE + (cls,))
     _, pooled = both_ways(task, entry, profile)
     for single, b in zip(singles, pooled, strict=True):
@@ -182,7 +182,7 @@ def test_fast_path_only_for_exact_elementwise_torch_optimizers(make_entry, profi
 
     def shared(code):
         trainer = Trainer(task, load_entry(make_entry(code=code)), profile)
-        return batched.stacked_optimizer([trainer.make_optimizer(m.parameters(), seed=0) for m in models],
+        return batched.stacked_optimizer([trainer.make_optimizer(m, seed=0)[0] for m in models],
                                          models, stacks)
 
     fast = shared(ADAM)
@@ -286,19 +286,24 @@ def test_an_unbatchable_model_falls_back_to_one_by_one(make_entry, profile):
     task = Buffered(dict(DeepLinearModes.tiers["smoke"], **SHORT))
     plans = [runner.Plan(task, seed, {}) for seed in SEEDS]
     trainer = Trainer(task, load_entry(make_entry()), profile)
-    with pytest.warns(RuntimeWarning, match="buffers.*one by one"):
-        outcomes = runner.execute_batch(plans, trainer)
+    notes = []
+    outcomes = runner.execute_batch(plans, trainer, notes=notes.append)
+    assert len(notes) == 1 and "run one by one" in notes[0] and "buffers" in notes[0]
     for plan, (traj, metrics, error) in zip(plans, outcomes, strict=True):
         ref_traj, ref_metrics, _ = runner.execute(plan, trainer)
         assert error is None and metrics == ref_metrics and traj.curves == ref_traj.curves
 
 
-def test_tasks_with_their_own_procedure_run_seed_by_seed():
+def test_tasks_with_their_own_procedure_run_seed_by_seed(make_entry):
     plans = runner.make_plans(["mode-connectivity", "deep-linear-modes"], [0, 1, 2], "smoke", [])
     todo = [(p, str(i)) for i, p in enumerate(plans)]
-    assert [len(g) for g in runner.group_plans(todo, None)] == [1, 1, 1, 3]
-    assert [len(g) for g in runner.group_plans(todo, 2)] == [1, 1, 1, 2, 1]
-    assert [len(g) for g in runner.group_plans(todo, 1)] == [1] * 6
+    entry = load_entry(make_entry())
+    assert [len(g) for g in runner.group_plans(todo, None, entry)] == [1, 1, 1, 3]
+    assert [len(g) for g in runner.group_plans(todo, 2, entry)] == [1, 1, 1, 2, 1]
+    assert [len(g) for g in runner.group_plans(todo, 1, entry)] == [1] * 6
+    # Entries stepping with a closure (LBFGS) or keeping the graph step seed by seed.
+    closure = load_entry(make_entry("lbfgs", extra="closure = true"))
+    assert [len(g) for g in runner.group_plans(todo, None, closure)] == [1] * 6
 
 
 def suite_rows(entry, out, seed_batch):

@@ -50,14 +50,14 @@ def test_missing_make_optimizer(make_entry):
     entry = load_entry(make_entry(code="def make_optimiser(params, hparams, task):\n    pass\n"))
     task = make_task("deep-linear-modes", "smoke")
     with pytest.raises(EntryError, match="does not define make_optimizer"):
-        entry.make_optimizer(task.make_model(0).parameters(), task)
+        entry.make_optimizer(task.make_model(0), task.view())
 
 
 def test_entry_code_that_fails_to_import(make_entry):
     entry = load_entry(make_entry(code="import not_a_module_anywhere\n"))
     task = make_task("deep-linear-modes", "smoke")
     with pytest.raises(EntryError, match="failed to import.*ModuleNotFoundError"):
-        entry.make_optimizer(task.make_model(0).parameters(), task)
+        entry.make_optimizer(task.make_model(0), task.view())
 
 
 def test_make_optimizer_must_return_an_optimizer(make_entry):
@@ -65,7 +65,7 @@ def test_make_optimizer_must_return_an_optimizer(make_entry):
                                        "    return 'adam'\n"))
     task = make_task("deep-linear-modes", "smoke")
     with pytest.raises(EntryError, match="returned str, not a torch.optim.Optimizer"):
-        entry.make_optimizer(task.make_model(0).parameters(), task)
+        entry.make_optimizer(task.make_model(0), task.view())
 
 
 def test_hash_covers_code_but_not_results(make_entry):

@@ -53,11 +53,11 @@ def test_children_start_from_the_parent_and_diverge_with_their_data(make_entry):
                                            hparams="[hparams.default]\nlr = 0.05\n"))
     data = trainer.to_device(task.make_data(0))
     parent = trainer.to_device(task.make_model(0))
-    parent_opt = trainer.make_optimizer(parent.parameters(), seed=0)
+    parent_opt, _ = trainer.make_optimizer(parent, seed=0)
     trainer.train(parent, parent_opt, data, seed=0, steps=40)
     assert parent_opt.state  # momentum buffers exist: the copy below is not trivial
-    child_a, opt_a = task.spawn(trainer, parent, parent_opt, 0)
-    child_b, opt_b = task.spawn(trainer, parent, parent_opt, 0)
+    child_a, opt_a, _ = task.spawn(parent, parent_opt, None)
+    child_b, opt_b, _ = task.spawn(parent, parent_opt, None)
     for child, opt in ((child_a, opt_a), (child_b, opt_b)):
         assert torch.equal(flat(child), flat(parent))
         assert_same_state(opt, parent_opt)
@@ -70,7 +70,7 @@ def test_children_start_from_the_parent_and_diverge_with_their_data(make_entry):
     trainer.train(child_b, opt_b, data, seed=0, steps=100, start=40, purpose="spawn_40_b")
     assert not torch.allclose(flat(child_a), flat(child_b))
     # The same data order from the same state is the same child: only the data order differs.
-    child_c, opt_c = task.spawn(trainer, parent, parent_opt, 0)
+    child_c, opt_c, _ = task.spawn(parent, parent_opt, None)
     trainer.train(child_c, opt_c, data, seed=0, steps=100, start=40, purpose="spawn_40_a")
     assert torch.equal(flat(child_c), flat(child_a))
 

@@ -85,7 +85,7 @@ def test_observed_errors_are_normalized_frobenius_errors():
     trainer = Trainer(task, load_entry(REPO_SGD), profile)
     data = task.make_data(0)
     model = task.make_model(0)
-    optimizer = trainer.make_optimizer(model.parameters(), seed=0)
+    optimizer, _ = trainer.make_optimizer(model, seed=0)
     trainer.train(model, optimizer, data, seed=0, steps=150)
     observed = trainer.observe(model, optimizer, data, seed=0)
     w2, w1 = (p.detach().numpy().astype(np.float64) for p in (model.weights[1], model.weights[0]))

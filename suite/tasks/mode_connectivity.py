@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from suite import seeding
-from suite.loop import Trainer, Trajectory
+from suite.loop import Trainer, Trajectory, copy_training_state
 from suite.metrics.connectivity import (
     barrier,
     interpolate,
@@ -205,17 +205,12 @@ class ModeConnectivity(Task):
         return out
 
     # -- the procedure ------------------------------------------------------------------------
-    def spawn(self, trainer: Trainer, parent: nn.Module, parent_opt: torch.optim.Optimizer,
-              seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """A child: a copy of the parent's parameters and of its optimizer state.
-
-        The state dict is deep-copied because load_state_dict keeps the tensors it is given:
-        without the copy both children would update the same momentum buffers in place.
-        """
-        child = copy.deepcopy(parent)
-        optimizer = trainer.make_optimizer(child.parameters(), seed=seed)
-        optimizer.load_state_dict(copy.deepcopy(parent_opt.state_dict()))
-        return child, optimizer
+    @staticmethod
+    def spawn(parent: nn.Module, parent_opt: torch.optim.Optimizer,
+              parent_schedule) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
+        """A child: a copy of the parent's parameters, optimizer and schedule, every attribute of
+        them included, so that the child continues exactly as the parent would have."""
+        return copy_training_state(parent, parent_opt, parent_schedule)
 
     def path_values(self, pair: str, params_a, params_b, data) -> dict[str, float]:
         """Test loss and error along θ(α) = (1 − α)θ_A + αθ_B, one curve value per α."""
@@ -257,27 +252,27 @@ class ModeConnectivity(Task):
         final: dict[str, float] = {}
         done = 0  # optimizer steps over every network of the run
 
-        def train(model, optimizer, *, start: int, end: int, purpose: str,
+        def train(model, optimizer, schedule, *, start: int, end: int, purpose: str,
                   traj: Trajectory | None = None) -> Trajectory:
             nonlocal done
             out = trainer.train(model, optimizer, data, seed=seed, steps=end, start=start,
-                                purpose=purpose, trajectory=traj)
+                                purpose=purpose, trajectory=traj, schedule=schedule)
             done += out.steps_done
             return out
 
         # 1. Spawning: one parent, trained segment by segment up to each spawn step.
         parent = trainer.to_device(self.make_model(seed))
-        parent_opt = trainer.make_optimizer(parent.parameters(), seed=seed)
+        parent_opt, parent_schedule = trainer.make_optimizer(parent, seed=seed)
         at = 0
         for k in self.spawn_steps:
-            seg = train(parent, parent_opt, start=at, end=k, purpose=f"parent_from_{at}")
+            seg = train(parent, parent_opt, parent_schedule, start=at, end=k, purpose=f"parent_from_{at}")
             if seg.status != "ok":
                 return self.diverged(seg, done)
             at = k
             children = []
             for side in ("a", "b"):
-                child, child_opt = self.spawn(trainer, parent, parent_opt, seed)
-                out = train(child, child_opt, start=k, end=steps, purpose=f"spawn_{k}_{side}")
+                child, child_opt, child_schedule = self.spawn(parent, parent_opt, parent_schedule)
+                out = train(child, child_opt, child_schedule, start=k, end=steps, purpose=f"spawn_{k}_{side}")
                 if out.status != "ok":
                     return self.diverged(out, done)
                 children.append(clone_params(child))
@@ -288,8 +283,8 @@ class ModeConnectivity(Task):
         traj, nets = Trajectory(), {}
         for side in ("a", "b"):
             model = trainer.to_device(self.init_model(seed, f"init_{side}"))
-            optimizer = trainer.make_optimizer(model.parameters(), seed=seed)
-            out = train(model, optimizer, start=0, end=steps, purpose=f"independent_{side}",
+            optimizer, schedule = trainer.make_optimizer(model, seed=seed)
+            out = train(model, optimizer, schedule, start=0, end=steps, purpose=f"independent_{side}",
                         traj=traj if side == "a" else None)
             if out.status != "ok":
                 return self.diverged(out, done)
