@@ -35,7 +35,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from suite import seeding
-from suite.loop import BatchingUnsupported, Lane, Trainer, Trajectory
+from suite.loop import BatchingUnsupported, Lane, Trainer, Trajectory, plain_steps
 from suite.task import Task
 
 # torch optimizers whose update of each parameter entry depends only on that entry's gradient
@@ -52,6 +52,13 @@ def batchable(task: Task | type[Task]) -> bool:
     """
     cls = task if isinstance(task, type) else type(task)
     return cls.run is Task.run
+
+
+def seed_batchable(task: Task | type[Task]) -> bool:
+    """True when several seeds of the task can run side by side: the default procedure, or a
+    procedure that implements Task.run_seeds."""
+    cls = task if isinstance(task, type) else type(task)
+    return batchable(cls) or cls.run_seeds is not Task.run_seeds
 
 
 class SeedLoss(nn.Module):
@@ -242,28 +249,39 @@ def train_seeds(task: Task, trainer: Trainer, seeds: list[int]) -> list[Trajecto
     """
     if not batchable(task):
         raise BatchingUnsupported(f"task {task.name} overrides Task.run")
-    if trainer.entry.closure or trainer.entry.create_graph:
-        raise BatchingUnsupported("closure and create_graph entries step seed by seed")
     datas = [trainer.to_device(task.make_data(seed)) for seed in seeds]
     models = [trainer.to_device(task.make_model(seed)) for seed in seeds]
-    hidden = tensor_attributes(models[0])
-    if hidden:
-        raise BatchingUnsupported(
-            f"model attribute {hidden[0]!r} is a tensor that is neither a parameter nor a "
-            "buffer (every seed would see seed 0's); register it with register_buffer or "
-            "make it a parameter")
-    template = loss_template(task, models[0])
-    stacks = stack_parameters(models)  # name -> (S, ...); models[i]'s parameters are rows i
     made = [trainer.make_optimizer(m, seed=s) for m, s in zip(models, seeds, strict=True)]
-    optimizers = [opt for opt, _ in made]
     lanes = [Lane(seed, model, opt, data, seeding.generator(seed, "batches", device=trainer.device),
                   Trajectory(data=data), schedule)
              for seed, model, (opt, schedule), data in zip(seeds, models, made, datas, strict=True)]
-    batch = SeedBatch(task, template, lanes, stacks, stacked_optimizer(optimizers, models, stacks))
+    batch = SeedBatch.build(task, trainer, lanes)
     trainer.run_lanes(lanes, start=0, end=task.config["steps"], step_function=batch)
     for lane in lanes:
         lane.traj.execution = batch.execution()
     return [lane.traj for lane in lanes]
+
+
+def train_lanes(trainer: Trainer, lanes: list[Lane], *, start: int, end: int) -> None:
+    """Train lanes from `start` to `end`: as one batch when the trainer allows it and they can
+    be batched faithfully, else one after another, each by itself.
+
+    For procedures that train several networks (Task.run_seeds). A batch refused before its
+    first step trains its lanes one after another; one refused later (at the first step's
+    checks, or by a host-RNG draw) raises BatchingUnsupported, and the runner then runs the
+    procedure's seeds one by one with `trainer.batch_lanes = False`.
+    """
+    batch = None
+    if trainer.batch_lanes and len(lanes) > 1:
+        try:
+            batch = SeedBatch.build(trainer.task, trainer, lanes)
+        except BatchingUnsupported:
+            batch = None
+    if batch is not None:
+        trainer.run_lanes(lanes, start=start, end=end, step_function=batch)
+        return
+    for lane in lanes:
+        trainer.run_lanes([lane], start=start, end=end, step_function=plain_steps)
 
 
 class SeedBatch:
@@ -275,6 +293,27 @@ class SeedBatch:
     entry's optimizer rebound (`p.data = ...`) instead of updating in place is stacked anew,
     so the batch keeps following it.
     """
+
+    @classmethod
+    def build(cls, task: Task, trainer: Trainer, lanes: list[Lane]) -> SeedBatch:
+        """The batch of `lanes` (same architecture), or BatchingUnsupported before any step."""
+        if trainer.entry.closure or trainer.entry.create_graph:
+            raise BatchingUnsupported("closure and create_graph entries step seed by seed")
+        models = [lane.model for lane in lanes]
+        hidden = tensor_attributes(models[0])
+        if hidden:
+            raise BatchingUnsupported(
+                f"model attribute {hidden[0]!r} is a tensor that is neither a parameter nor a "
+                "buffer (every seed would see seed 0's); register it with register_buffer or "
+                "make it a parameter")
+        template = loss_template(task, models[0])
+        stacks = stack_parameters(models)  # name -> (S, ...); models[i]'s parameters are rows i
+        shared = stacked_optimizer([lane.optimizer for lane in lanes], models, stacks)
+        batch = cls(task, template, lanes, stacks, shared)
+        # Traces depend only on shapes (the parameters and the batch are inputs): batches of
+        # one trainer (a procedure's successive phases) share them instead of re-tracing.
+        batch.traced = trainer.traces
+        return batch
 
     def __init__(self, task: Task, template: SeedLoss, lanes: list[Lane],
                  stacks: dict[str, torch.Tensor], shared: torch.optim.Optimizer | None) -> None:
@@ -309,7 +348,7 @@ class SeedBatch:
 
     def __call__(self, trainer: Trainer, lanes: list[Lane], batches: list[Any], step: int) -> list[bool]:
         batch, dims = self.stacked_batch(lanes, batches)
-        key = signature(batch)
+        key = (signature(batch), tuple((n, s.shape, s.dtype) for n, s in self.stacks.items()))
         if key not in self.traced:
             self.traced[key] = gradient_function(self.seed_loss, self.stacks, batch, dims)
         grads, losses = self.traced[key](self.stacks, batch)  # name -> (S, ...); losses: (S,)
@@ -339,7 +378,7 @@ class SeedBatch:
         if not any(lane.schedule is not None for lane in live):
             return
         for lane in live:
-            with trainer.entry_code(lane.seed, "schedule.step"):
+            with trainer.entry_code(lane.seed, "schedule.step", lane.network):
                 lane.schedule.step()
         if self.shared is None:
             return
@@ -354,11 +393,11 @@ class SeedBatch:
 
     def step_seed(self, trainer: Trainer, lane: Lane, i: int, grads: dict[str, torch.Tensor]) -> None:
         """The seed's own optimizer steps on its views of the stacks, as it would one by one."""
-        with trainer.entry_code(lane.seed, "optimizer.zero_grad"):
+        with trainer.entry_code(lane.seed, "optimizer.zero_grad", lane.network):
             lane.optimizer.zero_grad(set_to_none=True)
         for name, g in grads.items():
             self.params[i][name].grad = g[i]
-        with trainer.entry_code(lane.seed, "optimizer.step"):
+        with trainer.entry_code(lane.seed, "optimizer.step", lane.network):
             lane.optimizer.step()
 
     def first_shared_step(self, trainer: Trainer, live, grads: dict[str, torch.Tensor],

@@ -67,6 +67,7 @@ class Lane:
     stream: torch.Generator  # the random stream of its batches
     traj: Trajectory
     schedule: LRScheduler | None = None  # stepped once after every optimizer step
+    network: str = "main"  # which network of the seed's run (a procedure trains several)
 
 
 # (trainer, active lanes, their batches, step) -> per lane: was its loss finite?
@@ -100,7 +101,7 @@ def plain_steps(trainer: Trainer, lanes: list[Lane], batches: list[Any], step: i
     finite = []
     create_graph = trainer.entry.create_graph
     for lane, batch in zip(lanes, batches, strict=True):
-        with trainer.entry_code(lane.seed, "optimizer.zero_grad"):
+        with trainer.entry_code(lane.seed, "optimizer.zero_grad", lane.network):
             lane.optimizer.zero_grad(set_to_none=True)
         loss = trainer.task.loss(lane.model, batch)
         finite.append(bool(torch.isfinite(loss).item()))
@@ -111,13 +112,13 @@ def plain_steps(trainer: Trainer, lanes: list[Lane], batches: list[Any], step: i
             # zero_grad(set_to_none=True) that starts every step, so torch's warning is moot.
             warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph")
             loss.backward(create_graph=create_graph)
-        with trainer.entry_code(lane.seed, "optimizer.step"):
+        with trainer.entry_code(lane.seed, "optimizer.step", lane.network):
             if trainer.entry.closure:
                 lane.optimizer.step(loss_closure(trainer.task, lane, batch, create_graph))
             else:
                 lane.optimizer.step()
         if lane.schedule is not None:
-            with trainer.entry_code(lane.seed, "schedule.step"):
+            with trainer.entry_code(lane.seed, "schedule.step", lane.network):
                 lane.schedule.step()
     return finite
 
@@ -188,7 +189,11 @@ class Trainer:
         self.entry = entry
         self.profile = profile
         self.on_step = on_step
-        self.rngs: dict[int, seeding.EntryRNG] = {}
+        self.rngs: dict[tuple[int, str], seeding.EntryRNG] = {}
+        # Whether lanes trained together may run as one vmapped batch (False: each by itself,
+        # the one-by-one execution a refused batch falls back to).
+        self.batch_lanes = True
+        self.traces: dict[Any, Any] = {}  # traced batched gradients, by shapes (suite.batched)
 
     @property
     def device(self) -> torch.device:
@@ -205,38 +210,49 @@ class Trainer:
             return obj.to(self.device, dtype=dtype if obj.is_floating_point() else None)
         return obj
 
+    def entry_rng(self, seed: int, network: str = "main") -> seeding.EntryRNG:
+        """The global-RNG state of one network of a seed's run (each network has its own, so
+        networks trained side by side draw what they would draw one after another)."""
+        key = (seed, network)
+        if key not in self.rngs:
+            self.rngs[key] = seeding.EntryRNG(seeding.derive_seed(seed, f"network:{network}"),
+                                              self.device)
+        return self.rngs[key]
+
+    def fork_entry_rng(self, seed: int, parent: str, child: str) -> None:
+        """A spawned network continues its parent's global-RNG stream from where it stands."""
+        self.entry_rng(seed, child).state = self.entry_rng(seed, parent).state.clone()
+
     @contextmanager
-    def entry_code(self, seed: int, call: str) -> Iterator[None]:
-        """Around a call into entry code: the seed's global-RNG state, errors located."""
-        rng = self.rngs.get(seed)
-        if rng is None:
-            rng = self.rngs[seed] = seeding.EntryRNG(seed, self.device)
-        with rng, entry_call(self.entry, call):
+    def entry_code(self, seed: int, call: str, network: str = "main") -> Iterator[None]:
+        """Around a call into entry code: the network's global-RNG state, errors located."""
+        with self.entry_rng(seed, network), entry_call(self.entry, call):
             yield
 
-    def make_optimizer(self, model: torch.nn.Module, *, seed: int
+    def make_optimizer(self, model: torch.nn.Module, *, seed: int, network: str = "main"
                        ) -> tuple[torch.optim.Optimizer, LRScheduler | None]:
         """The entry's optimizer for `model`, and its schedule if it defines `make_schedule`."""
         view = self.task.view(model)
-        with self.entry_code(seed, "make_optimizer"):
+        with self.entry_code(seed, "make_optimizer", network):
             optimizer = self.entry.make_optimizer(model, view)
-        with self.entry_code(seed, "make_schedule"):
+        with self.entry_code(seed, "make_schedule", network):
             return optimizer, self.entry.make_schedule(optimizer, view)
 
     def observe(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data, *,
-                seed: int) -> dict[str, float]:
+                seed: int, network: str = "main") -> dict[str, float]:
         """The task's evaluation, with the optimizer in eval mode (schedule-free optimizers)."""
-        with self.entry_code(seed, "optimizer.eval"):
+        with self.entry_code(seed, "optimizer.eval", network):
             set_mode(optimizer, "eval")
         with torch.no_grad():
             values = self.task.observe(model, data)
-        with self.entry_code(seed, "optimizer.train"):
+        with self.entry_code(seed, "optimizer.train", network):
             set_mode(optimizer, "train")
         return values
 
     def train(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data, *,
               seed: int, steps: int, start: int = 0, purpose: str = "batches",
-              trajectory: Trajectory | None = None, schedule: LRScheduler | None = None) -> Trajectory:
+              trajectory: Trajectory | None = None, schedule: LRScheduler | None = None,
+              network: str = "main") -> Trajectory:
         """Train one network from step `start` to `steps` (one-by-one execution).
 
         `purpose` names the random stream of the batches (two children spawned from one parent
@@ -245,7 +261,7 @@ class Trainer:
         traj = trajectory if trajectory is not None else Trajectory()
         traj.data = data
         lane = Lane(seed, model, optimizer, data, seeding.generator(seed, purpose, self.device), traj,
-                    schedule)
+                    schedule, network)
         self.run_lanes([lane], start=start, end=steps, step_function=plain_steps)
         return traj
 
@@ -259,11 +275,12 @@ class Trainer:
         """
         schedule = set(eval_steps(self.task.config["steps"], self.task.config["evals"]))
         for lane in lanes:
-            with self.entry_code(lane.seed, "optimizer.train"):
+            with self.entry_code(lane.seed, "optimizer.train", lane.network):
                 set_mode(lane.optimizer, "train")
             lane.model.train()
             if start in schedule and start not in lane.traj.steps:
-                lane.traj.record(start, self.observe(lane.model, lane.optimizer, lane.data, seed=lane.seed))
+                lane.traj.record(start, self.observe(lane.model, lane.optimizer, lane.data,
+                                                      seed=lane.seed, network=lane.network))
         host = seeding.host_rng_states() if len(lanes) > 1 else None
         active = list(lanes)
         for step in range(start + 1, end + 1):
@@ -283,7 +300,7 @@ class Trainer:
                 host = check_host_rngs(host)
                 for lane in active:
                     lane.traj.record(step, self.observe(lane.model, lane.optimizer, lane.data,
-                                                         seed=lane.seed))
+                                                         seed=lane.seed, network=lane.network))
         check_host_rngs(host)
 
 

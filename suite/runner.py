@@ -60,11 +60,17 @@ def make_plans(task_names: list[str], seeds: list[int], tier: str, sets: list[st
 
 def execute(plan: Plan, trainer: Trainer, note: str | None = None
             ) -> tuple[Trajectory, dict[str, float], str | None]:
-    """Run one plan by itself; a non-finite loss is a result (diverged), an exception an error.
+    """Run one seed's plan by itself; a non-finite loss is a result (diverged), an exception
+    an error. A task's own procedure trains its networks side by side when the trainer allows
+    it (`trainer.batch_lanes`), and one by one if that batch is refused.
 
     `note` says why a plan that could have been batched runs by itself.
     """
-    execution = {"mode": "one-by-one" if batched.batchable(plan.task) else "procedure"}
+    procedure = not batched.batchable(plan.task)
+    execution: dict[str, Any] = {"mode": "one-by-one"}
+    if procedure:
+        networks = "side by side" if trainer.batch_lanes else "one by one"
+        execution = {"mode": "procedure", "seeds": [plan.seed], "networks": networks}
     if note:
         execution["note"] = note
     try:
@@ -72,10 +78,21 @@ def execute(plan: Plan, trainer: Trainer, note: str | None = None
             traj = plan.task.run(plan.seed, trainer)
     except EntryError:
         raise  # a broken entry breaks every run: stop the suite and say so
+    except BatchingUnsupported as err:
+        if not (procedure and trainer.batch_lanes):
+            raise  # ldbench's own bug: only a batch refuses
+        return execute(plan, alone(trainer), note=f"BatchingUnsupported: {err}")
     except Exception as err:  # noqa: BLE001 - recorded in the results, the suite goes on
         return Trajectory(status="error", execution=execution), plan.task.nan_metrics(), error_message(err)
     traj.execution = execution
     return finish(plan, traj)
+
+
+def alone(trainer: Trainer) -> Trainer:
+    """A fresh trainer of the same task and entry that trains every network by itself."""
+    fresh = Trainer(trainer.task, trainer.entry, trainer.profile, trainer.on_step)
+    fresh.batch_lanes = False
+    return fresh
 
 
 def error_message(err: Exception) -> str:
@@ -108,21 +125,25 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
     """
     if len(plans) == 1:
         return [execute(plans[0], trainer)]
+    task, seeds = plans[0].task, [p.seed for p in plans]
     try:
-        trajs = batched.train_seeds(plans[0].task, trainer, [p.seed for p in plans])
+        if batched.batchable(task):
+            trajs = batched.train_seeds(task, trainer, seeds)
+        else:  # the task's own procedure, all seeds' networks side by side
+            trajs = task.run_seeds(seeds, trainer)
+            for traj in trajs:
+                traj.execution = {"mode": "procedure", "seeds": seeds, "networks": "side by side"}
     except EntryError:
         raise
     except EntryCodeError:
-        return [execute(plan, Trainer(plan.task, trainer.entry, trainer.profile, trainer.on_step))
-                for plan in plans]
+        return [execute(plan, alone(trainer)) for plan in plans]
     except Exception as err:  # noqa: BLE001 - the one-by-one path records or avoids it
         reason = f"{type(err).__name__}: {err}"
         if not isinstance(err, BatchingUnsupported):  # ldbench's own bug: keep its traceback
             reason += "\n" + traceback.format_exc(limit=-4)
-        notes(f"note: {plans[0].task.name}: seeds {', '.join(str(p.seed) for p in plans)} run one "
-              f"by one, not batched: {reason}")
-        return [execute(plan, Trainer(plan.task, trainer.entry, trainer.profile, trainer.on_step),
-                        note=reason.splitlines()[0]) for plan in plans]
+        notes(f"note: {task.name}: seeds {', '.join(map(str, seeds))} run one by one, not batched: "
+              f"{reason}")
+        return [execute(plan, alone(trainer), note=reason.splitlines()[0]) for plan in plans]
     return [finish(plan, traj) for plan, traj in zip(plans, trajs, strict=True)]
 
 
@@ -151,7 +172,7 @@ def group_plans(todo: list[tuple[Plan, str]], size: int | None, entry: Entry
     alone = entry.closure or entry.create_graph
     for item in todo:
         task = item[0].task
-        limit = (size or len(todo)) if batched.batchable(task) and not alone else 1
+        limit = (size or len(todo)) if batched.seed_batchable(task) and not alone else 1
         last = groups[-1] if groups else None
         if last and last[0][0].task is task and len(last) < limit:
             last.append(item)

@@ -128,6 +128,8 @@ class Task:
         run(seed, trainer) -> Trajectory: a special procedure (spawning children, two
             networks...) built from `trainer`'s pieces. Override only when one training run per
             seed does not describe the task; the default is one model, one optimizer, `steps`.
+        run_seeds(seeds, trainer) -> [Trajectory]: the special procedure for several seeds side
+            by side; a task that overrides `run` should provide it (see mode-connectivity).
         optimizer_steps() -> int: the optimizer steps `run` takes over all its networks (the
             progress bar's total); override it with `run`.
     """
@@ -193,6 +195,12 @@ class Task:
         optimizer, schedule = trainer.make_optimizer(model, seed=seed)
         return trainer.train(model, optimizer, data, seed=seed, steps=self.config["steps"],
                              schedule=schedule)
+
+    def run_seeds(self, seeds: list[int], trainer: Trainer) -> list[Trajectory]:
+        """Optional, with `run`: the special procedure for several seeds side by side (the
+        networks of every seed trained as one batch through `suite.batched.train_lanes`);
+        `run(seed)` is then `run_seeds([seed])[0]`. Without it, seeds run one by one."""
+        raise NotImplementedError
 
     def optimizer_steps(self) -> int:
         return int(self.config["steps"])

@@ -58,21 +58,22 @@ def pick_runs(runs: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
     return per_run.iloc[np.sort(chosen)]
 
 
-def batch_seeds(run, submitted: pd.DataFrame) -> list[int]:
-    """The seeds run `run` was trained with, as recorded; [its seed] if it ran by itself.
+def recorded_execution(run, submitted: pd.DataFrame) -> tuple[list[int], bool]:
+    """(the seeds run `run` was trained with, whether networks were batched), as recorded.
 
     Files written before the execution mode was recorded came from `--seed-batch auto`: all
-    seeds of the task (with the same overrides) together, when the task batches.
+    seeds of the task (with the same overrides) batched together when the task used the
+    default procedure, else each seed by itself with its networks one after another.
     """
     execution = json.loads(run.execution) if isinstance(run.execution, str) else None
     if execution is None:
         if not batched.batchable(registry.task_class(run.task)):
-            return [int(run.seed)]
+            return [int(run.seed)], False
         same = submitted[(submitted["task"] == run.task) & (submitted["overrides"] == run.overrides)]
-        return sorted(int(s) for s in same["seed"].unique())
-    if execution.get("mode") == "batched":
-        return [int(s) for s in execution["seeds"]]
-    return [int(run.seed)]
+        return sorted(int(s) for s in same["seed"].unique()), True
+    if execution.get("mode") in ("batched", "procedure"):
+        return [int(s) for s in execution["seeds"]], execution.get("networks") != "one by one"
+    return [int(run.seed)], True
 
 
 def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
@@ -98,14 +99,16 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
     checks, reruns = [], {}
     for run in pick_runs(submitted, k, pick_seed).itertuples(index=False):
         overrides = json.loads(run.overrides or "{}")
-        seeds = batch_seeds(run, submitted)
-        key = (run.task, run.overrides, tuple(seeds))
+        seeds, batch_lanes = recorded_execution(run, submitted)
+        key = (run.task, run.overrides, tuple(seeds), batch_lanes)
         if key not in reruns:
             config = {k: v for k, v in overrides.items() if k != "hparams"}
             task = registry.make_task(run.task, tier, config)
             tuned = entry.with_hparams({run.task: overrides.get("hparams", {})})
             plans = [runner.Plan(task, seed, overrides) for seed in seeds]
-            outcomes = runner.execute_batch(plans, Trainer(task, tuned, prof), notes=lambda _: None)
+            trainer = Trainer(task, tuned, prof)
+            trainer.batch_lanes = batch_lanes
+            outcomes = runner.execute_batch(plans, trainer, notes=lambda _: None)
             reruns[key] = (task, dict(zip(seeds, outcomes, strict=True)))
         task, outcomes = reruns[key]
         traj, metrics, _ = outcomes[int(run.seed)]

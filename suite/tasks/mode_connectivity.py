@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from suite import seeding
-from suite.loop import Trainer, Trajectory, copy_training_state
+from suite.batched import train_lanes
+from suite.loop import Lane, Trainer, Trajectory, copy_training_state
 from suite.metrics.connectivity import (
     barrier,
     interpolate,
@@ -46,6 +48,40 @@ def record_final(traj: Trajectory, values: dict[str, float]) -> None:
     earlier = len(traj.steps) - 1
     for name, value in values.items():
         traj.curves[name] = [math.nan] * earlier + [float(value)]
+
+
+@dataclass
+class Network:
+    """One network of a seed's run: parent, a spawned child, or an independent one."""
+
+    seed: int
+    network: str  # its name, which also names its global-RNG state
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    purpose: str  # the random stream of its batches
+    traj: Trajectory
+
+
+@dataclass
+class SeedRun:
+    """What one seed's run collects across its networks."""
+
+    data: dict[str, torch.Tensor]
+    final: dict[str, float] = field(default_factory=dict)  # path and LLFC values
+    done: int = 0  # optimizer steps over every network of the run
+    failed: Trajectory | None = None  # the first network that diverged
+    traj: Trajectory | None = None  # independent network A's: the run's curves
+
+    def trajectory(self, steps: int) -> Trajectory:
+        if self.failed is not None:
+            return Trajectory(status="diverged", diverged_step=self.failed.diverged_step,
+                              steps_done=self.done, data=self.data)
+        if not self.traj.steps or self.traj.steps[-1] != steps:
+            raise RuntimeError(f"the reference network's last evaluation is not step {steps}")
+        record_final(self.traj, self.final)
+        self.traj.steps_done, self.traj.data = self.done, self.data
+        return self.traj
 
 
 class ModeConnectivity(Task):
@@ -242,72 +278,78 @@ class ModeConnectivity(Task):
         return max(self.spawn_steps) + sum(2 * (steps - k) for k in self.spawn_steps) + 2 * steps
 
     def run(self, seed: int, trainer: Trainer) -> Trajectory:
-        """Spawned children per spawn step, then two independent networks, matched.
+        return self.run_seeds([seed], trainer)[0]
 
-        The run's curves are those of independent network A at the evaluation steps; path and
-        LLFC values are added at the final step. Any diverged network ends the run.
+    def run_seeds(self, seeds: list[int], trainer: Trainer) -> list[Trajectory]:
+        """For each seed: spawned children per spawn step, two independent networks, matched.
+
+        Every network of every seed has the same architecture, so each phase trains the
+        networks of all seeds side by side (one vmapped batch when the entry allows it,
+        `suite.batched.train_lanes`): the parents segment by segment up to each spawn step,
+        then the children spawned at each step, then the independent pairs. Each network has
+        its own data stream and global-RNG state, so side by side or one after another it
+        sees the same numbers. A seed's run's curves are those of its independent network A
+        at the evaluation steps; path and LLFC values are added at the final step. A diverged
+        network ends its seed's run; the other seeds go on.
         """
         steps = self.config["steps"]
-        data = trainer.to_device(self.make_data(seed))  # checks the config first
-        final: dict[str, float] = {}
-        done = 0  # optimizer steps over every network of the run
+        datas = {seed: trainer.to_device(self.make_data(seed)) for seed in seeds}  # checks the config
+        runs = {seed: SeedRun(data=datas[seed]) for seed in seeds}
 
-        def train(model, optimizer, schedule, *, start: int, end: int, purpose: str,
-                  traj: Trajectory | None = None) -> Trajectory:
-            nonlocal done
-            out = trainer.train(model, optimizer, data, seed=seed, steps=end, start=start,
-                                purpose=purpose, trajectory=traj, schedule=schedule)
-            done += out.steps_done
-            return out
+        def train(nets: list[Network], *, start: int, end: int) -> list[Network]:
+            """Train the networks of live seeds; returns those whose seed is still live."""
+            nets = [n for n in nets if runs[n.seed].failed is None]
+            lanes = [Lane(n.seed, n.model, n.optimizer, datas[n.seed],
+                          seeding.generator(n.seed, n.purpose, trainer.device), n.traj, n.schedule,
+                          n.network) for n in nets]
+            train_lanes(trainer, lanes, start=start, end=end)
+            for n in nets:
+                run = runs[n.seed]
+                run.done += n.traj.steps_done
+                if n.traj.status != "ok" and run.failed is None:
+                    run.failed = n.traj
+            return [n for n in nets if runs[n.seed].failed is None]
 
-        # 1. Spawning: one parent, trained segment by segment up to each spawn step.
-        parent = trainer.to_device(self.make_model(seed))
-        parent_opt, parent_schedule = trainer.make_optimizer(parent, seed=seed)
+        # 1. Spawning: one parent per seed, trained segment by segment up to each spawn step.
+        parents = [self.network(trainer, seed, "parent", self.make_model(seed)) for seed in seeds]
         at = 0
         for k in self.spawn_steps:
-            seg = train(parent, parent_opt, parent_schedule, start=at, end=k, purpose=f"parent_from_{at}")
-            if seg.status != "ok":
-                return self.diverged(seg, done)
+            for n in parents:
+                n.purpose, n.traj = f"parent_from_{at}", Trajectory()
+            parents = train(parents, start=at, end=k)
             at = k
-            children = []
-            for side in ("a", "b"):
-                child, child_opt, child_schedule = self.spawn(parent, parent_opt, parent_schedule)
-                out = train(child, child_opt, child_schedule, start=k, end=steps, purpose=f"spawn_{k}_{side}")
-                if out.status != "ok":
-                    return self.diverged(out, done)
-                children.append(clone_params(child))
-            final.update(self.path_values(f"spawn_{k}", *children, data))
+            children = [self.spawn_network(trainer, n, f"spawn_{k}_{side}")
+                        for n in parents for side in ("a", "b")]
+            for a, b in zip(*[iter(train(children, start=k, end=steps))] * 2, strict=True):
+                runs[a.seed].final.update(self.path_values(
+                    f"spawn_{k}", clone_params(a.model), clone_params(b.model), datas[a.seed]))
 
-        # 2. Independent networks from their own initialisations; A's evaluations (recorded
-        # in a fresh trajectory) are the run's curves.
-        traj, nets = Trajectory(), {}
-        for side in ("a", "b"):
-            model = trainer.to_device(self.init_model(seed, f"init_{side}"))
-            optimizer, schedule = trainer.make_optimizer(model, seed=seed)
-            out = train(model, optimizer, schedule, start=0, end=steps, purpose=f"independent_{side}",
-                        traj=traj if side == "a" else None)
-            if out.status != "ok":
-                return self.diverged(out, done)
-            nets[side] = clone_params(model)
-        final.update(self.path_values("independent", nets["a"], nets["b"], data))
+        # 2. Independent networks from their own initialisations.
+        pairs = [self.network(trainer, seed, f"independent_{side}", self.init_model(seed, f"init_{side}"))
+                 for seed in seeds if runs[seed].failed is None for side in ("a", "b")]
+        for a, b in zip(*[iter(train(pairs, start=0, end=steps))] * 2, strict=True):
+            runs[a.seed].traj = a.traj
+            self.compare_independent(runs[a.seed], clone_params(a.model), clone_params(b.model), a.seed)
+        return [runs[seed].trajectory(steps) for seed in seeds]
 
-        # 3. Weight matching aligns B's hidden units to A's.
-        perms = weight_matching(params_a=nets["a"], params_b=nets["b"],
+    def network(self, trainer: Trainer, seed: int, name: str, model: nn.Module) -> Network:
+        model = trainer.to_device(model)
+        optimizer, schedule = trainer.make_optimizer(model, seed=seed, network=name)
+        return Network(seed, name, model, optimizer, schedule, purpose=name, traj=Trajectory())
+
+    def spawn_network(self, trainer: Trainer, parent: Network, name: str) -> Network:
+        model, optimizer, schedule = self.spawn(parent.model, parent.optimizer, parent.schedule)
+        trainer.fork_entry_rng(parent.seed, parent.network, name)
+        return Network(parent.seed, name, model, optimizer, schedule, purpose=name, traj=Trajectory())
+
+    def compare_independent(self, run: SeedRun, params_a, params_b, seed: int) -> None:
+        """Barriers of the independent pair before and after weight matching, and LLFC."""
+        run.final.update(self.path_values("independent", params_a, params_b, run.data))
+        perms = weight_matching(params_a=params_a, params_b=params_b,
                                 generator=seeding.generator(seed, "matching"))
-        matched = permute_params(params=nets["b"], perms=perms)
-        final.update(self.path_values("matched", nets["a"], matched, data))
-        final.update(self.llfc_values(nets["a"], matched, data))
-
-        if not traj.steps or traj.steps[-1] != steps:
-            raise RuntimeError(f"the reference network's last evaluation is not step {steps}")
-        record_final(traj, final)
-        traj.steps_done = done
-        return traj
-
-    @staticmethod
-    def diverged(traj: Trajectory, done: int) -> Trajectory:
-        return Trajectory(status="diverged", diverged_step=traj.diverged_step, steps_done=done,
-                          data=traj.data)
+        matched = permute_params(params=params_b, perms=perms)
+        run.final.update(self.path_values("matched", params_a, matched, run.data))
+        run.final.update(self.llfc_values(params_a, matched, run.data))
 
     def summarize(self, steps, curves, data) -> dict[str, float]:
         alphas = self.alpha_grid
