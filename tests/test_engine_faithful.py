@@ -196,7 +196,8 @@ def test_batches_record_their_execution_and_single_seeds_theirs(make_entry, tmp_
                             sets=["steps=40", "mode-connectivity.spawn_steps=[0, 10, 40]"])
     modes = runs.drop_duplicates("run_id").set_index(["task", "seed"])["execution"]
     assert modes["deep-linear-modes", 0] == '{"mode": "batched", "optimizer": "stacked", "seeds": [0, 1]}'
-    assert modes["mode-connectivity", 1] == '{"mode": "procedure"}'
+    assert modes["mode-connectivity", 1] == (
+        '{"mode": "procedure", "networks": "side by side", "seeds": [0, 1]}')
 
 
 def test_buffers_and_shape_changes_are_refused(profile):
@@ -219,3 +220,23 @@ def test_verify_reruns_each_run_as_it_was_executed_to_the_last_bit(make_entry, t
     checks = verify.verify_submission(entry, k=3, tier="smoke", pick_seed=0)
     assert len(checks) == 3 * len(registry.make_task("deep-linear-modes", "smoke").metrics())
     assert all(c.matches(rtol=0.0, atol=0.0) for c in checks), [c for c in checks if not c.matches()]
+
+
+def test_mode_connectivity_side_by_side_equals_its_networks_one_by_one(make_entry, profile):
+    """Every network of every seed trained as one batch gives the seed-by-seed numbers, up to
+    float32 rounding (which an error barrier, a count of test points, can turn into a few
+    points of n_test)."""
+    task = registry.make_task("mode-connectivity", "smoke", {"steps": 40, "evals": 6,
+                                                             "spawn_steps": [0, 10, 40]})
+    entry = load_entry(make_entry(code="import torch\n\ndef make_optimizer(params, hparams, task):\n"
+                                       "    return torch.optim.Adam(params, lr=1e-2)\n"))
+    plans = [runner.Plan(task, seed, {}) for seed in SEEDS]
+    together = runner.execute_batch(plans, Trainer(task, entry, profile))
+    alone = [runner.execute(plan, runner.alone(Trainer(task, entry, profile))) for plan in plans]
+    for (t_traj, t_metrics, _), (a_traj, a_metrics, _) in zip(together, alone, strict=True):
+        assert t_traj.execution["seeds"] == SEEDS and a_traj.execution["networks"] == "one by one"
+        for name in ("train_loss", "test_loss"):
+            np.testing.assert_allclose(t_traj.curves[name], a_traj.curves[name], rtol=1e-4, atol=1e-6)
+        for name, value in a_metrics.items():
+            tol = 3 / task.config["n_test"] if name.startswith("error_barrier") else 1e-3
+            assert abs(t_metrics[name] - value) <= tol + 1e-3 * abs(value), name
