@@ -244,6 +244,12 @@ class CachedReference(nn.Module):
         self.cache = [self.w]
 
 
+class Plain(nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.w = nn.Parameter(w)
+
+
 class CachingTask(DeepLinearModes):
     def make_model(self, seed):
         return CachedReference(super().make_model(seed).product().detach())
@@ -255,9 +261,30 @@ class CachingTask(DeepLinearModes):
         return {"loss": float(self.loss(model, data))}
 
 
+class DetachingTask(DeepLinearModes):
+    """A loss that rebuilds its parameter as a new leaf: vmap sees no gradient through it."""
+
+    def make_model(self, seed):
+        return Plain(super().make_model(seed).product().detach())
+
+    def loss(self, model, batch):
+        # functional_call swaps in plain tensors: the batched loss sees a constant.
+        w = model.w if isinstance(model.w, nn.Parameter) else model.w.detach()
+        return 0.5 * (batch["x"] @ w.T - batch["y"]).pow(2).sum()
+
+    def observe(self, model, data):
+        return {"loss": float(self.loss(model, data))}
+
+
 def test_a_loss_that_hides_parameters_from_vmap_is_refused_before_any_step(make_entry, profile):
+    # A reference kept in a plain attribute: refused before the batch is built.
     task = CachingTask(dict(DeepLinearModes.tiers["smoke"], **SHORT))
     trainer = Trainer(task, load_entry(make_entry()), profile)
+    with pytest.raises(batched.BatchingUnsupported, match="'cache' is a tensor"):
+        batched.train_seeds(task, trainer, SEEDS)
+    # A loss whose vmapped gradient is wrong: refused by the first step's per-seed check.
+    task = DetachingTask(dict(DeepLinearModes.tiers["smoke"], **SHORT))
+    trainer = Trainer(task, load_entry(make_entry("other")), profile)
     with pytest.raises(batched.BatchingUnsupported, match="gradient of 'w' differs"):
         batched.train_seeds(task, trainer, SEEDS)
 
