@@ -137,8 +137,8 @@ def test_lbfgs_needs_the_flag_and_runs_with_it(make_entry, tmp_path):
 
 def test_create_graph_lets_an_optimizer_take_hessian_vector_products(make_entry, tmp_path):
     entry = make_entry(code=HESSIAN, extra="create_graph = true")
-    runs = runner.run_suite(entry, tasks=["deep-linear-modes", "teacher-student"], seeds=1,
-                            out=tmp_path, progress=False, sets=["steps=20"])
+    runs = runner.run_suite(entry, seeds=1, out=tmp_path, progress=False,  # every task's model
+                            sets=["steps=10", "mode-connectivity.spawn_steps=[0, 5, 10]"])
     assert set(runs["status"]) == {"ok"}, runs["error"].dropna().tolist()
     without = make_entry("nograph", code=HESSIAN)
     failed = runner.run_suite(without, tasks=["deep-linear-modes"], seeds=1, out=tmp_path / "b",
