@@ -34,6 +34,11 @@ SCHEMA_VERSION = 1
 RUNS_FILE, CURVES_FILE = "runs.parquet", "curves.parquet"
 PARTS_DIR = "parts"
 META_VERSION, META_TABLE = b"ldbench.schema_version", b"ldbench.table"
+# Caps on what is decoded from results submitted by others: Parquet compresses repeated rows
+# ~100x, so file bytes alone do not bound memory. A standard-tier suite of 5 seeds is 240 run
+# rows and 14k curve rows (about 2 MiB decoded).
+MAX_ROWS = {RUNS_FILE: 50_000, CURVES_FILE: 500_000}
+MAX_DECODED_BYTES = 128 * 2**20
 STALE_TMP_S = 24 * 3600  # a temp file this old is stale even if its pid was reused by a live process
 
 # One row per (run, final metric). Run-level columns repeat on each metric row so that a single
@@ -139,6 +144,21 @@ def read_table(path: Path, *, max_rows: int | None = None, max_bytes: int | None
     `max_rows` and `max_bytes` (decoded Arrow bytes) cap what is decoded, for files from others:
     a small file can hold millions of rows. Every failure is a ResultsError naming `path`.
     """
+    table = read_arrow(path, max_rows=max_rows, max_bytes=max_bytes)
+    try:  # ignore_metadata: pandas metadata in the file (an index, dtypes) is the writer's claim
+        return table.to_pandas(ignore_metadata=True)
+    except (pa.ArrowException, UnicodeDecodeError) as err:
+        raise ResultsError(f"{path}: corrupt content ({one_line(err)}); delete it and rerun "
+                           "`ldbench run`") from None
+
+
+def read_capped(path: Path) -> pd.DataFrame:
+    """`read_table` with the caps for results submitted by others (validate, score, build)."""
+    return read_table(path, max_rows=MAX_ROWS.get(path.name), max_bytes=MAX_DECODED_BYTES)
+
+
+def read_arrow(path: Path, *, max_rows: int | None = None, max_bytes: int | None = None) -> pa.Table:
+    """`read_table`'s checks, returning the Arrow table (schema metadata kept)."""
     try:
         parquet = pq.ParquetFile(path)
         schema = parquet.schema_arrow
@@ -155,8 +175,7 @@ def read_table(path: Path, *, max_rows: int | None = None, max_bytes: int | None
             batches.append(batch)
         table = pa.Table.from_batches(batches, schema=schema)
         table.validate(full=True)  # invalid UTF-8 in a string column, inconsistent offsets
-        # ignore_metadata: pandas metadata in the file (an index, dtypes) is the writer's claim.
-        return table.to_pandas(ignore_metadata=True)
+        return table
     except (pa.ArrowException, OSError, UnicodeDecodeError) as err:
         raise ResultsError(f"{path}: corrupt content ({one_line(err)}); delete it and rerun "
                            "`ldbench run`") from None

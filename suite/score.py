@@ -132,20 +132,10 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
 
 
 def read_runs(path: Path) -> pa.Table:
-    """A runs table as Arrow. Fast path when the schema is exactly ours, else results.read_table,
-    which names the problem (ResultsError) or returns a table that converts."""
-    try:
-        table = pq.ParquetFile(path).read(use_threads=False)  # small files: threads only cost
-        meta = table.schema.metadata or {}
-        if (meta.get(results.META_VERSION) == str(results.SCHEMA_VERSION).encode()
-                and all(f.name in table.schema.names and table.schema.field(f.name).type == f.type
-                        for f in results.RUN_SCHEMA)):
-            return table.select(results.RUN_SCHEMA.names).replace_schema_metadata(None)
-    except (pa.ArrowException, OSError):
-        pass
-    frame = results.read_table(path)
-    return pa.Table.from_pandas(frame[results.RUN_SCHEMA.names], schema=results.RUN_SCHEMA,
-                                preserve_index=False).replace_schema_metadata(None)
+    """A runs table as Arrow, checked (schema, UTF-8, row and decoded-size caps): ResultsError."""
+    table = results.read_arrow(path, max_rows=results.MAX_ROWS[results.RUNS_FILE],
+                               max_bytes=results.MAX_DECODED_BYTES)
+    return table.select(results.RUN_SCHEMA.names).replace_schema_metadata(None)
 
 
 def usable(runs: pd.DataFrame, tier: str, tasks: dict[str, type[Task]]) -> pd.Series:

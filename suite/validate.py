@@ -18,12 +18,7 @@ from suite.task import Task
 MIN_SEEDS = 5
 MAX_FILE_BYTES = 16 * 2**20  # a standard-tier curves table of the whole suite is well under 1 MiB
 MAX_SUBMISSION_BYTES = 64 * 2**20
-# Parquet compresses repeated rows ~100x: the caps bound what is decoded, not only file bytes.
-# A standard-tier suite of 5 seeds is 240 run rows and 14k curve rows (≈2 MiB decoded).
-MAX_RUN_ROWS, MAX_CURVE_ROWS = 50_000, 500_000
-MAX_DECODED_BYTES = 128 * 2**20
 MAX_NAME = 200  # characters of a curve name
-MAX_ROWS = {results.RUNS_FILE: MAX_RUN_ROWS, results.CURVES_FILE: MAX_CURVE_ROWS}
 # What a submission may hold besides results/<profile>/<tier>/{runs,curves}.parquet: source and
 # text that `entry_hash` covers. Compiled or binary files (__pycache__/*.pyc, .so) could run
 # instead of the reviewed source, and hidden files are easily missed in review: both are refused.
@@ -218,8 +213,7 @@ def read(path: Path) -> tuple[pd.DataFrame | None, list[str]]:
     if not path.is_file():
         return None, [line(path, "is missing", "rerun `ldbench run`, which writes both tables")]
     try:
-        return results.read_table(path, max_rows=MAX_ROWS.get(path.name),
-                                  max_bytes=MAX_DECODED_BYTES), []
+        return results.read_capped(path), []  # rows and decoded bytes capped
     except results.ResultsError as err:
         text = clean(str(err))
         return None, [text if ";" in text else f"{text}; regenerate it with `ldbench run`"]
