@@ -145,8 +145,8 @@ def read_table(path: Path, *, max_rows: int | None = None, max_bytes: int | None
     a small file can hold millions of rows. Every failure is a ResultsError naming `path`.
     """
     table = read_arrow(path, max_rows=max_rows, max_bytes=max_bytes)
-    try:  # ignore_metadata: pandas metadata in the file (an index, dtypes) is the writer's claim
-        return table.to_pandas(ignore_metadata=True)
+    try:  # without the file's metadata: its pandas part (an index, dtypes) is only the writer's claim
+        return table.replace_schema_metadata(None).to_pandas()
     except (pa.ArrowException, UnicodeDecodeError) as err:
         raise ResultsError(f"{path}: corrupt content ({one_line(err)}); delete it and rerun "
                            "`ldbench run`") from None
@@ -187,8 +187,9 @@ def one_line(err: BaseException) -> str:
 
 def check_schema(path: Path, schema: pa.Schema) -> None:
     meta = schema.metadata or {}
-    version = " ".join(meta.get(META_VERSION, b"?").decode("utf-8", "backslashreplace").split())
-    if version != str(SCHEMA_VERSION):
+    raw = meta.get(META_VERSION, b"?")
+    version = " ".join(raw.decode("utf-8", "backslashreplace").split())  # printable, for the message
+    if raw != str(SCHEMA_VERSION).encode():
         raise ResultsError(
             f"{path}: results schema version {version[:40]}, but this ldbench reads version "
             f"{SCHEMA_VERSION}; rerun with a matching ldbench or regenerate the results"

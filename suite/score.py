@@ -120,8 +120,9 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
     keep = usable(runs, tier, tasks)
     for i, dropped in runs.loc[~keep].groupby("_file")["task"]:
         inputs.warnings.append(
-            f"{paths[i]}: left out {len(dropped)} rows of tasks {sorted(set(dropped))[:5]} (unknown "
-            "profile or task, stale task version, --set or --hparam overrides, or another entry's rows); "
+            f"{paths[i]}: left out {len(dropped)} rows of tasks {sorted(set(dropped.astype(str)))[:5]} "
+            "(missing values, unknown profile or task, stale task version, --set or --hparam overrides, "
+            "or another entry's rows); "
             "`ldbench validate` names each problem")
     runs = runs[keep]
     inputs.runs = runs[KEEP].reset_index(drop=True)
@@ -141,7 +142,8 @@ def read_runs(path: Path) -> pa.Table:
 def usable(runs: pd.DataFrame, tier: str, tasks: dict[str, type[Task]]) -> pd.Series:
     """Rows that can be compared: this entry's, this tier's, a known profile, current task versions."""
     versions = {name: cls.version for name, cls in tasks.items()}
-    return ((runs["entry"] == runs["_entry"]) & (runs["tier"] == tier)
+    complete = runs[[c for c in KEEP if c != "value"] + ["overrides", "run_id"]].notna().all(axis=1)
+    return (complete & (runs["entry"] == runs["_entry"]) & (runs["tier"] == tier)
             & (runs["profile"] == runs["_profile"]) & runs["profile"].isin(list(profiles.available()))
             & (runs["overrides"].astype(str).str.strip() == "{}")
             & (runs["task"].map(versions) == runs["task_version"]))

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import stat
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +19,7 @@ from suite.task import Task
 MIN_SEEDS = 5
 MAX_FILE_BYTES = 16 * 2**20  # a standard-tier curves table of the whole suite is well under 1 MiB
 MAX_SUBMISSION_BYTES = 64 * 2**20
+RUN_LEVEL = [c for c in results.RUN_SCHEMA.names if c not in ("metric", "value", "direction")]
 MAX_NAME = 200  # characters of a curve name
 # What a submission may hold besides results/<profile>/<tier>/{runs,curves}.parquet: source and
 # text that `entry_hash` covers. Compiled or binary files (__pycache__/*.pyc, .so) could run
@@ -230,6 +232,11 @@ def tier_problems(where: Path, entry: Entry, *, tier: str, profile: str, min_see
     runs, bad_runs = read(where / results.RUNS_FILE)
     curves, bad_curves = read(where / results.CURVES_FILE)
     problems += bad_runs + bad_curves
+    for table, name in ((runs, results.RUNS_FILE), (curves, results.CURVES_FILE)):
+        extra = [] if table is None else [c for c in table.columns if c not in results.SCHEMAS[name].names]
+        if extra:
+            problems.append(line(where / name, f"columns {[str(c)[:40] for c in extra[:5]]} are not in "
+                                 "the results schema", "regenerate it with `ldbench run`"))
     if runs is None:
         return problems
     path, digest = where / results.RUNS_FILE, entry.hash
@@ -290,8 +297,12 @@ def identity_problems(path: Path, runs: pd.DataFrame, entry: Entry, digest: str,
 
 
 def status_problems(path: Path, runs: pd.DataFrame, rerun: str) -> list[str]:
-    """Each run's status agrees with its values: no result unless ok, a step if diverged."""
+    """Each run's status agrees with its values: no result unless ok, a step if diverged; the
+    run-level columns repeated on each metric row agree."""
     problems, fix = [], f"the table was edited; delete {path.parent} and run `{rerun}`"
+    if runs.drop_duplicates(RUN_LEVEL)["run_id"].duplicated().any():
+        problems.append(line(path, "the metric rows of one run disagree on a run-level column "
+                             "(status, seed, overrides, ...)", fix))
     status, value = runs["status"], runs["value"].astype(float)
     for name in ("diverged", "error"):
         kept = (status == name) & value.notna()
@@ -347,30 +358,35 @@ def task_problems(path: Path, rows: pd.DataFrame, task: Task, entry: Entry, dige
                   tier: str, profile: str, min_seeds: int, again: str, check_ids: bool) -> list[str]:
     """The runs of one task: no overrides, consistent ids, declared metrics, finite values."""
     where, problems = f"task {task.name!r}", []
-    per_run = rows.drop_duplicates("run_id")
-    overridden = per_run[per_run["overrides"].astype(str).map(lambda s: s.strip() != "{}")]
-    if len(overridden):
-        problems.append(line(path, f"{where}: {len(overridden)} runs used --set or --hparam "
+    runs: dict[str, tuple] = {}  # run_id -> (seed, overrides, status, error) of its first row
+    shared = False
+    for rid, seed, overrides, status, error in zip(rows["run_id"], rows["seed"], rows["overrides"],
+                                                   rows["status"], rows["error"], strict=True):
+        first = runs.setdefault(rid, (int(seed), str(overrides), status, error))
+        shared |= first[0] != int(seed)
+    overridden = sum(o.strip() != "{}" for _, o, _, _ in runs.values())
+    if overridden:
+        problems.append(line(path, f"{where}: {overridden} runs used --set or --hparam "
                              f"overrides, so they are not the {tier} tier of this entry",
                              f"rerun without them (put hyperparameters in entry.toml): {again}"))
-    if (rows.groupby("run_id")[["task", "seed"]].nunique() > 1).any(axis=None):
+    if shared:
         problems.append(line(path, f"{where}: a run_id is shared by different seeds",
                              "the table was edited; regenerate it: " + again))
-    seeds = per_run.groupby("seed")["run_id"].nunique()
-    if (seeds > 1).any():
-        problems.append(line(path, f"{where}: duplicate runs for seeds {sorted(seeds[seeds > 1].index)}",
+    per_seed = Counter(seed for seed, _, _, _ in runs.values())
+    if any(n > 1 for n in per_seed.values()):
+        problems.append(line(path, f"{where}: duplicate runs for seeds "
+                             f"{sorted(s for s, n in per_seed.items() if n > 1)}",
                              "keep one run per seed: delete the folder and " + again))
-    forged = [r.seed for r in per_run.itertuples() if r.run_id != runner.run_id(
-        entry=entry, entry_hash=digest, task=task, seed=int(r.seed), tier=tier, profile=profile,
-        overrides={})]
-    if forged and check_ids and not len(overridden):
+    forged = [seed for rid, (seed, _, _, _) in runs.items() if rid != runner.run_id(
+        entry=entry, entry_hash=digest, task=task, seed=seed, tier=tier, profile=profile, overrides={})]
+    if forged and check_ids and not overridden:
         problems.append(line(path, f"{where}: run ids of seeds {sorted(forged)[:5]} do not match "
                              "their entry, task, seed, tier and profile", "regenerate them: " + again))
-    errors = per_run[per_run["status"] == "error"]
-    if len(errors):
-        problems.append(line(path, f"{where}: seeds {sorted(errors['seed'])} failed with an error "
-                             f"({str(errors['error'].iloc[0])[:80]!r})", "fix the entry and " + again))
-    done = set(per_run.loc[per_run["status"].isin(results.DONE_STATUSES), "seed"])
+    errors = sorted((seed, str(error)) for seed, _, status, error in runs.values() if status == "error")
+    if errors:
+        problems.append(line(path, f"{where}: seeds {[s for s, _ in errors]} failed with an error "
+                             f"({errors[0][1][:80]!r})", "fix the entry and " + again))
+    done = {seed for seed, _, status, _ in runs.values() if status in results.DONE_STATUSES}
     if len(done) < min_seeds:
         problems.append(line(path, f"{where}: {len(done)} seeds with a result, {min_seeds} required",
                              again))
@@ -378,32 +394,46 @@ def task_problems(path: Path, rows: pd.DataFrame, task: Task, entry: Entry, dige
 
 
 def metric_problems(path: Path, rows: pd.DataFrame, task: Task, *, where: str, again: str) -> list[str]:
+    """Declared metrics once per run, with their direction; values finite (or +inf for a target
+    not reached) and within bounds in ok runs. Plain Python: a task's rows are few."""
     declared, problems = task.metrics(), []
-    if rows.duplicated(["run_id", "metric"]).any():
+    per_run: dict[str, set[str]] = {}
+    twice, wrong_direction, bad, outside = False, set(), {}, {}
+    columns = [rows[c] for c in ("run_id", "metric", "direction", "status")] + [rows["value"].astype(float)]
+    for rid, metric, direction, status, value in zip(*columns, strict=True):
+        seen = per_run.setdefault(rid, set())
+        twice |= metric in seen
+        seen.add(metric)
+        spec = declared.get(metric)
+        if spec is None:
+            continue
+        if direction != spec.direction:
+            wrong_direction.add(metric)
+        if status != "ok":
+            continue
+        if not math.isfinite(value) and not (spec.steps_to_target and value == math.inf):
+            bad.setdefault(metric, value)
+        elif math.isfinite(value) and not spec.bounds[0] <= value <= spec.bounds[1]:
+            outside.setdefault(metric, value)
+    if twice:
         problems.append(line(path, f"{where}: a metric appears twice in one run", "regenerate: " + again))
-    found = [set(ms) for _, ms in rows.groupby("run_id")["metric"]]
-    missing = sorted(set().union(*(set(declared) - ms for ms in found)))
-    extra = sorted(set().union(*found) - set(declared))
+    missing = sorted(set().union(*(set(declared) - ms for ms in per_run.values())))
+    extra = sorted(set().union(*per_run.values()) - set(declared))
     if missing or extra:
         problems.append(line(path, f"{where}: metrics missing {missing[:5]}, undeclared {extra[:5]}",
                              "regenerate with this suite: " + again))
-    for metric, spec in declared.items():
-        sub = rows[rows["metric"] == metric]
-        if (sub["direction"] != spec.direction).any():
+    for metric in declared:  # in declaration order, one line per metric and kind
+        if metric in wrong_direction:
             problems.append(line(path, f"{where}: metric {metric!r} has the wrong direction",
                                  "regenerate with this suite: " + again))
-        ok = sub[sub["status"] == "ok"]["value"].to_numpy(dtype=float)
-        allowed = [math.inf] if spec.steps_to_target else []
-        bad = [v for v in ok if not math.isfinite(v) and v not in allowed]
-        low, high = spec.bounds
-        outside = [v for v in ok if math.isfinite(v) and not low <= v <= high]
-        if bad:
-            problems.append(line(path, f"{where}: metric {metric!r} is {bad[0]} in a run whose "
+        if metric in bad:
+            problems.append(line(path, f"{where}: metric {metric!r} is {bad[metric]} in a run whose "
                                  "status is ok", "a run without a result must say so (status "
                                  "diverged or error): regenerate: " + again))
-        elif outside:
-            problems.append(line(path, f"{where}: metric {metric!r} is {outside[0]:g}, outside its "
-                                 f"valid range [{low:g}, {high:g}]", "regenerate: " + again))
+        elif metric in outside:
+            low, high = declared[metric].bounds
+            problems.append(line(path, f"{where}: metric {metric!r} is {outside[metric]:g}, outside "
+                                 f"its valid range [{low:g}, {high:g}]", "regenerate: " + again))
     return problems
 
 
