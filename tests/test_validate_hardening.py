@@ -199,3 +199,13 @@ def test_one_corrupt_submission_fails_alone_in_score_and_build(template, tmp_pat
     out = tmp_path / "lb"
     result = CliRunner().invoke(main, ["score", "--root", str(root), "--out", str(out)])
     assert result.exit_code == 0 and "warning:" in result.output and "good" in result.output
+
+
+def test_ci_installs_the_pinned_cpu_torch_and_constrains_requirements():
+    repo = Path(__file__).resolve().parents[1]
+    workflow = (repo / ".github" / "workflows" / "submission.yml").read_text()
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in workflow
+    install = next(line for line in workflow.splitlines() if "requirements.txt\" -c" in line)
+    assert "constraints.txt" in install
+    pyproject = (repo / "pyproject.toml").read_text()
+    assert '"pyarrow>=15"' in pyproject and int(pa.__version__.split(".")[0]) >= 15
