@@ -348,7 +348,10 @@ def locked(folder: Path) -> Iterator[None]:
     in the results, so that the committed layout holds nothing but the two tables."""
     key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:24]
     lock_dir = Path(tempfile.gettempdir()) / "ldbench-locks"
-    lock_dir.mkdir(exist_ok=True)
+    if not lock_dir.is_dir():
+        lock_dir.mkdir(exist_ok=True)
+        with contextlib.suppress(OSError):  # shared like /tmp itself: other users lock here too
+            lock_dir.chmod(0o1777)
     with open(lock_dir / f"{key}.lock", "a") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
