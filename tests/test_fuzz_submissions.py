@@ -31,7 +31,7 @@ TASKS = {TASK: registry.task_class(TASK)}
 SEEDS = 2
 WHERE = Path("results/cpu-2core/standard")
 EXAMPLES = 380
-SCORE_EVERY = 10  # scoring costs ~5 validations: every valid example and 1 in 10 broken ones are scored
+SCORE_EVERY = 20  # scoring costs ~5 validations: every valid example and 1 in 20 broken ones are scored
 Mutation = tuple[str, bool, Callable[[Path], None]]  # (label, must be refused, apply to a folder)
 
 
