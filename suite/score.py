@@ -125,6 +125,8 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
             "or another entry's rows); "
             "`ldbench validate` names each problem")
     runs = runs[keep]
+    # A run without a result has none, whatever values its rows keep (validate refuses those).
+    runs.loc[runs["status"] != "ok", "value"] = np.nan
     inputs.runs = runs[KEEP].reset_index(drop=True)
     inputs.provenance = provenance(runs)
     inputs.results_dirs = {(e, p): paths[i].parent for e, p, i in

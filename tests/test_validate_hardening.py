@@ -151,6 +151,12 @@ def test_a_diverged_run_with_finite_values_is_refused(sub):
     assert any("metric rows of diverged runs hold values" in p for p in problems(sub))
 
 
+def test_score_takes_no_value_from_a_run_that_diverged(sub):
+    test_a_diverged_run_with_finite_values_is_refused(sub)
+    runs = score.collect([sub.parent], tasks=TASKS).runs
+    assert len(runs) and runs["value"].isna().all() and set(runs["status"]) == {"diverged"}
+
+
 def test_duplicated_curve_rows_are_refused(sub):
     rewrite(sub, "curves", lambda t: pa.concat_tables([t, t.slice(0, 1)]))
     assert any("a curve has two rows for one run and step" in p for p in problems(sub))
