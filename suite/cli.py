@@ -13,30 +13,38 @@ from suite import registry, report, results, runner, validate, verify
 from suite import score as score_mod
 from suite.entry import EntryError
 from suite.profiles import ProfileError
+from suite.task import ConfigError
 
-USER_ERRORS = (EntryError, ProfileError, registry.RegistryError, results.ResultsError)
+USER_ERRORS = (EntryError, ProfileError, registry.RegistryError, results.ResultsError, ConfigError)
 
 
-def user_errors(func):
-    """Turn our own errors (bad entry, profile, task, results) into one line and exit 2."""
-    def wrapper(*args, **kwargs):
+class UserError(click.ClickException):
+    """Bad input (entry, profile, task, config, results): one red line `error: ...`, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.secho(f"error: {self.format_message()}", fg="red", err=True)
+
+
+class Group(click.Group):
+    """Turns ldbench's input errors, raised by any command below it, into UserError; every other
+    exception is a bug of ldbench and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context):
         try:
-            return func(*args, **kwargs)
+            return super().invoke(ctx)
         except USER_ERRORS as err:
-            click.secho(f"error: {err}", fg="red", err=True)
-            sys.exit(2)
-    wrapper.__name__, wrapper.__doc__ = func.__name__, func.__doc__
-    return wrapper
+            raise UserError(str(err)) from err
 
 
-@click.group()
+@click.group(cls=Group)
 @click.version_option(package_name="ldbench")
 def main() -> None:
     """ldbench: a benchmark suite for the learning dynamics of neural networks."""
 
 
 @main.command()
-@user_errors
 def tasks() -> None:
     """List the tasks with their version, family, tiers and metrics."""
     rows = []
@@ -67,7 +75,6 @@ def tasks() -> None:
               help="Train the seeds of a task as one batched computation: auto = all of them, "
                    "N = up to N at a time, 1 = one by one. Tasks with their own procedure "
                    "(overriding Task.run) always run seed by seed.")
-@user_errors
 def run(entry_dir, task_list, seeds, tier, profile, sets, hparams, out, quiet, seed_batch) -> None:
     """Run ENTRY_DIR on the suite, write Parquet results and print a summary table."""
     names = [t.strip() for t in task_list.split(",") if t.strip()] or None
@@ -87,7 +94,6 @@ def run(entry_dir, task_list, seeds, tier, profile, sets, hparams, out, quiet, s
 @click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--format", "fmt", default="simple", show_default=True,
               help="tabulate table format (simple, github, ...).")
-@user_errors
 def show(results_dir, fmt) -> None:
     """Print the summary table of the results under RESULTS_DIR."""
     runs, _ = results.read_results(results_dir)
@@ -127,7 +133,6 @@ def validate_cmd(paths, tier, min_seeds, manifest_only) -> None:
 @click.option("--profile", default="cpu-2core", show_default=True, help="This machine's profile.")
 @click.option("--pick-seed", default=None, type=int, help="Seed of the random choice (default: fresh).")
 @click.option("--rtol", default=verify.RTOL, show_default=True, help="Relative tolerance.")
-@user_errors
 def verify_cmd(path, k, tier, profile, pick_seed, rtol) -> None:
     """Re-run K random runs of PATH here and compare metrics. EXECUTES the entry's code."""
     if pick_seed is None:
@@ -164,7 +169,6 @@ def leaderboard_options(func):
 
 @main.command("score")
 @leaderboard_options
-@user_errors
 def score_cmd(tier, roots, out) -> None:
     """Score every entry under the roots; write OUT/scores.parquet. Runs no entry code."""
     inputs = score_mod.collect(list(roots), tier=tier)
@@ -188,7 +192,6 @@ def leaderboard() -> None:
 
 @leaderboard.command("build")
 @leaderboard_options
-@user_errors
 def leaderboard_build(tier, roots, out) -> None:
     """Write OUT/index.html, entry pages, plots and OUT/README.md from OUT/scores.parquet."""
     from suite.site import build  # matplotlib is imported only for this command
@@ -204,7 +207,6 @@ def leaderboard_build(tier, roots, out) -> None:
 
 @leaderboard.command("check")
 @leaderboard_options
-@user_errors
 def leaderboard_check(tier, roots, out) -> None:
     """Fail when the built leaderboard in OUT is stale relative to the results. Runs no entry code."""
     from suite.site import build

@@ -1,9 +1,29 @@
-"""The results format: long-format Parquet run and curve tables, written atomically."""
+"""The results store: long-format Parquet run and curve tables, one atomic part file per run, compacted.
+
+Layout of a results folder (e.g. ENTRY/results/PROFILE/TIER/):
+
+    runs.parquet, curves.parquet        the compacted tables: what a pull request commits
+    parts/<run_id>.curves.parquet       one finished run, written by `append_run` (curves first,
+    parts/<run_id>.runs.parquet         then runs: a run counts as stored once its runs part exists)
+
+Appending writes only the new run's parts (O(1) in the runs already stored), each to a temp
+file that is fsynced and renamed, so a killed writer leaves no torn file and concurrent writers
+never overwrite each other's runs. Reads union the compacted tables with the parts; a part wins
+over a compacted row of the same run id. `compact` folds the parts into the compacted tables
+under an exclusive file lock (one compaction at a time per machine) and deletes only the parts
+it merged, and only if they were not rewritten meanwhile.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
+import re
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +32,14 @@ import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
 RUNS_FILE, CURVES_FILE = "runs.parquet", "curves.parquet"
+PARTS_DIR = "parts"
 META_VERSION, META_TABLE = b"ldbench.schema_version", b"ldbench.table"
+# Caps on what is decoded from results submitted by others: Parquet compresses repeated rows
+# ~100x, so file bytes alone do not bound memory. A standard-tier suite of 5 seeds is 240 run
+# rows and 14k curve rows (about 2 MiB decoded).
+MAX_ROWS = {RUNS_FILE: 50_000, CURVES_FILE: 500_000}
+MAX_DECODED_BYTES = 128 * 2**20
+STALE_TMP_S = 24 * 3600  # a temp file this old is stale even if its pid was reused by a live process
 
 # One row per (run, final metric). Run-level columns repeat on each metric row so that a single
 # `pd.read_parquet` (or DuckDB query) answers any question without joins.
@@ -65,13 +92,30 @@ SCHEMAS = {RUNS_FILE: RUN_SCHEMA, CURVES_FILE: CURVE_SCHEMA}
 # Columns added after schema version 1 was first written: older files lack them.
 ADDED_COLUMNS = {RUNS_FILE: ("execution",)}
 DONE_STATUSES = ("ok", "diverged")  # a rerun skips these; "error" runs are retried
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TMP = re.compile(r"^\..+\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
 
 
 class ResultsError(ValueError):
-    """Results on disk that cannot be read: the message names the file and the fix."""
+    """Results on disk that cannot be read or written: the message names the file and the fix."""
+
+
+def expected_name(name: str) -> str:
+    """RUNS_FILE or CURVES_FILE for a compacted table's or a part's file name ('' if neither)."""
+    return name if name in SCHEMAS else (part_kind(name) or "")
+
+
+def with_added_columns(table: pa.Table, name: str) -> pa.Table:
+    """The table with every column added after its file was written, as nulls."""
+    for added in ADDED_COLUMNS.get(name, ()):
+        if added not in table.schema.names:
+            column = SCHEMAS[name].field(added)
+            table = table.append_column(column, pa.nulls(len(table), column.type))
+    return table
 
 
 def to_table(frame: pd.DataFrame, schema: pa.Schema, name: str) -> pa.Table:
+    frame = frame.assign(**{c: None for c in ADDED_COLUMNS.get(name, ()) if c not in frame.columns})
     missing = [c for c in schema.names if c not in frame.columns]
     if missing:
         raise ResultsError(f"{name}: missing columns {missing}")
@@ -83,10 +127,16 @@ def to_table(frame: pd.DataFrame, schema: pa.Schema, name: str) -> pa.Table:
 def write_atomic(table: pa.Table, path: Path) -> None:
     """Write to a temp file in the same folder, fsync, then rename over `path`.
 
-    A killed process leaves either the old file or the new one, never a torn one.
+    A killed process leaves either the old file or the new one, never a torn one; the temp file
+    it may leave carries its pid, so that `clean_stale` can remove it once the process is gone.
+    An OSError (full disk, a file where a folder should be) becomes a ResultsError naming `path`.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise ResultsError(f"{path.parent}: cannot create results here ({err.strerror}); choose "
+                           "another --out folder") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             pq.write_table(table, handle)
@@ -94,72 +144,308 @@ def write_atomic(table: pa.Table, path: Path) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared and committed
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise ResultsError(f"{path}: cannot write ({err.strerror}); the earlier results are intact: "
+                           "free disk space or choose another --out folder, then rerun") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read one of our Parquet files, checking its schema version and columns."""
-    name = path.name
+def read_table(path: Path, *, max_rows: int | None = None, max_bytes: int | None = None) -> pd.DataFrame:
+    """Read one of our Parquet files, checking its schema version, columns, text and size.
+
+    `max_rows` and `max_bytes` (decoded Arrow bytes) cap what is decoded, for files from others:
+    a small file can hold millions of rows. Every failure is a ResultsError naming `path`.
+    """
+    table = read_arrow(path, max_rows=max_rows, max_bytes=max_bytes)
+    try:  # without the file's metadata: its pandas part (an index, dtypes) is only the writer's claim
+        return table.replace_schema_metadata(None).to_pandas()
+    except (pa.ArrowException, UnicodeDecodeError) as err:
+        raise ResultsError(f"{path}: corrupt content ({one_line(err)}); delete it and rerun "
+                           "`ldbench run`") from None
+
+
+def read_capped(path: Path) -> pd.DataFrame:
+    """`read_table` with the caps for results submitted by others (validate, score, build)."""
+    return read_table(path, max_rows=MAX_ROWS.get(path.name), max_bytes=MAX_DECODED_BYTES)
+
+
+def read_arrow(path: Path, *, max_rows: int | None = None, max_bytes: int | None = None) -> pa.Table:
+    """`read_table`'s checks, returning the Arrow table (schema metadata kept)."""
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
     except (pa.ArrowException, OSError) as err:
+        raise ResultsError(f"{path}: not a readable Parquet file ({one_line(err)}); delete it and "
+                           "rerun `ldbench run`") from None
+    check_schema(path, schema)
+    check_size(path, parquet.metadata, max_rows, max_bytes)
+    batches, rows, size = [], 0, 0
+    try:  # batch by batch, so that a file whose metadata lies about its size stops at the cap
+        for batch in parquet.iter_batches(batch_size=65_536, use_threads=False):
+            rows, size = rows + batch.num_rows, size + batch.nbytes
+            check_size(path, None, max_rows, max_bytes, rows=rows, size=size)
+            batches.append(batch)
+        table = pa.Table.from_batches(batches, schema=schema)
+        table.validate(full=True)  # invalid UTF-8 in a string column, inconsistent offsets
+        return with_added_columns(table, expected_name(path.name))
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as err:
+        raise ResultsError(f"{path}: corrupt content ({one_line(err)}); delete it and rerun "
+                           "`ldbench run`") from None
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200]
+
+
+def check_schema(path: Path, schema: pa.Schema) -> None:
+    meta = schema.metadata or {}
+    raw = meta.get(META_VERSION, b"?")
+    version = " ".join(raw.decode("utf-8", "backslashreplace").split())  # printable, for the message
+    if raw != str(SCHEMA_VERSION).encode():
         raise ResultsError(
-            f"{path}: not a readable Parquet file ({err}); delete it and rerun `ldbench run`"
-        ) from None
-    meta = table.schema.metadata or {}
-    version = meta.get(META_VERSION, b"?").decode()
-    if version != str(SCHEMA_VERSION):
-        raise ResultsError(
-            f"{path}: results schema version {version}, but this ldbench reads version "
+            f"{path}: results schema version {version[:40]}, but this ldbench reads version "
             f"{SCHEMA_VERSION}; rerun with a matching ldbench or regenerate the results"
         )
-    expected = SCHEMAS.get(name)
+    expected = SCHEMAS.get(path.name) or SCHEMAS.get(part_kind(path.name) or "")
     if expected is not None:
-        for added in ADDED_COLUMNS.get(name, ()):  # files older than the column read as null
-            if added not in table.schema.names:
-                column = expected.field(added)
-                table = table.append_column(column, pa.nulls(len(table), column.type))
-        found = {f.name: f.type for f in table.schema}
-        bad = [f.name for f in expected if found.get(f.name) != f.type]
+        found = {f.name: f.type for f in schema}
+        optional = ADDED_COLUMNS.get(expected_name(path.name), ())  # older files lack these
+        bad = [f.name for f in expected
+               if found.get(f.name) != f.type and not (f.name in optional and f.name not in found)]
         if bad:
-            raise ResultsError(f"{path}: columns {bad} are missing or have the wrong type")
-    return table.to_pandas()
+            raise ResultsError(f"{path}: columns {bad} are missing or have the wrong type; "
+                               "regenerate it with `ldbench run`")
+
+
+def check_size(path: Path, meta: pq.FileMetaData | None, max_rows: int | None, max_bytes: int | None,
+               *, rows: int = 0, size: int = 0) -> None:
+    """Raise when the rows (or decoded bytes) claimed by `meta`, or counted so far, pass a cap."""
+    if meta is not None:
+        rows = meta.num_rows
+        size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    fix = "a results table of the suite is far smaller; regenerate it with `ldbench run`"
+    if max_rows is not None and rows > max_rows:
+        raise ResultsError(f"{path}: holds {rows:,} rows or more, over the cap of {max_rows:,}; {fix}")
+    if max_bytes is not None and size > max_bytes:
+        raise ResultsError(f"{path}: decodes to {size / 2**20:.0f} MiB or more, over the cap of "
+                           f"{max_bytes // 2**20} MiB; {fix}")
+
+
+# ---- parts: one run per file ------------------------------------------------------------------
+
+def part_name(run_id: str, table: str) -> str:
+    """`<run_id>.runs.parquet`; ids that are not plain file names are hashed."""
+    key = run_id if _SAFE_ID.match(run_id) else hashlib.sha256(run_id.encode()).hexdigest()[:32]
+    return f"{key}.{table}"
+
+
+def part_kind(name: str) -> str | None:
+    """RUNS_FILE or CURVES_FILE for a part file's name, else None."""
+    for table in (RUNS_FILE, CURVES_FILE):
+        if name.endswith("." + table) and not name.startswith("."):
+            return table
+    return None
+
+
+def complete_parts(folder: Path) -> list[tuple[Path, Path]]:
+    """(runs part, curves part) of every run whose runs part exists, sorted by name."""
+    parts = folder / PARTS_DIR
+    if not parts.is_dir():
+        return []
+    found = []
+    for path in sorted(parts.glob("*." + RUNS_FILE)):
+        if part_kind(path.name) == RUNS_FILE:
+            found.append((path, path.with_name(path.name[:-len(RUNS_FILE)] + CURVES_FILE)))
+    return found
+
+
+def append_run(folder: Path, run_rows: pd.DataFrame, curve_rows: pd.DataFrame) -> None:
+    """Store runs in `folder`, replacing stored rows of the same run ids: one part per run id.
+
+    Curves are written first and the run rows last: a run counts as done only once its run
+    rows exist, so a process killed in between is simply redone (and overwrites the curves).
+    """
+    folder = Path(folder)
+    clean_stale(folder)
+    for rid, rows in run_rows.groupby("run_id", sort=False):
+        curves = curve_rows[curve_rows["run_id"] == rid]
+        for name, table in ((CURVES_FILE, curves), (RUNS_FILE, rows)):
+            path = folder / PARTS_DIR / part_name(str(rid), name)
+            arrow = to_table(table.reset_index(drop=True), SCHEMAS[name], name)
+            for attempt in range(3):  # a concurrent compaction may remove an empty parts/ folder
+                try:
+                    write_atomic(arrow, path)
+                    break
+                except ResultsError:
+                    if attempt == 2 or path.parent.is_dir():
+                        raise
+
+
+def read_folder(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, curves) of one results folder: compacted tables and parts, a part winning."""
+    runs, curves = [], []
+    parts = complete_parts(folder)
+    for runs_part, curves_part in parts:
+        had_curves = curves_part.is_file()
+        try:
+            pair = read_table(runs_part), read_table(curves_part) if had_curves else None
+        except ResultsError:
+            if runs_part.is_file() and curves_part.is_file() == had_curves:
+                raise
+            continue  # merged by a concurrent compaction: the compacted tables, read below, hold it
+        runs.append(pair[0])
+        if pair[1] is not None:
+            curves.append(pair[1])
+    for name, out in ((RUNS_FILE, runs), (CURVES_FILE, curves)):
+        path = folder / name
+        if path.is_file():  # a run's curves come from its part when it has one, as its rows do
+            fresh = set().union(*(set(r["run_id"]) for r in out))
+            table = read_table(path)
+            out.insert(0, table[~table["run_id"].isin(fresh)])
+    return concat(runs, RUN_SCHEMA), concat(curves, CURVE_SCHEMA)
+
+
+def concat(frames: list[pd.DataFrame], schema: pa.Schema) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=schema.names)
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+
+
+def results_folders(folder: Path) -> list[Path]:
+    """Folders under `folder` (itself included) holding a compacted runs table or parts."""
+    if not folder.is_dir():
+        return []
+    found = {p.parent for p in folder.rglob(RUNS_FILE)}
+    found |= {p.parent for p in folder.rglob(PARTS_DIR) if complete_parts(p.parent)}
+    return sorted(found)
 
 
 def read_results(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs, curves) of every results folder under `folder` (searched recursively)."""
     folder = Path(folder)
-    run_files = sorted(folder.rglob(RUNS_FILE)) if folder.is_dir() else []
-    if not run_files:
+    folders = results_folders(folder)
+    if not folders:
         raise ResultsError(f"{folder}: no {RUNS_FILE} found; run `ldbench run ENTRY --out {folder}`")
-    runs = pd.concat([read_table(p) for p in run_files], ignore_index=True)
-    curve_files = [p.with_name(CURVES_FILE) for p in run_files if p.with_name(CURVES_FILE).exists()]
-    curves = (pd.concat([read_table(p) for p in curve_files], ignore_index=True)
-              if curve_files else pd.DataFrame(columns=CURVE_SCHEMA.names))
-    return runs, curves
+    tables = [read_folder(f) for f in folders]
+    return concat([t[0] for t in tables], RUN_SCHEMA), concat([t[1] for t in tables], CURVE_SCHEMA)
 
 
 def done_run_ids(folder: Path) -> set[str]:
-    path = folder / RUNS_FILE
-    if not path.exists():
+    """Run ids stored in `folder` that a rerun skips. Fails early when `folder` cannot be written."""
+    folder = Path(folder)
+    check_writable(folder)
+    if not folder.is_dir():
         return set()
-    runs = read_table(path)
-    return set(runs.loc[runs["status"].isin(DONE_STATUSES), "run_id"])
+    runs, _ = read_folder(folder)
+    return set(runs.loc[runs["status"].isin(DONE_STATUSES), "run_id"]) if len(runs) else set()
 
 
-def append_run(folder: Path, run_rows: pd.DataFrame, curve_rows: pd.DataFrame) -> None:
-    """Add one run's rows to `folder`'s tables, replacing earlier rows of the same run id.
+def check_writable(folder: Path) -> None:
+    """Raise before any work when `folder` (or the nearest existing folder above it) is unusable."""
+    probe = folder.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ResultsError(f"{folder}: cannot hold results because {probe} is a file, not a "
+                           "folder; choose another --out folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ResultsError(f"{folder}: cannot write to {probe} (permission denied); choose "
+                           "another --out folder")
 
-    Curves are written first and the run table last: a run counts as done only once its run
-    rows exist, so a process killed in between is simply redone.
+
+# ---- compaction and cleaning ------------------------------------------------------------------
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on `folder` for this machine. The lock file lives in the temp folder, not
+    in the results, so that the committed layout holds nothing but the two tables."""
+    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:24]
+    lock_dir = Path(tempfile.gettempdir()) / "ldbench-locks"
+    if not lock_dir.is_dir():
+        lock_dir.mkdir(exist_ok=True)
+        with contextlib.suppress(OSError):  # shared like /tmp itself: other users lock here too
+            lock_dir.chmod(0o1777)
+    with open(lock_dir / f"{key}.lock", "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def compact(folder: str | Path) -> int:
+    """Fold `folder`'s parts into runs.parquet and curves.parquet; return how many runs were merged.
+
+    Costs O(all rows) once, instead of once per append. Safe against concurrent `append_run`:
+    a part rewritten after it was read is kept (it wins over the compacted row on the next read).
     """
-    run_ids = set(run_rows["run_id"])
-    for name, rows in ((CURVES_FILE, curve_rows), (RUNS_FILE, run_rows)):
-        path = folder / name
-        old = read_table(path) if path.exists() else None
-        if old is not None:
-            old = old[~old["run_id"].isin(run_ids)]
-            rows = pd.concat([old, rows], ignore_index=True) if len(old) else rows
-        write_atomic(to_table(rows, SCHEMAS[name], name), path)
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    with locked(folder):
+        clean_stale(folder)
+        parts = complete_parts(folder)
+        if not parts:
+            return 0
+        seen = {p: signature(p) for pair in parts for p in pair}
+        runs, curves = read_folder(folder)
+        # Curves first: until runs.parquet is replaced, the parts still hold these runs.
+        write_atomic(to_table(curves, CURVE_SCHEMA, CURVES_FILE), folder / CURVES_FILE)
+        write_atomic(to_table(runs, RUN_SCHEMA, RUNS_FILE), folder / RUNS_FILE)
+        for runs_part, curves_part in parts:  # a pair rewritten meanwhile stays, to win next time
+            if all(seen[p] == signature(p) for p in (runs_part, curves_part)):
+                runs_part.unlink(missing_ok=True)  # first: a runs part never lacks its curves
+                curves_part.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # only when empty; writers recreate it
+            (folder / PARTS_DIR).rmdir()
+    return len(parts)
+
+
+def signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
+def clean_stale(folder: Path) -> list[Path]:
+    """Remove temp files left by processes that died mid-write; return them.
+
+    Temp files name their writer's pid; one whose process is gone (or that is older than a day)
+    is stale. Temp files of older ldbench versions carry no pid and are removed too.
+    """
+    removed = []
+    for where in (folder, folder / PARTS_DIR):
+        if not where.is_dir():
+            continue
+        for path in where.glob(".*.tmp"):
+            match = _TMP.match(path.name)
+            try:
+                old = time.time() - path.stat().st_mtime > STALE_TMP_S
+            except FileNotFoundError:
+                continue
+            if match is None or old or not pid_alive(int(match["pid"])):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid > 0
+    return True

@@ -266,5 +266,6 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
                                fingerprint=fingerprint, wall=wall)
                       for (plan, rid), (traj, metrics, error) in zip(group, outcomes, strict=True)]
             results.append_run(out, *(concat_rows([f[k] for f in frames]) for k in (0, 1)))
+    results.compact(out)  # one O(rows) merge per `ldbench run`, not one per stored run
     all_runs, _ = results.read_results(out)
     return all_runs[all_runs["run_id"].isin(ids)]

@@ -120,10 +120,13 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
     keep = usable(runs, tier, tasks)
     for i, dropped in runs.loc[~keep].groupby("_file")["task"]:
         inputs.warnings.append(
-            f"{paths[i]}: left out {len(dropped)} rows of tasks {sorted(set(dropped))[:5]} (unknown "
-            "profile or task, stale task version, --set or --hparam overrides, or another entry's rows); "
+            f"{paths[i]}: left out {len(dropped)} rows of tasks {sorted(set(dropped.astype(str)))[:5]} "
+            "(missing values, unknown profile or task, stale task version, --set or --hparam overrides, "
+            "or another entry's rows); "
             "`ldbench validate` names each problem")
     runs = runs[keep]
+    # A run without a result has none, whatever values its rows keep (validate refuses those).
+    runs.loc[runs["status"] != "ok", "value"] = np.nan
     inputs.runs = runs[KEEP].reset_index(drop=True)
     inputs.provenance = provenance(runs)
     inputs.results_dirs = {(e, p): paths[i].parent for e, p, i in
@@ -132,26 +135,17 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
 
 
 def read_runs(path: Path) -> pa.Table:
-    """A runs table as Arrow. Fast path when the schema is exactly ours, else results.read_table,
-    which names the problem (ResultsError) or returns a table that converts."""
-    try:
-        table = pq.ParquetFile(path).read(use_threads=False)  # small files: threads only cost
-        meta = table.schema.metadata or {}
-        if (meta.get(results.META_VERSION) == str(results.SCHEMA_VERSION).encode()
-                and all(f.name in table.schema.names and table.schema.field(f.name).type == f.type
-                        for f in results.RUN_SCHEMA)):
-            return table.select(results.RUN_SCHEMA.names).replace_schema_metadata(None)
-    except (pa.ArrowException, OSError):
-        pass
-    frame = results.read_table(path)
-    return pa.Table.from_pandas(frame[results.RUN_SCHEMA.names], schema=results.RUN_SCHEMA,
-                                preserve_index=False).replace_schema_metadata(None)
+    """A runs table as Arrow, checked (schema, UTF-8, row and decoded-size caps): ResultsError."""
+    table = results.read_arrow(path, max_rows=results.MAX_ROWS[results.RUNS_FILE],
+                               max_bytes=results.MAX_DECODED_BYTES)
+    return table.select(results.RUN_SCHEMA.names).replace_schema_metadata(None)
 
 
 def usable(runs: pd.DataFrame, tier: str, tasks: dict[str, type[Task]]) -> pd.Series:
     """Rows that can be compared: this entry's, this tier's, a known profile, current task versions."""
     versions = {name: cls.version for name, cls in tasks.items()}
-    return ((runs["entry"] == runs["_entry"]) & (runs["tier"] == tier)
+    complete = runs[[c for c in KEEP if c != "value"] + ["overrides", "run_id"]].notna().all(axis=1)
+    return (complete & (runs["entry"] == runs["_entry"]) & (runs["tier"] == tier)
             & (runs["profile"] == runs["_profile"]) & runs["profile"].isin(list(profiles.available()))
             & (runs["overrides"].astype(str).str.strip() == "{}")
             & (runs["task"].map(versions) == runs["task_version"]))

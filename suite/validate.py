@@ -7,6 +7,7 @@ import math
 import os
 import re
 import stat
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +19,15 @@ from suite.task import Task
 MIN_SEEDS = 5
 MAX_FILE_BYTES = 16 * 2**20  # a standard-tier curves table of the whole suite is well under 1 MiB
 MAX_SUBMISSION_BYTES = 64 * 2**20
+RUN_LEVEL = [c for c in results.RUN_SCHEMA.names if c not in ("metric", "value", "direction")]
+MAX_NAME = 200  # characters of a curve name
+# What a submission may hold besides results/<profile>/<tier>/{runs,curves}.parquet: source and
+# text that `entry_hash` covers. Compiled or binary files (__pycache__/*.pyc, .so) could run
+# instead of the reviewed source, and hidden files are easily missed in review: both are refused.
+SOURCE_SUFFIXES = {".py", ".toml", ".md", ".rst", ".txt", ".json", ".yaml", ".yml", ".cfg"}
+PLAIN_NAMES = {"LICENSE", "LICENCE", "COPYING", "NOTICE", "AUTHORS", "README"}
+# CI installs the pinned torch and ldbench itself; a requirement must not move them.
+PINNED = {"torch", "ldbench"}
 STATUSES = ("ok", "diverged", "error")
 # A PEP 508 name, optional extras and version specifiers: no URLs, markers or pip options.
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
@@ -27,7 +37,7 @@ REQUIREMENT = re.compile(rf"^\s*{_NAME}\s*(?:\[\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\
 # Run-table columns every check reads; value may be NaN (no result) and a few are optional.
 NOT_NULL = [c for c in results.RUN_SCHEMA.names
             if c not in ("value", "diverged_step", "error", "git_commit", "wall_time_s", "config",
-                         "hparams", "suite_version", "created_at", "steps")]
+                         "hparams", "suite_version", "created_at", "steps", "execution")]
 
 
 def clean(text: str) -> str:
@@ -76,7 +86,12 @@ def file_problems(folder: Path) -> list[str]:
             except OSError as err:
                 problems.append(line(path, f"cannot be read ({err.strerror})", "fix its permissions"))
                 continue
-            if stat.S_ISLNK(info.st_mode):
+            named = name_problem(folder, path)
+            if named:
+                problems.append(named)
+                if stat.S_ISDIR(info.st_mode):
+                    dirs.remove(name)  # nothing inside it can be accepted either
+            elif stat.S_ISLNK(info.st_mode):
                 problems.append(line(path, "is a symbolic link (it may point outside the folder)",
                                      "replace it with the file itself"))
             elif stat.S_ISREG(info.st_mode):
@@ -85,6 +100,8 @@ def file_problems(folder: Path) -> list[str]:
                     problems.append(line(path, f"is {info.st_size:,} bytes, over the "
                                          f"{MAX_FILE_BYTES // 2**20} MiB cap per file",
                                          "keep data out of the entry (standard-tier results are small)"))
+                elif not is_results(folder, path):
+                    problems += text_problems(path)
             elif not stat.S_ISDIR(info.st_mode):
                 problems.append(line(path, "is not a regular file or folder", "remove it"))
     if total > MAX_SUBMISSION_BYTES:
@@ -92,6 +109,43 @@ def file_problems(folder: Path) -> list[str]:
                              f"{MAX_SUBMISSION_BYTES // 2**20} MiB cap per submission",
                              "remove large files that are not the entry's code or results"))
     return problems
+
+
+def name_problem(folder: Path, path: Path) -> str | None:
+    """Why `path` may not be in a submission by its name alone, or None."""
+    name = path.name
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 come back from os as surrogates
+        return line(path, "has a file name that is not valid UTF-8", "rename it with UTF-8 characters")
+    if name == "__pycache__" or name.endswith((".pyc", ".pyo")):
+        return line(path, "is compiled bytecode, which Python may run instead of the reviewed source",
+                    "delete it (the entry is submitted as source only)")
+    if name.startswith(".") and name.endswith(".tmp"):
+        return line(path, "is a temp file left by a killed `ldbench run`", "delete it (a rerun of "
+                    "`ldbench run` into that folder removes it too)")
+    if name.startswith("."):
+        return line(path, "is a hidden file or folder", "remove it (hidden files are not part of an "
+                    "entry and are easily missed in review)")
+    return None
+
+
+def is_results(folder: Path, path: Path) -> bool:
+    return path.relative_to(folder).parts[0] == "results"
+
+
+def text_problems(path: Path) -> list[str]:
+    """A source or text file, in UTF-8: what a reviewer reads is what runs."""
+    if path.suffix not in SOURCE_SUFFIXES and path.name not in PLAIN_NAMES:
+        return [line(path, "is not source, text or results", "remove it: a submission holds "
+                     f"{sorted(SOURCE_SUFFIXES)} files and results/<profile>/<tier>/*.parquet only")]
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        return [line(path, f"is not UTF-8 text (byte {err.start})", "save it as UTF-8")]
+    except OSError as err:
+        return [line(path, f"cannot be read ({err.strerror})", "fix its permissions")]
+    return []
 
 
 def manifest_problems(folder: Path) -> tuple[Entry | None, list[str]]:
@@ -119,6 +173,9 @@ def requirement_problems(manifest: Path, requirements: list[str]) -> list[str]:
             problems.append(line(manifest, f"requirement {text!r} is not a plain package requirement",
                                  'write a name and version range from the package index, e.g. '
                                  '"lion-pytorch>=0.2"'))
+        elif re.sub(r"[-_.]+", "-", re.split(r"[\s\[<>=!~]", text.strip())[0]).lower() in PINNED:
+            problems.append(line(manifest, f"requirement {text!r} names a package that CI pins",
+                                 f"remove it: CI installs {sorted(PINNED)} at the suite's versions"))
     return problems
 
 
@@ -141,10 +198,12 @@ def results_problems(folder: Path, entry: Entry, *, tier: str, min_seeds: int,
             if sub.name not in registry.TIERS or not sub.is_dir():
                 problems.append(line(sub, "is not a tier folder",
                                      f"remove it; tiers are {list(registry.TIERS)}"))
-        if (prof / tier).is_dir():
-            found += 1
-            problems += tier_problems(prof / tier, entry, tier=tier, profile=prof.name,
-                                      min_seeds=min_seeds, tasks=tasks, rerun=rerun)
+            else:  # every tier present is checked; only `tier` must be complete
+                found += sub.name == tier
+                again = f"ldbench run {folder} --tier {sub.name} --seeds {min_seeds}"
+                problems += tier_problems(sub, entry, tier=sub.name, profile=prof.name,
+                                          min_seeds=min_seeds, tasks=tasks, rerun=again,
+                                          complete=sub.name == tier)
     if not found:
         problems.append(line(root, f"has no {tier}-tier results for any profile",
                              f"run `{rerun}`"))
@@ -156,20 +215,28 @@ def read(path: Path) -> tuple[pd.DataFrame | None, list[str]]:
     if not path.is_file():
         return None, [line(path, "is missing", "rerun `ldbench run`, which writes both tables")]
     try:
-        return results.read_table(path), []
+        return results.read_capped(path), []  # rows and decoded bytes capped
     except results.ResultsError as err:
         text = clean(str(err))
         return None, [text if ";" in text else f"{text}; regenerate it with `ldbench run`"]
 
 
 def tier_problems(where: Path, entry: Entry, *, tier: str, profile: str, min_seeds: int,
-                  tasks: dict[str, type[Task]], rerun: str) -> list[str]:
+                  tasks: dict[str, type[Task]], rerun: str, complete: bool = True) -> list[str]:
+    """Problems of one tier folder; `complete`: it must also cover the suite with enough seeds."""
     expected = {results.RUNS_FILE, results.CURVES_FILE}
-    problems = [line(p, "is not a results table", "remove it") for p in sorted(where.iterdir())
-                if p.name not in expected]
+    problems = [line(p, "holds runs not yet compacted into runs.parquet and curves.parquet",
+                     f"rerun `{rerun}`, which compacts them at its end") if p.name == results.PARTS_DIR
+                else line(p, "is not a results table", "remove it")
+                for p in sorted(where.iterdir()) if p.name not in expected]
     runs, bad_runs = read(where / results.RUNS_FILE)
     curves, bad_curves = read(where / results.CURVES_FILE)
     problems += bad_runs + bad_curves
+    for table, name in ((runs, results.RUNS_FILE), (curves, results.CURVES_FILE)):
+        extra = [] if table is None else [c for c in table.columns if c not in results.SCHEMAS[name].names]
+        if extra:
+            problems.append(line(where / name, f"columns {[str(c)[:40] for c in extra[:5]]} are not in "
+                                 "the results schema", "regenerate it with `ldbench run`"))
     if runs is None:
         return problems
     path, digest = where / results.RUNS_FILE, entry.hash
@@ -180,10 +247,11 @@ def tier_problems(where: Path, entry: Entry, *, tier: str, profile: str, min_see
     if nulls:  # every check below reads these columns
         return problems + nulls
     identity = identity_problems(path, runs, entry, digest, tier=tier, profile=profile, rerun=rerun)
-    # Run ids hash the entry's name and files: when those already differ, every id would too.
-    problems += identity + coverage_problems(path, runs, entry, digest, tier=tier, profile=profile,
-                                             min_seeds=min_seeds, tasks=tasks, rerun=rerun,
-                                             check_ids=not identity)
+    problems += identity + status_problems(path, runs, rerun)
+    if complete:  # run ids hash the entry's name and files: when those differ, every id would too
+        problems += coverage_problems(path, runs, entry, digest, tier=tier, profile=profile,
+                                      min_seeds=min_seeds, tasks=tasks, rerun=rerun,
+                                      check_ids=not identity)
     if curves is not None:
         problems += curve_problems(where / results.CURVES_FILE, curves, runs, entry)
     return problems
@@ -228,6 +296,32 @@ def identity_problems(path: Path, runs: pd.DataFrame, entry: Entry, digest: str,
     return problems
 
 
+def status_problems(path: Path, runs: pd.DataFrame, rerun: str) -> list[str]:
+    """Each run's status agrees with its values: no result unless ok, a step if diverged; the
+    run-level columns repeated on each metric row agree."""
+    problems, fix = [], f"the table was edited; delete {path.parent} and run `{rerun}`"
+    if runs.drop_duplicates(RUN_LEVEL)["run_id"].duplicated().any():
+        problems.append(line(path, "the metric rows of one run disagree on a run-level column "
+                             "(status, seed, overrides, ...)", fix))
+    status, value = runs["status"], runs["value"].astype(float)
+    for name in ("diverged", "error"):
+        kept = (status == name) & value.notna()
+        if kept.any():
+            problems.append(line(path, f"{int(kept.sum())} metric rows of {name} runs hold values "
+                                 "(a run without a result has NaN values)", fix))
+    diverged = status == "diverged"
+    if runs.loc[diverged, "diverged_step"].isna().any() or runs.loc[~diverged, "diverged_step"].notna().any():
+        problems.append(line(path, "diverged_step is set on runs that did not diverge or missing on "
+                             "runs that did", fix))
+    elif (runs.loc[diverged, "diverged_step"] < 0).any():
+        problems.append(line(path, "a negative diverged_step", fix))
+    failed = status == "error"
+    if runs.loc[failed, "error"].isna().any() or runs.loc[~failed, "error"].notna().any():
+        problems.append(line(path, "the error column is set on runs without an error or missing "
+                             "on runs with one", fix))
+    return problems
+
+
 def is_json_object(text: str) -> bool:
     try:
         return isinstance(json.loads(text), dict)
@@ -264,30 +358,35 @@ def task_problems(path: Path, rows: pd.DataFrame, task: Task, entry: Entry, dige
                   tier: str, profile: str, min_seeds: int, again: str, check_ids: bool) -> list[str]:
     """The runs of one task: no overrides, consistent ids, declared metrics, finite values."""
     where, problems = f"task {task.name!r}", []
-    per_run = rows.drop_duplicates("run_id")
-    overridden = per_run[per_run["overrides"].astype(str).map(lambda s: s.strip() != "{}")]
-    if len(overridden):
-        problems.append(line(path, f"{where}: {len(overridden)} runs used --set or --hparam "
+    runs: dict[str, tuple] = {}  # run_id -> (seed, overrides, status, error) of its first row
+    shared = False
+    for rid, seed, overrides, status, error in zip(rows["run_id"], rows["seed"], rows["overrides"],
+                                                   rows["status"], rows["error"], strict=True):
+        first = runs.setdefault(rid, (int(seed), str(overrides), status, error))
+        shared |= first[0] != int(seed)
+    overridden = sum(o.strip() != "{}" for _, o, _, _ in runs.values())
+    if overridden:
+        problems.append(line(path, f"{where}: {overridden} runs used --set or --hparam "
                              f"overrides, so they are not the {tier} tier of this entry",
                              f"rerun without them (put hyperparameters in entry.toml): {again}"))
-    if (rows.groupby("run_id")[["task", "seed"]].nunique() > 1).any(axis=None):
+    if shared:
         problems.append(line(path, f"{where}: a run_id is shared by different seeds",
                              "the table was edited; regenerate it: " + again))
-    seeds = per_run.groupby("seed")["run_id"].nunique()
-    if (seeds > 1).any():
-        problems.append(line(path, f"{where}: duplicate runs for seeds {sorted(seeds[seeds > 1].index)}",
+    per_seed = Counter(seed for seed, _, _, _ in runs.values())
+    if any(n > 1 for n in per_seed.values()):
+        problems.append(line(path, f"{where}: duplicate runs for seeds "
+                             f"{sorted(s for s, n in per_seed.items() if n > 1)}",
                              "keep one run per seed: delete the folder and " + again))
-    forged = [r.seed for r in per_run.itertuples() if r.run_id != runner.run_id(
-        entry=entry, entry_hash=digest, task=task, seed=int(r.seed), tier=tier, profile=profile,
-        overrides={})]
-    if forged and check_ids and not len(overridden):
+    forged = [seed for rid, (seed, _, _, _) in runs.items() if rid != runner.run_id(
+        entry=entry, entry_hash=digest, task=task, seed=seed, tier=tier, profile=profile, overrides={})]
+    if forged and check_ids and not overridden:
         problems.append(line(path, f"{where}: run ids of seeds {sorted(forged)[:5]} do not match "
                              "their entry, task, seed, tier and profile", "regenerate them: " + again))
-    errors = per_run[per_run["status"] == "error"]
-    if len(errors):
-        problems.append(line(path, f"{where}: seeds {sorted(errors['seed'])} failed with an error "
-                             f"({str(errors['error'].iloc[0])[:80]!r})", "fix the entry and " + again))
-    done = set(per_run.loc[per_run["status"].isin(results.DONE_STATUSES), "seed"])
+    errors = sorted((seed, str(error)) for seed, _, status, error in runs.values() if status == "error")
+    if errors:
+        problems.append(line(path, f"{where}: seeds {[s for s, _ in errors]} failed with an error "
+                             f"({errors[0][1][:80]!r})", "fix the entry and " + again))
+    done = {seed for seed, _, status, _ in runs.values() if status in results.DONE_STATUSES}
     if len(done) < min_seeds:
         problems.append(line(path, f"{where}: {len(done)} seeds with a result, {min_seeds} required",
                              again))
@@ -295,27 +394,46 @@ def task_problems(path: Path, rows: pd.DataFrame, task: Task, entry: Entry, dige
 
 
 def metric_problems(path: Path, rows: pd.DataFrame, task: Task, *, where: str, again: str) -> list[str]:
+    """Declared metrics once per run, with their direction; values finite (or +inf for a target
+    not reached) and within bounds in ok runs. Plain Python: a task's rows are few."""
     declared, problems = task.metrics(), []
-    if rows.duplicated(["run_id", "metric"]).any():
+    per_run: dict[str, set[str]] = {}
+    twice, wrong_direction, bad, outside = False, set(), {}, {}
+    columns = [rows[c] for c in ("run_id", "metric", "direction", "status")] + [rows["value"].astype(float)]
+    for rid, metric, direction, status, value in zip(*columns, strict=True):
+        seen = per_run.setdefault(rid, set())
+        twice |= metric in seen
+        seen.add(metric)
+        spec = declared.get(metric)
+        if spec is None:
+            continue
+        if direction != spec.direction:
+            wrong_direction.add(metric)
+        if status != "ok":
+            continue
+        if not math.isfinite(value) and not (spec.steps_to_target and value == math.inf):
+            bad.setdefault(metric, value)
+        elif math.isfinite(value) and not spec.bounds[0] <= value <= spec.bounds[1]:
+            outside.setdefault(metric, value)
+    if twice:
         problems.append(line(path, f"{where}: a metric appears twice in one run", "regenerate: " + again))
-    found = [set(ms) for _, ms in rows.groupby("run_id")["metric"]]
-    missing = sorted(set().union(*(set(declared) - ms for ms in found)))
-    extra = sorted(set().union(*found) - set(declared))
+    missing = sorted(set().union(*(set(declared) - ms for ms in per_run.values())))
+    extra = sorted(set().union(*per_run.values()) - set(declared))
     if missing or extra:
         problems.append(line(path, f"{where}: metrics missing {missing[:5]}, undeclared {extra[:5]}",
                              "regenerate with this suite: " + again))
-    for metric, spec in declared.items():
-        sub = rows[rows["metric"] == metric]
-        if (sub["direction"] != spec.direction).any():
+    for metric in declared:  # in declaration order, one line per metric and kind
+        if metric in wrong_direction:
             problems.append(line(path, f"{where}: metric {metric!r} has the wrong direction",
                                  "regenerate with this suite: " + again))
-        ok = sub[sub["status"] == "ok"]["value"].to_numpy(dtype=float)
-        allowed = [math.inf] if spec.steps_to_target else []
-        bad = [v for v in ok if not math.isfinite(v) and v not in allowed]
-        if bad:
-            problems.append(line(path, f"{where}: metric {metric!r} is {bad[0]} in a run whose "
+        if metric in bad:
+            problems.append(line(path, f"{where}: metric {metric!r} is {bad[metric]} in a run whose "
                                  "status is ok", "a run without a result must say so (status "
                                  "diverged or error): regenerate: " + again))
+        elif metric in outside:
+            low, high = declared[metric].bounds
+            problems.append(line(path, f"{where}: metric {metric!r} is {outside[metric]:g}, outside "
+                                 f"its valid range [{low:g}, {high:g}]", "regenerate: " + again))
     return problems
 
 
@@ -325,6 +443,15 @@ def curve_problems(path: Path, curves: pd.DataFrame, runs: pd.DataFrame, entry: 
     if orphans:
         problems.append(line(path, f"{len(orphans)} runs have curves but no rows in runs.parquet",
                              "regenerate both tables with `ldbench run`"))
+    if curves.duplicated(["run_id", "step", "metric"]).any():
+        problems.append(line(path, "a curve has two rows for one run and step",
+                             "the table was edited or merged by hand; regenerate both tables with "
+                             "`ldbench run`"))
+    names = sorted({str(m) for m in curves["metric"]})
+    odd = [m for m in names if not m.isprintable() or not 0 < len(m) <= MAX_NAME]
+    if odd:
+        problems.append(line(path, f"curve names such as {odd[0][:40]!r} are empty, over {MAX_NAME} "
+                             "characters or hold control characters", "regenerate with `ldbench run`"))
     ok = set(runs.loc[runs["status"] == "ok", "run_id"])
     if ok - set(curves["run_id"]):
         problems.append(line(path, f"{len(ok - set(curves['run_id']))} finished runs have no curves",

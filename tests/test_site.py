@@ -317,3 +317,15 @@ def test_cells_say_not_reached_for_infinite_values_and_no_result_for_nan(failure
     row = {"seeds": 5, "failures": failures, "unreached": unreached, "mean": 2.0,
            "ci_low": 1.0, "ci_high": 3.0}
     assert cell_text(row) == text
+
+
+def test_dollar_signs_in_names_are_text_not_mathtext():
+    """A curve named like broken mathtext (it passed validate once) must not stop the build."""
+    metrics = pd.DataFrame(columns=["entry", "metric", "mean", "ci_low", "ci_high"])
+    odd = "path/$\\frac{$/error@0.5"
+    for names in ([odd, "path/matched/error@0.0000"], ["$\\frac{$"], ["train_acc", "test_acc"]):
+        plots = task_plots(curves(names, entries=("$a_{", "b$")), metrics, ["$a_{", "b$"])
+        assert plots, names
+        svg = "".join(p.svg for p in plots)
+        assert "$a_{" in svg and "b$" in svg  # the legend names the entries literally
+    assert "$\\frac{$" in task_plots(curves(["$\\frac{$"]), metrics, ["a", "b"])[0].svg

@@ -159,7 +159,7 @@ def curves_for_task(inputs: Inputs, profile: str, task: str, entries: list[str],
             folder = inputs.results_dirs.get(key)
             path = folder / results.CURVES_FILE if folder else None
             try:
-                cache[key] = results.read_table(path) if path and path.is_file() else None
+                cache[key] = results.read_capped(path) if path and path.is_file() else None
             except results.ResultsError:
                 cache[key] = None
         if cache[key] is not None:

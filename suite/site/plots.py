@@ -11,6 +11,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 # Deterministic SVG (fixed ids, no date) so that a rebuild from the same results is byte-identical;
 # text stays text (smaller, selectable, and escaped by matplotlib's SVG writer).
@@ -34,10 +35,25 @@ class Plot:
 
 
 def render(fig: Figure) -> str:
+    plain_text(fig)
     buffer = io.StringIO()
     with matplotlib.rc_context(SVG_RC):
         fig.savefig(buffer, format="svg", metadata={"Date": None})
     return buffer.getvalue()
+
+
+def plain_text(fig: Figure) -> None:
+    """Draw every title, label and legend as plain text: entry and curve names come from
+    submissions, and a `$` in one must be a dollar sign, not mathtext (which raises on malformed
+    input and would block the build for everyone). Tick labels keep mathtext: matplotlib writes
+    log-axis ticks such as 10² with it, and their text is ours."""
+    ticks: set[Text] = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            ticks |= set(axis.findobj(Text)) - {axis.label}
+    for text in fig.findobj(Text):
+        if text not in ticks:
+            text.set_parse_math(False)
 
 
 def figure(panels: int = 1, *, width: float = 3.2, height: float = 2.4) -> tuple[Figure, list]:

@@ -1,0 +1,122 @@
+"""The results store: O(1) appends as part files, reads that union parts and compacted tables,
+compaction, stale temp files, write errors, and two concurrent writers losing nothing."""
+
+import multiprocessing
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from suite import results
+from suite.results import ResultsError
+
+
+def rows(run_id: str, seed: int, value: float = 1.0, writer: str = "a"):
+    """One run's rows: two metrics and three curve points."""
+    base = {c: None for c in results.RUN_SCHEMA.names}
+    base.update(run_id=run_id, task="t", task_version=1, family="f", entry="e", entry_version="1",
+                entry_hash="h", seed=seed, tier="smoke", profile="cpu-2core", overrides="{}",
+                status="ok", direction="min", fingerprint="{}", error=writer,
+                created_at=pd.Timestamp("2025-01-01", tz="UTC"))
+    runs = pd.DataFrame([{**base, "metric": m, "value": value} for m in ("a", "b")])
+    curves = pd.DataFrame({"run_id": run_id, "task": "t", "entry": "e", "seed": seed,
+                           "step": [0, 1, 2], "metric": "loss", "value": [3.0, 2.0, value]})
+    return runs, curves
+
+
+def test_append_writes_one_part_per_run_and_a_rerun_replaces_it(tmp_path):
+    results.append_run(tmp_path, *rows("r0", 0))
+    results.append_run(tmp_path, *rows("r1", 1))
+    results.append_run(tmp_path, *rows("r0", 0, value=5.0))
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == [
+        "r0.curves.parquet", "r0.runs.parquet", "r1.curves.parquet", "r1.runs.parquet"]
+    runs, curves = results.read_results(tmp_path)
+    assert sorted(runs["run_id"]) == ["r0", "r0", "r1", "r1"] and len(curves) == 6
+    assert set(runs.loc[runs["run_id"] == "r0", "value"]) == {5.0}
+    assert results.done_run_ids(tmp_path) == {"r0", "r1"}
+
+
+def test_compact_folds_parts_and_a_later_part_wins(tmp_path):
+    results.append_run(tmp_path, *rows("r0", 0))
+    results.append_run(tmp_path, *rows("r1", 1))
+    assert results.compact(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.parquet", "runs.parquet"]
+    results.append_run(tmp_path, *rows("r1", 1, value=7.0))  # a rerun after compaction
+    runs, curves = results.read_results(tmp_path)
+    assert len(runs) == 4 and set(runs.loc[runs["run_id"] == "r1", "value"]) == {7.0}
+    assert len(curves) == 6 and curves.duplicated(["run_id", "step"]).sum() == 0
+    assert results.compact(tmp_path) == 1 and results.compact(tmp_path) == 0
+    assert len(results.read_results(tmp_path)[0]) == 4
+
+
+def test_a_curves_part_without_its_runs_part_is_not_a_run(tmp_path):
+    """A writer killed between its two files: the run is not done and is redone."""
+    results.append_run(tmp_path, *rows("r0", 0))
+    (tmp_path / "parts" / "r0.runs.parquet").unlink()
+    assert results.done_run_ids(tmp_path) == set()
+
+
+def test_stale_temp_files_are_removed_and_live_ones_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f".runs.parquet.{dead}.abc_12.tmp"
+    legacy = tmp_path / ".runs.parquet.k2x9q1.tmp"  # written by an older ldbench: no pid
+    live = tmp_path / f".runs.parquet.{os.getpid()}.zz.tmp"
+    for path in (stale, legacy, live):
+        path.write_bytes(b"torn")
+    results.append_run(tmp_path, *rows("r0", 0))
+    assert not stale.exists() and not legacy.exists() and live.exists()
+
+
+def test_the_committed_layout_is_read_as_before():
+    runs, curves = results.read_results("baselines/sgd/results/cpu-2core/standard")
+    assert len(runs) == 240 and len(curves) == 13650
+
+
+def test_out_below_a_regular_file_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ResultsError, match="is a file, not a folder; choose another --out"):
+        results.done_run_ids(tmp_path / "file" / "out")
+    with pytest.raises(ResultsError, match="cannot create results here"):
+        results.append_run(tmp_path / "file" / "out", *rows("r0", 0))
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_earlier_results(tmp_path, monkeypatch):
+    results.append_run(tmp_path, *rows("r0", 0))
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(results.pq, "write_table", full)
+    with pytest.raises(ResultsError, match="No space left on device.*free disk space"):
+        results.append_run(tmp_path, *rows("r1", 1))
+    monkeypatch.undo()
+    assert results.done_run_ids(tmp_path) == {"r0"}
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def write_seeds(folder: str, seeds: list[int], writer: str) -> None:
+    """One `ldbench run`-like writer: append each seed's run, compact at the end."""
+    for seed in seeds:
+        results.append_run(results.Path(folder), *rows(f"run{seed}", seed, writer=writer))
+    results.compact(folder)
+
+
+def test_two_processes_writing_one_folder_lose_no_run(tmp_path):
+    """Overlapping seeds (4..11 written by both): every run present exactly once afterwards."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=write_seeds, args=(str(tmp_path), seeds, name))
+             for seeds, name in ((list(range(0, 12)), "a"), (list(range(4, 16))[::-1], "b"))]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    results.compact(tmp_path)
+    runs, curves = results.read_results(tmp_path)
+    per_run = runs.groupby("run_id").size()
+    assert sorted(per_run.index) == sorted(f"run{s}" for s in range(16))
+    assert (per_run == 2).all() and (runs.groupby("run_id")["error"].nunique() == 1).all()
+    assert (curves.groupby("run_id").size() == 3).all() and curves["run_id"].nunique() == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.parquet", "runs.parquet"]
