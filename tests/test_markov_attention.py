@@ -3,8 +3,10 @@ the stage metrics on hand-made curves, and training against the ladder."""
 
 import itertools
 import math
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -148,21 +150,29 @@ def test_check_config_rejects_nonsense(key, value):
         make_task("markov-attention", "smoke", {key: value}).check_config()
 
 
+def test_seed_batching_equals_seed_by_seed(tmp_path):
+    """The vmapped attention model gives the seed-by-seed curves up to float32 rounding."""
+    kwargs = dict(tasks=["markov-attention"], seeds=2, tier="smoke", progress=False,
+                  sets=["steps=40", "evals=5"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a "seed batching failed" fallback fails the test
+        runner.run_suite("baselines/adamw", out=tmp_path / "b", **kwargs)
+    runner.run_suite("baselines/adamw", out=tmp_path / "s", seed_batch=1, **kwargs)
+    a, b = (pd.read_parquet(tmp_path / d / "curves.parquet").sort_values(["seed", "step", "metric"])
+            for d in ("b", "s"))
+    np.testing.assert_array_equal(a["metric"].to_numpy(), b["metric"].to_numpy())
+    np.testing.assert_allclose(a["value"].to_numpy(), b["value"].to_numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_training_descends_the_ladder(tmp_path):
-    """AdamW on the smoke tier: each stage completes in order, the first plateau sits on L_0,
-    the loss ends within the target of L_m, and the batched run equals seed by seed."""
+    """AdamW on the smoke tier: the first plateau sits on L_0, the stages complete in ladder
+    order, the loss ends within the target of L_m, and one head covers each lag."""
     task = make_task("markov-attention", "smoke", {})
     order, levels = task.ladder()
-    runs = runner.run_suite("baselines/adamw", tasks=["markov-attention"], seeds=2, tier="smoke",
-                            out=tmp_path / "b", progress=False)
-    single = runner.run_suite("baselines/adamw", tasks=["markov-attention"], seeds=2, tier="smoke",
-                              out=tmp_path / "s", progress=False, seed_batch=1)
-    a = runs.pivot_table(index="metric", columns="seed", values="value")
-    b = single.pivot_table(index="metric", columns="seed", values="value")
-    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-3, atol=2e-3)
-    for seed in (0, 1):
-        v = a[seed]
-        assert v[f"stage_time/lag_{order[0]}"] < v[f"stage_time/lag_{order[1]}"] < math.inf
-        assert abs(v["plateau_gap/stage_0"]) < 0.02
-        assert v["final_excess"] < 0.1 * (levels[0] - levels[-1])
-        assert v["lags_covered"] == 2
+    runs = runner.run_suite("baselines/adamw", tasks=["markov-attention"], seeds=1, tier="smoke",
+                            out=tmp_path, progress=False)
+    v = runs.set_index("metric")["value"]
+    assert v[f"stage_time/lag_{order[0]}"] < v[f"stage_time/lag_{order[1]}"] < math.inf
+    assert abs(v["plateau_gap/stage_0"]) < 0.05
+    assert v["final_excess"] < 0.05 * (levels[0] - levels[-1])
+    assert v["lags_covered"] == 2
