@@ -2,8 +2,10 @@
 the model, and training against the phenomenon (features recover the fine labels, inputs not)."""
 
 import math
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -100,6 +102,19 @@ def test_check_config_rejects_nonsense(key, value):
         make_task("fine-grained-collapse", "smoke", {key: value}).check_config()
 
 
+def test_seed_batching_equals_seed_by_seed(tmp_path):
+    kwargs = dict(tasks=["fine-grained-collapse"], seeds=2, tier="smoke", progress=False,
+                  sets=["steps=30", "evals=4"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a "seed batching failed" fallback fails the test
+        runner.run_suite("baselines/adamw", out=tmp_path / "b", **kwargs)
+    runner.run_suite("baselines/adamw", out=tmp_path / "s", seed_batch=1, **kwargs)
+    a, b = (pd.read_parquet(tmp_path / d / "curves.parquet").sort_values(["seed", "step", "metric"])
+            for d in ("b", "s"))
+    np.testing.assert_array_equal(a["metric"].to_numpy(), b["metric"].to_numpy())
+    np.testing.assert_allclose(a["value"].to_numpy(), b["value"].to_numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_training_collapses_and_recovers_fine_labels(tmp_path):
     """AdamW, smoke tier: NC1 falls and the features recover the fine labels (≥ 0.9) where the
     inputs and random features stay near chance."""
@@ -108,4 +123,4 @@ def test_training_collapses_and_recovers_fine_labels(tmp_path):
     v = runs.set_index("metric")["value"]
     assert v["final_recovery"] >= 0.9 and v["steps_to_recovery"] < math.inf
     assert v["input_recovery"] < 0.75 and v["random_feature_recovery"] < 0.75
-    assert v["final_nc1"] < 1.0
+    assert v["final_nc1"] < 0.2

@@ -92,10 +92,10 @@ class FineGrainedCollapse(Task):
     )
     target = "steps_to_recovery"
     tiers = {
-        "smoke": dict(steps=300, evals=20, fine_classes=4, dim=16, radius=3.0, noise=1.0,
+        "smoke": dict(steps=300, evals=20, fine_classes=4, dim=16, radius=4.0, noise=1.0,
                       nuisance_dims=2, nuisance_scale=5.0, n_train=64, n_test=64, width=64,
                       init_scale=1.0),
-        "standard": dict(steps=1000, evals=40, fine_classes=8, dim=32, radius=5.0, noise=1.0,
+        "standard": dict(steps=1000, evals=30, fine_classes=8, dim=32, radius=5.0, noise=1.0,
                          nuisance_dims=2, nuisance_scale=7.0, n_train=64, n_test=64, width=64,
                          init_scale=1.0),
     }
