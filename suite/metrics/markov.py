@@ -83,7 +83,7 @@ def entropy(p: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def conditional_entropy(*, law: np.ndarray, lags: list[int], subset: tuple[int, ...]) -> float:
+def conditional_entropy(*, law: np.ndarray, subset: tuple[int, ...]) -> float:
     """H(x_t | x_{t−k}, k ∈ subset) in nats, from one joint law of `window_laws`."""
     K = law.ndim - 1
     keep = sorted({K - k for k in subset}) + [K]
@@ -96,7 +96,7 @@ def entropy_table(*, length: int, lags: list[int], strengths: list[float], shift
     """Exact H(x_t | x_{t−k}, k ∈ S) averaged over the predicted positions t = K … length−1,
     for every subset S of the lags (sorted tuples; () is the marginal entropy, here log V)."""
     laws = window_laws(length=length, lags=lags, strengths=strengths, shifts=shifts, vocab=vocab)
-    return {subset: float(np.mean([conditional_entropy(law=law, lags=lags, subset=subset)
+    return {subset: float(np.mean([conditional_entropy(law=law, subset=subset)
                                     for law in laws]))
             for r in range(len(lags) + 1) for subset in itertools.combinations(sorted(lags), r)}
 

@@ -227,7 +227,7 @@ class MarkovAttention(Task):
         cfg = self.config
         V, T, d, H = cfg["vocab"], cfg["length"], cfg["d_model"], cfg["heads"]
         gen, s = seeding.generator(seed, "init"), cfg["init_scale"]
-        d_h = d // H if d % H == 0 else d
+        d_h = d // H if d % H == 0 else d  # heads split d when H divides it, else each is d wide
         normal = lambda *shape, fan: s * torch.randn(*shape, generator=gen) / fan ** 0.5  # noqa: E731
         return AttentionOnly({
             "embed": normal(V, d, fan=1), "pos": normal(T, d, fan=1),
