@@ -124,3 +124,8 @@ def test_training_collapses_and_recovers_fine_labels(tmp_path):
     assert v["final_recovery"] >= 0.9 and v["steps_to_recovery"] < math.inf
     assert v["input_recovery"] < 0.75 and v["random_feature_recovery"] < 0.75
     assert v["final_nc1"] < 0.2
+
+
+@pytest.mark.parametrize("tier", ["smoke", "standard"])
+def test_tiers_pass_check_config(tier):
+    make_task("fine-grained-collapse", tier, {}).check_config()

@@ -175,3 +175,13 @@ def test_training_descends_the_ladder(tmp_path):
     assert abs(v["plateau_gap/stage_0"]) < 0.05
     assert v["final_excess"] < 0.05 * (levels[0] - levels[-1])
     assert v["lags_covered"] == 2
+
+
+@pytest.mark.parametrize("tier", ["smoke", "standard"])
+def test_tiers_pass_check_config_and_their_target_needs_every_lag(tier):
+    """Without the ladder's last lag the excess is at least L_{m−1} − L_m (a lag-subset
+    predictor), which must exceed the target's 5% of L_0 − L_m."""
+    task = make_task("markov-attention", tier, {})
+    task.check_config()
+    _, levels = task.ladder()
+    assert levels[-2] - levels[-1] > 0.05 * (levels[0] - levels[-1])
