@@ -161,7 +161,8 @@ def gd_entry(folder: Path, lr: float) -> Path:
 
 # The baseline whose run each task's accuracy is tracked with: SGD, whose dynamics the tasks'
 # theory describes, except where SGD shows nothing (it never groks modular addition).
-ACCURACY_ENTRY = {"modular-addition": "adamw"}
+ACCURACY_ENTRY = {"modular-addition": "adamw", "markov-attention": "adamw",
+                  "fine-grained-collapse": "adamw"}
 
 
 class Accuracy:
@@ -226,6 +227,18 @@ class Accuracy:
         return value(values, "mode-connectivity/error_barrier/matched")
 
     track_mode_connectivity_matched_error_barrier.unit = "error fraction"
+
+    def track_markov_attention_excess_loss(self, values):
+        """Final loss over the chain's exact conditional entropy L_m (the ladder's last level)."""
+        return value(values, "markov-attention/final_excess")
+
+    track_markov_attention_excess_loss.unit = "nats"
+
+    def track_fine_grained_collapse_recovery_error(self, values):
+        """1 − fine-label recovery accuracy of the trained features (exact recovery is 1)."""
+        return 1.0 - value(values, "fine-grained-collapse/final_recovery")
+
+    track_fine_grained_collapse_recovery_error.unit = "error fraction"
 
 
 def value(values: dict[str, float], key: str) -> float:
