@@ -108,18 +108,25 @@ def show(results_dir, fmt) -> None:
               help="Distinct seeds required per task.")
 @click.option("--manifest-only", is_flag=True,
               help="Check files and manifests only (entries whose results are not committed yet).")
-def validate_cmd(paths, tier, min_seeds, manifest_only) -> None:
+@click.option("--complete", is_flag=True,
+              help="Also fail when a task has no results (by default such an entry is incomplete: "
+                   "valid, with a note naming the command that fills it).")
+def validate_cmd(paths, tier, min_seeds, manifest_only, complete) -> None:
     """Check submissions (or baselines) without running their code; exit 1 on any problem."""
     failed = 0
     for path in paths:
+        incomplete: list[str] | None = None if complete else []
         problems = validate.validate_submission(path, tier=tier, min_seeds=min_seeds,
-                                                check_results=not manifest_only)
+                                                check_results=not manifest_only, incomplete=incomplete)
         for problem in problems:
             click.secho(f"error: {problem}", fg="red", err=True)
+        for note in incomplete or []:
+            click.secho(f"incomplete: {note}", fg="yellow", err=True)
         if problems:
             failed += 1
         else:
-            click.echo(f"ok: {path}")
+            click.echo(f"ok: {path}" + (f" (incomplete: {len(incomplete)} tasks without results)"
+                                        if incomplete else ""))
     if failed:
         click.secho(f"{failed} of {len(paths)} entries have problems", fg="red", err=True)
         sys.exit(1)

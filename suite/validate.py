@@ -34,6 +34,8 @@ _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
 _SPEC = r"(?:===|==|!=|<=|>=|~=|<|>)\s*[A-Za-z0-9.*+!_-]+"
 REQUIREMENT = re.compile(rf"^\s*{_NAME}\s*(?:\[\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\])?\s*"
                          rf"(?:{_SPEC}(?:\s*,\s*{_SPEC})*)?\s*$")
+# Marks the line of a task without runs: the entry is incomplete (it predates the task).
+INCOMPLETE = " (the entry is incomplete: e.g. the task is newer than its results)"
 # Run-table columns every check reads; value may be NaN (no result) and a few are optional.
 NOT_NULL = [c for c in results.RUN_SCHEMA.names
             if c not in ("value", "diverged_step", "error", "git_commit", "wall_time_s", "config",
@@ -54,13 +56,25 @@ def line(path: Path | str, what: str, fix: str) -> str:
 
 def validate_submission(folder: str | Path, *, tier: str = "standard", min_seeds: int = MIN_SEEDS,
                         tasks: dict[str, type[Task]] | None = None,
-                        check_results: bool = True) -> list[str]:
+                        check_results: bool = True, incomplete: list[str] | None = None) -> list[str]:
     """Every problem of the submission in `folder`, one line each; [] when it is valid.
 
     Reads files only: the manifest as TOML, the results as Parquet. `tasks` is the suite the
-    results must cover (default: every registered task).
+    results must cover (default: every registered task). With an `incomplete` list, a task
+    without any run (one added to the suite after the entry ran) is not a problem: its line
+    (naming the command that fills it) goes to `incomplete` instead.
     """
-    folder = Path(folder)
+    problems = submission_problems(Path(folder), tier=tier, min_seeds=min_seeds, tasks=tasks,
+                                   check_results=check_results)
+    if incomplete is None:
+        return problems
+    incomplete += [p for p in problems if INCOMPLETE in p]
+    return [p for p in problems if INCOMPLETE not in p]
+
+
+def submission_problems(folder: Path, *, tier: str, min_seeds: int,
+                        tasks: dict[str, type[Task]] | None, check_results: bool) -> list[str]:
+    """Every problem, incomplete tasks included (see validate_submission)."""
     problems = file_problems(folder)
     if problems:  # a symlink or an oversized file: read nothing further
         return problems
@@ -341,7 +355,7 @@ def coverage_problems(path: Path, runs: pd.DataFrame, entry: Entry, digest: str,
         rows = runs[runs["task"] == name]
         again = f"run `{rerun} --tasks {name}`"
         if rows.empty:
-            problems.append(line(path, f"task {name!r} has no runs", again))
+            problems.append(line(path, f"task {name!r} has no runs{INCOMPLETE}", again))
             continue
         stale = sorted({int(v) for v in rows["task_version"]} - {cls.version})
         if stale:

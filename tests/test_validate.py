@@ -102,6 +102,20 @@ def test_a_valid_synthetic_submission_passes(tmp_path):
     assert result.exit_code == 0 and "ok:" in result.output
 
 
+def test_an_entry_missing_a_newer_task_is_incomplete_not_invalid(tmp_path):
+    folder = valid_submission(tmp_path / "submissions")
+    task = first_task()
+    rewrite_runs(folder, lambda runs: runs[runs["task"] != task])
+    notes: list[str] = []
+    assert validate_submission(folder, incomplete=notes) == []
+    assert len(notes) == 1 and f"task {task!r} has no runs" in notes[0]
+    assert f"--tasks {task}" in notes[0]  # the command that fills it
+    assert validate_submission(folder) == notes  # strict: a problem
+    result = CliRunner().invoke(main, ["validate", str(folder)])
+    assert result.exit_code == 0 and "incomplete: 1 tasks without results" in result.output
+    assert CliRunner().invoke(main, ["validate", "--complete", str(folder)]).exit_code == 1
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "baselines").iterdir()))
 def test_baselines_pass(name):
     folder = REPO / "baselines" / name
