@@ -13,12 +13,13 @@ from suite import registry, report, results, runner, validate, verify
 from suite import score as score_mod
 from suite.entry import EntryError
 from suite.profiles import ProfileError
+from suite.task import ConfigError
 
-USER_ERRORS = (EntryError, ProfileError, registry.RegistryError, results.ResultsError)
+USER_ERRORS = (EntryError, ProfileError, registry.RegistryError, results.ResultsError, ConfigError)
 
 
 def user_errors(func):
-    """Turn our own errors (bad entry, profile, task, results) into one line and exit 2."""
+    """Turn our own errors (bad entry, profile, task, config, results) into one line and exit 2."""
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
