@@ -72,7 +72,7 @@ class Plot:
     The site draws each kind generically, so a task never needs site code:
       "panels": `curves` vs step, one panel per entry (mode strengths, train and test curves);
           `markers[i]` names a metric whose mean is drawn as a dotted line in curve i's colour,
-          `span` two metrics whose means bound a shaded interval.
+          `span` two metrics whose means bound a shaded interval named `span_label`.
       "lines": the one curve in `curves` vs step, one line per entry.
       "dots": the mean and interval of each metric in `metrics`, one row per entry.
       "path": each of `paths` (label, curves) is one line through its curves' final values
@@ -91,6 +91,7 @@ class Plot:
     styles: tuple[str, ...] = ()
     markers: tuple[str, ...] = ()
     span: tuple[str, str] | None = None
+    span_label: str = ""
     metrics: tuple[str, ...] = ()
     paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
     x: tuple[float, ...] = ()

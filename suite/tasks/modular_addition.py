@@ -152,7 +152,7 @@ class ModularAddition(Task):
                      "reaching the train target to reaching the test target (means over seeds).",
                      ylabel="accuracy", curves=("train_acc", "test_acc"),
                      labels=("train acc", "test acc"), styles=("C0--", "C3-"),
-                     span=("steps_to_train", "steps_to_test"))]
+                     span=("steps_to_train", "steps_to_test"), span_label="grokking delay")]
 
     def make_data(self, seed: int) -> dict[str, torch.Tensor]:
         cfg = self.config

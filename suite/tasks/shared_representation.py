@@ -13,7 +13,7 @@ from suite.metrics.stage_timing import crossing_step
 from suite.task import Curve, Metric, Plot, Task
 
 # Floor of the final-value metrics: see SharedRepresentation's docstring.
-RES_FINAL = 1e-4
+RES_FINAL = 1e-5
 
 
 class LinearRepresentation(nn.Module):
