@@ -190,7 +190,11 @@ class ModeConnectivity(Task):
         paths = tuple((labels.get(pair, f"spawned at step {pair.removeprefix('spawn_')}"),
                        tuple(path_name(pair, "error", a) for a in self.alpha_grid))
                       for pair in order)
-        return [Plot("path", "barrier", "Barrier curves along α", "Test error along the linear path "
+        errors = Plot("panels", "errors", "Train and test error", "Train (dashed) and test (solid) "
+                      "error of independent network A over training (means over seeds).",
+                      ylabel="error", curves=("train_error", "test_error"),
+                      labels=("train error", "test error"), styles=("C0--", "C3-"), logy=True)
+        return [errors, Plot("path", "barrier", "Barrier curves along α", "Test error along the linear path "
                      "θ(α) = (1 − α)θ₁ + αθ₂ between two networks: independently trained (before "
                      "matching), after permutation matching, and children spawned from one parent.",
                      ylabel="test error", xlabel="α", paths=paths,
