@@ -48,7 +48,10 @@ class TeacherStudent(Task):
     four); they are shown, never ranked.
 
     Resolutions, measured by nudging every initial weight up by one ulp (torch.nextafter) and
-    rerunning (smoke tier, seeds 0-1, Adam): {TS}
+    rerunning (smoke tier, seeds 0-1, Adam): the errors, their ratio and gaps moved by at most
+    1.6e-8 (overfit_ratio) and best_step not at all. Floors: 1e-6 for the errors, ratio and gaps
+    (60× the measured spread: room for other optimizers and the batched kernels' rounding) and
+    1 step for `best_step` and `steps_to_near_optimum`.
     """
 
     name = "teacher-student"
