@@ -69,7 +69,9 @@ class ModularAddition(Task):
     Resolutions: accuracies and their gaps are fractions of a finite set, so one example is the
     floor: 1/n_test for `final_test_acc` (1/1741 on the standard tier), 1/min(n_train, n_test)
     for the gaps. The steps metrics are first crossings of the 99% threshold, interpolated
-    between log-spaced evaluations: floor 1 step. {MA}
+    between log-spaced evaluations: floor 1 step. (Not measured by perturbation on this task;
+    the same interpolated crossings moved by at most 0.0017 steps under a one-ulp nudge of the
+    initial weights on deep-linear-modes.)
     """
 
     name = "modular-addition"
