@@ -26,8 +26,8 @@ from suite.task import Curve, Metric, Plot, Task
 
 LLFC_ALPHA = 0.5
 # Floors of the loss barriers (nats) and LLFC distances: see ModeConnectivity's docstring.
-RES_LOSS = 1e-4
-RES_LLFC = 1e-4
+RES_LOSS = 1e-6
+RES_LLFC = 1e-6
 
 
 def path_name(pair: str, kind: str, alpha: float) -> str:
@@ -66,7 +66,10 @@ class ModeConnectivity(Task):
     Resolutions: error barriers and `test_error` are fractions of the n_test test points, so
     one point, 1/n_test, is the floor (1/2048 on the standard tier); spawn steps are integers
     (floor 1 step). Loss barriers and LLFC distances, measured by nudging every initial weight
-    up by one ulp (torch.nextafter) and rerunning (smoke tier, seeds 0-1, Adam): {MC}
+    up by one ulp (torch.nextafter) and rerunning (smoke tier shortened to 100 steps with spawn
+    steps 0, 25, 100; seed 0; Adam): loss barriers moved by at most 1.7e-8, LLFC distances by
+    5.7e-8, error barriers and test_error not at all. Floors: 1e-6 for both (20-60× the
+    spread: minibatch noise amplifies rounding differences for other optimizers).
     """
 
     name = "mode-connectivity"
