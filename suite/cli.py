@@ -11,7 +11,7 @@ from tabulate import tabulate
 
 from suite import registry, report, results, runner, validate, verify
 from suite import score as score_mod
-from suite.entry import EntryError
+from suite.entry import EntryError, load_entry
 from suite.profiles import ProfileError
 from suite.task import ConfigError
 
@@ -97,7 +97,12 @@ def run(entry_dir, task_list, seeds, tier, profile, sets, hparams, out, quiet, s
 def show(results_dir, fmt) -> None:
     """Print the summary table of the results under RESULTS_DIR."""
     runs, _ = results.read_results(results_dir)
-    click.echo(report.render(runs, fmt=fmt))
+    folder = report.entry_folder(results_dir)  # known: runs of older entry files are marked stale
+    current = None
+    if folder is not None:
+        entry = load_entry(folder)
+        current = {entry.name: entry.hash}
+    click.echo(report.render(runs, fmt=fmt, current=current))
 
 
 @main.command("validate")
@@ -145,7 +150,7 @@ def verify_cmd(path, k, tier, profile, pick_seed, rtol) -> None:
     if pick_seed is None:
         pick_seed = secrets.randbelow(2**31)
     click.echo(f"re-running {k} runs of {path} ({profile}, {tier}), chosen with --pick-seed {pick_seed}; "
-               f"tolerance |a - b| <= {verify.ATOL:g} + {rtol:g}·|a|")
+               f"tolerance |a - b| <= max(the metric's resolution, {verify.ATOL:g} + {rtol:g}·|a|)")
     checks = verify.verify_submission(path, k=k, tier=tier, profile=profile, pick_seed=pick_seed)
     bad = [c for c in checks if not c.matches(rtol=rtol)]
     rows = [[c.task, c.seed, c.metric, c.submitted_status, c.reproduced_status, c.submitted,

@@ -1,25 +1,23 @@
-"""Summary tables of results: each metric's mean and 95% confidence interval across seeds."""
+"""Summary tables of results: each metric's mean and interval across seeds, for `ldbench run|show`."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from tabulate import tabulate
 
+from suite import interval, registry
+from suite.task import Metric
+
 ARROWS = {"min": "↓", "max": "↑"}
-
-
-def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of the Student-t confidence interval (0 for a single seed)."""
-    values = np.asarray(values, dtype=np.float64)
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, math.nan
-    sem = stats.sem(values)
-    return mean, float(sem * stats.t.ppf((1 + confidence) / 2, len(values) - 1))
+# Runs pool into one row only when everything that makes their numbers comparable is equal:
+# the entry's files (hash), its hyperparameters, the --set/--hparam overrides, tier, profile.
+RUN_KEYS = ["entry", "entry_hash", "hparams", "overrides", "tier", "profile"]
+COLUMN = f"mean [{interval.METHOD}]"
 
 
 def format_number(x: float) -> str:
@@ -30,50 +28,91 @@ def format_number(x: float) -> str:
     return f"{x:.3e}"
 
 
-def describe(values: np.ndarray) -> str:
-    """'mean ± ci', noting seeds that did not reach a target (inf) or have no result (NaN)."""
+def describe(values: np.ndarray, bounds: tuple[float, float] = (-math.inf, math.inf)) -> str:
+    """'mean [low, high]', noting seeds that did not reach a target (inf) or have no result (NaN).
+
+    The interval is interval.METHOD, clipped to `bounds`; below interval.MIN_SEEDS finite
+    values there is none, and the text says so.
+    """
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
-    finite = values[np.isfinite(values)]
     notes = []
     if (never := int(np.isposinf(values).sum() + np.isneginf(values).sum())):
         notes.append(f"not reached {never}/{n}")
     if (missing := int(np.isnan(values).sum())):
         notes.append(f"no result {missing}/{n}")
-    if len(finite) == 0:
+    if not np.isfinite(values).any():
         return ", ".join(notes)
-    mean, half = mean_ci(finite)
-    text = format_number(mean) + ("" if math.isnan(half) else f" ± {format_number(half)}")
+    mean, low, high = interval.t_interval(values, bounds=bounds)
+    text = format_number(mean)
+    if math.isnan(low):
+        notes.append(interval.NO_INTERVAL)
+    else:
+        text += f" [{format_number(low)}, {format_number(high)}]"
     return text + (f" ({', '.join(notes)})" if notes else "")
 
 
-def summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (entry, tier, profile, overrides, task, metric) with the seeds' mean ± 95% CI
-    and run statuses: runs with other `--set`/`--hparam` overrides are never pooled."""
+def declared_metrics(task: str, config: str) -> dict[str, Metric]:
+    """The task's metric declarations for a run's recorded config ({} for an unknown task)."""
+    try:
+        cls = registry.task_class(task)
+        return cls({**cls.tiers["standard"], **json.loads(config or "{}")}).metrics()
+    except (registry.RegistryError, ValueError, TypeError, KeyError):
+        return {}
+
+
+def summary(runs: pd.DataFrame, current: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per (RUN_KEYS, task, metric): the seeds' mean and interval, and run statuses.
+
+    Runs of other entry files, hyperparameters or overrides are never pooled. `current` maps
+    an entry name to the hash of its files now: rows of another hash are marked stale.
+    """
     rows = []
-    keys = ["entry", "tier", "profile", "overrides", "task", "metric"]
-    for key, group in runs.groupby(keys, sort=False):
+    keys = [*RUN_KEYS, "task", "metric"]
+    runs = runs.assign(hparams=runs["hparams"].fillna("{}"), overrides=runs["overrides"].fillna("{}"))
+    for key, group in runs.groupby(keys, sort=False, dropna=False):
+        fields = dict(zip(keys, key, strict=True))
+        spec = declared_metrics(fields["task"], group["config"].iloc[0]).get(fields["metric"])
         statuses = group.drop_duplicates("run_id")["status"].value_counts().to_dict()
+        now = (current or {}).get(fields["entry"], fields["entry_hash"])
+        arrow = ARROWS.get(group["direction"].iloc[0], "?")
         rows.append({
-            **dict(zip(keys, key, strict=True)),
-            "direction": ARROWS.get(group["direction"].iloc[0], "?"),
+            **fields, "stale": now != fields["entry_hash"],
+            "direction": "diagnostic" if spec and spec.role == "diagnostic" else arrow,
             "seeds": group["seed"].nunique(),
-            "mean ± 95% CI": describe(group["value"].to_numpy()),
+            COLUMN: describe(group["value"].to_numpy(), spec.bounds if spec else (-math.inf, math.inf)),
+            "resolution": format_number(spec.resolution) if spec and spec.resolution is not None else "?",
             "runs": ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())),
         })
     return pd.DataFrame(rows)
 
 
-def render(runs: pd.DataFrame, fmt: str = "simple") -> str:
-    """The summary as text, one block per (entry, tier, profile, overrides)."""
-    table = summary(runs)
+def render(runs: pd.DataFrame, fmt: str = "simple", current: dict[str, str] | None = None) -> str:
+    """The summary as text, one block per (entry files, hparams, overrides, tier, profile);
+    blocks of an entry's older files come after the current ones, marked stale."""
+    table = summary(runs, current)
+    if table.empty:
+        return "no runs"
     blocks = []
-    heads = ["entry", "tier", "profile", "overrides"]
-    for (entry, tier, profile, overrides), group in table.groupby(heads, sort=False):
-        title = f"entry {entry} · tier {tier} · profile {profile}"
-        if str(overrides).strip() not in ("", "{}"):
-            title += f" · overrides {overrides}"
-        body = group.drop(columns=heads)
+    heads = [k for k in RUN_KEYS if k != "hparams"] + ["stale"]  # hparams: fixed by hash and overrides
+    for fields, group in sorted(table.groupby(heads, sort=False), key=lambda kv: kv[0][-1]):
+        info = dict(zip(heads, fields, strict=True))
+        title = (f"entry {info['entry']} · tier {info['tier']} · profile {info['profile']}"
+                 f" · files {str(info['entry_hash'])[:12]}")
+        if str(info["overrides"]).strip() not in ("", "{}"):
+            title += f" · overrides {info['overrides']}"
+        if info["stale"]:
+            title += " · STALE: the entry's files have changed since these runs"
+        body = group.drop(columns=[*heads, "hparams"])
         blocks.append(title + "\n" + tabulate(body, headers="keys", tablefmt=fmt,
                                               showindex=False, disable_numparse=True))
     return "\n\n".join(blocks)
+
+
+def entry_folder(results_dir: str | Path) -> Path | None:
+    """The entry folder a results folder belongs to (ENTRY/results/PROFILE/TIER), if any."""
+    path = Path(results_dir).resolve()
+    for folder in [path, *path.parents][:4]:
+        if (folder / "entry.toml").is_file():
+            return folder
+    return None

@@ -1,4 +1,4 @@
-"""Scores entries: seed means with bootstrap CIs and ranks, and time-to-target performance profiles."""
+"""Scores entries: seed means with t intervals and ranks, and time-to-target performance profiles."""
 
 from __future__ import annotations
 
@@ -12,19 +12,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy import stats
 
-from suite import profiles, registry, results
+from suite import interval, profiles, registry, results
 from suite.entry import Entry, EntryError, load_entry
 from suite.task import Task
 
-SCORE_VERSION = 2  # raise when a change below alters scores: it invalidates built leaderboards
+SCORE_VERSION = 3  # raise when a change below alters scores: it invalidates built leaderboards
 TAU_MAX = 4.0  # performance profiles are integrated over τ ∈ [1, TAU_MAX] (AlgoPerf uses 4)
-# With 5 seeds there are only 126 distinct resamples; 1000 draws put the 2.5% and 97.5% points
-# within a few percent of the interval's width, and keep 1,000 entries' scoring in seconds.
-N_RESAMPLES = 1000
-CI_SEED = 0  # the same draws for every row: an entry's CI never depends on the other entries
-CONFIDENCE = 0.95
 ROOTS = ("baselines", "submissions")
 SCORES_FILE = "scores.parquet"
 META_INPUTS = b"ldbench.inputs"
@@ -67,7 +61,7 @@ def inputs_digest(folders: list[Path], tier: str, tasks: dict[str, type[Task]]) 
     the leaderboard is stale.
     """
     digest = hashlib.sha256()
-    rules = {"score_version": SCORE_VERSION, "tau_max": TAU_MAX, "n_resamples": N_RESAMPLES,
+    rules = {"score_version": SCORE_VERSION, "tau_max": TAU_MAX, "interval": interval.METHOD,
              "tier": tier, "tasks": {n: [c.version, c.family, c.target] for n, c in tasks.items()}}
     digest.update(json.dumps(rules, sort_keys=True).encode())
     for folder in folders:
@@ -180,39 +174,12 @@ def json_object(text) -> dict:
 
 # -- statistics -------------------------------------------------------------------------------
 
-def bootstrap_ci(values: np.ndarray, *, confidence: float = CONFIDENCE,
-                 n_resamples: int = N_RESAMPLES, seed: int = CI_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile-bootstrap CI of the mean of each row of `values` (rows, seeds), via scipy.
-
-    scipy draws one matrix of resample indices per call and applies it to every row, so a
-    row's interval equals that of a call on the row alone with the same seed. Rows of one
-    constant value get the point interval; fewer than 2 values give NaN.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    rows, n = values.shape
-    low, high = np.full(rows, np.nan), np.full(rows, np.nan)
-    if n < 2 or rows == 0:
-        return low, high
-    chunk = max(1, 2**22 // (n_resamples * n))  # bound the (chunk, n_resamples, n) resample array
-    for start in range(0, rows, chunk):
-        part = values[start:start + chunk]
-        res = stats.bootstrap((part,), np.mean, axis=-1, n_resamples=n_resamples,
-                              confidence_level=confidence, method="percentile",
-                              rng=np.random.default_rng(seed))
-        low[start:start + chunk] = res.confidence_interval.low
-        high[start:start + chunk] = res.confidence_interval.high
-    constant = np.all(values == values[:, :1], axis=1)
-    low[constant], high[constant] = values[constant, 0], values[constant, 0]
-    return low, high
-
-
 def seed_statistics(*, group: np.ndarray, values: np.ndarray, n_groups: int) -> pd.DataFrame:
     """Per group: seeds, failures (non-finite values), of which unreached (infinite: a target
-    never met), and the mean and CI of the finite values.
+    never met), and the mean, sample sd and count of the finite values.
 
-    group: (rows,) group index of each seed value, non-decreasing; values: (rows,). Groups are
-    batched by their number of finite values so that scipy's bootstrap runs vectorised over
-    all groups of one size.
+    group: (rows,) group index of each seed value; values: (rows,). Intervals come later
+    (`interval.t_intervals`), once each group's metric bounds are known.
     """
     group, values = np.asarray(group), np.asarray(values, dtype=np.float64)
     finite = np.isfinite(values)
@@ -221,24 +188,23 @@ def seed_statistics(*, group: np.ndarray, values: np.ndarray, n_groups: int) -> 
     sums = np.bincount(group[finite], weights=values[finite], minlength=n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-    low, high = np.full(n_groups, np.nan), np.full(n_groups, np.nan)
-    kept_group, kept = group[finite], values[finite]  # still ordered by group
-    for size in np.unique(counts[counts >= 2]):
-        rows = np.flatnonzero(counts == size)
-        block = kept[counts[kept_group] == size].reshape(len(rows), size)  # (groups, seeds)
-        low[rows], high[rows] = bootstrap_ci(block)
+        # Two passes (deviations from the mean), not Σx² − n·mean², which cancels badly.
+        dev2 = np.bincount(group[finite], weights=(values[finite] - mean[group[finite]]) ** 2,
+                           minlength=n_groups)
+        sd = np.where(counts > 1, np.sqrt(dev2 / np.maximum(counts - 1, 1)), np.nan)
     unreached = np.bincount(group[np.isinf(values)], minlength=n_groups)
     return pd.DataFrame({"seeds": seeds, "failures": seeds - counts, "unreached": unreached,
-                         "mean": mean,
-                         "ci_low": low, "ci_high": high})
+                         "mean": mean, "sd": sd, "n": counts})
 
 
 def ranks_with_ties(*, mean: np.ndarray, low: np.ndarray, high: np.ndarray, failed: np.ndarray,
-                    direction: str) -> np.ndarray:
-    """1 + the number of entries clearly better: fewer failed seeds, or as many and a disjoint CI.
+                    direction: str, resolution: float = 0.0) -> np.ndarray:
+    """1 + the number of entries clearly better: fewer failed seeds, or as many and an interval
+    entirely better by more than the metric's resolution.
 
-    Entries whose intervals overlap share a rank. `failed` is the fraction of failed seeds;
-    a missing interval (one finite value) is the point `mean`; no finite value never wins.
+    Entries whose intervals overlap, or are closer than `resolution` (numerical noise), share
+    a rank. `failed` is the fraction of failed seeds; a missing interval (fewer than
+    interval.MIN_SEEDS finite values) is the point `mean`; no finite value never wins.
     """
     sign = 1.0 if direction == "min" else -1.0
     # Orient so that lower is better: the interval [lo, hi] of sign·value.
@@ -247,7 +213,7 @@ def ranks_with_ties(*, mean: np.ndarray, low: np.ndarray, high: np.ndarray, fail
     lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
     has = np.isfinite(mean)
     fewer = failed[:, None] < failed[None, :]  # [i, j]: i failed less often than j
-    disjoint = (hi[:, None] < lo[None, :]) & has[:, None] & has[None, :]
+    disjoint = (hi[:, None] + resolution < lo[None, :]) & has[:, None] & has[None, :]
     better = fewer | ((failed[:, None] == failed[None, :]) & disjoint)
     return 1 + better.sum(axis=0)
 
@@ -301,13 +267,23 @@ def score(inputs: Inputs, tasks: dict[str, type[Task]] | None = None) -> pd.Data
     stats_ = seed_statistics(group=grouped.ngroup().to_numpy(), values=runs["value"].to_numpy(),
                              n_groups=len(table))
     table = pd.concat([table, stats_], axis=1)
+    specs = metric_specs(table, tasks)
+    table["role"] = [spec.role if spec else "ranked" for spec in specs]
+    table["ci_low"], table["ci_high"] = interval.t_intervals(
+        mean=table["mean"], sd=table["sd"], n=table["n"],
+        bounds=(np.array([spec.bounds[0] if spec else -math.inf for spec in specs]),
+                np.array([spec.bounds[1] if spec else math.inf for spec in specs])))
     table["level"] = "metric"
-    table["rank"] = 0
+    table["rank"] = pd.array([pd.NA] * len(table), dtype="Int64")
+    resolution = {i: (spec.resolution or 0.0) if spec else 0.0 for i, spec in enumerate(specs)}
     for _, idx in table.groupby(["profile", "tier", "task", "metric"]).groups.items():
         part = table.loc[idx]
+        if part["role"].iloc[0] == "diagnostic":
+            continue  # shown, never ranked
         table.loc[idx, "rank"] = ranks_with_ties(
             mean=part["mean"].to_numpy(), low=part["ci_low"].to_numpy(), high=part["ci_high"].to_numpy(),
-            failed=(part["failures"] / part["seeds"]).to_numpy(), direction=part["direction"].iloc[0])
+            failed=(part["failures"] / part["seeds"]).to_numpy(), direction=part["direction"].iloc[0],
+            resolution=resolution[idx[0]])
     targets = {name: cls.target for name, cls in tasks.items()}
     table["target"] = table["metric"] == table["task"].map(targets)
     profiles_ = target_profiles(runs, targets, tasks)
@@ -318,9 +294,18 @@ def score(inputs: Inputs, tasks: dict[str, type[Task]] | None = None) -> pd.Data
     return table.reindex(columns=COLUMNS)
 
 
-COLUMNS = ["level", "profile", "tier", "family", "task", "entry", "metric", "direction", "target",
-           "seeds", "failures", "unreached", "mean", "ci_low", "ci_high", "rank", "time_to_target", "ratio",
-           "score", "solved", "tasks"]
+COLUMNS = ["level", "profile", "tier", "family", "task", "entry", "metric", "direction", "role",
+           "target", "seeds", "failures", "unreached", "mean", "ci_low", "ci_high", "rank",
+           "time_to_target", "ratio", "score", "solved", "tasks"]
+
+
+def metric_specs(table: pd.DataFrame, tasks: dict[str, type[Task]]) -> list:
+    """The Metric declaration of each (tier, task, metric) row, or None for an unknown one."""
+    declared = {}
+    for tier, task in table[["tier", "task"]].drop_duplicates().itertuples(index=False):
+        cls = tasks.get(task)
+        declared[tier, task] = cls(cls.tiers[tier]).metrics() if cls and tier in cls.tiers else {}
+    return [declared[t, k].get(m) for t, k, m in table[["tier", "task", "metric"]].itertuples(index=False)]
 
 
 def target_profiles(runs: pd.DataFrame, targets: dict[str, str],

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # the harness imports tasks, tasks only need its type for hin
 
 DIRECTIONS = ("min", "max")
 ROLES = ("ranked", "diagnostic")
-FAMILIES = ("stage-timing", "representation-recovery", "generalization-gap", "linear-connectivity")
+PLOT_KINDS = ("panels", "lines", "dots", "path")
 
 
 class ConfigError(ValueError):
@@ -58,10 +58,56 @@ class Metric:
 
 @dataclass(frozen=True)
 class Curve:
-    """One curve a task records at each evaluation step (a key of `Task.observe`'s dict)."""
+    """One curve a task records at each evaluation step (a key of `Task.observe`'s dict).
+
+    at_end: recorded only at the last step (NaN before), e.g. values measured after training.
+    """
 
     description: str
     unit: str = ""
+    at_end: bool = False
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One figure of a task's leaderboard section: which declared curves or metrics it shows.
+
+    The site draws each kind generically, so a task never needs site code:
+      "panels": `curves` vs step, one panel per entry (mode strengths, train and test curves);
+          `markers[i]` names a metric whose mean is drawn as a dotted line in curve i's colour,
+          `span` two metrics whose means bound a shaded interval named `span_label`.
+      "lines": the one curve in `curves` vs step, one line per entry.
+      "dots": the mean and interval of each metric in `metrics`, one row per entry.
+      "path": each of `paths` (label, curves) is one line through its curves' final values
+          at x = `x` (values along a linear path between two networks), one panel per entry.
+    `labels` name the curves (panels) or metrics (dots) in the legend; `styles` are matplotlib
+    format strings per curve (default: a viridis ramp).
+    """
+
+    kind: str
+    key: str
+    title: str
+    caption: str
+    ylabel: str = ""
+    curves: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    styles: tuple[str, ...] = ()
+    markers: tuple[str, ...] = ()
+    span: tuple[str, str] | None = None
+    span_label: str = ""
+    metrics: tuple[str, ...] = ()
+    paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    x: tuple[float, ...] = ()
+    xlabel: str = "step"
+    logy: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in PLOT_KINDS:
+            raise ValueError(f"plot kind must be one of {PLOT_KINDS}, got {self.kind!r}")
+
+    def names(self) -> set[str]:
+        """Every curve the plot reads."""
+        return set(self.curves) | {c for _, curves in self.paths for c in curves}
 
 
 PARAM_ROLES = ("hidden matrix", "embedding", "readout", "bias", "gain")
@@ -100,16 +146,23 @@ class Task:
     Class attributes
         name: registry name, lowercase with dashes (e.g. "deep-linear-modes").
         version: integer written into every result row; raise it whenever a change alters results.
-        family: one of FAMILIES.
+        family: a lowercase-dashed word grouping related tasks (e.g. "stage-timing"); the
+            leaderboard groups tasks by whatever families exist.
         description: one paragraph, shown by `ldbench tasks` and on the leaderboard.
         tiers: {"smoke": {...}, "standard": {...}}: every config value of each tier. Both tiers
             must have the same keys; "steps" (optimizer steps) and "evals" (number of
             log-spaced evaluation steps) are read by the harness.
-        target: name of the steps-to-target metric the scorer ranks entries by.
+        target: name of the steps-to-target metric the scorer ranks entries by (role "ranked").
+        invalid_configs: config overrides that check_config must reject (the conformance suite
+            tries each, besides steps=0).
+        quick_config: overrides of the smoke tier for a run of a few seconds (the conformance
+            suite trains with it); a task whose other keys depend on `steps` adjusts them too.
 
     Methods (all per seed: the harness decides how seeds are executed)
         metrics() -> {name: Metric}: the final metrics, for the current config.
         curves() -> {name: Curve}: the curves `observe` (or `run`) records, for the current config.
+        plots() -> [Plot]: the leaderboard figures of the curves (default: every declared
+            curve vs step, one panel per entry).
         check_config() -> None: raise ConfigError naming the key and its allowed range for a
             nonsense config value (steps=0, hidden=0, ...); called before any run.
         make_data(seed) -> dict of tensors: the task's data, drawn from `seeding.generator`.
@@ -140,6 +193,8 @@ class Task:
     description: ClassVar[str]
     tiers: ClassVar[dict[str, dict[str, Any]]]
     target: ClassVar[str]
+    invalid_configs: ClassVar[tuple[dict[str, Any], ...]] = ()
+    quick_config: ClassVar[dict[str, Any]] = {"steps": 20, "evals": 5}
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = dict(config)
@@ -185,6 +240,34 @@ class Task:
             value = self.config.get(key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{self.name}: config {key}={value!r} must be an integer >= 1")
+
+    def plots(self) -> list[Plot]:
+        """A generic figure of the declared curves, for a task that declares none."""
+        names = tuple(n for n, c in self.curves().items() if not c.at_end)[:8]
+        if not names:
+            return []
+        return [Plot("panels", "curves", "Curves over training", "Every curve the task records, "
+                     "over training (mean over seeds).", curves=names)]
+
+    def require(self, key: str, ok: bool, allowed: str) -> None:
+        """Raise ConfigError naming `key`, its value and the `allowed` range unless `ok`."""
+        if not ok:
+            raise ConfigError(f"{self.name}: config {key}={self.config[key]!r} must be {allowed}")
+
+    def require_int(self, key: str, low: int = 1, high: float = math.inf) -> None:
+        value = self.config[key]
+        within = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+        self.require(key, within, f"an integer in [{low}, {high:g}]" if high < math.inf
+                     else f"an integer >= {low}")
+
+    def require_number(self, key: str, low: float, high: float = math.inf, *,
+                       open_low: bool = False) -> None:
+        value = self.config[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        within = number and (value > low if open_low else value >= low) and value <= high
+        left = "(" if open_low else "["
+        self.require(key, within, f"a number in {left}{low:g}, {high:g}]" if high < math.inf
+                     else f"a number {'>' if open_low else '>='} {low:g}")
 
     def sample_batch(self, data: dict[str, torch.Tensor], step: int, generator: torch.Generator):
         return data

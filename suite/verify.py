@@ -20,7 +20,8 @@ from suite.loop import Trainer
 
 # The profiles are deterministic, so a rerun on the same kind of machine matches to the last
 # bit; another CPU model or BLAS may differ in the last digits, which a steps-to-target value
-# (interpolated between evaluation steps) can amplify a little. Hence a relative tolerance.
+# (interpolated between evaluation steps) can amplify a little. Hence a relative tolerance,
+# and below it each metric's declared resolution: differences under it are numerical noise.
 RTOL, ATOL = 1e-3, 1e-8
 
 
@@ -35,19 +36,22 @@ class Check:
     reproduced: float
     submitted_status: str
     reproduced_status: str
+    resolution: float = 0.0
 
     def matches(self, *, rtol: float = RTOL, atol: float = ATOL) -> bool:
         return (self.submitted_status == self.reproduced_status
-                and same_value(self.submitted, self.reproduced, rtol=rtol, atol=atol))
+                and same_value(self.submitted, self.reproduced, rtol=rtol, atol=atol,
+                               resolution=self.resolution))
 
 
-def same_value(a: float, b: float, *, rtol: float, atol: float) -> bool:
-    """|a − b| ≤ atol + rtol·|a|; NaN matches NaN and an infinity only the same infinity."""
+def same_value(a: float, b: float, *, rtol: float, atol: float, resolution: float = 0.0) -> bool:
+    """|a − b| ≤ max(resolution, atol + rtol·|a|); NaN matches NaN and an infinity only the
+    same infinity."""
     if math.isnan(a) or math.isnan(b):
         return math.isnan(a) and math.isnan(b)
     if math.isinf(a) or math.isinf(b):
         return a == b
-    return abs(a - b) <= atol + rtol * abs(a)
+    return abs(a - b) <= max(resolution, atol + rtol * abs(a))
 
 
 def pick_runs(runs: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
@@ -113,8 +117,8 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
         task, outcomes = reruns[key]
         traj, metrics, _ = outcomes[int(run.seed)]
         rows = submitted[submitted["run_id"] == run.run_id].set_index("metric")
-        for name in task.metrics():
+        for name, spec in task.metrics().items():
             value = float(rows["value"].get(name, math.nan))
             checks.append(Check(run.task, int(run.seed), name, value, float(metrics.get(name, math.nan)),
-                                str(run.status), traj.status))
+                                str(run.status), traj.status, spec.resolution or 0.0))
     return checks

@@ -1,5 +1,6 @@
 """The command line, end to end through click's test runner."""
 
+import pytest
 from click.testing import CliRunner
 
 from suite.cli import main
@@ -19,9 +20,44 @@ def test_run_then_show(make_entry, tmp_path):
             "--set", "steps=50", "--set", "evals=5", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "mean ± 95% CI" in result.output and "final_loss" in result.output
+    assert "mean [95% Student-t interval]" in result.output and "final_loss" in result.output
+    assert "n < 3: no interval" in result.output  # 2 seeds: no meaningless interval
     shown = CliRunner().invoke(main, ["show", str(out)])
     assert shown.exit_code == 0 and "final_loss" in shown.output
+
+
+def test_nonsense_config_fails_in_one_line_before_any_run(make_entry, tmp_path, monkeypatch):
+    from suite import runner
+
+    monkeypatch.setattr(runner, "execute", lambda *a: pytest.fail("a run started"))
+    for bad, key in (("steps=0", "steps=0"), ("deep-linear-modes.hidden=0", "hidden=0"),
+                     ("singular_values=[1.0, 2.0]", "singular_values=[1.0, 2.0]")):
+        result = CliRunner().invoke(main, ["run", str(make_entry()), "--tasks", "deep-linear-modes",
+                                           "--set", bad, "--out", str(tmp_path / "out")])
+        assert result.exit_code == 2, result.output
+        assert result.output.count("\n") == 1 and f"config {key} must be" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_show_keeps_runs_of_changed_entry_files_apart_and_marks_them_stale(make_entry, tmp_path):
+    from suite import runner
+
+    entry = make_entry()
+    out = tmp_path / "out"
+    common = dict(tasks=["deep-linear-modes"], seeds=3, out=out, progress=False,
+                  sets=["steps=30", "evals=3"])
+    runner.run_suite(entry, **common)
+    toml = entry / "entry.toml"
+    toml.write_text(toml.read_text().replace("lr = 0.01", "lr = 0.02"))
+    runner.run_suite(entry, **common)
+    moved = entry / "results" / "cpu-2core" / "smoke"  # where `show` finds the entry folder
+    moved.parent.mkdir(parents=True)
+    out.rename(moved)
+    shown = CliRunner().invoke(main, ["show", str(moved)])
+    assert shown.exit_code == 0, shown.output
+    blocks = shown.output.split("\n\n")
+    assert len(blocks) == 2 and "STALE" not in blocks[0] and "STALE" in blocks[1]
+    assert all("3 ok" in block for block in blocks)  # 3 seeds each, never 6 pooled
 
 
 def test_user_errors_are_one_line_and_exit_2(tmp_path):

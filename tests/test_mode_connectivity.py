@@ -19,6 +19,7 @@ from suite.loop import Trainer
 from suite.metrics.connectivity import barrier
 from suite.registry import make_task
 from suite.results import read_results
+from suite.task import ConfigError
 from suite.tasks.mode_connectivity import path_name, stable_spawn_step
 
 MOMENTUM = """
@@ -181,12 +182,12 @@ def test_data_and_models_come_from_their_own_streams():
 
 
 def test_config_errors_name_the_problem():
-    with pytest.raises(ValueError, match="outside"):
-        make_task("mode-connectivity", "smoke", {"spawn_steps": [0, 301]}).make_data(0)
-    with pytest.raises(ValueError, match="at least 3"):
-        make_task("mode-connectivity", "smoke", {"alphas": 2}).make_data(0)
-    with pytest.raises(ValueError, match="every class"):
-        make_task("mode-connectivity", "smoke", {"clusters": 2}).make_data(0)
+    with pytest.raises(ConfigError, match=r"spawn_steps=\[0, 301\] must be .* in \[0, steps=300\]"):
+        make_task("mode-connectivity", "smoke", {"spawn_steps": [0, 301]})
+    with pytest.raises(ConfigError, match="alphas=2 must be an integer >= 3"):
+        make_task("mode-connectivity", "smoke", {"alphas": 2})
+    with pytest.raises(ConfigError, match=r"classes=4 must be an integer in \[2, 2\]"):
+        make_task("mode-connectivity", "smoke", {"clusters": 2})
 
 
 def test_smoke_suite_run_and_divergence(make_entry, tmp_path):

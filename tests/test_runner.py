@@ -118,17 +118,24 @@ def make_optimizer(params, hparams, task):
 
 
 def test_optimizer_eval_mode_is_used_around_evaluation(make_entry, tmp_path):
+    """eval() before every evaluation, train() after it, never a step in eval mode."""
     code = """
+from pathlib import Path
+
 import torch
+
+LOG = Path(__file__).with_name("modes.log")
 
 class ScheduleFreeLike(torch.optim.SGD):
     mode = "train"
-    log = []
     def train(self):
         self.mode = "train"
+        with LOG.open("a") as f:
+            f.write("train\\n")
     def eval(self):
         self.mode = "eval"
-        ScheduleFreeLike.log.append("eval")
+        with LOG.open("a") as f:
+            f.write("eval\\n")
     def step(self, closure=None):
         assert self.mode == "train", "stepped in eval mode"
         return super().step(closure)
@@ -136,8 +143,15 @@ class ScheduleFreeLike(torch.optim.SGD):
 def make_optimizer(params, hparams, task):
     return ScheduleFreeLike(params, lr=0.01)
 """
-    runs = run(make_entry(code=code), tmp_path / "out", tasks=["deep-linear-modes"])
+    folder = make_entry(code=code)
+    runs = run(folder, tmp_path / "out", tasks=["deep-linear-modes"])
     assert (runs.status == "ok").all()
+    log = (folder / "modes.log").read_text().split()
+    evaluations = pd.read_parquet(tmp_path / "out" / "curves.parquet")["step"].nunique()
+    assert log.count("eval") == evaluations > 1
+    # Each evaluation is wrapped: eval then train, so training resumes in train mode.
+    evals = [i for i, mode in enumerate(log) if mode == "eval"]
+    assert all(log[i + 1:i + 2] == ["train"] for i in evals)
 
 
 def test_overrides_reach_the_task_and_typos_fail(make_entry, tmp_path):

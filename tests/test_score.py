@@ -1,9 +1,8 @@
-"""The scorer: bootstrap CIs against scipy, ranks with ties, time-to-target performance profiles."""
+"""The scorer: t intervals against scipy, ranks with ties, time-to-target performance profiles."""
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -11,64 +10,58 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 from scipy import stats
 
-from suite import registry, results, score
+from suite import interval, registry, results, score
 from suite.cli import main
 from suite.site.synthetic import synthetic_entry
 
 
 def scipy_ci(row: np.ndarray) -> tuple[float, float]:
-    """scipy.stats.bootstrap called directly on one row, with the scorer's settings."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = stats.bootstrap((row,), np.mean, n_resamples=score.N_RESAMPLES, method="percentile",
-                              confidence_level=0.95, rng=np.random.default_rng(score.CI_SEED))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    """scipy's own t interval of the mean (an independent reference for suite.interval)."""
+    low, high = stats.t.interval(0.95, len(row) - 1, loc=np.mean(row), scale=stats.sem(row))
+    return float(low), float(high)
 
 
-def test_vectorised_bootstrap_equals_scipy_on_each_row():
+def test_t_intervals_equal_scipy_on_each_row():
     rng = np.random.default_rng(3)
-    values = rng.lognormal(size=(700, 5))  # more rows than one chunk
-    values[5] = 2.0  # a constant row: the point interval
-    low, high = score.bootstrap_ci(values)
-    for i in (0, 1, 5, 350, 699):
-        want = (2.0, 2.0) if i == 5 else scipy_ci(values[i])
-        assert (low[i], high[i]) == pytest.approx(want, rel=1e-12)
-    assert np.all(low <= values.mean(axis=1) + 1e-12) and np.all(values.mean(axis=1) <= high + 1e-12)
+    values = rng.lognormal(size=(50, 5))
+    low, high = interval.t_intervals(mean=values.mean(axis=1), sd=values.std(axis=1, ddof=1),
+                                     n=np.full(50, 5))
+    for i in (0, 1, 25, 49):
+        assert (low[i], high[i]) == pytest.approx(scipy_ci(values[i]), rel=1e-12)
 
 
-def test_one_seed_has_no_interval():
-    low, high = score.bootstrap_ci(np.array([[1.0], [2.0]]))
-    assert np.isnan(low).all() and np.isnan(high).all()
+def test_fewer_than_three_seeds_have_no_interval_and_bounds_clip():
+    assert np.isnan(interval.t_interval([1.0, 2.0])[1:]).all()
+    mean, low, high = interval.t_interval([0.0, 0.0, 1.0], bounds=(0.0, 1.0))  # a 0/1 metric
+    assert mean == pytest.approx(1 / 3) and (low, high) == (0.0, 1.0)
+    raw = scipy_ci(np.array([0.0, 0.0, 1.0]))
+    assert raw[0] < 0 and raw[1] > 1  # what clipping prevents: an interval outside [0, 1]
 
 
-@settings(max_examples=40, deadline=None)
-@given(values=arrays(np.float64, (3, 5), elements=st.floats(-1e3, 1e3)),
-       shift=st.floats(-1e3, 1e3))
-def test_bootstrap_is_equivariant_under_shift_and_negation(values, shift):
-    low, high = score.bootstrap_ci(values)
-    low_s, high_s = score.bootstrap_ci(values + shift)
-    np.testing.assert_allclose(low_s, low + shift, atol=1e-6)
-    np.testing.assert_allclose(high_s, high + shift, atol=1e-6)
-    low_n, high_n = score.bootstrap_ci(-values)
-    np.testing.assert_allclose(low_n, -high, atol=1e-9)
-    np.testing.assert_allclose(high_n, -low, atol=1e-9)
+def test_t_interval_covers_the_mean_95_percent_of_the_time_with_five_seeds():
+    """Monte Carlo: Gaussian seeds, 20,000 draws of 5; the bootstrap would cover ≈ 85%."""
+    rng = np.random.default_rng(0)
+    draws = rng.normal(3.0, 2.0, size=(20000, 5))
+    low, high = interval.t_intervals(mean=draws.mean(axis=1), sd=draws.std(axis=1, ddof=1),
+                                     n=np.full(len(draws), 5))
+    coverage = np.mean((low <= 3.0) & (3.0 <= high))
+    assert abs(coverage - 0.95) < 0.006  # 4 standard errors of a binomial proportion
 
 
 def test_seed_statistics_count_failures_and_average_finite_values():
     # Group 0: three finite seeds, one unreached, one without result; group 1: all failed;
-    # group 2: one finite seed (no interval); group 3: three finite seeds again (same batch as 0).
+    # group 2: one finite seed (no sd); group 3: three finite seeds again.
     values = [1.0, 2.0, 3.0, math.inf, math.nan, math.inf, math.inf, 7.0, 4.0, 0.5, 9.0]
     group = [0, 0, 0, 0, 0, 1, 1, 2, 3, 3, 3]
     out = score.seed_statistics(group=np.array(group), values=np.array(values), n_groups=4)
     assert list(out["seeds"]) == [5, 2, 1, 3] and list(out["failures"]) == [2, 2, 0, 0]
-    assert list(out["unreached"]) == [1, 2, 0, 0]
+    assert list(out["unreached"]) == [1, 2, 0, 0] and list(out["n"]) == [3, 0, 1, 3]
     assert out.loc[0, "mean"] == 2.0 and math.isnan(out.loc[1, "mean"]) and out.loc[2, "mean"] == 7.0
-    assert (out.loc[0, "ci_low"], out.loc[0, "ci_high"]) == pytest.approx(scipy_ci(np.array([1.0, 2.0, 3.0])))
-    assert (out.loc[3, "ci_low"], out.loc[3, "ci_high"]) == pytest.approx(scipy_ci(np.array([4.0, 0.5, 9.0])))
-    assert out.loc[[1, 2], ["ci_low", "ci_high"]].isna().all(axis=None)
+    assert out.loc[0, "sd"] == pytest.approx(1.0)
+    assert out.loc[3, "sd"] == pytest.approx(np.std([4.0, 0.5, 9.0], ddof=1))
+    assert out.loc[[1, 2], "sd"].isna().all()
 
 
 def test_ranks_tie_where_intervals_overlap_and_failures_rank_last():
@@ -82,6 +75,14 @@ def test_ranks_tie_where_intervals_overlap_and_failures_rank_last():
     ranks = score.ranks_with_ties(mean=np.array([1.0, 1.2, 5.0]), low=np.array([0.8, 1.0, 4.5]),
                                   high=np.array([1.3, 1.5, 5.5]), failed=np.zeros(3), direction="max")
     assert list(ranks) == [2, 2, 1]
+
+
+def test_values_within_the_resolution_tie():
+    # Disjoint intervals closer than the resolution are numerical noise: a tie.
+    kwargs = dict(mean=np.array([1.0, 1.1]), low=np.array([0.99, 1.09]), high=np.array([1.01, 1.11]),
+                  failed=np.zeros(2), direction="min")
+    assert list(score.ranks_with_ties(**kwargs)) == [1, 2]
+    assert list(score.ranks_with_ties(**kwargs, resolution=0.1)) == [1, 1]
 
 
 def test_time_to_target_counts_unreached_seeds_as_failures():
@@ -149,6 +150,10 @@ def test_scores_table_and_unreached_targets(tmp_path, two_tasks):
     rows = table[table.level == "metric"]
     assert not rows.duplicated(["profile", "tier", "task", "entry", "metric"]).any()
     assert set(table[table.level == "family"].family) == {c.family for c in two_tasks.values()}
+    # Diagnostic metrics are shown, never ranked; every ranked one has a rank.
+    diagnostic = rows.metric.isin(["final_loss", "effective_rank"])
+    assert (rows[diagnostic].role == "diagnostic").all() and rows[diagnostic]["rank"].isna().all()
+    assert (rows[~diagnostic].role == "ranked").all() and rows[~diagnostic]["rank"].notna().all()
 
 
 def test_entries_are_compared_only_within_one_profile(tmp_path, two_tasks):

@@ -19,11 +19,13 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from suite import results, score
+from suite import registry, results, score
 from suite.cli import main
 from suite.site import build
 from suite.site.plots import task_plots
 from suite.site.synthetic import synthetic_entry
+from suite.task import Curve, Task
+from suite.tasks.mode_connectivity import path_name
 
 XSS = "<script>alert(1)</script>"
 
@@ -115,17 +117,35 @@ def curves(names: list[str], entries=("a", "b")) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["entry", "seed", "step", "metric", "value"])
 
 
-def test_plots_follow_the_curves_present_and_skip_absent_ones():
+def test_plots_follow_the_task_declarations_and_skip_absent_curves():
     metrics = pd.DataFrame(columns=["entry", "metric", "mean", "ci_low", "ci_high"])
-    assert task_plots(curves([]), metrics, ["a", "b"]) == []
-    keys = lambda names: [p.key for p in task_plots(curves(names), metrics, ["a", "b"])]  # noqa: E731
-    assert keys(["subspace_distance", "effective_rank"]) == ["subspace"]
-    assert keys(["mode/0", "mode/1", "loss"]) == ["modes"]
-    assert keys(["train_acc", "test_acc", "train_loss"]) == ["accuracy"]
-    assert keys(["train_error", "test_error"]) == ["errors"]
-    assert keys(["path/matched/error@0.0000", "path/independent/error@0.5000"]) == ["barrier"]
-    assert keys(["train_acc"]) == ["curve"]  # a lone curve no plot knows: the fallback
-    assert keys(["loss", "other"]) == ["curve"]
+
+    def keys(task: str, names: list[str]) -> list[str]:
+        specs = registry.make_task(task, "smoke").plots()
+        return [p.key for p in task_plots(specs, curves(names), metrics, ["a", "b"])]
+
+    assert keys("deep-linear-modes", []) == []
+    assert keys("shared-representation", ["subspace_distance", "effective_rank"]) == ["subspace"]
+    # Mode curves; the stage-time dots need metric rows, absent here.
+    assert keys("deep-linear-modes", ["mode/0", "mode/1", "mode/2", "loss"]) == ["modes"]
+    assert keys("modular-addition", ["train_acc", "test_acc", "train_loss"]) == ["accuracy"]
+    assert keys("modular-addition", ["train_acc"]) == []  # a panel needs every curve it declares
+    assert keys("teacher-student", ["train_error", "test_error"]) == ["errors"]
+    paths = [path_name("matched", "error", 0.0), path_name("independent", "error", 0.5)]
+    assert keys("mode-connectivity", paths) == ["barrier"]
+
+
+def test_a_task_that_declares_no_plot_gets_one_of_its_curves():
+    class Bare(Task):
+        name, family = "bare", "new-family"
+
+        def curves(self):
+            return {"loss": Curve("a loss"), "other": Curve("another"), "end": Curve("x", at_end=True)}
+
+    specs = Bare({}).plots()
+    assert [(p.kind, p.curves) for p in specs] == [("panels", ("loss", "other"))]
+    metrics = pd.DataFrame(columns=["entry", "metric", "mean", "ci_low", "ci_high"])
+    assert [p.key for p in task_plots(specs, curves(["loss", "other"]), metrics, ["a"])] == ["curves"]
 
 
 def test_leaderboard_check_fails_when_results_change(site, tmp_path):
@@ -307,6 +327,7 @@ def test_screenshot_of_the_leaderboard(site, browser, tmp_path):
     (0, 0, "2 [1, 3]"),
     (1, 1, "2 [1, 3] (not reached 1/5)"),
     (2, 1, "2 [1, 3] (not reached 1/5, no result 1/5)"),
+    (3, 3, "2 (not reached 3/5, n < 3: no interval)"),
     (5, 5, "not reached 5/5"),
     (5, 0, "no result 5/5"),
 ])
@@ -314,8 +335,9 @@ def test_cells_say_not_reached_for_infinite_values_and_no_result_for_nan(failure
     """The words of `ldbench show` (suite.report.describe), whatever the metric."""
     from suite.site.build import cell_text
 
+    some = 5 - failures >= 3  # an interval needs 3 finite values
     row = {"seeds": 5, "failures": failures, "unreached": unreached, "mean": 2.0,
-           "ci_low": 1.0, "ci_high": 3.0}
+           "ci_low": 1.0 if some else float("nan"), "ci_high": 3.0 if some else float("nan")}
     assert cell_text(row) == text
 
 

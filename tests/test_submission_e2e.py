@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import textwrap
 
@@ -99,3 +100,18 @@ def test_it_scores_and_appears_on_the_page(submitted, tmp_path):
     assert "lion-pytorch&gt;=0.2" in page and "Lion (sign momentum)" in page
     readme = (tmp_path / "README.md").read_text()
     assert "| lion" in readme and not pd.isna(target["mean"].iloc[0])
+
+
+def test_verify_matches_within_the_metric_resolution_or_the_tolerance():
+    """|a − b| <= max(resolution, atol + rtol·|a|); NaN only matches NaN, inf only itself."""
+    from suite.verify import Check, same_value
+
+    assert same_value(1e-9, 3e-9, rtol=1e-3, atol=1e-8)  # atol covers it
+    assert not same_value(1e-6, 3e-6, rtol=1e-3, atol=1e-8)
+    assert same_value(1e-6, 3e-6, rtol=1e-3, atol=1e-8, resolution=1.5e-5)  # a final loss floor
+    assert not same_value(100.0, 102.0, rtol=1e-3, atol=1e-8, resolution=1.0)
+    assert same_value(100.0, 100.9, rtol=1e-3, atol=1e-8, resolution=1.0)
+    assert same_value(math.nan, math.nan, rtol=0, atol=0) and not same_value(1.0, math.nan, rtol=1, atol=1)
+    assert not same_value(math.inf, 1e300, rtol=1, atol=1, resolution=math.inf)
+    check = Check("deep-linear-modes", 0, "final_loss", 1e-9, 1e-7, "ok", "ok", resolution=1.5e-5)
+    assert check.matches() and not Check(*[*check.__dict__.values()][:-1], resolution=0.0).matches()

@@ -1,10 +1,8 @@
-"""The leaderboard's plots, drawn with matplotlib to SVG; each is skipped when its curves are absent."""
+"""The leaderboard's plots: each task's declared `Plot`s drawn with matplotlib to SVG, skipped when absent."""
 
 from __future__ import annotations
 
 import io
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import matplotlib
@@ -13,15 +11,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
+from suite import interval
+from suite.task import Plot as PlotSpec
+
 # Deterministic SVG (fixed ids, no date) so that a rebuild from the same results is byte-identical;
 # text stays text (smaller, selectable, and escaped by matplotlib's SVG writer).
 SVG_RC = {"svg.hashsalt": "ldbench", "svg.fonttype": "none", "font.size": 9,
           "axes.spines.top": False, "axes.spines.right": False}
 PANELS = 4  # small multiples: one panel per top entry
 LINES = 8  # one line per top entry
-PATH_CURVE = re.compile(r"^path/(?P<pair>[^/]+)/(?P<kind>loss|error)@(?P<alpha>[-+0-9.eE]+)$")
-MODE_CURVE = re.compile(r"^mode/(\d+)$")
-STAGE_METRIC = re.compile(r"^stage_time/mode_(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -79,58 +77,53 @@ def metric_mean(metrics: pd.DataFrame, entry: str, name: str) -> float:
     return float(row["mean"].iloc[0]) if len(row) else float("nan")
 
 
-def mode_strengths(curves: pd.DataFrame, metrics: pd.DataFrame, entries: list[str]) -> Plot | None:
-    modes = sorted({m for m in curves["metric"] if MODE_CURVE.match(m)}, key=lambda m: int(m[5:]))
-    shown = [e for e in entries if e in set(curves["entry"])][:PANELS]
-    if not modes or not shown:
+def colours(spec: PlotSpec, n: int) -> list:
+    """One format per line: the spec's styles, else a viridis ramp (ordered curves, e.g. modes)."""
+    if spec.styles:
+        return [dict(fmt=style) for style in spec.styles]
+    return [dict(fmt="-", color=c) for c in matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, n))]
+
+
+def label_of(spec: PlotSpec, i: int, name: str) -> str:
+    return spec.labels[i] if i < len(spec.labels) else name
+
+
+def draw_panels(spec: PlotSpec, curves: pd.DataFrame, metrics: pd.DataFrame,
+                entries: list[str]) -> Figure | None:
+    """`spec.curves` vs step, one panel per entry; markers and a shaded span from metric means."""
+    part = curves[curves["metric"].isin(spec.curves)]
+    shown = [e for e in entries if set(spec.curves) <= set(part.loc[part["entry"] == e, "metric"])][:PANELS]
+    if not shown:
         return None
-    means = seed_means(curves[curves["metric"].isin(modes)])
+    means = seed_means(part)
     fig, axes = figure(len(shown))
-    colors = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(modes)))
+    styles = colours(spec, len(spec.curves))
     for ax, entry in zip(axes, shown, strict=True):
-        for i, (mode, color) in enumerate(zip(modes, colors, strict=True)):
-            line = means[(means["entry"] == entry) & (means["metric"] == mode)]
-            ax.plot(line["step"], line["value"], color=color, label=f"mode {i}")
-            half = metric_mean(metrics, entry, f"stage_time/mode_{i}")
-            if np.isfinite(half):  # the stage time: when the mode reaches half its strength
-                ax.axvline(half, color=color, linestyle=":", linewidth=0.8)
+        mine = means[means["entry"] == entry]
+        for i, (name, style) in enumerate(zip(spec.curves, styles, strict=True)):
+            line = mine[mine["metric"] == name]
+            extra = {"color": style["color"]} if "color" in style else {}
+            ax.plot(line["step"], line["value"], style["fmt"], label=label_of(spec, i, name), **extra)
+            at = metric_mean(metrics, entry, spec.markers[i]) if i < len(spec.markers) else np.nan
+            if np.isfinite(at):  # e.g. a stage time: when the curve reaches half its strength
+                ax.axvline(at, color=ax.lines[-1].get_color(), linestyle=":", linewidth=0.8)
+        if spec.span:
+            start, end = (metric_mean(metrics, entry, m) for m in spec.span)
+            if np.isfinite(start) and np.isfinite(end) and end > start:
+                ax.axvspan(start, end, color="C1", alpha=0.15, label=spec.span_label or None)
         ax.set_title(entry, fontsize=9)
         log_steps(ax)
-    axes[0].set_ylabel("mode strength u_α")
+        if spec.logy and (mine["value"] > 0).all():
+            ax.set_yscale("log")
+    axes[0].set_ylabel(spec.ylabel)
     axes[-1].legend(fontsize=7, frameon=False)
-    return Plot("modes", "Mode strength curves", "Strength of each teacher mode over training "
-                "(mean over seeds); dotted lines mark each mode's stage time (half strength).",
-                render(fig))
+    return fig
 
 
-def stage_times(curves: pd.DataFrame, metrics: pd.DataFrame, entries: list[str]) -> Plot | None:
-    rows = metrics[np.array([bool(STAGE_METRIC.match(str(m))) for m in metrics["metric"]], dtype=bool)]
-    shown = [e for e in entries if e in set(rows["entry"])][:2 * LINES]
-    if rows.empty or not shown:
-        return None
-    names = sorted(set(rows["metric"]), key=lambda m: int(STAGE_METRIC.match(m).group(1)))
-    fig, (ax,) = figure(1, width=6.0, height=1.6 + 0.28 * len(shown))
-    colors = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(names)))
-    for i, (name, color) in enumerate(zip(names, colors, strict=True)):
-        part = rows[rows["metric"] == name].set_index("entry").reindex(shown)
-        y = np.arange(len(shown))
-        err = np.abs(np.vstack([part["mean"] - part["ci_low"], part["ci_high"] - part["mean"]]))
-        ax.errorbar(part["mean"], y, xerr=np.nan_to_num(err), fmt="o", color=color, markersize=4,
-                    capsize=2, label=f"mode {i}")
-    ax.set_yticks(np.arange(len(shown)), shown)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel("stage time (steps, mean ± 95% CI)")
-    # Above the axes, so that it never hides a point.
-    ax.legend(fontsize=7, frameon=False, ncols=min(len(names), 6), loc="lower center",
-              bbox_to_anchor=(0.5, 1.0))
-    return Plot("stage-times", "Stage times", "Step at which each mode reaches half its strength, "
-                "per entry: larger singular values should be learned first.", render(fig))
-
-
-def lines_per_entry(curves: pd.DataFrame, entries: list[str], curve: str, *, key: str, title: str,
-                    ylabel: str, caption: str, logy: bool = True) -> Plot | None:
-    part = curves[curves["metric"] == curve]
+def draw_lines(spec: PlotSpec, curves: pd.DataFrame, metrics: pd.DataFrame,
+               entries: list[str]) -> Figure | None:
+    """The one curve of `spec.curves` vs step, one line per entry."""
+    part = curves[curves["metric"] == spec.curves[0]]
     shown = [e for e in entries if e in set(part["entry"])][:LINES]
     if not shown:
         return None
@@ -140,109 +133,74 @@ def lines_per_entry(curves: pd.DataFrame, entries: list[str], curve: str, *, key
         line = means[means["entry"] == entry]
         ax.plot(line["step"], line["value"], label=entry)
     log_steps(ax)
-    if logy and (means["value"] > 0).all():
+    if spec.logy and (means["value"] > 0).all():
         ax.set_yscale("log")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(spec.ylabel)
     ax.legend(fontsize=7, frameon=False)
-    return Plot(key, title, caption, render(fig))
+    return fig
 
 
-def subspace_distance(curves: pd.DataFrame, metrics: pd.DataFrame, entries: list[str]) -> Plot | None:
-    return lines_per_entry(curves, entries, "subspace_distance", key="subspace",
-                           title="Subspace distance over training", ylabel="sin of largest angle",
-                           caption="Distance between the learned representation and the true "
-                           "subspace (mean over seeds), one line per top entry.")
-
-
-def train_test(curves: pd.DataFrame, metrics: pd.DataFrame, entries: list[str], *, kind: str
-               ) -> Plot | None:
-    """Train (dashed) and test (solid) curves per entry; for accuracy, the grokking delay shaded."""
-    names = [f"train_{kind}", f"test_{kind}"]
-    part = curves[curves["metric"].isin(names)]
-    shown = [e for e in entries if set(names) <= set(part.loc[part["entry"] == e, "metric"])][:PANELS]
-    if not shown:
+def draw_dots(spec: PlotSpec, curves: pd.DataFrame, metrics: pd.DataFrame,
+              entries: list[str]) -> Figure | None:
+    """Mean and interval of each metric of `spec.metrics`, one row per entry."""
+    rows = metrics[metrics["metric"].isin(spec.metrics)]
+    shown = [e for e in entries if e in set(rows["entry"])][:2 * LINES]
+    names = [m for m in spec.metrics if m in set(rows["metric"])]
+    if rows.empty or not shown:
         return None
-    means = seed_means(part)
-    fig, axes = figure(len(shown))
-    for ax, entry in zip(axes, shown, strict=True):
-        for name, style in zip(names, ("--", "-"), strict=True):
-            line = means[(means["entry"] == entry) & (means["metric"] == name)]
-            ax.plot(line["step"], line["value"], style, color="C0" if "train" in name else "C3",
-                    label=name.replace("_", " "))
-        start = metric_mean(metrics, entry, "steps_to_train")
-        end = metric_mean(metrics, entry, "steps_to_test")
-        if kind == "acc" and np.isfinite(start) and np.isfinite(end) and end > start:
-            ax.axvspan(start, end, color="C1", alpha=0.15, label="grokking delay")
-        ax.set_title(entry, fontsize=9)
-        log_steps(ax)
-        if kind == "error" and (means.loc[means["entry"] == entry, "value"] > 0).all():
-            ax.set_yscale("log")
-    axes[0].set_ylabel("accuracy" if kind == "acc" else "error")
-    axes[-1].legend(fontsize=7, frameon=False)
-    if kind == "acc":
-        return Plot("accuracy", "Train and test accuracy", "Train (dashed) and test (solid) accuracy "
-                    "over training; the shaded span is the grokking delay, from reaching the "
-                    "train target to reaching the test target (means over seeds).", render(fig))
-    return Plot("errors", "Train and test error", "Train (dashed) and test (solid) error over "
-                "training (means over seeds).", render(fig))
+    fig, (ax,) = figure(1, width=6.0, height=1.6 + 0.28 * len(shown))
+    colors = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(names)))
+    y = np.arange(len(shown))
+    for name, color in zip(names, colors, strict=True):
+        part = rows[rows["metric"] == name].set_index("entry").reindex(shown)
+        err = np.abs(np.vstack([part["mean"] - part["ci_low"], part["ci_high"] - part["mean"]]))
+        ax.errorbar(part["mean"], y, xerr=np.nan_to_num(err), fmt="o", color=color, markersize=4,
+                    capsize=2, label=label_of(spec, list(spec.metrics).index(name), name))
+    ax.set_yticks(y, shown)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{spec.xlabel}, mean [{interval.METHOD}]")
+    # Above the axes, so that it never hides a point.
+    ax.legend(fontsize=7, frameon=False, ncols=min(len(names), 6), loc="lower center",
+              bbox_to_anchor=(0.5, 1.0))
+    return fig
 
 
-def barrier_curves(curves: pd.DataFrame, metrics: pd.DataFrame, entries: list[str]) -> Plot | None:
-    """Error (or loss) along the linear path α between two networks, per pair, before/after matching."""
-    parsed = curves["metric"].str.extract(PATH_CURVE)
-    part = curves[parsed["pair"].notna()].assign(**parsed[parsed["pair"].notna()])
-    if part.empty:
-        return None
-    kind = "error" if (part["kind"] == "error").any() else "loss"
-    part = part[part["kind"] == kind].assign(alpha=lambda f: f["alpha"].astype(float))
+def draw_path(spec: PlotSpec, curves: pd.DataFrame, metrics: pd.DataFrame,
+              entries: list[str]) -> Figure | None:
+    """Each path's curves (final values, mean over seeds) against `spec.x`, one panel per entry."""
+    part = curves[curves["metric"].isin(spec.names())].dropna(subset=["value"])
     shown = [e for e in entries if e in set(part["entry"])][:PANELS]
     if not shown:
         return None
-    means = part.groupby(["entry", "pair", "alpha"], as_index=False)["value"].mean()
-    labels = {"independent": "independent (before matching)", "matched": "after matching"}
+    last = part.sort_values("step").groupby(["entry", "seed", "metric"], as_index=False).last()
+    means = last.groupby(["entry", "metric"])["value"].mean()
     fig, axes = figure(len(shown))
     for ax, entry in zip(axes, shown, strict=True):
-        mine = means[means["entry"] == entry]
-        for pair in sorted(set(mine["pair"]), key=lambda p: (p not in labels, p)):
-            line = mine[mine["pair"] == pair]
-            spawned = re.fullmatch(r"spawn_(\d+)", pair)
-            label = f"spawned at step {spawned.group(1)}" if spawned else labels.get(pair, pair)
-            ax.plot(line["alpha"], line["value"], marker=".", label=label)
+        for label, names in spec.paths:
+            values = [means.get((entry, n), np.nan) for n in names]
+            if np.isfinite(values).any():
+                ax.plot(spec.x, values, marker=".", label=label)
         ax.set_title(entry, fontsize=9)
-        ax.set_xlabel("α")
-    axes[0].set_ylabel(f"test {kind}")
+        ax.set_xlabel(spec.xlabel)
+    axes[0].set_ylabel(spec.ylabel)
     axes[-1].legend(fontsize=7, frameon=False)
-    return Plot("barrier", "Barrier curves along α", f"Test {kind} along the linear path "
-                "θ(α) = (1 − α)θ₁ + αθ₂ between two networks: independently trained (before "
-                "matching), after permutation matching, and children spawned from one parent.",
-                render(fig))
+    return fig
 
 
-def fallback(curves: pd.DataFrame, metrics: pd.DataFrame, entries: list[str]) -> Plot | None:
-    """For a task none of the plots above knows: its loss curve, or its first curve."""
-    names = sorted(set(curves["metric"]) - {m for m in curves["metric"] if PATH_CURVE.match(m)})
-    if not names:
-        return None
-    name = "loss" if "loss" in names else names[0]
-    return lines_per_entry(curves, entries, name, key="curve", title=f"{name} over training",
-                           ylabel=name, caption=f"{name} over training (mean over seeds).")
+DRAW = {"panels": draw_panels, "lines": draw_lines, "dots": draw_dots, "path": draw_path}
 
 
-PLOTS: list[Callable[..., Plot | None]] = [
-    mode_strengths, stage_times, subspace_distance,
-    lambda c, m, e: train_test(c, m, e, kind="acc"),
-    lambda c, m, e: train_test(c, m, e, kind="error"),
-    barrier_curves,
-]
+def task_plots(specs: list[PlotSpec], curves: pd.DataFrame, metrics: pd.DataFrame,
+               entries: list[str]) -> list[Plot]:
+    """Every declared plot of a task whose curves or metrics exist, best entries first.
 
-
-def task_plots(curves: pd.DataFrame, metrics: pd.DataFrame, entries: list[str]) -> list[Plot]:
-    """Every plot whose curves exist for a task, best entries first; a fallback when none does.
-
-    curves: rows (entry, seed, step, metric, value) of the task; metrics: its scores rows
-    (entry, metric, mean, ci_low, ci_high); entries: entry names, best first.
+    specs: the task's `plots()`; curves: rows (entry, seed, step, metric, value) of the task;
+    metrics: its scores rows (entry, metric, mean, ci_low, ci_high); entries: best first.
     """
-    plots = [p for make in PLOTS if (p := make(curves, metrics, entries)) is not None]
-    if not plots and len(curves):
-        plots = [p for p in [fallback(curves, metrics, entries)] if p is not None]
-    return plots
+    out = []
+    for spec in specs:
+        fig = DRAW[spec.kind](spec, curves, metrics, entries)
+        if fig is not None:
+            out.append(Plot(spec.key, spec.title, spec.caption, render(fig)))
+    return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ import torch
 def make_optimizer(params, hparams, task):
     return torch.optim.SGD(params, lr=hparams["lr"])
 '''
-PAIRS = ("spawn_0", "independent", "matched")
 
 
 def write_manifest(folder: Path, name: str, *, description: str = "synthetic entry",
@@ -42,31 +40,28 @@ def sigmoid_curve(steps: np.ndarray, *, start: float, end: float, half: float) -
 
 
 def curves_for(task: Task, steps: np.ndarray, speed: float, rng: np.random.Generator) -> dict:
-    """Curves with the names the site plots, by the task's family; {name: (steps, values)}."""
+    """A plausible value for every curve the task declares; {name: (steps, values)}.
+
+    Read from the task's declarations only: each curve falls along a learning curve (curve i of
+    a plot later than curve i − 1, as modes are learned one after another); curves recorded at
+    the end get one final value, with a bump in the middle of a plot's path.
+    """
     half = task.config["steps"] * 0.1 * speed
+    final = steps[-1:]
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if task.family == "stage-timing":
-        modes = [m for m in task.metrics() if re.fullmatch(r"stage_time/mode_\d+", m)] or ["0", "1"]
-        for i in range(len(modes)):
-            s = float(len(modes) - i)
-            out[f"mode/{i}"] = steps, sigmoid_curve(steps, start=1e-3, end=s, half=half * (i + 1))
-        out["loss"] = steps, sigmoid_curve(steps, start=10.0, end=1e-4, half=half)
-    elif task.family == "representation-recovery":
-        out["subspace_distance"] = steps, sigmoid_curve(steps, start=1.0, end=0.02, half=half)
-        out["effective_rank"] = steps, sigmoid_curve(steps, start=6.0, end=3.0, half=half)
-    elif task.family == "generalization-gap":
-        out["train_acc"] = steps, sigmoid_curve(steps, start=0.01, end=1.0, half=half / 4)
-        out["test_acc"] = steps, sigmoid_curve(steps, start=0.01, end=0.995, half=half)
-        out["train_error"] = steps, sigmoid_curve(steps, start=1.0, end=0.01, half=half / 4)
-        out["test_error"] = steps, sigmoid_curve(steps, start=1.0, end=0.2, half=half)
-    elif task.family == "linear-connectivity":
-        alphas = np.linspace(0.0, 1.0, 11)
-        final = np.full(len(alphas), int(steps[-1]))
-        for k, pair in enumerate(PAIRS):
-            bump = (0.3 / (k + 1)) * speed * np.sin(np.pi * alphas) + 0.02 * rng.random()
-            for kind, scale in (("error", 1.0), ("loss", 2.0)):
-                out.update({f"path/{pair}/{kind}@{a:.4f}": (final[:1], scale * (0.1 + bump[j:j + 1]))
-                            for j, a in enumerate(alphas)})
+    for name, curve in task.curves().items():
+        if curve.at_end:
+            out[name] = final, np.array([0.1 + 0.02 * rng.random()])
+        else:
+            out[name] = steps, sigmoid_curve(steps, start=1.0, end=0.05, half=half)
+    for plot in task.plots():
+        for i, name in enumerate(plot.curves):
+            out[name] = steps, sigmoid_curve(steps, start=1e-3, end=float(len(plot.curves) - i),
+                                             half=half * (i + 1))
+        for k, (_, names) in enumerate(plot.paths):
+            x = np.asarray(plot.x) if plot.x else np.linspace(0.0, 1.0, len(names))
+            bump = 0.1 + (0.3 / (k + 1)) * speed * np.sin(np.pi * x) + 0.02 * rng.random()
+            out.update({n: (final, bump[j:j + 1]) for j, n in enumerate(names)})
     return out
 
 

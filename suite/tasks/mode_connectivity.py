@@ -24,9 +24,12 @@ from suite.metrics.connectivity import (
     permute_params,
     weight_matching,
 )
-from suite.task import Metric, Task
+from suite.task import Curve, Metric, Plot, Task
 
 LLFC_ALPHA = 0.5
+# Floors of the loss barriers (nats) and LLFC distances: see ModeConnectivity's docstring.
+RES_LOSS = 1e-6
+RES_LLFC = 1e-6
 
 
 def path_name(pair: str, kind: str, alpha: float) -> str:
@@ -85,6 +88,26 @@ class SeedRun:
 
 
 class ModeConnectivity(Task):
+    """Metric roles and resolutions.
+
+    Ranked: the barriers between spawned children and after weight matching (how early
+    training becomes linearly stable, and how connected the optimizer's solutions are up to
+    permutation), `stable_spawn_step` (the target), the LLFC distances and `test_error`.
+    Networks that do not train at all are trivially connected (every barrier near 0);
+    `test_error`, which such a run loses, is ranked beside them to expose it. Diagnostic:
+    `llfc_baseline/*` are the reference distances the LLFC values are read against, and the
+    barriers between independent networks before matching are the reference the matched
+    barriers are read against (both shown, never ranked).
+
+    Resolutions: error barriers and `test_error` are fractions of the n_test test points, so
+    one point, 1/n_test, is the floor (1/2048 on the standard tier); spawn steps are integers
+    (floor 1 step). Loss barriers and LLFC distances, measured by nudging every initial weight
+    up by one ulp (torch.nextafter) and rerunning (smoke tier shortened to 100 steps with spawn
+    steps 0, 25, 100; seed 0; Adam): loss barriers moved by at most 1.7e-8, LLFC distances by
+    5.7e-8, error barriers and test_error not at all. Floors: 1e-6 for both (20-60× the
+    spread: minibatch noise amplifies rounding differences for other optimizers).
+    """
+
     name = "mode-connectivity"
     version = 1
     family = "linear-connectivity"
@@ -112,6 +135,11 @@ class ModeConnectivity(Task):
                          barrier_threshold=0.02),
     }
 
+    invalid_configs = ({"spawn_steps": [0, 100000]}, {"spawn_steps": []}, {"alphas": 2},
+                       {"depth": 0}, {"width": 0}, {"classes": 1000}, {"batch_size": 0},
+                       {"cluster_std": -1.0}, {"barrier_threshold": 0.0})
+    quick_config = {"steps": 20, "evals": 5, "spawn_steps": [0, 10]}
+
     # -- configuration ------------------------------------------------------------------------
     @property
     def spawn_steps(self) -> list[int]:
@@ -132,23 +160,23 @@ class ModeConnectivity(Task):
         return list(range(1, self.config["depth"] + 1))
 
     def check_config(self) -> None:
+        super().check_config()
         cfg = self.config
-        bad = [k for k in self.spawn_steps if not 0 <= k <= cfg["steps"]]
-        if bad:
-            raise ValueError(f"spawn_steps {bad} lie outside [0, steps={cfg['steps']}]; "
-                             "choose spawn steps between 0 and the run's length")
-        if cfg["alphas"] < 3:
-            raise ValueError(f"alphas={cfg['alphas']}: the path needs at least 3 points "
-                             "(both ends and one inside)")
-        if cfg["depth"] < 1:
-            raise ValueError(f"depth={cfg['depth']}: weight matching needs a hidden layer")
-        if cfg["classes"] > cfg["clusters"]:
-            raise ValueError(f"classes={cfg['classes']} > clusters={cfg['clusters']}: every "
-                             "class needs at least one cluster")
+        for key in ("dim", "clusters", "n_train", "n_test", "width", "depth", "batch_size"):
+            self.require_int(key)
+        self.require_int("classes", low=2, high=cfg["clusters"])
+        self.require_number("cluster_std", 0.0)
+        spawn = cfg["spawn_steps"]
+        self.require("spawn_steps", isinstance(spawn, list) and len(spawn) > 0 and all(
+            isinstance(k, int) and 0 <= k <= cfg["steps"] for k in spawn),
+            f"a non-empty list of integer spawn steps in [0, steps={cfg['steps']}]")
+        self.require_int("alphas", low=3)  # both ends of the path and one point inside
+        self.require_number("barrier_threshold", 0.0, 1.0, open_low=True)
 
     # -- the contract -------------------------------------------------------------------------
     def metrics(self) -> dict[str, Metric]:
         out = {}
+        one_point = 1.0 / self.config["n_test"]
         for pair in self.pairs:
             if pair.startswith("spawn_"):
                 what = f"two children spawned at step {pair.removeprefix('spawn_')}"
@@ -156,25 +184,60 @@ class ModeConnectivity(Task):
                 what = "two independently initialised networks"
             else:
                 what = "two independent networks after weight matching"
+            role = "diagnostic" if pair == "independent" else "ranked"
             out[f"loss_barrier/{pair}"] = Metric(
-                "min", f"max over α of test loss above the chord, between {what}", "nats")
+                "min", f"max over α of test loss above the chord, between {what}", "nats",
+                role=role, resolution=RES_LOSS, bounds=(0.0, math.inf))
             out[f"error_barrier/{pair}"] = Metric(
-                "min", f"max over α of test error above the chord, between {what}", "fraction")
+                "min", f"max over α of test error above the chord, between {what}", "fraction",
+                role=role, resolution=one_point, bounds=(0.0, 1.0))
         for l in self.llfc_layers:
             where = "the logits" if l == self.config["depth"] else f"hidden layer {l}'s pre-activations"
             out[f"llfc/layer_{l}"] = Metric(
                 "min", f"1 − cos(F_α, (F_A + F_B)/2) of {where} at α = 0.5, matched pair, "
-                "averaged over test samples (LLFC holds when ≪ llfc_baseline)")
+                "averaged over test samples (LLFC holds when ≪ llfc_baseline)", role="ranked",
+                resolution=RES_LLFC, bounds=(0.0, 2.0))
             out[f"llfc_baseline/layer_{l}"] = Metric(
                 "min", f"1 − cos(F_A, F_B) of {where}, matched pair, averaged over test "
-                f"samples: the distance llfc/layer_{l} is compared with")
+                f"samples: the distance llfc/layer_{l} is compared with", role="diagnostic",
+                resolution=RES_LLFC, bounds=(0.0, 2.0))
         out["test_error"] = Metric("min", "mean final test error of the two independent networks",
-                                   "fraction")
+                                   "fraction", role="ranked", resolution=one_point, bounds=(0.0, 1.0))
         out["stable_spawn_step"] = Metric(
             "min", f"smallest spawn step whose error barrier is below "
             f"{self.config['barrier_threshold']:g} (linear stability, Frankle et al. 2020)",
-            "steps", steps_to_target=True)
+            "steps", steps_to_target=True, role="ranked", resolution=1.0, bounds=(0.0, math.inf))
         return out
+
+    def curves(self) -> dict[str, Curve]:
+        out = {f"{part}_{kind}": Curve(f"{part} {what} of independent network A")
+               for part in ("train", "test") for kind, what in (("loss", "cross-entropy"),
+                                                                ("error", "error"))}
+        for pair in self.pairs:
+            for kind in ("loss", "error"):
+                out.update({path_name(pair, kind, a): Curve(f"test {kind} at α = {a:.4f} between "
+                                                            f"the {pair} pair", at_end=True)
+                            for a in self.alpha_grid})
+        for l in self.llfc_layers:
+            for name in (f"llfc/layer_{l}", f"llfc_baseline/layer_{l}"):
+                out[name] = Curve(f"{name} after training", at_end=True)
+        return out
+
+    def plots(self) -> list[Plot]:
+        labels = {"independent": "independent (before matching)", "matched": "after matching"}
+        order = ["independent", "matched"] + [f"spawn_{k}" for k in self.spawn_steps]
+        paths = tuple((labels.get(pair, f"spawned at step {pair.removeprefix('spawn_')}"),
+                       tuple(path_name(pair, "error", a) for a in self.alpha_grid))
+                      for pair in order)
+        errors = Plot("panels", "errors", "Train and test error", "Train (dashed) and test (solid) "
+                      "error of independent network A over training (means over seeds).",
+                      ylabel="error", curves=("train_error", "test_error"),
+                      labels=("train error", "test error"), styles=("C0--", "C3-"), logy=True)
+        return [errors, Plot("path", "barrier", "Barrier curves along α", "Test error along the linear path "
+                     "θ(α) = (1 − α)θ₁ + αθ₂ between two networks: independently trained (before "
+                     "matching), after permutation matching, and children spawned from one parent.",
+                     ylabel="test error", xlabel="α", paths=paths,
+                     x=tuple(float(a) for a in self.alpha_grid))]
 
     def make_data(self, seed: int) -> dict[str, torch.Tensor]:
         """Gaussian clusters around random centres, each cluster labelled with a random class.

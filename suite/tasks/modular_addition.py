@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from suite import seeding
 from suite.metrics.generalization import gap_summary, grokking_delay
-from suite.task import Metric, Task
+from suite.task import Curve, Metric, Plot, Task
 
 THRESHOLD = 0.99  # "reached" means accuracy ≥ 99%, for train and test alike
 
@@ -57,6 +59,21 @@ class ModularMLP(nn.Module):
 
 
 class ModularAddition(Task):
+    """Metric roles and resolutions.
+
+    Ranked: `steps_to_train`, `steps_to_test` (the target), `grokking_delay` (+inf unless the
+    test accuracy gets there, so an under-trained run never wins it) and `final_test_acc`.
+    Diagnostic: `final_gap` and `max_gap` (train − test accuracy) are smallest for a run that
+    fits nothing at all: a Lion with a tiny learning rate ranked first on `max_gap`.
+
+    Resolutions: accuracies and their gaps are fractions of a finite set, so one example is the
+    floor: 1/n_test for `final_test_acc` (1/1741 on the standard tier), 1/min(n_train, n_test)
+    for the gaps. The steps metrics are first crossings of the 99% threshold, interpolated
+    between log-spaced evaluations: floor 1 step. (Not measured by perturbation on this task;
+    the same interpolated crossings moved by at most 0.0017 steps under a one-ulp nudge of the
+    initial weights on deep-linear-modes.)
+    """
+
     name = "modular-addition"
     version = 1
     family = "generalization-gap"
@@ -76,6 +93,8 @@ class ModularAddition(Task):
     # delay (≈1/(lr·wd)): 0.5 needs ≈4700 steps, 2 about half as many as 1, and without decay
     # (Adam, SGD) the test accuracy stays near 0. Width 128 and embedding 32 are the smallest
     # that fit quickly; the smoke tier (p = 31, 80% train) groks within its 1500 steps.
+    invalid_configs = ({"p": 1}, {"train_fraction": 0.0}, {"train_fraction": 1.5}, {"width": 0},
+                       {"embed_dim": 0}, {"init_scale": 0.0})
     tiers = {
         "smoke": dict(steps=1500, evals=60, p=31, train_fraction=0.8, embed_dim=32, width=128,
                       init_scale=1.0),
@@ -83,20 +102,59 @@ class ModularAddition(Task):
                          init_scale=1.0),
     }
 
+    def check_config(self) -> None:
+        super().check_config()
+        self.require_int("p", low=2)
+        self.require_number("train_fraction", 0.0, 1.0, open_low=True)
+        p, n_train = self.config["p"], round(self.config["train_fraction"] * self.config["p"] ** 2)
+        self.require("train_fraction", 0 < n_train < p * p,
+                     f"a fraction that leaves both the train and the test set of the {p * p} "
+                     "pairs non-empty")
+        for key in ("embed_dim", "width"):
+            self.require_int(key)
+        self.require_number("init_scale", 0.0, open_low=True)
+
+    @property
+    def set_sizes(self) -> tuple[int, int]:
+        """(n_train, n_test): the numbers of pairs in each set."""
+        p = self.config["p"]
+        n_train = round(self.config["train_fraction"] * p * p)
+        return n_train, p * p - n_train
+
     def metrics(self) -> dict[str, Metric]:
+        n_train, n_test = self.set_sizes
+        steps, acc = (0.0, math.inf), (0.0, 1.0)
+        one_example = 1.0 / min(n_train, n_test)
         return {
             "steps_to_train": Metric("min", "steps until training accuracy ≥ 99%", "steps",
-                                     steps_to_target=True),
+                                     steps_to_target=True, role="ranked", resolution=1.0,
+                                     bounds=steps),
             "steps_to_test": Metric("min", "steps until test accuracy ≥ 99%", "steps",
-                                    steps_to_target=True),
+                                    steps_to_target=True, role="ranked", resolution=1.0,
+                                    bounds=steps),
             "grokking_delay": Metric(
                 "min", "steps_to_test − steps_to_train (+inf if test accuracy never reaches "
                 "99%): lower is better, i.e. generalizing soon after fitting", "steps",
-                steps_to_target=True),
-            "final_test_acc": Metric("max", "test accuracy at the last step"),
-            "final_gap": Metric("min", "train − test accuracy at the last step"),
-            "max_gap": Metric("min", "largest train − test accuracy over training"),
+                steps_to_target=True, role="ranked", resolution=1.0),
+            "final_test_acc": Metric("max", "test accuracy at the last step", role="ranked",
+                                     resolution=1.0 / n_test, bounds=acc),
+            "final_gap": Metric("min", "train − test accuracy at the last step", role="diagnostic",
+                                resolution=one_example, bounds=(-1.0, 1.0)),
+            "max_gap": Metric("min", "largest train − test accuracy over training",
+                              role="diagnostic", resolution=one_example, bounds=(-1.0, 1.0)),
         }
+
+    def curves(self) -> dict[str, Curve]:
+        return {f"{part}_{kind}": Curve(f"{part} {what}") for part in ("train", "test")
+                for kind, what in (("acc", "accuracy"), ("loss", "cross-entropy"))}
+
+    def plots(self) -> list[Plot]:
+        return [Plot("panels", "accuracy", "Train and test accuracy", "Train (dashed) and test "
+                     "(solid) accuracy over training; the shaded span is the grokking delay, from "
+                     "reaching the train target to reaching the test target (means over seeds).",
+                     ylabel="accuracy", curves=("train_acc", "test_acc"),
+                     labels=("train acc", "test acc"), styles=("C0--", "C3-"),
+                     span=("steps_to_train", "steps_to_test"), span_label="grokking delay")]
 
     def make_data(self, seed: int) -> dict[str, torch.Tensor]:
         cfg = self.config

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from suite import seeding
 from suite.metrics.representation import complement_energy, effective_rank, subspace_distance
 from suite.metrics.stage_timing import crossing_step
-from suite.task import Metric, Task
+from suite.task import Curve, Metric, Plot, Task
+
+# Floor of the final-value metrics: see SharedRepresentation's docstring.
+RES_FINAL = 1e-5
 
 
 class LinearRepresentation(nn.Module):
@@ -41,6 +46,21 @@ def outer_loss(B: torch.Tensor, heads: torch.Tensor, x: torch.Tensor,
 
 
 class SharedRepresentation(Task):
+    """Metric roles and resolutions.
+
+    Ranked: `subspace_distance`, `complement_energy` and `adaptation_loss` all start high at a
+    random B and fall only as the representation is learned, so an under-trained run loses
+    them; `steps_to_recovery` is the target. Diagnostic: `effective_rank`, whose ideal value is
+    k rather than an extreme; a B that collapses below rank k (a failure) would win a "lower is
+    better" ranking, so it is shown, never ranked.
+
+    Resolutions, measured by nudging every initial weight up by one ulp (torch.nextafter) and
+    rerunning (smoke tier, seeds 0-1, Adam): the four final values moved by at most 1.9e-7
+    (effective_rank; subspace_distance 1.2e-7) and `steps_to_recovery` by 5e-5 steps. Floors:
+    1e-5 for the final values (50× the measured spread: the batches are fresh random tasks, so
+    rounding differences are amplified by SGD noise for other optimizers) and 1 step.
+    """
+
     name = "shared-representation"
     version = 1
     family = "representation-recovery"
@@ -52,6 +72,8 @@ class SharedRepresentation(Task):
         "k′ − k directions (Yüksel, Boursier & Flammarion 2023)."
     )
     target = "steps_to_recovery"
+    invalid_configs = ({"k": 0}, {"width": 1}, {"width": 100}, {"tasks_per_step": 0}, {"m_in": 0},
+                       {"inner_lr": 0.0}, {"noise": -0.1}, {"init_scale": 0.0})
     tiers = {
         "smoke": dict(steps=500, evals=40, d=10, k=2, width=4, tasks_per_step=50, m_in=5,
                       m_out=10, inner_lr=0.5, noise=0.1, init_scale=0.3, eval_tasks=100),
@@ -59,16 +81,45 @@ class SharedRepresentation(Task):
                          m_out=20, inner_lr=0.5, noise=0.1, init_scale=0.3, eval_tasks=200),
     }
 
+    def check_config(self) -> None:
+        super().check_config()
+        cfg = self.config
+        for key in ("d", "k", "width", "tasks_per_step", "m_in", "m_out", "eval_tasks"):
+            self.require_int(key)
+        self.require("width", cfg["k"] <= cfg["width"] <= cfg["d"],
+                     f"an integer between k = {cfg['k']} and d = {cfg['d']} (k <= width <= d)")
+        self.require_number("inner_lr", 0.0, open_low=True)
+        self.require_number("noise", 0.0)
+        self.require_number("init_scale", 0.0, open_low=True)
+
     def metrics(self) -> dict[str, Metric]:
+        unit = (0.0, 1.0)
         return {
             "subspace_distance": Metric("min", "sine of the largest principal angle between "
-                                        "the top-k left singular subspace of B and span(B*)"),
-            "complement_energy": Metric("min", "‖P_{B*⊥} B‖_F / ‖B‖_F at the end"),
-            "effective_rank": Metric("min", "entropy effective rank of B (k is ideal)"),
-            "adaptation_loss": Metric("min", "outer loss on new tasks after one inner step"),
+                                        "the top-k left singular subspace of B and span(B*)",
+                                        role="ranked", resolution=RES_FINAL, bounds=unit),
+            "complement_energy": Metric("min", "‖P_{B*⊥} B‖_F / ‖B‖_F at the end", role="ranked",
+                                        resolution=RES_FINAL, bounds=unit),
+            "effective_rank": Metric("min", "entropy effective rank of B (k is ideal)",
+                                     role="diagnostic", resolution=RES_FINAL,
+                                     bounds=(1.0, float(self.config["width"]))),
+            "adaptation_loss": Metric("min", "outer loss on new tasks after one inner step",
+                                      role="ranked", resolution=RES_FINAL, bounds=(0.0, math.inf)),
             "steps_to_recovery": Metric("min", "steps until the subspace distance is below 0.1",
-                                        "steps", steps_to_target=True),
+                                        "steps", steps_to_target=True, role="ranked",
+                                        resolution=1.0, bounds=(0.0, math.inf)),
         }
+
+    def curves(self) -> dict[str, Curve]:
+        return {name: Curve(self.metrics()[name].description.removesuffix(" at the end"))
+                for name in ("subspace_distance", "complement_energy", "effective_rank",
+                             "adaptation_loss")}
+
+    def plots(self) -> list[Plot]:
+        return [Plot("lines", "subspace", "Subspace distance over training", "Distance between the "
+                     "learned representation and the true subspace (mean over seeds), one line "
+                     "per top entry.", ylabel="sin of largest angle", curves=("subspace_distance",),
+                     logy=True)]
 
     def make_data(self, seed: int) -> dict[str, torch.Tensor]:
         cfg = self.config

@@ -15,9 +15,11 @@ from suite.metrics.generalization import (
     singular_vector_overlap,
 )
 from suite.metrics.stage_timing import crossing_step
-from suite.task import Metric, Task
+from suite.task import Curve, Metric, Plot, Task
 from suite.tasks.deep_linear_modes import DeepLinear
 
+# Floor of the relative errors (and their ratios and gaps): see TeacherStudent's docstring.
+RES_ERROR = 1e-6
 # The target: steps until the test error is within this factor of the theoretical optimum.
 NEAR_OPTIMUM = 1.25
 
@@ -36,6 +38,22 @@ def theory_optimum(*, snr: list[float], aspect: float) -> float:
 
 
 class TeacherStudent(Task):
+    """Metric roles and resolutions.
+
+    Ranked: `min_test_error` (the oracle early-stopping error: a run that never learns the
+    signal cannot win it), `best_step` (when that optimum comes) and `steps_to_near_optimum`
+    (the target). Diagnostic: `final_test_error`, `overfit_ratio`, `final_gap` and `max_gap`
+    describe how much of the noise a run has fitted by its end, so a run that learns too slowly
+    to reach the noise modes wins them (a Lion with a tiny learning rate ranked first on all
+    four); they are shown, never ranked.
+
+    Resolutions, measured by nudging every initial weight up by one ulp (torch.nextafter) and
+    rerunning (smoke tier, seeds 0-1, Adam): the errors, their ratio and gaps moved by at most
+    1.6e-8 (overfit_ratio) and best_step not at all. Floors: 1e-6 for the errors, ratio and gaps
+    (60× the measured spread: room for other optimizers and the batched kernels' rounding) and
+    1 step for `best_step` and `steps_to_near_optimum`.
+    """
+
     name = "teacher-student"
     version = 1
     family = "generalization-gap"
@@ -56,6 +74,8 @@ class TeacherStudent(Task):
     # wide enough to memorise (hidden = n_out) ends near ‖Z‖²/‖Ȳ‖² ≈ n_out/s̄² ≈ 11. With
     # gradient descent at lr 0.01 (lr·ŝ ≈ 0.03) the optimum comes at step ≈ 200 and the noise
     # is fitted by ≈ 2000; 3000 steps take a few seconds.
+    invalid_configs = ({"hidden": 0}, {"n_in": 0}, {"snr": []}, {"snr": [-1.0]}, {"noise": 0.0},
+                       {"init_scale": -1e-3})
     tiers = {
         "smoke": dict(steps=800, evals=60, n_in=60, n_out=30, hidden=30, snr=[3.0],
                       noise=1.0, init_scale=1e-3),
@@ -71,21 +91,50 @@ class TeacherStudent(Task):
     def optimum(self) -> float:
         return theory_optimum(snr=self.config["snr"], aspect=self.aspect)
 
+    def check_config(self) -> None:
+        super().check_config()
+        for key in ("n_in", "n_out", "hidden"):
+            self.require_int(key)
+        snr, rank = self.config["snr"], min(self.config["n_in"], self.config["n_out"])
+        self.require("snr", isinstance(snr, list) and 0 < len(snr) <= rank and all(
+            isinstance(x, (int, float)) and x > 0 for x in snr),
+            f"a list of 1 to min(n_in, n_out) = {rank} positive teacher singular values")
+        self.require_number("noise", 0.0, open_low=True)
+        self.require_number("init_scale", 0.0, open_low=True)
+
     def metrics(self) -> dict[str, Metric]:
+        error, steps, gap = (0.0, math.inf), (0.0, math.inf), (-math.inf, math.inf)
         return {
             "min_test_error": Metric("min", "lowest test error over training: the oracle "
-                                     "early-stopping error (theory ≈ Σ s̄²(1 − O²)/Σ s̄²)"),
+                                     "early-stopping error (theory ≈ Σ s̄²(1 − O²)/Σ s̄²)",
+                                     role="ranked", resolution=RES_ERROR, bounds=error),
             "best_step": Metric("min", "step of the lowest test error (optimal early stopping); "
-                                "earlier is better at an equal min_test_error", "steps"),
-            "final_test_error": Metric("min", "test error at the last step"),
+                                "earlier is better at an equal min_test_error", "steps",
+                                role="ranked", resolution=1.0, bounds=steps),
+            "final_test_error": Metric("min", "test error at the last step", role="diagnostic",
+                                       resolution=RES_ERROR, bounds=error),
             "overfit_ratio": Metric("min", "final / minimum test error: how much fitting the "
-                                    "noise costs after the optimum (1 = no overfitting)"),
-            "final_gap": Metric("min", "test − train error at the last step"),
-            "max_gap": Metric("min", "largest test − train error over training"),
+                                    "noise costs after the optimum (1 = no overfitting)",
+                                    role="diagnostic", resolution=RES_ERROR, bounds=(1.0, math.inf)),
+            "final_gap": Metric("min", "test − train error at the last step", role="diagnostic",
+                                resolution=RES_ERROR, bounds=gap),
+            "max_gap": Metric("min", "largest test − train error over training", role="diagnostic",
+                              resolution=RES_ERROR, bounds=gap),
             "steps_to_near_optimum": Metric(
                 "min", f"steps until the test error is within ×{NEAR_OPTIMUM} of the "
-                "theoretical early-stopping optimum", "steps", steps_to_target=True),
+                "theoretical early-stopping optimum", "steps", steps_to_target=True,
+                role="ranked", resolution=1.0, bounds=steps),
         }
+
+    def curves(self) -> dict[str, Curve]:
+        return {"train_error": Curve("‖W₂W₁ − Y‖²_F / ‖Y‖²_F (the noisy targets)"),
+                "test_error": Curve("‖W₂W₁ − Ȳ‖²_F / ‖Ȳ‖²_F (the clean teacher)")}
+
+    def plots(self) -> list[Plot]:
+        return [Plot("panels", "errors", "Train and test error", "Train (dashed) and test (solid) "
+                     "error over training (means over seeds).", ylabel="error",
+                     curves=("train_error", "test_error"), labels=("train error", "test error"),
+                     styles=("C0--", "C3-"), logy=True)]
 
     def make_data(self, seed: int) -> dict[str, torch.Tensor]:
         cfg = self.config
