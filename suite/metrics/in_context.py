@@ -29,6 +29,23 @@ def wishart_linear_statistic(*, f: Callable[[np.ndarray], np.ndarray], size: int
     """
     if not dof >= size >= 1:
         raise ValueError(f"need dof >= size >= 1, got size={size}, dof={dof}")
+    # The basis densities overlap more as dof/m grows, and the ill-conditioned M amplifies the
+    # quadrature's error. The same computation for f = 1/l has a closed form, m / (dof − m − 1):
+    # if it misses that by more than 1e-6, refuse rather than return a wrong number.
+    if dof > size + 1:
+        try:
+            check = _de_bruijn_mean(lambda x: 1.0 / x, size, dof) * (dof - size - 1) / size - 1.0
+        except np.linalg.LinAlgError:
+            check = math.inf
+        if not abs(check) < 1e-6:
+            raise ValueError(f"the exact Wishart expectation for size={size}, dof={dof} is beyond "
+                             f"float64 quadrature (self-check off by {check:.1e}); use fewer "
+                             "dimensions or a shorter context")
+    return _de_bruijn_mean(f, size, dof)
+
+
+def _de_bruijn_mean(f: Callable[[np.ndarray], np.ndarray], size: int, dof: int) -> float:
+    """½ tr(M(0)⁻¹ M′(0)) of `wishart_linear_statistic`, without its self-check."""
     shape = (dof - size - 1) / 2 + 1 + np.arange(size)  # Gamma shapes a + j + 1, (m,)
     log_norm = scipy.special.gammaln(shape) + shape * math.log(2.0)
 

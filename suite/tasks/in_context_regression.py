@@ -89,13 +89,14 @@ class AttentionRegressor(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         context, query = tokens[..., :-1, :], tokens[..., -1, :]  # (B, n, d+1), (B, d+1)
-        scores = torch.einsum("bie,hef,bf->bhi", context, self.kq, query)  # (B, H, n)
+        keys = torch.einsum("hef,bf->bhe", self.kq, query)  # KQ_h z_q, (B, H, d+1)
+        scores = keys @ context.transpose(-1, -2)  # z_iᵀ KQ_h z_q, (B, H, n)
         if self.attention == "softmax":
             weights = torch.softmax(scores, dim=-1)
         else:
             weights = scores / self.train_context
-        values = torch.einsum("bie,he->bhi", context, self.ov)  # (B, H, n)
-        return (weights * values).sum(dim=(-2, -1))  # (B,)
+        values = context @ self.ov.T  # ⟨v_h, z_i⟩, (B, n, H)
+        return torch.einsum("bhi,bih->b", weights, values)  # (B,)
 
     def patterns(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(kq (H, d+1, d+1), ov (H, d+1)): what the pattern scores read."""
@@ -137,8 +138,8 @@ class InContextRegression(Task):
     tiers = {
         "smoke": dict(steps=300, evals=30, dim=4, context=12, heads=4, noise=0.5, batch=128,
                       init_scale=0.01, eval_prompts=1024, attention="softmax"),
-        "standard": dict(steps=3000, evals=80, dim=5, context=20, heads=4, noise=0.5, batch=256,
-                         init_scale=0.01, eval_prompts=8192, attention="softmax"),
+        "standard": dict(steps=1500, evals=60, dim=5, context=20, heads=4, noise=0.5, batch=256,
+                         init_scale=0.01, eval_prompts=4096, attention="softmax"),
     }
 
     def check_config(self) -> None:
@@ -154,6 +155,12 @@ class InContextRegression(Task):
         if cfg["attention"] not in ("softmax", "linear"):
             raise ConfigError(f"{self.name}: config attention={cfg['attention']!r} must be "
                               "'softmax' or 'linear'")
+        try:  # the exact references must exist at every evaluated length
+            for n in self.lengths().values():
+                references(n, cfg["dim"], float(cfg["noise"]))
+        except ValueError as err:
+            raise ConfigError(f"{self.name}: config dim={cfg['dim']}, context={cfg['context']}: "
+                              f"{err}") from None
 
     def lengths(self) -> dict[str, int]:
         """Curve suffix -> context length of the held-out prompts."""
