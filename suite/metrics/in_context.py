@@ -101,6 +101,8 @@ def gd_step_loss(*, context: int, dim: int, prior_var: float, noise_var: float,
     γ* = τ² n / (τ²(n + d + 1) + σ²): the best a single linear-attention layer can do with an
     isotropic preconditioner, the predictor softmax heads approximate (He et al. 2025).
     """
+    if context < 1:
+        raise ValueError(f"gd_step_loss needs context >= 1, got {context}")
     n, d = context, dim
     curvature = prior_var * d * (n + d + 1) / n + noise_var * d / n  # coefficient of γ²
     if step is None:
