@@ -54,6 +54,9 @@ decay 0.01), 5 seeds batched, one thread of the shared 2-core machine (mean ± s
     init 0.001: exit 104 ± 4, but 1+ seeds never reach ×2 in 1500 steps: the heads take longer
         to break their symmetry (ov_zero_sum 0.38 ± 0.47).
     init 0.1: exit 79 ± 31 (the plateau is barely there), ×2 at 345 ± 50.
+    lr 3e-3: exit 38 ± 3, ×2 at 104 ± 5, the same end state (excess 0.209 / 0.103); lr 3e-4:
+        exit 290 ± 12, ×2 at 914 ± 70, excess 0.229 / 0.127. The baseline's own 1e-3 shows the
+        plateau and reaches the end state well within 1500 steps: no task-specific table.
     3000 steps (eval 8192 prompts): excess 0.208 / 0.097, ov_zero_sum 0.989; the loss has
         settled by ≈ 1000 steps, the zero-sum pattern keeps sharpening slowly.
     attention="linear", 1500 steps: excess 0.195 / 0.582 / 4.45 at n / 2n / 4n (softmax:
