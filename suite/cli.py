@@ -223,3 +223,26 @@ def leaderboard_check(tier, roots, out) -> None:
                     f"leaderboard build` and commit {out}/", fg="red", err=True)
         sys.exit(1)
     click.echo(f"ok: {out}/ is up to date with the results (inputs {want[:12]})")
+
+
+# -- compare, tune and Dask execution (issue 12) --------------------------------------------------
+
+
+@main.command("compare")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--tier", default=None, type=click.Choice(registry.TIERS),
+              help="Tier to compare (default: the one tier the results have).")
+@click.option("--profile", default="cpu-2core", show_default=True, help="Hardware profile.")
+@click.option("--format", "fmt", default="simple", show_default=True,
+              help="markdown (for a PR) or any tabulate format (simple, github, ...).")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write an SVG of each task's target curve with seed bands.")
+@user_errors
+def compare_cmd(paths, tier, profile, fmt, plot_path) -> None:
+    """Entries (or results folders) side by side: mean ± CI per task and ranked metric."""
+    from suite import compare
+
+    cols = compare.columns(list(paths), tier=tier, profile=profile)
+    click.echo(compare.render(cols, fmt=fmt))
+    if plot_path:
+        click.echo(f"wrote {compare.plot(cols, plot_path)}")
