@@ -29,6 +29,20 @@ def user_errors(func):
     return wrapper
 
 
+def cluster_options(func):
+    """--workers, --scheduler and --time-limit: Dask execution (suite/cluster.py), issue 12."""
+    for option in reversed([
+        click.option("--workers", default=0, type=click.IntRange(0), metavar="N",
+                     help="Run on a Dask LocalCluster of N worker processes (0: in this process)."),
+        click.option("--scheduler", default=None, metavar="ADDRESS",
+                     help="Run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786)."),
+        click.option("--time-limit", default=None, type=click.FloatRange(min=0, min_open=True),
+                     metavar="SECONDS", help="Per-run limit; a run past it is recorded as 'timeout'."),
+    ]):
+        func = option(func)
+    return func
+
+
 @click.group()
 @click.version_option(package_name="ldbench")
 def main() -> None:
@@ -67,13 +81,16 @@ def tasks() -> None:
               help="Train the seeds of a task as one batched computation: auto = all of them, "
                    "N = up to N at a time, 1 = one by one. Tasks with their own procedure "
                    "(overriding Task.run) always run seed by seed.")
+@cluster_options
 @user_errors
-def run(entry_dir, task_list, seeds, tier, profile, sets, hparams, out, quiet, seed_batch) -> None:
+def run(entry_dir, task_list, seeds, tier, profile, sets, hparams, out, quiet, seed_batch,
+        workers, scheduler, time_limit) -> None:
     """Run ENTRY_DIR on the suite, write Parquet results and print a summary table."""
     names = [t.strip() for t in task_list.split(",") if t.strip()] or None
     runs = runner.run_suite(entry_dir, tasks=names, seeds=seeds, tier=tier, profile=profile,
                             sets=list(sets), hparams=list(hparams), out=out,
-                            progress=not quiet, seed_batch=seed_batch)
+                            progress=not quiet, seed_batch=seed_batch, workers=workers,
+                            scheduler=scheduler, time_limit=time_limit)
     click.echo(report.render(runs))
     errors = runs[runs["status"] == "error"].drop_duplicates("run_id")
     for _, row in errors.iterrows():

@@ -1,0 +1,119 @@
+"""Dask execution: groups of runs on a dask.distributed cluster, their rows written by the client.
+
+One writer: workers return each group's (runs, curves) rows and the client appends them through
+suite.results as they arrive. The results store of this version rewrites a folder's tables on
+every append, so concurrent appends from several processes could lose runs; with one writer
+nothing is lost, and a worker killed mid-run loses only rows that were never returned (Dask
+reruns its group on another worker). A killed client resumes like `ldbench run`: the groups it
+appended are done, the others run again.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import pandas as pd
+from tqdm.auto import tqdm
+
+from suite import profiles, results, runner
+from suite.entry import Entry, EntryError
+
+
+@dataclass(frozen=True)
+class Job:
+    """One group of runs (seeds of one task, see runner.group_plans) of one entry."""
+
+    entry: Entry
+    group: list[tuple[runner.Plan, str]]
+
+    @property
+    def digest(self) -> str:
+        return self.entry.hash
+
+
+@functools.lru_cache(maxsize=8)
+def worker_fingerprint(profile: str, entry_path: Path) -> dict[str, str]:
+    """This worker's machine, recorded in its rows (computed once per worker process)."""
+    return profiles.fingerprint(profiles.load(profile), entry_path)
+
+
+def work(job: Job, *, digest: str, tier: str, profile: str,
+         time_limit: float | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run one job on a worker: apply the profile here (threads, dtype, determinism), refusing
+    the work if this machine cannot honour it, then return the group's rows."""
+    prof = profiles.load(profile)
+    try:
+        prof.apply()
+    except profiles.ProfileError as err:
+        raise profiles.ProfileError(f"worker {socket.gethostname()} refuses the work: {err}") from None
+    if job.entry.hash != digest:  # the worker must run exactly the files the run ids name
+        raise EntryError(f"{job.entry.path}: worker {socket.gethostname()} sees other entry files "
+                         "than the client; workers need the same files (a shared filesystem)")
+    fingerprint = worker_fingerprint(profile, job.entry.path)
+    return runner.run_group(job.group, job.entry, prof, tier=tier, profile=profile,
+                            fingerprint=fingerprint, time_limit=time_limit)
+
+
+@contextmanager
+def connect(workers: int, scheduler: str | None) -> Iterator:
+    """A client of the cluster at `scheduler`, or of a new LocalCluster of `workers` processes.
+
+    One thread per worker: a run's own threads come from the profile (torch.set_num_threads).
+    The dashboard takes a free port (":0") so that several clusters never fight over 8787.
+    """
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        yield client
+
+
+def dashboard(client) -> str:
+    """The dashboard's address; Dask serves it only where bokeh is installed."""
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return "no dashboard (pip install 'bokeh>=3.1' to get Dask's)"
+    return f"dashboard {client.dashboard_link}"
+
+
+def run_jobs(jobs: list[Job], *, out: Path, tier: str, profile: str, workers: int = 0,
+             scheduler: str | None = None, time_limit: float | None = None, progress: bool = True,
+             on_rows=None) -> None:
+    """Run the jobs on the cluster and append each job's rows to `out` as it finishes.
+
+    `on_rows(job, runs, curves)`, if given, is called after each append (tune's bookkeeping).
+    One progress bar counts runs over all workers.
+    """
+    from dask.distributed import as_completed
+
+    if not jobs:
+        return
+    with connect(workers, scheduler) as client:
+        click.echo(f"dask: {len(client.scheduler_info()['workers'])} workers at "
+                   f"{client.scheduler.address}; {dashboard(client)}", err=True)
+        futures = {}
+        for job in jobs:
+            # pure=False: a group is never deduplicated by Dask, and its key names its first run
+            future = client.submit(work, job, digest=job.digest, tier=tier, profile=profile,
+                                   time_limit=time_limit, pure=False,
+                                   key=f"ldbench-run-{job.group[0][1]}-{len(futures)}")
+            futures[future] = job
+        total = sum(len(job.group) for job in jobs)
+        with tqdm(total=total, unit="run", disable=not progress, dynamic_ncols=True) as bar:
+            for future in as_completed(futures):
+                runs, curves = future.result()
+                results.append_run(out, runs, curves)
+                if on_rows is not None:
+                    on_rows(futures[future], runs, curves)
+                bar.update(len(futures[future].group))
