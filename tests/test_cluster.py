@@ -60,7 +60,8 @@ def test_distributed_numbers_are_bit_identical_to_in_process(make_entry, tmp_pat
     entry = make_entry()
     run(entry, tmp_path / "local", seeds=2)
     run(entry, tmp_path / "dask", seeds=2, scheduler=scheduler)
-    local, dask = sorted_table(tmp_path / "local" / "runs.parquet"), sorted_table(tmp_path / "dask" / "runs.parquet")
+    local = sorted_table(tmp_path / "local" / "runs.parquet")
+    dask = sorted_table(tmp_path / "dask" / "runs.parquet")
     assert list(local.run_id) == list(dask.run_id) and len(local) > 0
     pd.testing.assert_series_equal(local.value, dask.value)  # NaN == NaN, bits otherwise
     pd.testing.assert_frame_equal(sorted_table(tmp_path / "local" / "curves.parquet"),
