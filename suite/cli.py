@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
 from pathlib import Path
@@ -106,7 +107,12 @@ def run(entry_dir, task_list, seeds, tier, profile, sets, hparams, out, quiet, s
               help="tabulate table format (simple, github, ...).")
 @user_errors
 def show(results_dir, fmt) -> None:
-    """Print the summary table of the results under RESULTS_DIR."""
+    """Print the summary table of the results under RESULTS_DIR (a study: its trials too)."""
+    from suite import tune
+
+    if tune.is_study(results_dir):
+        click.echo(render_study(Path(results_dir), fmt))
+        return
     runs, _ = results.read_results(results_dir)
     click.echo(report.render(runs, fmt=fmt))
 
@@ -263,3 +269,58 @@ def compare_cmd(paths, tier, profile, fmt, plot_path) -> None:
     click.echo(compare.render(cols, fmt=fmt))
     if plot_path:
         click.echo(f"wrote {compare.plot(cols, plot_path)}")
+
+
+def render_study(folder: Path, fmt: str) -> str:
+    """A study's trials (best marked *), its tuned hyperparameters and evaluation summary."""
+    from suite import tune
+
+    table, tuned = tune.show(folder)
+    table = table.assign(target_mean=table["target_mean"].map(report.format_number))
+    text = tabulate(table.drop(columns=["target"]), headers="keys", tablefmt=fmt, showindex=False,
+                    disable_numparse=True)
+    text = f"study {folder} · target per task: {dict(zip(table.task, table.target, strict=True))}\n{text}"
+    if tuned:
+        text += "\n\ntuned: " + json.dumps(tuned, sort_keys=True)
+    if (folder / tune.EVAL / results.RUNS_FILE).is_file():
+        text += "\n\nevaluation seeds:\n" + report.render(results.read_results(folder / tune.EVAL)[0], fmt)
+    return text
+
+
+def tune_seed_base() -> int:
+    from suite.tune import TUNING_SEED_BASE
+
+    return TUNING_SEED_BASE
+
+
+@main.command("tune")
+@click.argument("entry_dir", type=click.Path(file_okay=False))
+@click.option("--budget", required=True, type=click.IntRange(1), help="Trials per task.")
+@click.option("--tasks", "task_list", default="", help="Comma-separated task names (default: all).")
+@click.option("--tier", default="smoke", show_default=True, type=click.Choice(registry.TIERS))
+@click.option("--profile", default="cpu-2core", show_default=True, help="Hardware profile.")
+@click.option("--design-seed", default=0, show_default=True, type=click.IntRange(0),
+              help="Seed of the quasi-random design of trial points.")
+@click.option("--tuning-seeds", default=1, show_default=True, type=click.IntRange(1),
+              help=f"Seeds per trial ({tune_seed_base()}, {tune_seed_base()}+1, ...).")
+@click.option("--seeds", default=2, show_default=True, type=click.IntRange(1),
+              help="Evaluation seeds 0..N-1 of the best trial.")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Study folder (default: studies/ENTRY/PROFILE/TIER/budget-N).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a tier config value (task.key=value for one task). Repeatable.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@cluster_options
+@user_errors
+def tune_cmd(entry_dir, budget, task_list, tier, profile, design_seed, tuning_seeds, seeds, out,
+             sets, quiet, workers, scheduler, time_limit) -> None:
+    """Tune ENTRY_DIR at a fixed budget of trials per task, then run the best on the evaluation seeds."""
+    from suite import tune
+
+    names = [t.strip() for t in task_list.split(",") if t.strip()] or None
+    folder = tune.tune(entry_dir, budget=budget, tasks=names, tier=tier, profile=profile,
+                       design_seed=design_seed, tuning_seeds=tuning_seeds, eval_seeds=seeds, out=out,
+                       workers=workers, scheduler=scheduler, time_limit=time_limit, sets=list(sets),
+                       progress=not quiet)
+    click.echo(render_study(folder, "simple"))
+    click.echo(f"wrote {folder / tune.TUNED_FILE}")
