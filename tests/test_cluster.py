@@ -117,3 +117,23 @@ def test_worker_refuses_a_profile_its_machine_cannot_honour(make_entry):
         pytest.skip("this machine honours the CUDA profile")
     with pytest.raises(ProfileError, match="refuses the work"):
         cluster.work(job, digest=entry.hash, tier="smoke", profile="cuda-1gpu", time_limit=None)
+
+
+def test_distributed_study_matches_in_process_and_resumes_without_redoing_trials(
+        make_entry, tmp_path, scheduler):
+    import json
+
+    from suite import tune
+
+    entry = make_entry(hparams="[hparams.default]\nlr = 0.01\n[search.default]\n"
+                               "lr = { log_uniform = [1e-3, 1e-1] }\n")
+    common = dict(budget=3, tasks=["deep-linear-modes"], eval_seeds=2, sets=FAST, progress=False)
+    local = tune.tune(entry, out=tmp_path / "local", **common)
+    dask = tune.tune(entry, out=tmp_path / "dask", scheduler=scheduler, **common)
+    read = [json.loads((folder / tune.TUNED_FILE).read_text()) for folder in (local, dask)]
+    assert read[0]["tuned"] == read[1]["tuned"]
+    assert read[0]["provenance"]["tasks"] == read[1]["provenance"]["tasks"]
+    before = pd.read_parquet(dask / tune.TRIALS / "runs.parquet")
+    tune.tune(entry, out=tmp_path / "dask", scheduler=scheduler, **common)
+    after = pd.read_parquet(dask / tune.TRIALS / "runs.parquet")
+    pd.testing.assert_frame_equal(before, after)  # same rows, same created_at: nothing reran
