@@ -217,7 +217,7 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
                          scheduler=scheduler, time_limit=time_limit, progress=progress)
         todo = []
     total = sum(p.task.optimizer_steps() for p, _ in todo)
-    with tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(total=total, unit="step", disable=not progress or not todo, dynamic_ncols=True) as bar:
         for group in group_plans(todo, size):
             batch = [plan for plan, _ in group]
             bar.set_description(f"{batch[0].task.name} seed {','.join(str(p.seed) for p in batch)}")
