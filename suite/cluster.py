@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from suite import profiles, results, runner
 from suite.entry import Entry, EntryError
+from suite.loop import Trajectory
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,23 @@ def connect(workers: int, scheduler: str | None) -> Iterator:
         yield client
 
 
+def rows_of(future, job: Job, *, tier: str, profile: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The job's rows; a job that killed every worker it ran on (Dask gives up after
+    `distributed.scheduler.allowed-failures` tries) is recorded as an error, and the suite goes on."""
+    from dask.distributed import KilledWorker
+
+    try:
+        return future.result()
+    except KilledWorker as err:
+        message = f"KilledWorker: the run's worker process died on every try ({err})"
+    prof = profiles.load(profile)
+    frames = [runner.rows_for(plan, Trajectory(status="error"), plan.task.nan_metrics(), message,
+                              rid=rid, entry=job.entry, entry_hash=job.digest, tier=tier, profile=profile,
+                              fingerprint=profiles.fingerprint(prof, job.entry.path), wall=float("nan"))
+              for plan, rid in job.group]
+    return tuple(runner.concat_rows([f[k] for f in frames]) for k in (0, 1))
+
+
 def dashboard(client) -> str:
     """The dashboard's address; Dask serves it only where bokeh is installed."""
     try:
@@ -112,7 +130,7 @@ def run_jobs(jobs: list[Job], *, out: Path, tier: str, profile: str, workers: in
         total = sum(len(job.group) for job in jobs)
         with tqdm(total=total, unit="run", disable=not progress, dynamic_ncols=True) as bar:
             for future in as_completed(futures):
-                runs, curves = future.result()
+                runs, curves = rows_of(future, futures[future], tier=tier, profile=profile)
                 results.append_run(out, runs, curves)
                 if on_rows is not None:
                     on_rows(futures[future], runs, curves)

@@ -137,3 +137,33 @@ def test_distributed_study_matches_in_process_and_resumes_without_redoing_trials
     tune.tune(entry, out=tmp_path / "dask", scheduler=scheduler, **common)
     after = pd.read_parquet(dask / tune.TRIALS / "runs.parquet")
     pd.testing.assert_frame_equal(before, after)  # same rows, same created_at: nothing reran
+
+
+def test_cli_run_on_a_new_local_cluster_prints_its_address_once(make_entry, tmp_path):
+    from click.testing import CliRunner
+
+    from suite.cli import main
+
+    args = ["run", str(make_entry()), "--tasks", "deep-linear-modes", "--seeds", "2", "--quiet",
+            "--set", "steps=60", "--set", "evals=10", "--workers", "2", "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("dask: 2 workers at tcp://") == 1 and "final_loss" in result.stdout
+    assert pd.read_parquet(tmp_path / "out" / "runs.parquet").run_id.nunique() == 2
+
+
+def test_a_job_that_kills_every_worker_is_recorded_as_an_error(make_entry):
+    from dask.distributed import KilledWorker
+
+    from suite.entry import load_entry
+
+    class Dead:
+        def result(self):
+            raise KilledWorker("ldbench-run-x", "tcp://127.0.0.1:1", 3)
+
+    entry = load_entry(make_entry())
+    plans = runner.make_plans(["deep-linear-modes"], [0, 1], "smoke", FAST)
+    runs, curves = cluster.rows_of(Dead(), cluster.Job(entry, [(p, f"id{p.seed}") for p in plans]),
+                                   tier="smoke", profile="cpu-2core")
+    assert set(runs.run_id) == {"id0", "id1"} and (runs.status == "error").all() and curves.empty
+    assert runs.value.isna().all() and runs.error.str.startswith("KilledWorker").all()
