@@ -4,6 +4,7 @@ import os
 import signal
 import threading
 import time
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -17,6 +18,7 @@ TASKS = ["deep-linear-modes", "shared-representation"]
 # An optimizer slow enough (10 ms a step) that a worker can be killed in the middle of a run.
 SLOW_SGD = """
 import time
+from types import SimpleNamespace
 import torch
 
 class SlowSGD(torch.optim.SGD):
@@ -159,7 +161,7 @@ def test_a_job_that_kills_every_worker_is_recorded_as_an_error(make_entry):
 
     class Dead:
         def result(self):
-            raise KilledWorker("ldbench-run-x", "tcp://127.0.0.1:1", 3)
+            raise KilledWorker("ldbench-run-x", SimpleNamespace(address="tcp://127.0.0.1:1"), 3)
 
     entry = load_entry(make_entry())
     plans = runner.make_plans(["deep-linear-modes"], [0, 1], "smoke", FAST)
