@@ -105,13 +105,17 @@ def run(entry_dir, task_list, seeds, tier, profile, sets, hparams, out, quiet, s
 @click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--format", "fmt", default="simple", show_default=True,
               help="tabulate table format (simple, github, ...).")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+              help="A study only: SVG of each task's target against each hyperparameter.")
 @user_errors
-def show(results_dir, fmt) -> None:
+def show(results_dir, fmt, plot_path) -> None:
     """Print the summary table of the results under RESULTS_DIR (a study: its trials too)."""
     from suite import tune
 
     if tune.is_study(results_dir):
         click.echo(render_study(Path(results_dir), fmt))
+        if plot_path:
+            click.echo(f"wrote {tune.plot(Path(results_dir), plot_path)}")
         return
     runs, _ = results.read_results(results_dir)
     click.echo(report.render(runs, fmt=fmt))

@@ -252,8 +252,8 @@ def show(folder: Path) -> tuple[pd.DataFrame, dict]:
     trials = []
     for task, info in spec["tasks"].items():
         for index, point in enumerate(info["points"]):
-            plans = runner.make_plans([task], spec["tuning_seeds"], spec["tier"], spec["sets"],
-                                      {task: point})
+            plans = runner.make_plans([task], spec["tuning_seeds"], spec["tier"],
+                                      spec.get("sets", []), {task: point})
             ids = tuple(runner.run_id(entry=entry_stub, entry_hash=spec["entry_hash"], task=p.task,
                                       seed=p.seed, tier=spec["tier"], profile=spec["profile"],
                                       overrides=p.overrides) for p in plans)
@@ -269,3 +269,44 @@ def show(folder: Path) -> tuple[pd.DataFrame, dict]:
     table["best"] = ["*" if best.get(t) == i else "" for t, i in zip(table["task"], table["trial"],
                                                                      strict=True)]
     return table, tuned
+
+
+def plot(folder: Path, path: str | Path) -> Path:
+    """An SVG per study: each task's target (mean over tuning seeds) against each hyperparameter.
+
+    Trials that reached the target on no seed are drawn at the top edge as crosses; the best
+    trial is circled.
+    """
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from suite.site import plots
+
+    table, _ = show(folder)
+    spec = json.loads((Path(folder) / STUDY_FILE).read_text(encoding="utf-8"))
+    panels = [(task, name, info["space"][name]) for task, info in spec["tasks"].items()
+              for name in sorted(info["space"])]
+    with matplotlib.rc_context(plots.SVG_RC):
+        fig = Figure(figsize=(3.0 * len(panels), 2.6), layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (task, name, space) in zip(axes, panels, strict=True):
+        part = table[table["task"] == task]
+        x = np.array([json.loads(h)[name] for h in part["hparams"]], dtype=object)
+        y = part["target_mean"].to_numpy(np.float64)
+        finite = np.isfinite(y)
+        top = y[finite].max() * 1.1 if finite.any() else 1.0
+        if "log_uniform" in space:
+            ax.set_xscale("log")
+        xs = x.astype(float) if "choice" not in space else np.array([str(v) for v in x])
+        ax.scatter(xs[finite], y[finite], s=14)
+        ax.scatter(xs[~finite], np.full((~finite).sum(), top), marker="x", s=14, color="tab:red")
+        best = (part["best"] == "*").to_numpy()
+        ax.scatter(xs[best], np.where(finite[best], y[best], top), s=60, facecolors="none",
+                   edgecolors="k")
+        ax.set_xlabel(name)
+        ax.set_ylabel(str(part["target"].iloc[0]) if len(part) else "")
+        ax.set_title(task, fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(plots.render(fig), encoding="utf-8")
+    return path

@@ -129,9 +129,11 @@ def test_tuned_point_is_the_best_trial_and_its_evaluation_runs_on_the_evaluation
     evals = pd.read_parquet(out / tune.EVAL / "runs.parquet")
     assert sorted(evals.seed.unique()) == [0, 1]
     assert (evals.overrides.str.contains(json.dumps(written["tuned"]["deep-linear-modes"])[1:-1])).all()
-    shown = CliRunner().invoke(main, ["show", str(out)])
+    svg = out / "trials.svg"
+    shown = CliRunner().invoke(main, ["show", str(out), "--plot", str(svg)])
     assert shown.exit_code == 0, shown.output
     assert "trial" in shown.output and "*" in shown.output and "evaluation seeds" in shown.output
+    assert svg.read_text().startswith("<?xml") and ">lr<" in svg.read_text()
 
 
 def test_a_changed_study_is_refused_in_one_line(make_entry, tmp_path):
