@@ -291,12 +291,6 @@ def render_study(folder: Path, fmt: str) -> str:
     return text
 
 
-def tune_seed_base() -> int:
-    from suite.tune import TUNING_SEED_BASE
-
-    return TUNING_SEED_BASE
-
-
 @main.command("tune")
 @click.argument("entry_dir", type=click.Path(file_okay=False))
 @click.option("--budget", required=True, type=click.IntRange(1), help="Trials per task.")
@@ -306,7 +300,7 @@ def tune_seed_base() -> int:
 @click.option("--design-seed", default=0, show_default=True, type=click.IntRange(0),
               help="Seed of the quasi-random design of trial points.")
 @click.option("--tuning-seeds", default=1, show_default=True, type=click.IntRange(1),
-              help=f"Seeds per trial ({tune_seed_base()}, {tune_seed_base()}+1, ...).")
+              help="Tuning seeds per trial (numbered from 1000000: never an evaluation seed).")
 @click.option("--seeds", default=2, show_default=True, type=click.IntRange(1),
               help="Evaluation seeds 0..N-1 of the best trial.")
 @click.option("--out", default=None, type=click.Path(file_okay=False),

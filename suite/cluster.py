@@ -26,6 +26,10 @@ from suite.entry import Entry, EntryError
 from suite.loop import Trajectory
 
 
+class ClusterError(click.ClickException):
+    """A cluster that cannot be reached: one line, exit 1 (click prints it)."""
+
+
 @dataclass(frozen=True)
 class Job:
     """One group of runs (seeds of one task, see runner.group_plans) of one entry."""
@@ -71,7 +75,12 @@ def connect(workers: int, scheduler: str | None) -> Iterator:
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except OSError as err:
+            raise ClusterError(f"--scheduler {scheduler}: cannot connect ({err}); start a scheduler "
+                               "there (`dask scheduler`) or run a local cluster with --workers N") from None
+        with client:
             yield client
         return
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,

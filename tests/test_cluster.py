@@ -169,3 +169,14 @@ def test_a_job_that_kills_every_worker_is_recorded_as_an_error(make_entry):
                                    tier="smoke", profile="cpu-2core")
     assert set(runs.run_id) == {"id0", "id1"} and (runs.status == "error").all() and curves.empty
     assert runs.value.isna().all() and runs.error.str.startswith("KilledWorker").all()
+
+
+def test_unreachable_scheduler_is_one_line(make_entry):
+    from click.testing import CliRunner
+
+    from suite.cli import main
+
+    result = CliRunner().invoke(main, ["run", str(make_entry()), "--tasks", "deep-linear-modes",
+                                       "--scheduler", "tcp://127.0.0.1:9", "--quiet"])
+    assert result.exit_code == 1 and "cannot connect" in result.output
+    assert "Traceback" not in result.output
