@@ -116,31 +116,47 @@ def dashboard(client) -> str:
 
 def run_jobs(jobs: list[Job], *, out: Path, tier: str, profile: str, workers: int = 0,
              scheduler: str | None = None, time_limit: float | None = None, progress: bool = True,
-             on_rows=None) -> None:
-    """Run the jobs on the cluster and append each job's rows to `out` as it finishes.
-
-    `on_rows(job, runs, curves)`, if given, is called after each append (tune's bookkeeping).
-    One progress bar counts runs over all workers.
-    """
-    from dask.distributed import as_completed
-
+             client=None) -> None:
+    """Run the jobs on `client`'s cluster (or a new session of `workers`/`scheduler`) and append
+    each job's rows to `out` as it finishes. One progress bar counts runs over all workers."""
     if not jobs:
+        return
+    if client is not None:
+        submit(client, jobs, out=out, tier=tier, profile=profile, time_limit=time_limit,
+               progress=progress)
+        return
+    with session(workers, scheduler) as client:
+        submit(client, jobs, out=out, tier=tier, profile=profile, time_limit=time_limit,
+               progress=progress)
+
+
+@contextmanager
+def session(workers: int, scheduler: str | None) -> Iterator:
+    """`connect`, printing the cluster's addresses once; None when neither option is given."""
+    if not (workers or scheduler):
+        yield None
         return
     with connect(workers, scheduler) as client:
         click.echo(f"dask: {len(client.scheduler_info()['workers'])} workers at "
                    f"{client.scheduler.address}; {dashboard(client)}", err=True)
-        futures = {}
-        for job in jobs:
-            # pure=False: a group is never deduplicated by Dask, and its key names its first run
-            future = client.submit(work, job, digest=job.digest, tier=tier, profile=profile,
-                                   time_limit=time_limit, pure=False,
-                                   key=f"ldbench-run-{job.group[0][1]}-{len(futures)}")
-            futures[future] = job
-        total = sum(len(job.group) for job in jobs)
-        with tqdm(total=total, unit="run", disable=not progress, dynamic_ncols=True) as bar:
-            for future in as_completed(futures):
-                runs, curves = rows_of(future, futures[future], tier=tier, profile=profile)
-                results.append_run(out, runs, curves)
-                if on_rows is not None:
-                    on_rows(futures[future], runs, curves)
-                bar.update(len(futures[future].group))
+        yield client
+
+
+def submit(client, jobs: list[Job], *, out: Path, tier: str, profile: str, time_limit: float | None,
+           progress: bool) -> None:
+    """Submit every job, then append each job's rows as it finishes (the client is the one writer)."""
+    from dask.distributed import as_completed
+
+    futures = {}
+    for job in jobs:
+        # pure=False: a group is never deduplicated by Dask, and its key names its first run
+        future = client.submit(work, job, digest=job.digest, tier=tier, profile=profile,
+                               time_limit=time_limit, pure=False,
+                               key=f"ldbench-run-{job.group[0][1]}-{len(futures)}")
+        futures[future] = job
+    total = sum(len(job.group) for job in jobs)
+    with tqdm(total=total, unit="run", disable=not progress, dynamic_ncols=True) as bar:
+        for future in as_completed(futures):
+            runs, curves = rows_of(future, futures[future], tier=tier, profile=profile)
+            results.append_run(out, runs, curves)
+            bar.update(len(futures[future].group))

@@ -28,7 +28,7 @@ import pandas as pd
 from scipy.stats import qmc
 from tqdm.auto import tqdm
 
-from suite import profiles, registry, results, runner, seeding
+from suite import cluster, profiles, registry, results, runner, seeding
 from suite.entry import Entry, EntryError, load_entry
 
 TUNING_SEED_BASE = 1_000_000  # far above any evaluation seed count
@@ -147,15 +147,13 @@ def finished_ids(folder: Path) -> set[str]:
     return set(runs.loc[runs["status"].isin(FINISHED), "run_id"])
 
 
-def execute(jobs: list, *, out: Path, spec: dict, prof: profiles.Profile, workers: int,
-            scheduler: str | None, time_limit: float | None, progress: bool) -> None:
-    """Run (entry, group) jobs in-process or on a Dask cluster, appending rows to `out`."""
-    from suite import cluster
-
+def execute(jobs: list, *, out: Path, spec: dict, prof: profiles.Profile, client,
+            time_limit: float | None, progress: bool) -> None:
+    """Run (entry, group) jobs in-process (client None) or on a Dask cluster, appending rows to `out`."""
     jobs = [cluster.Job(e, g) for e, g in jobs]
-    if workers or scheduler:
-        cluster.run_jobs(jobs, out=out, tier=spec["tier"], profile=spec["profile"], workers=workers,
-                         scheduler=scheduler, time_limit=time_limit, progress=progress)
+    if client is not None:
+        cluster.run_jobs(jobs, out=out, tier=spec["tier"], profile=spec["profile"], client=client,
+                         time_limit=time_limit, progress=progress)
         return
     fingerprint = profiles.fingerprint(prof, jobs[0].entry.path) if jobs else {}
     with tqdm(total=sum(len(j.group) for j in jobs), unit="run", disable=not progress) as bar:
@@ -213,12 +211,21 @@ def tune(entry_dir: str | Path, *, budget: int, tasks: list[str] | None = None, 
     spec = study_spec(entry, tasks, budget=budget, design_seed=design_seed, tuning_seeds=tuning_seeds,
                       eval_seeds=eval_seeds, tier=tier, profile=profile, sets=list(sets or []))
     open_study(out, spec)
+    with cluster.session(workers, scheduler) as client:  # one cluster for trials and evaluation
+        return run_study(entry, out, spec, tasks, prof, client=client, time_limit=time_limit,
+                         progress=progress)
+
+
+def run_study(entry: Entry, out: Path, spec: dict, tasks: list[str], prof: profiles.Profile, *,
+              client, time_limit: float | None, progress: bool) -> Path:
+    """The trials not finished yet, the choice of the best, its evaluation runs, tuned.json."""
+    tier = spec["tier"]
     found = [t for t in trial_list(entry, spec) if t[0].task in tasks]
     done = finished_ids(out / TRIALS)
     jobs = [(e, group) for _, e, planned in found
             for group in runner.group_plans([p for p in planned if p[1] not in done], None)]
-    execute(jobs, out=out / TRIALS, spec=spec, prof=prof, workers=workers, scheduler=scheduler,
-            time_limit=time_limit, progress=progress)
+    execute(jobs, out=out / TRIALS, spec=spec, prof=prof, client=client, time_limit=time_limit,
+            progress=progress)
     trials = [t for t, _, _ in found]
     table = trial_table(trials, results.read_results(out / TRIALS)[0])
     best = best_trials(table, tier)
@@ -228,8 +235,8 @@ def tune(entry_dir: str | Path, *, budget: int, tasks: list[str] | None = None, 
     done = results.done_run_ids(out / EVAL)
     jobs = [(e, group) for e, planned in evals
             for group in runner.group_plans([p for p in planned if p[1] not in done], None)]
-    execute(jobs, out=out / EVAL, spec=spec, prof=prof, workers=workers, scheduler=scheduler,
-            time_limit=time_limit, progress=progress)
+    execute(jobs, out=out / EVAL, spec=spec, prof=prof, client=client, time_limit=time_limit,
+            progress=progress)
     provenance = {k: v for k, v in spec.items() if k != "tasks"}
     provenance["tasks"] = {task: {"space": spec["tasks"][task]["space"],
                                   "space_hash": spec["tasks"][task]["space_hash"],
