@@ -76,6 +76,7 @@ def baseline(name: str) -> Path:
     source = BASELINES / name
     shutil.copy(source / "entry.py", folder / "entry.py")
     manifest = tomllib.loads((source / "entry.toml").read_text(encoding="utf-8"))
+    manifest.pop("search", None)  # tune's search space: not needed here, and older suites reject it
     tables = {t: v for t, v in manifest.pop("hparams", {}).items()
               if t == "default" or t in registry.all_tasks()}
     lines = [f"{key} = {toml_value(value)}" for key, value in manifest.items()]

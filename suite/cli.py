@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
 from pathlib import Path
@@ -36,6 +37,20 @@ class Group(click.Group):
             return super().invoke(ctx)
         except USER_ERRORS as err:
             raise UserError(str(err)) from err
+
+
+def cluster_options(func):
+    """--workers, --scheduler and --time-limit: Dask execution (suite/cluster.py), issue 12."""
+    for option in reversed([
+        click.option("--workers", default=0, type=click.IntRange(0), metavar="N",
+                     help="Run on a Dask LocalCluster of N worker processes (0: in this process)."),
+        click.option("--scheduler", default=None, metavar="ADDRESS",
+                     help="Run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786)."),
+        click.option("--time-limit", default=None, type=click.FloatRange(min=0, min_open=True),
+                     metavar="SECONDS", help="Per-run limit; a run past it is recorded as 'timeout'."),
+    ]):
+        func = option(func)
+    return func
 
 
 @click.group(cls=Group)
@@ -75,12 +90,15 @@ def tasks() -> None:
               help="Train the seeds of a task as one batched computation: auto = all of them, "
                    "N = up to N at a time, 1 = one by one. Tasks with their own procedure "
                    "(overriding Task.run) always run seed by seed.")
-def run(entry_dir, task_list, seeds, tier, profile, sets, hparams, out, quiet, seed_batch) -> None:
+@cluster_options
+def run(entry_dir, task_list, seeds, tier, profile, sets, hparams, out, quiet, seed_batch,
+        workers, scheduler, time_limit) -> None:
     """Run ENTRY_DIR on the suite, write Parquet results and print a summary table."""
     names = [t.strip() for t in task_list.split(",") if t.strip()] or None
     runs = runner.run_suite(entry_dir, tasks=names, seeds=seeds, tier=tier, profile=profile,
                             sets=list(sets), hparams=list(hparams), out=out,
-                            progress=not quiet, seed_batch=seed_batch)
+                            progress=not quiet, seed_batch=seed_batch, workers=workers,
+                            scheduler=scheduler, time_limit=time_limit)
     click.echo(report.render(runs))
     errors = runs[runs["status"] == "error"].drop_duplicates("run_id")
     for _, row in errors.iterrows():
@@ -94,8 +112,17 @@ def run(entry_dir, task_list, seeds, tier, profile, sets, hparams, out, quiet, s
 @click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--format", "fmt", default="simple", show_default=True,
               help="tabulate table format (simple, github, ...).")
-def show(results_dir, fmt) -> None:
-    """Print the summary table of the results under RESULTS_DIR."""
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+              help="A study only: SVG of each task's target against each hyperparameter.")
+def show(results_dir, fmt, plot_path) -> None:
+    """Print the summary table of the results under RESULTS_DIR (a study: its trials too)."""
+    from suite import tune
+
+    if tune.is_study(results_dir):
+        click.echo(render_study(Path(results_dir), fmt))
+        if plot_path:
+            click.echo(f"wrote {tune.plot(Path(results_dir), plot_path)}")
+        return
     runs, _ = results.read_results(results_dir)
     folder = report.entry_folder(results_dir)  # known: runs of older entry files are marked stale
     current = None
@@ -237,3 +264,73 @@ def leaderboard_check(tier, roots, out) -> None:
                     f"leaderboard build` and commit {out}/", fg="red", err=True)
         sys.exit(1)
     click.echo(f"ok: {out}/ is up to date with the results (inputs {want[:12]})")
+
+
+# -- compare, tune and Dask execution (issue 12) --------------------------------------------------
+
+
+@main.command("compare")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--tier", default=None, type=click.Choice(registry.TIERS),
+              help="Tier to compare (default: the one tier the results have).")
+@click.option("--profile", default="cpu-2core", show_default=True, help="Hardware profile.")
+@click.option("--format", "fmt", default="simple", show_default=True,
+              help="markdown (for a PR) or any tabulate format (simple, github, ...).")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write an SVG of each task's target curve with seed bands.")
+def compare_cmd(paths, tier, profile, fmt, plot_path) -> None:
+    """Entries (or results folders) side by side: mean ± CI per task and ranked metric."""
+    from suite import compare
+
+    cols = compare.columns(list(paths), tier=tier, profile=profile)
+    click.echo(compare.render(cols, fmt=fmt))
+    if plot_path:
+        click.echo(f"wrote {compare.plot(cols, plot_path)}")
+
+
+def render_study(folder: Path, fmt: str) -> str:
+    """A study's trials (best marked *), its tuned hyperparameters and evaluation summary."""
+    from suite import tune
+
+    table, tuned = tune.show(folder)
+    table = table.assign(target_mean=table["target_mean"].map(report.format_number))
+    text = tabulate(table.drop(columns=["target"]), headers="keys", tablefmt=fmt, showindex=False,
+                    disable_numparse=True)
+    text = f"study {folder} · target per task: {dict(zip(table.task, table.target, strict=True))}\n{text}"
+    if tuned:
+        text += "\n\ntuned: " + json.dumps(tuned, sort_keys=True)
+    if (folder / tune.EVAL / results.RUNS_FILE).is_file():
+        text += "\n\nevaluation seeds:\n" + report.render(results.read_results(folder / tune.EVAL)[0], fmt)
+    return text
+
+
+@main.command("tune")
+@click.argument("entry_dir", type=click.Path(file_okay=False))
+@click.option("--budget", required=True, type=click.IntRange(1), help="Trials per task.")
+@click.option("--tasks", "task_list", default="", help="Comma-separated task names (default: all).")
+@click.option("--tier", default="smoke", show_default=True, type=click.Choice(registry.TIERS))
+@click.option("--profile", default="cpu-2core", show_default=True, help="Hardware profile.")
+@click.option("--design-seed", default=0, show_default=True, type=click.IntRange(0),
+              help="Seed of the quasi-random design of trial points.")
+@click.option("--tuning-seeds", default=1, show_default=True, type=click.IntRange(1),
+              help="Tuning seeds per trial (numbered from 1000000: never an evaluation seed).")
+@click.option("--seeds", default=2, show_default=True, type=click.IntRange(1),
+              help="Evaluation seeds 0..N-1 of the best trial.")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Study folder (default: studies/ENTRY/PROFILE/TIER/budget-N).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a tier config value (task.key=value for one task). Repeatable.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@cluster_options
+def tune_cmd(entry_dir, budget, task_list, tier, profile, design_seed, tuning_seeds, seeds, out,
+             sets, quiet, workers, scheduler, time_limit) -> None:
+    """Tune ENTRY_DIR at a fixed budget of trials per task, then run the best on the evaluation seeds."""
+    from suite import tune
+
+    names = [t.strip() for t in task_list.split(",") if t.strip()] or None
+    folder = tune.tune(entry_dir, budget=budget, tasks=names, tier=tier, profile=profile,
+                       design_seed=design_seed, tuning_seeds=tuning_seeds, eval_seeds=seeds, out=out,
+                       workers=workers, scheduler=scheduler, time_limit=time_limit, sets=list(sets),
+                       progress=not quiet)
+    click.echo(render_study(folder, "simple"))
+    click.echo(f"wrote {folder / tune.TUNED_FILE}")

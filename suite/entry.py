@@ -23,7 +23,7 @@ from suite.task import TaskView
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 REQUIRED = {"name": str, "version": (int, str), "authors": list, "description": str}
-OPTIONAL = {"requirements": list, "hparams": dict, "homepage": str, "paper": str,
+OPTIONAL = {"requirements": list, "hparams": dict, "homepage": str, "paper": str, "search": dict,
             "closure": bool, "create_graph": bool}
 # Files that are outputs or caches, not the entry's code: they never enter the hash.
 HASH_EXCLUDE = {"results", "__pycache__", ".ipynb_checkpoints"}
@@ -49,6 +49,11 @@ class Entry:
     # their graph (backward(create_graph=True)) for Hessian-vector products (AdaHessian, Sophia).
     closure: bool = False
     create_graph: bool = False
+    search: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def search_for(self, task: str) -> dict[str, dict[str, Any]]:
+        """The `[search.default]` ranges updated with the task's own (`ldbench tune`)."""
+        return {**self.search.get("default", {}), **self.search.get(task, {})}
 
     def hparams_for(self, task: str) -> dict[str, Any]:
         """The `[hparams.default]` table updated with the task's own table."""
@@ -163,6 +168,7 @@ def load_entry(folder: str | Path) -> Entry:
     check_fields(manifest, raw)
     hparams = raw.get("hparams", {})
     check_hparams(manifest, hparams)
+    check_search(manifest, raw)
     return Entry(
         path=folder,
         name=raw["name"],
@@ -173,6 +179,7 @@ def load_entry(folder: str | Path) -> Entry:
         requirements=list(raw.get("requirements", [])),
         closure=raw.get("closure", False),
         create_graph=raw.get("create_graph", False),
+        search=raw.get("search", {}),
     )
 
 
@@ -236,12 +243,19 @@ def entry_files(folder: Path) -> list[Path]:
 
 
 def entry_hash(folder: str | Path) -> str:
-    """sha256 over the entry's relative file names and contents: names exactly what ran."""
+    """sha256 over the entry's relative file names and contents: names exactly what ran.
+
+    entry.toml's [search.*] tables (what `ldbench tune` may try, not what ran) are left out,
+    so declaring a search space keeps the entry's existing results valid.
+    """
     folder = Path(folder)
     digest = hashlib.sha256()
     for path in entry_files(folder):
+        data = path.read_bytes()
+        if path == folder / "entry.toml":
+            data = without_search(data)
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
+        digest.update(data + b"\0")
     return digest.hexdigest()
 
 
@@ -272,3 +286,60 @@ def entry_call(entry: Entry, call: str) -> Iterator[None]:
         raise
     except Exception as err:
         raise entry_code_error(err, entry.path, call) from err
+# -- search spaces (`ldbench tune`, issue 12) ----------------------------------------------------
+
+SEARCH_KINDS = ("log_uniform", "uniform", "choice")
+SEARCH_HEADER = re.compile(rb"^\[search(\.[^\]]*)?\]\s*(#.*)?$")
+
+
+def without_search(data: bytes) -> bytes:
+    """entry.toml's bytes without its [search.*] tables (unchanged if it has none)."""
+    lines, kept, inside = data.splitlines(keepends=True), [], False
+    for line in lines:
+        if line.startswith(b"["):
+            inside = bool(SEARCH_HEADER.match(line.strip()))
+        if not inside:
+            kept.append(line)
+    if len(kept) == len(lines):
+        return data
+    return b"".join(kept).rstrip(b"\n") + b"\n"
+
+
+def check_search(manifest: Path, raw: dict[str, Any]) -> None:
+    """[search.default] / [search.TASK] tables of `name = { log_uniform | uniform | choice = [...] }`."""
+    search = raw.get("search", {})
+    if search and "search" in tomllib.loads(without_search(manifest.read_bytes()).decode()):
+        raise fail(manifest, "declares search ranges outside [search.default]/[search.TASK] tables",
+                   "write each as a [search.TABLE] section (not dotted keys or inline tables)")
+    tasks = all_tasks()
+    for table, ranges in search.items():
+        if table != "default" and table not in tasks:
+            raise fail(manifest, f"[search.{table}] names an unknown task",
+                       f"use [search.default] or a task name{did_you_mean(table, tasks)}")
+        if not isinstance(ranges, dict):
+            raise fail(manifest, f"search.{table} is not a table", f"write [search.{table}]")
+        known = raw.get("hparams", {}).get("default", {}) if table == "default" else {
+            **raw.get("hparams", {}).get("default", {}), **raw.get("hparams", {}).get(table, {})}
+        for name, spec in ranges.items():
+            check_range(manifest, f"search.{table}.{name}", spec)
+            if name not in known:
+                where = "[hparams.default]" + ("" if table == "default" else f" or [hparams.{table}]")
+                raise fail(manifest, f"search.{table}.{name} is not a hyperparameter of {where}",
+                           f"add {name} there first{did_you_mean(name, known)}")
+
+
+def check_range(manifest: Path, where: str, spec: Any) -> None:
+    example = ("write e.g. lr = { log_uniform = [1e-4, 1e-1] }, { uniform = [0.8, 0.99] } "
+               "or { choice = [0, 1] }")
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SEARCH_KINDS:
+        raise fail(manifest, f"{where} is not one of {', '.join(SEARCH_KINDS)}", example)
+    kind, values = next(iter(spec.items()))
+    if not isinstance(values, list) or not values:
+        raise fail(manifest, f"{where}: {kind} needs a non-empty list", example)
+    if kind == "choice":
+        return
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    if len(values) != 2 or not numbers or not values[0] < values[1]:
+        raise fail(manifest, f"{where}: {kind} needs [low, high] with low < high, got {values}", example)
+    if kind == "log_uniform" and values[0] <= 0:
+        raise fail(manifest, f"{where}: log_uniform needs low > 0, got {values[0]}", "use uniform or low > 0")

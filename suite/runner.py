@@ -226,7 +226,9 @@ def concat_rows(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: int = 1,
               tier: str = "smoke", profile: str = "cpu-2core", sets: list[str] | None = None,
               out: str | Path | None = None, progress: bool = True,
-              seed_batch: int | str = "auto", hparams: list[str] | None = None) -> pd.DataFrame:
+              seed_batch: int | str = "auto", hparams: list[str] | None = None,
+              workers: int = 0, scheduler: str | None = None,
+              time_limit: float | None = None) -> pd.DataFrame:
     """Run every selected task for seeds 0..seeds-1 and return the run table of all of them.
 
     Finished runs already in `out` are skipped, so an interrupted suite resumes where it
@@ -234,6 +236,8 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
     `seed_batch`: "auto" trains all seeds of a task as one batched computation (see
     `suite.batched`), N at most N seeds together, 1 one by one. `sets` override tier config
     values and `hparams` the entry's hyperparameters (`key=value` or `task.key=value` each).
+    `workers`/`scheduler`: run the batches on a Dask cluster (suite.cluster); `time_limit`:
+    seconds per run, past which a run is recorded with status "timeout".
     """
     entry = load_entry(entry_dir)
     prof = profiles.load(profile)
@@ -251,21 +255,71 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
     ids = [run_id(entry=entry, entry_hash=digest, task=p.task, seed=p.seed, tier=tier,
                   profile=profile, overrides=p.overrides) for p in plans]
     todo = [(p, rid) for p, rid in zip(plans, ids, strict=True) if rid not in done]
+    if workers or scheduler:  # issue 12: the same groups, on a Dask cluster
+        from suite import cluster
+
+        jobs = [cluster.Job(entry, group) for group in group_plans(todo, size, entry)]
+        cluster.run_jobs(jobs, out=out, tier=tier, profile=profile, workers=workers,
+                         scheduler=scheduler, time_limit=time_limit, progress=progress)
+        todo = []
     total = sum(p.task.optimizer_steps() for p, _ in todo)
-    with tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(total=total, unit="step", disable=not progress or not todo, dynamic_ncols=True) as bar:
         for group in group_plans(todo, size, entry):
             batch = [plan for plan, _ in group]
             bar.set_description(f"{batch[0].task.name} seed {','.join(str(p.seed) for p in batch)}")
-            trainer = Trainer(batch[0].task, entry, prof, on_step=bar.update)
-            start = time.perf_counter()
-            outcomes = execute_batch(batch, trainer, notes=lambda text: bar.write(text, file=sys.stderr))
-            # The seeds of a batch share one computation: each is charged an equal share of it.
-            wall = (time.perf_counter() - start) / len(batch)
-            frames = [rows_for(plan, traj, metrics, error, rid=rid, entry=entry,
-                               entry_hash=digest, tier=tier, profile=profile,
-                               fingerprint=fingerprint, wall=wall)
-                      for (plan, rid), (traj, metrics, error) in zip(group, outcomes, strict=True)]
-            results.append_run(out, *(concat_rows([f[k] for f in frames]) for k in (0, 1)))
+            rows = run_group(group, entry, prof, tier=tier, profile=profile, fingerprint=fingerprint,
+                             on_step=bar.update, time_limit=time_limit,
+                             notes=lambda text: bar.write(text, file=sys.stderr))
+            results.append_run(out, *rows)
     results.compact(out)  # one O(rows) merge per `ldbench run`, not one per stored run
     all_runs, _ = results.read_results(out)
     return all_runs[all_runs["run_id"].isin(ids)]
+
+
+# -- one group of runs: the unit that run_suite and Dask workers (suite/cluster.py) execute -----
+
+
+class RunTimeout(BaseException):
+    """A run past its time limit. A BaseException so that execute's `except Exception` (which
+    records the task's own failures) lets it through to run_group, which records "timeout"."""
+
+
+def step_clock(limit: float | None, on_step: Callable[[int], None] | None) -> Callable[[int], None]:
+    """An on_step callback that raises RunTimeout once `limit` seconds have passed.
+
+    The clock is read after every optimizer step: a single step that never returns is not
+    caught here (on a Dask cluster, killing its worker moves the run elsewhere).
+    """
+    deadline = math.inf if limit is None else time.monotonic() + limit
+
+    def tick(n: int) -> None:
+        if on_step is not None:
+            on_step(n)
+        if time.monotonic() > deadline:
+            raise RunTimeout(f"exceeded the time limit of {limit:g} s")
+    return tick
+
+
+def run_group(group: list[tuple[Plan, str]], entry: Entry, prof: profiles.Profile, *, tier: str,
+              profile: str, fingerprint: dict[str, str], on_step: Callable[[int], None] | None = None,
+              time_limit: float | None = None, notes: Callable[[str], None] = print
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run one group (seeds of one task, see group_plans) and return its (runs, curves) rows.
+
+    `time_limit` is per run: a seed-batched group of k seeds gets k times as long. `notes`
+    receives the one-line notes of batches that ran one by one.
+    """
+    batch = [plan for plan, _ in group]
+    limit = None if time_limit is None else time_limit * len(batch)
+    trainer = Trainer(batch[0].task, entry, prof, on_step=step_clock(limit, on_step))
+    start = time.perf_counter()
+    try:
+        outcomes = execute_batch(batch, trainer, notes=notes)
+    except RunTimeout as err:
+        outcomes = [(Trajectory(status="timeout"), p.task.nan_metrics(), str(err)) for p in batch]
+    # The seeds of a batch share one computation: each is charged an equal share of it.
+    wall = (time.perf_counter() - start) / len(batch)
+    frames = [rows_for(plan, traj, metrics, error, rid=rid, entry=entry, entry_hash=entry.hash,
+                       tier=tier, profile=profile, fingerprint=fingerprint, wall=wall)
+              for (plan, rid), (traj, metrics, error) in zip(group, outcomes, strict=True)]
+    return tuple(concat_rows([f[k] for f in frames]) for k in (0, 1))

@@ -1,0 +1,162 @@
+"""Dask execution: groups of runs on a dask.distributed cluster, their rows written by the client.
+
+One writer: workers return each group's (runs, curves) rows and the client appends them through
+suite.results as they arrive. The results store of this version rewrites a folder's tables on
+every append, so concurrent appends from several processes could lose runs; with one writer
+nothing is lost, and a worker killed mid-run loses only rows that were never returned (Dask
+reruns its group on another worker). A killed client resumes like `ldbench run`: the groups it
+appended are done, the others run again.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import pandas as pd
+from tqdm.auto import tqdm
+
+from suite import profiles, results, runner
+from suite.entry import Entry, EntryError
+from suite.loop import Trajectory
+
+
+class ClusterError(click.ClickException):
+    """A cluster that cannot be reached: one line, exit 1 (click prints it)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One group of runs (seeds of one task, see runner.group_plans) of one entry."""
+
+    entry: Entry
+    group: list[tuple[runner.Plan, str]]
+
+    @property
+    def digest(self) -> str:
+        return self.entry.hash
+
+
+@functools.lru_cache(maxsize=8)
+def worker_fingerprint(profile: str, entry_path: Path) -> dict[str, str]:
+    """This worker's machine, recorded in its rows (computed once per worker process)."""
+    return profiles.fingerprint(profiles.load(profile), entry_path)
+
+
+def work(job: Job, *, digest: str, tier: str, profile: str,
+         time_limit: float | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run one job on a worker: apply the profile here (threads, dtype, determinism), refusing
+    the work if this machine cannot honour it, then return the group's rows."""
+    prof = profiles.load(profile)
+    try:
+        prof.apply()
+    except profiles.ProfileError as err:
+        raise profiles.ProfileError(f"worker {socket.gethostname()} refuses the work: {err}") from None
+    if job.entry.hash != digest:  # the worker must run exactly the files the run ids name
+        raise EntryError(f"{job.entry.path}: worker {socket.gethostname()} sees other entry files "
+                         "than the client; workers need the same files (a shared filesystem)")
+    fingerprint = worker_fingerprint(profile, job.entry.path)
+    return runner.run_group(job.group, job.entry, prof, tier=tier, profile=profile,
+                            fingerprint=fingerprint, time_limit=time_limit)
+
+
+@contextmanager
+def connect(workers: int, scheduler: str | None) -> Iterator:
+    """A client of the cluster at `scheduler`, or of a new LocalCluster of `workers` processes.
+
+    One thread per worker: a run's own threads come from the profile (torch.set_num_threads).
+    The dashboard takes a free port (":0") so that several clusters never fight over 8787.
+    """
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except OSError as err:
+            raise ClusterError(f"--scheduler {scheduler}: cannot connect ({err}); start a scheduler "
+                               "there (`dask scheduler`) or run a local cluster with --workers N") from None
+        with client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        yield client
+
+
+def rows_of(future, job: Job, *, tier: str, profile: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The job's rows; a job that killed every worker it ran on (Dask gives up after
+    `distributed.scheduler.allowed-failures` tries) is recorded as an error, and the suite goes on."""
+    from dask.distributed import KilledWorker
+
+    try:
+        return future.result()
+    except KilledWorker as err:
+        message = f"KilledWorker: the run's worker process died on every try ({err})"
+    prof = profiles.load(profile)
+    frames = [runner.rows_for(plan, Trajectory(status="error"), plan.task.nan_metrics(), message,
+                              rid=rid, entry=job.entry, entry_hash=job.digest, tier=tier, profile=profile,
+                              fingerprint=profiles.fingerprint(prof, job.entry.path), wall=float("nan"))
+              for plan, rid in job.group]
+    return tuple(runner.concat_rows([f[k] for f in frames]) for k in (0, 1))
+
+
+def dashboard(client) -> str:
+    """The dashboard's address; Dask serves it only where bokeh is installed."""
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return "no dashboard (pip install 'bokeh>=3.1' to get Dask's)"
+    return f"dashboard {client.dashboard_link}"
+
+
+def run_jobs(jobs: list[Job], *, out: Path, tier: str, profile: str, workers: int = 0,
+             scheduler: str | None = None, time_limit: float | None = None, progress: bool = True,
+             client=None) -> None:
+    """Run the jobs on `client`'s cluster (or a new session of `workers`/`scheduler`) and append
+    each job's rows to `out` as it finishes. One progress bar counts runs over all workers."""
+    if not jobs:
+        return
+    if client is not None:
+        submit(client, jobs, out=out, tier=tier, profile=profile, time_limit=time_limit,
+               progress=progress)
+        return
+    with session(workers, scheduler) as client:
+        submit(client, jobs, out=out, tier=tier, profile=profile, time_limit=time_limit,
+               progress=progress)
+
+
+@contextmanager
+def session(workers: int, scheduler: str | None) -> Iterator:
+    """`connect`, printing the cluster's addresses once; None when neither option is given."""
+    if not (workers or scheduler):
+        yield None
+        return
+    with connect(workers, scheduler) as client:
+        click.echo(f"dask: {len(client.scheduler_info()['workers'])} workers at "
+                   f"{client.scheduler.address}; {dashboard(client)}", err=True)
+        yield client
+
+
+def submit(client, jobs: list[Job], *, out: Path, tier: str, profile: str, time_limit: float | None,
+           progress: bool) -> None:
+    """Submit every job, then append each job's rows as it finishes (the client is the one writer)."""
+    from dask.distributed import as_completed
+
+    futures = {}
+    for job in jobs:
+        # pure=False: a group is never deduplicated by Dask, and its key names its first run
+        future = client.submit(work, job, digest=job.digest, tier=tier, profile=profile,
+                               time_limit=time_limit, pure=False,
+                               key=f"ldbench-run-{job.group[0][1]}-{len(futures)}")
+        futures[future] = job
+    total = sum(len(job.group) for job in jobs)
+    with tqdm(total=total, unit="run", disable=not progress, dynamic_ncols=True) as bar:
+        for future in as_completed(futures):
+            runs, curves = rows_of(future, futures[future], tier=tier, profile=profile)
+            results.append_run(out, runs, curves)
+            bar.update(len(futures[future].group))

@@ -1,0 +1,192 @@
+"""`ldbench compare`: entries side by side, per task and ranked metric, with their intervals."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from suite import registry, report, results
+from suite.interval import t_interval
+from suite.task import Metric
+
+# The curve drawn per task by --plot when the task does not declare its curves (Task.curves):
+# the first of these it recorded (the quantity its target is read from), else its first curve.
+PREFERRED_CURVES = ("test_error", "test_acc", "subspace_distance", "loss", "test_loss")
+
+
+@dataclass(frozen=True)
+class Column:
+    """The runs of one compared entry (one entry, tier, profile and set of overrides)."""
+
+    label: str
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+
+
+def load(path: str | Path, *, tier: str | None, profile: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, curves) of an entry folder (its results/PROFILE) or of any results folder."""
+    path = Path(path)
+    folder = path / "results" / profile if (path / "entry.toml").is_file() else path
+    runs, curves = results.read_results(folder)
+    runs = runs[runs["profile"] == profile] if "profile" in runs else runs
+    if tier is None:
+        tiers = sorted(set(runs["tier"]))
+        if len(tiers) > 1:
+            raise registry.RegistryError(f"{path}: results of several tiers {tiers}; pick one with --tier")
+    else:
+        runs = runs[runs["tier"] == tier]
+    if runs.empty:
+        raise results.ResultsError(f"{folder}: no {tier or ''} runs on profile {profile}; "
+                                   f"run `ldbench run {path} --tier {tier or 'smoke'}` first")
+    return runs, curves[curves["run_id"].isin(set(runs["run_id"]))]
+
+
+def columns(paths: list[str | Path], *, tier: str | None, profile: str) -> list[Column]:
+    """One column per (entry, tier, overrides) found in the paths; runs are never pooled across them."""
+    found = []
+    for path in paths:
+        runs, curves = load(path, tier=tier, profile=profile)
+        for (entry, tier_, overrides), part in runs.groupby(["entry", "tier", "overrides"], sort=False):
+            label = entry + ("" if overrides in ("", "{}") else f" {overrides}")
+            found.append((label, str(path), tier_, part, curves[curves["run_id"].isin(set(part["run_id"]))]))
+    if len({f[2] for f in found}) > 1:
+        raise registry.RegistryError(f"the compared results span tiers {sorted({f[2] for f in found})}; "
+                                     "pick one with --tier")
+    labels = [f[0] for f in found]
+    return [Column(label if labels.count(label) == 1 else f"{label} ({path})", runs, curves)
+            for label, path, _, runs, curves in found]
+
+
+def declared_metrics(runs: pd.DataFrame) -> dict[str, dict[str, Metric]]:
+    """Each task's Metric declarations for the config that ran (None for a task no longer known)."""
+    declared = {}
+    for task, part in runs.groupby("task", sort=False):
+        try:
+            cls = registry.task_class(task)
+        except registry.RegistryError:
+            continue
+        declared[task] = cls(json.loads(part["config"].iloc[0])).metrics()
+    return declared
+
+
+def ranked(spec: Metric | None, specs: dict[str, Metric]) -> bool:
+    """Ranked metrics only; every metric while the task declares no roles yet."""
+    if spec is None or all(s.role is None for s in specs.values()):
+        return True
+    return spec.role == "ranked"
+
+
+def interval(values: np.ndarray, spec: Metric | None) -> tuple[float, float, float]:
+    """(mean, low, high) over the finite values, clipped to the metric's bounds; NaN if unknown."""
+    return t_interval(values, bounds=spec.bounds if spec else (-math.inf, math.inf))
+
+
+def better(a: np.ndarray, b: np.ndarray, spec: Metric | None, direction: str) -> bool:
+    """Whether `a` is better than `b` with separated intervals.
+
+    Any missing result (NaN: diverged or failed) makes no claim. For a steps-to-target metric,
+    all seeds reaching the target beats no seed reaching it; a mix makes no claim. Otherwise both
+    intervals must exist (>= 2 seeds), be disjoint, and their means differ by more than the
+    metric's resolution.
+    """
+    if np.isnan(a).any() or np.isnan(b).any():
+        return False
+    fin_a, fin_b = np.isfinite(a), np.isfinite(b)
+    if not (fin_a.all() and fin_b.all()):
+        return fin_a.all() and not fin_b.any() and direction == "min"
+    (ma, la, ha), (mb, lb, hb) = interval(a, spec), interval(b, spec)
+    if abs(ma - mb) <= ((spec.resolution or 0.0) if spec else 0.0):
+        return False
+    return bool(ha < lb) if direction == "min" else bool(la > hb)
+
+
+def verdict(values: dict[str, np.ndarray], spec: Metric | None, direction: str) -> str:
+    """'A' if A beats every other entry, 'A > B, C' if it beats only some of them, '' otherwise."""
+    claims = []
+    for label, mine in values.items():
+        beaten = [o for o, theirs in values.items() if o != label and better(mine, theirs, spec, direction)]
+        if len(beaten) == len(values) - 1:
+            return label
+        if beaten:
+            claims.append(f"{label} > {', '.join(beaten)}")
+    return "; ".join(claims)
+
+
+def table(cols: list[Column]) -> pd.DataFrame:
+    """One row per (task, ranked metric): each column's 'mean ± CI' and who is better."""
+    everything = pd.concat([c.runs for c in cols], ignore_index=True)
+    declared = declared_metrics(everything)
+    rows = []
+    for (task, metric), _ in everything.groupby(["task", "metric"], sort=False):
+        specs = declared.get(task, {})
+        spec = specs.get(metric)
+        if not ranked(spec, specs):
+            continue
+        direction = spec.direction if spec else everything.loc[everything["metric"] == metric,
+                                                              "direction"].iloc[0]
+        values = {c.label: c.runs.loc[(c.runs["task"] == task) & (c.runs["metric"] == metric),
+                                      "value"].to_numpy(np.float64) for c in cols}
+        present = {k: v for k, v in values.items() if len(v)}
+        rows.append({"task": task, "metric": metric, "": report.ARROWS.get(direction, "?"),
+                     **{k: report.describe(v, spec.bounds if spec else (-math.inf, math.inf))
+                        if len(v) else "—" for k, v in values.items()},
+                     "better": verdict(present, spec, direction) if len(present) > 1 else ""})
+    return pd.DataFrame(rows)
+
+
+def render(cols: list[Column], fmt: str = "simple") -> str:
+    """The table as text; `fmt` "markdown" gives a GitHub table for pasting into a PR."""
+    seeds = ", ".join(f"{c.label}: {c.runs['seed'].nunique()} seeds" for c in cols)
+    tablefmt = "github" if fmt == "markdown" else fmt
+    body = tabulate(table(cols), headers="keys", tablefmt=tablefmt, showindex=False,
+                    disable_numparse=True)
+    return (f"tier {cols[0].runs['tier'].iloc[0]} · {seeds} · mean ± 95% CI; 'better' where the "
+            f"intervals separate\n\n{body}")
+
+
+def plot_curve(task: str, recorded: set[str], config: dict) -> str | None:
+    try:
+        declared = list(registry.task_class(task)(config).curves())
+    except (NotImplementedError, registry.RegistryError):
+        declared = []
+    for name in [*declared, *PREFERRED_CURVES, *sorted(recorded)]:
+        if name in recorded:
+            return name
+    return None
+
+
+def plot(cols: list[Column], path: str | Path) -> Path:
+    """An SVG with one panel per task: the target curve's seed mean and min-max band per entry."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from suite.site import plots  # matplotlib only for --plot
+
+    curves = pd.concat([c.curves.assign(label=c.label) for c in cols], ignore_index=True)
+    runs = pd.concat([c.runs for c in cols], ignore_index=True)
+    tasks = list(dict.fromkeys(runs["task"]))
+    with matplotlib.rc_context(plots.SVG_RC):  # panels keep their own y axes: tasks differ in scale
+        fig = Figure(figsize=(3.2 * len(tasks), 2.6), layout="constrained")
+        axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    for ax, task in zip(axes, tasks, strict=True):
+        part = curves[curves["task"] == task]
+        config = json.loads(runs.loc[runs["task"] == task, "config"].iloc[0])
+        name = plot_curve(task, set(part["metric"]), config)
+        ax.set_title(task if name is None else f"{task}: {name}", fontsize=8)
+        for label, line in part[part["metric"] == name].groupby("label", sort=False):
+            # band: the range over seeds at each evaluation step (steps are shared by all seeds)
+            stats = line.groupby("step")["value"].agg(["mean", "min", "max"])
+            ax.plot(stats.index, stats["mean"], label=label)
+            ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2)
+        plots.log_steps(ax)
+        ax.legend(fontsize=6, frameon=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(plots.render(fig), encoding="utf-8")
+    return path

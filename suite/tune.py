@@ -1,0 +1,319 @@
+"""`ldbench tune`: a fixed-budget study over an entry's search space, resumable, then evaluated.
+
+Protocol (also in submissions/README.md):
+- budget N: N trial points per task, from a scrambled Halton design (scipy.stats.qmc) seeded by
+  the design seed; the same N, design and seed for every entry, so a study can be re-run exactly;
+- each trial runs on the tuning seeds TUNING_SEED_BASE + 0..k-1, disjoint from the evaluation
+  seeds 0..n-1 that `ldbench run` and the leaderboard use;
+- the best trial per task is chosen by the task's target (a steps-to-target metric): first the
+  most tuning seeds that reached the target (a run that diverged, failed or timed out did not),
+  then the best mean over those seeds (values within the metric's resolution are equal), then
+  the lowest trial index (the earlier design point);
+- the best point is run on the evaluation seeds; tuned.json holds it with the provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import qmc
+from tqdm.auto import tqdm
+
+from suite import cluster, profiles, registry, results, runner, seeding
+from suite.entry import Entry, EntryError, load_entry
+
+TUNING_SEED_BASE = 1_000_000  # far above any evaluation seed count
+STUDY_FILE, TUNED_FILE = "study.json", "tuned.json"
+TRIALS, EVAL = "trials", "eval"
+FINISHED = ("ok", "diverged", "timeout")  # a trial with one of these statuses is not rerun
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One design point of one task and the run ids of its tuning seeds."""
+
+    task: str
+    index: int
+    hparams: dict[str, Any]
+    run_ids: tuple[str, ...]
+
+
+def space_hash(space: dict[str, dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(space, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def scale(name: str, spec: dict[str, Any], u: float) -> Any:
+    """Map u in [0, 1) to the range `spec` (one of log_uniform, uniform, choice)."""
+    (kind, values), = spec.items()
+    if kind == "choice":
+        return values[min(int(u * len(values)), len(values) - 1)]
+    low, high = float(values[0]), float(values[1])
+    if kind == "log_uniform":
+        return float(math.exp(math.log(low) + u * (math.log(high) - math.log(low))))
+    return float(low + u * (high - low))
+
+
+def design(space: dict[str, dict[str, Any]], budget: int, design_seed: int) -> list[dict[str, Any]]:
+    """`budget` points of a scrambled Halton design over the space (dimensions in name order)."""
+    names = sorted(space)
+    rng = np.random.default_rng(seeding.derive_seed(design_seed, "tune-design"))
+    units = qmc.Halton(d=len(names), scramble=True, seed=rng).random(budget)  # (budget, dims)
+    return [{name: scale(name, space[name], float(u)) for name, u in zip(names, row, strict=True)}
+            for row in units]
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomically (temp file, fsync, rename), like the results store."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plans_for(entry: Entry, task_name: str, spec: dict, hparams: dict[str, Any],
+              seeds: list[int]) -> tuple[Entry, list[tuple[runner.Plan, str]]]:
+    """The runs of one hyperparameter point: recorded like `ldbench run --hparam` runs."""
+    point = entry.with_hparams({task_name: hparams})
+    tier, profile = spec["tier"], spec["profile"]
+    plans = runner.make_plans([task_name], seeds, tier, spec["sets"], {task_name: hparams})
+    return point, [(p, runner.run_id(entry=entry, entry_hash=entry.hash, task=p.task, seed=p.seed,
+                                     tier=tier, profile=profile, overrides=p.overrides)) for p in plans]
+
+
+def study_spec(entry: Entry, tasks: list[str], *, budget: int, design_seed: int, tuning_seeds: int,
+               eval_seeds: int, tier: str, profile: str, sets: list[str]) -> dict:
+    """Everything that fixes a study's trials; a resumed study must match it."""
+    spaces = {}
+    for task in tasks:
+        space = entry.search_for(task)
+        if not space:
+            raise EntryError(f"{entry.path / 'entry.toml'}: no search space for task {task}; "
+                             "add a [search.default] or [search." + task + "] table")
+        spaces[task] = {"space": space, "space_hash": space_hash(space),
+                        "points": design(space, budget, design_seed)}
+    return {"entry": entry.name, "entry_hash": entry.hash, "tier": tier, "profile": profile, "sets": sets,
+            "budget": budget, "design": "scrambled Halton (scipy.stats.qmc)", "design_seed": design_seed,
+            "tuning_seeds": [TUNING_SEED_BASE + i for i in range(tuning_seeds)],
+            "eval_seeds": list(range(eval_seeds)), "tasks": spaces}
+
+
+def open_study(out: Path, spec: dict) -> None:
+    """Write study.json, or check that the study already in `out` is this one."""
+    path = out / STUDY_FILE
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        keys = [k for k in spec if k != "tasks"]
+        diff = [k for k in keys if old.get(k) != spec[k]]
+        diff += [f"tasks.{t}" for t in spec["tasks"] if old["tasks"].get(t) != spec["tasks"][t]]
+        if diff:
+            raise EntryError(f"{path}: a different study ({', '.join(diff)} differ); "
+                             "pass another --out or delete that folder")
+        spec["tasks"] = {**old["tasks"], **spec["tasks"]}
+    write_json(path, spec)
+
+
+def trial_list(entry: Entry, spec: dict) -> list[tuple[Trial, Entry, list]]:
+    found = []
+    for task, info in spec["tasks"].items():
+        for index, point in enumerate(info["points"]):
+            point_entry, planned = plans_for(entry, task, spec, point, spec["tuning_seeds"])
+            trial = Trial(task, index, point, tuple(rid for _, rid in planned))
+            found.append((trial, point_entry, planned))
+    return found
+
+
+def finished_ids(folder: Path) -> set[str]:
+    """Run ids of finished trial runs (a timeout is a result of a trial, never redone)."""
+    if not (folder / results.RUNS_FILE).is_file():
+        return set()
+    runs = results.read_table(folder / results.RUNS_FILE)
+    return set(runs.loc[runs["status"].isin(FINISHED), "run_id"])
+
+
+def execute(jobs: list, *, out: Path, spec: dict, prof: profiles.Profile, client,
+            time_limit: float | None, progress: bool) -> None:
+    """Run (entry, group) jobs in-process (client None) or on a Dask cluster, appending rows to `out`."""
+    jobs = [cluster.Job(e, g) for e, g in jobs]
+    if client is not None:
+        cluster.run_jobs(jobs, out=out, tier=spec["tier"], profile=spec["profile"], client=client,
+                         time_limit=time_limit, progress=progress)
+        return
+    fingerprint = profiles.fingerprint(prof, jobs[0].entry.path) if jobs else {}
+    with tqdm(total=sum(len(j.group) for j in jobs), unit="run", disable=not progress) as bar:
+        for job in jobs:
+            rows = runner.run_group(job.group, job.entry, prof, tier=spec["tier"],
+                                    profile=spec["profile"], fingerprint=fingerprint,
+                                    time_limit=time_limit)
+            results.append_run(out, *rows)
+            bar.update(len(job.group))
+
+
+def trial_table(trials: list[Trial], runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial: its hyperparameters, target over tuning seeds and run statuses."""
+    rows = []
+    for trial in trials:
+        cls = registry.task_class(trial.task)
+        part = runs[runs["run_id"].isin(trial.run_ids) & (runs["metric"] == cls.target)]
+        values = part["value"].to_numpy(np.float64)
+        reached = values[np.isfinite(values)]
+        statuses = part["status"].value_counts().to_dict()
+        rows.append({"task": trial.task, "trial": trial.index,
+                     "hparams": json.dumps(trial.hparams, sort_keys=True), "target": cls.target,
+                     "reached": len(reached), "seeds": len(trial.run_ids), "done": len(part),
+                     "target_mean": float(reached.mean()) if len(reached) else math.inf,
+                     "statuses": ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))})
+    return pd.DataFrame(rows)
+
+
+def best_trials(table: pd.DataFrame, tier: str) -> dict[str, int]:
+    """The best trial index per task (see the module docstring for the rule)."""
+    best = {}
+    for task, part in table.groupby("task", sort=False):
+        task_obj = registry.make_task(task, tier)
+        spec = task_obj.metrics()[task_obj.target]
+        sign = 1.0 if spec.direction == "min" else -1.0
+        top = part[part["reached"] == part["reached"].max()]
+        score = sign * top["target_mean"]
+        tied = top[score <= score.min() + (spec.resolution or 0.0)]
+        best[task] = int(tied["trial"].min())
+    return best
+
+
+def tune(entry_dir: str | Path, *, budget: int, tasks: list[str] | None = None, tier: str = "smoke",
+         profile: str = "cpu-2core", design_seed: int = 0, tuning_seeds: int = 1, eval_seeds: int = 2,
+         out: str | Path | None = None, workers: int = 0, scheduler: str | None = None,
+         time_limit: float | None = None, sets: list[str] | None = None, progress: bool = True) -> Path:
+    """Run (or resume) a study and its evaluation; return the study folder."""
+    entry = load_entry(entry_dir)
+    prof = profiles.load(profile)
+    prof.apply()
+    tasks = tasks or list(registry.all_tasks())
+    for name in tasks:
+        registry.task_class(name)
+    out = Path(out) if out else Path("studies") / entry.name / profile / tier / f"budget-{budget}"
+    spec = study_spec(entry, tasks, budget=budget, design_seed=design_seed, tuning_seeds=tuning_seeds,
+                      eval_seeds=eval_seeds, tier=tier, profile=profile, sets=list(sets or []))
+    open_study(out, spec)
+    with cluster.session(workers, scheduler) as client:  # one cluster for trials and evaluation
+        return run_study(entry, out, spec, tasks, prof, client=client, time_limit=time_limit,
+                         progress=progress)
+
+
+def run_study(entry: Entry, out: Path, spec: dict, tasks: list[str], prof: profiles.Profile, *,
+              client, time_limit: float | None, progress: bool) -> Path:
+    """The trials not finished yet, the choice of the best, its evaluation runs, tuned.json."""
+    tier = spec["tier"]
+    found = [t for t in trial_list(entry, spec) if t[0].task in tasks]
+    done = finished_ids(out / TRIALS)
+    jobs = [(e, group) for _, e, planned in found
+            for group in runner.group_plans([p for p in planned if p[1] not in done], None, entry)]
+    execute(jobs, out=out / TRIALS, spec=spec, prof=prof, client=client, time_limit=time_limit,
+            progress=progress)
+    trials = [t for t, _, _ in found]
+    table = trial_table(trials, results.read_results(out / TRIALS)[0])
+    best = best_trials(table, tier)
+    by_index = {(t.task, t.index): t for t in trials}
+    tuned = {task: by_index[task, best[task]].hparams for task in tasks}
+    evals = [plans_for(entry, task, spec, tuned[task], spec["eval_seeds"]) for task in tasks]
+    done = results.done_run_ids(out / EVAL)
+    jobs = [(e, group) for e, planned in evals
+            for group in runner.group_plans([p for p in planned if p[1] not in done], None, entry)]
+    execute(jobs, out=out / EVAL, spec=spec, prof=prof, client=client, time_limit=time_limit,
+            progress=progress)
+    provenance = {k: v for k, v in spec.items() if k != "tasks"}
+    provenance["tasks"] = {task: {"space": spec["tasks"][task]["space"],
+                                  "space_hash": spec["tasks"][task]["space_hash"],
+                                  "best_trial": best[task],
+                                  "trials": table[table["task"] == task].to_dict("records")}
+                           for task in tasks}
+    write_json(out / TUNED_FILE, {"tuned": tuned, "provenance": provenance})
+    return out
+
+
+def is_study(folder: Path) -> bool:
+    return (Path(folder) / STUDY_FILE).is_file()
+
+
+def show(folder: Path) -> tuple[pd.DataFrame, dict]:
+    """A study's trial table (marking the best trial) and its tuned hyperparameters."""
+    folder = Path(folder)
+    spec = json.loads((folder / STUDY_FILE).read_text(encoding="utf-8"))
+    entry_stub = Entry(path=folder, name=spec["entry"], version="", authors=[], description="")
+    trials = []
+    for task, info in spec["tasks"].items():
+        for index, point in enumerate(info["points"]):
+            plans = runner.make_plans([task], spec["tuning_seeds"], spec["tier"],
+                                      spec.get("sets", []), {task: point})
+            ids = tuple(runner.run_id(entry=entry_stub, entry_hash=spec["entry_hash"], task=p.task,
+                                      seed=p.seed, tier=spec["tier"], profile=spec["profile"],
+                                      overrides=p.overrides) for p in plans)
+            trials.append(Trial(task, index, point, ids))
+    runs = (results.read_results(folder / TRIALS)[0] if (folder / TRIALS / results.RUNS_FILE).is_file()
+            else pd.DataFrame(columns=["run_id", "metric", "value", "status"]))
+    table = trial_table(trials, runs)
+    tuned, best = {}, {}
+    if (folder / TUNED_FILE).is_file():
+        written = json.loads((folder / TUNED_FILE).read_text(encoding="utf-8"))
+        tuned = written["tuned"]
+        best = {t: info["best_trial"] for t, info in written["provenance"]["tasks"].items()}
+    table["best"] = ["*" if best.get(t) == i else "" for t, i in zip(table["task"], table["trial"],
+                                                                     strict=True)]
+    return table, tuned
+
+
+def plot(folder: Path, path: str | Path) -> Path:
+    """An SVG per study: each task's target (mean over tuning seeds) against each hyperparameter.
+
+    Trials that reached the target on no seed are drawn at the top edge as crosses; the best
+    trial is circled.
+    """
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from suite.site import plots
+
+    table, _ = show(folder)
+    spec = json.loads((Path(folder) / STUDY_FILE).read_text(encoding="utf-8"))
+    panels = [(task, name, info["space"][name]) for task, info in spec["tasks"].items()
+              for name in sorted(info["space"])]
+    with matplotlib.rc_context(plots.SVG_RC):
+        fig = Figure(figsize=(3.0 * len(panels), 2.6), layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (task, name, space) in zip(axes, panels, strict=True):
+        part = table[table["task"] == task]
+        x = np.array([json.loads(h)[name] for h in part["hparams"]], dtype=object)
+        y = part["target_mean"].to_numpy(np.float64)
+        finite = np.isfinite(y)
+        top = y[finite].max() * 1.1 if finite.any() else 1.0
+        if "log_uniform" in space:
+            ax.set_xscale("log")
+        xs = x.astype(float) if "choice" not in space else np.array([str(v) for v in x])
+        ax.scatter(xs[finite], y[finite], s=14)
+        ax.scatter(xs[~finite], np.full((~finite).sum(), top), marker="x", s=14, color="tab:red")
+        best = (part["best"] == "*").to_numpy()
+        ax.scatter(xs[best], np.where(finite[best], y[best], top), s=60, facecolors="none",
+                   edgecolors="k")
+        ax.set_xlabel(name)
+        ax.set_ylabel(str(part["target"].iloc[0]) if len(part) else "")
+        ax.set_title(task, fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(plots.render(fig), encoding="utf-8")
+    return path

@@ -1,0 +1,182 @@
+"""Dask execution on a LocalCluster of 2 workers: same numbers as in-process, worker faults, time limits."""
+
+import os
+import signal
+import threading
+import time
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from suite import cluster, runner
+from suite.profiles import ProfileError
+
+FAST = ["steps=60", "evals=10"]
+TASKS = ["deep-linear-modes", "shared-representation"]
+# An optimizer slow enough (10 ms a step) that a worker can be killed in the middle of a run.
+SLOW_SGD = """
+import time
+from types import SimpleNamespace
+import torch
+
+class SlowSGD(torch.optim.SGD):
+    def step(self, closure=None):
+        time.sleep(hparams_delay[0])
+        return super().step(closure)
+
+hparams_delay = [0.0]
+
+def make_optimizer(params, hparams, task):
+    hparams_delay[0] = hparams["delay"] if task.name in hparams["slow_tasks"] else 0.0
+    return SlowSGD(params, lr=hparams["lr"])
+"""
+
+
+def slow_entry(make_entry, delay, slow_tasks=TASKS):
+    return make_entry("slow", code=SLOW_SGD, hparams=(f"[hparams.default]\nlr = 0.01\ndelay = {delay}\n"
+                                                      f"slow_tasks = {list(slow_tasks)!r}\n"))
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as lc:
+        yield lc.scheduler_address
+
+
+def run(entry, out, **kwargs):
+    kwargs.setdefault("tasks", TASKS)
+    return runner.run_suite(entry, tier="smoke", sets=FAST, out=out, progress=False, **kwargs)
+
+
+def sorted_table(path):
+    frame = pd.read_parquet(path)
+    keys = ["run_id", "metric"] + (["step"] if "step" in frame else [])
+    return frame.sort_values(keys).reset_index(drop=True)
+
+
+def test_distributed_numbers_are_bit_identical_to_in_process(make_entry, tmp_path, scheduler):
+    entry = make_entry()
+    run(entry, tmp_path / "local", seeds=2)
+    run(entry, tmp_path / "dask", seeds=2, scheduler=scheduler)
+    local = sorted_table(tmp_path / "local" / "runs.parquet")
+    dask = sorted_table(tmp_path / "dask" / "runs.parquet")
+    assert list(local.run_id) == list(dask.run_id) and len(local) > 0
+    pd.testing.assert_series_equal(local.value, dask.value)  # NaN == NaN, bits otherwise
+    pd.testing.assert_frame_equal(sorted_table(tmp_path / "local" / "curves.parquet"),
+                                  sorted_table(tmp_path / "dask" / "curves.parquet"))
+
+
+def test_run_past_the_time_limit_is_a_timeout_and_the_suite_goes_on(make_entry, tmp_path, scheduler):
+    entry = slow_entry(make_entry, 0.05, slow_tasks=["deep-linear-modes"])  # 60 steps: 3 s
+    runs = run(entry, tmp_path / "out", seeds=1, scheduler=scheduler, time_limit=1.0)
+    status = runs.drop_duplicates("run_id").set_index("task")["status"]
+    assert status["deep-linear-modes"] == "timeout" and status["shared-representation"] == "ok"
+    row = runs[runs.task == "deep-linear-modes"].iloc[0]
+    assert "time limit of 1 s" in row.error and runs[runs.task == "deep-linear-modes"].value.isna().all()
+
+
+def test_killed_worker_loses_and_duplicates_no_run(make_entry, tmp_path, scheduler):
+    from dask.distributed import Client
+
+    entry = slow_entry(make_entry, 0.02)  # about 1.2 s per run
+    killed = []
+
+    def kill_a_busy_worker():
+        with Client(scheduler) as client:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not killed:
+                busy = [w for w, keys in client.processing().items() if keys]
+                if busy:
+                    time.sleep(0.5)  # into the run
+                    pid = client.run(os.getpid, workers=busy[:1])[busy[0]]
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_busy_worker)
+    killer.start()
+    runs = run(entry, tmp_path / "out", seeds=3, seed_batch=1, scheduler=scheduler)
+    killer.join()
+    assert killed, "no worker was killed: the test did not test anything"
+    stored = pd.read_parquet(tmp_path / "out" / "runs.parquet")
+    per_run = stored.groupby("run_id").size()
+    assert len(per_run) == 6 and (stored.status == "ok").all()
+    assert set(per_run.index) == set(runs.run_id)
+    assert not stored.duplicated(["run_id", "metric"]).any()
+
+
+def test_worker_refuses_a_profile_its_machine_cannot_honour(make_entry):
+    from suite.entry import load_entry
+
+    entry = load_entry(make_entry())
+    plans = runner.make_plans(["deep-linear-modes"], [0], "smoke", FAST)
+    job = cluster.Job(entry, [(plans[0], "id")])
+    if torch.cuda.is_available():
+        pytest.skip("this machine honours the CUDA profile")
+    with pytest.raises(ProfileError, match="refuses the work"):
+        cluster.work(job, digest=entry.hash, tier="smoke", profile="cuda-1gpu", time_limit=None)
+
+
+def test_distributed_study_matches_in_process_and_resumes_without_redoing_trials(
+        make_entry, tmp_path, scheduler):
+    import json
+
+    from suite import tune
+
+    entry = make_entry(hparams="[hparams.default]\nlr = 0.01\n[search.default]\n"
+                               "lr = { log_uniform = [1e-3, 1e-1] }\n")
+    common = dict(budget=3, tasks=["deep-linear-modes"], eval_seeds=2, sets=FAST, progress=False)
+    local = tune.tune(entry, out=tmp_path / "local", **common)
+    dask = tune.tune(entry, out=tmp_path / "dask", scheduler=scheduler, **common)
+    read = [json.loads((folder / tune.TUNED_FILE).read_text()) for folder in (local, dask)]
+    assert read[0]["tuned"] == read[1]["tuned"]
+    assert read[0]["provenance"]["tasks"] == read[1]["provenance"]["tasks"]
+    before = pd.read_parquet(dask / tune.TRIALS / "runs.parquet")
+    tune.tune(entry, out=tmp_path / "dask", scheduler=scheduler, **common)
+    after = pd.read_parquet(dask / tune.TRIALS / "runs.parquet")
+    pd.testing.assert_frame_equal(before, after)  # same rows, same created_at: nothing reran
+
+
+def test_cli_run_on_a_new_local_cluster_prints_its_address_once(make_entry, tmp_path):
+    from click.testing import CliRunner
+
+    from suite.cli import main
+
+    args = ["run", str(make_entry()), "--tasks", "deep-linear-modes", "--seeds", "2", "--quiet",
+            "--set", "steps=60", "--set", "evals=10", "--workers", "2", "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("dask: 2 workers at tcp://") == 1 and "final_loss" in result.stdout
+    assert pd.read_parquet(tmp_path / "out" / "runs.parquet").run_id.nunique() == 2
+
+
+def test_a_job_that_kills_every_worker_is_recorded_as_an_error(make_entry):
+    from dask.distributed import KilledWorker
+
+    from suite.entry import load_entry
+
+    class Dead:
+        def result(self):
+            raise KilledWorker("ldbench-run-x", SimpleNamespace(address="tcp://127.0.0.1:1"), 3)
+
+    entry = load_entry(make_entry())
+    plans = runner.make_plans(["deep-linear-modes"], [0, 1], "smoke", FAST)
+    runs, curves = cluster.rows_of(Dead(), cluster.Job(entry, [(p, f"id{p.seed}") for p in plans]),
+                                   tier="smoke", profile="cpu-2core")
+    assert set(runs.run_id) == {"id0", "id1"} and (runs.status == "error").all() and curves.empty
+    assert runs.value.isna().all() and runs.error.str.startswith("KilledWorker").all()
+
+
+def test_unreachable_scheduler_is_one_line(make_entry):
+    from click.testing import CliRunner
+
+    from suite.cli import main
+
+    result = CliRunner().invoke(main, ["run", str(make_entry()), "--tasks", "deep-linear-modes",
+                                       "--scheduler", "tcp://127.0.0.1:9", "--quiet"])
+    assert result.exit_code == 1 and "cannot connect" in result.output
+    assert "Traceback" not in result.output

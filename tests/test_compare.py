@@ -1,0 +1,79 @@
+"""`ldbench compare`: intervals against scipy, the separation rule, and the command end to end."""
+
+import math
+
+import numpy as np
+import pandas as pd
+from click.testing import CliRunner
+from scipy import stats
+
+from suite import compare
+from suite.cli import main
+from suite.task import Metric
+
+STEPS = Metric("min", "steps to a target", steps_to_target=True, resolution=0.5)
+FRACTION = Metric("max", "a fraction", bounds=(0.0, 1.0))
+
+
+def test_interval_is_scipy_t_interval_clipped_to_bounds():
+    values = np.array([0.2, 0.5, 0.9, 0.4])
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    mean, lo, hi = compare.interval(values, None)
+    assert math.isclose(mean, values.mean()) and math.isclose(lo, low) and math.isclose(hi, high)
+    wide = np.array([0.05, 0.95, 0.9, 0.1])  # its t-interval spills over both ends of [0, 1]
+    _, lo, hi = compare.interval(wide, FRACTION)
+    assert (lo, hi) == (0.0, 1.0)
+
+
+def test_better_only_where_intervals_separate():
+    fast, slow = np.array([10.0, 11.0, 12.0]), np.array([30.0, 31.0, 29.0])
+    assert compare.better(fast, slow, STEPS, "min") and not compare.better(slow, fast, STEPS, "min")
+    overlapping = np.array([9.0, 14.0, 30.0])
+    assert not compare.better(fast, overlapping, STEPS, "min")
+    # a difference below the metric's resolution is numerical noise, not a win
+    assert not compare.better(np.array([1.0, 1.0]), np.array([1.3, 1.3]), STEPS, "min")
+    # a missing result claims nothing; all seeds reaching a target beat none reaching it
+    assert not compare.better(fast, np.array([30.0, np.nan, 31.0]), STEPS, "min")
+    never = np.full(3, np.inf)
+    assert compare.better(fast, never, STEPS, "min") and not compare.better(never, fast, STEPS, "min")
+    assert not compare.better(fast, np.array([30.0, np.inf, 31.0]), STEPS, "min")
+    # a single seed has no interval
+    assert not compare.better(np.array([1.0]), np.array([100.0]), STEPS, "min")
+
+
+def test_verdict_names_the_entry_that_beats_all_or_the_partial_claims():
+    a, b, c = np.array([1.0, 1.1, 1.2]), np.array([5.0, 5.1, 5.2]), np.array([1.0, 3.0, 6.0])
+    assert compare.verdict({"a": a, "b": b}, STEPS, "min") == "a"
+    assert compare.verdict({"a": a, "b": b, "c": c}, STEPS, "min") == "a > b"
+    assert compare.verdict({"a": a, "c": c}, STEPS, "min") == ""
+
+
+def run_entry(make_entry, tmp_path, name, lr):
+    out = tmp_path / f"out-{name}"
+    args = ["run", str(make_entry(name, hparams=f"[hparams.default]\nlr = {lr}\n")), "--quiet",
+            "--tasks", "deep-linear-modes", "--seeds", "2", "--set", "steps=60", "--set", "evals=5",
+            "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_compare_command_on_plain_results_folders(make_entry, tmp_path):
+    slow, fast = run_entry(make_entry, tmp_path, "slow", 0.001), run_entry(make_entry, tmp_path, "fast", 0.05)
+    plot = tmp_path / "cmp.svg"
+    result = CliRunner().invoke(main, ["compare", str(slow), str(fast), "--format", "markdown",
+                                       "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert "| deep-linear-modes" in result.output and "| slow" in result.output.replace("  ", " ")
+    assert plot.read_text().startswith("<?xml") and "loss" in plot.read_text()
+    runs = pd.read_parquet(fast / "runs.parquet")
+    mean = runs.loc[runs.metric == "final_loss", "value"].mean()
+    assert compare.report.format_number(mean) in result.output
+
+
+def test_compare_refuses_mixed_tiers_in_one_line(make_entry, tmp_path):
+    slow = run_entry(make_entry, tmp_path, "slow", 0.001)
+    runs = pd.read_parquet(slow / "runs.parquet")
+    result = CliRunner().invoke(main, ["compare", str(slow), str(tmp_path / "slow")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert len(runs) and "error:" in result.output

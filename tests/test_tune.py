@@ -1,0 +1,146 @@
+"""`ldbench tune`: search spaces, the design, the choice of the best trial, resuming, `show`."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from scipy.stats import qmc
+
+from suite import runner, seeding, tune
+from suite.cli import main
+from suite.entry import EntryError, entry_hash, load_entry
+
+FAST = ["steps=60", "evals=10"]
+SPACE = {"lr": {"log_uniform": [1e-4, 1e-1]}, "momentum": {"uniform": [0.5, 0.9]},
+         "nesterov": {"choice": [False, True]}}
+SEARCH = """
+[hparams.default]
+lr = 0.01
+
+[search.default]  # tune's space
+lr = { log_uniform = [1e-3, 1e-1] }
+"""
+
+
+def test_design_is_the_seeded_halton_sequence_mapped_onto_the_space():
+    points = tune.design(SPACE, 8, design_seed=3)
+    rng = np.random.default_rng(seeding.derive_seed(3, "tune-design"))
+    units = qmc.Halton(d=3, scramble=True, seed=rng).random(8)  # dims: lr, momentum, nesterov
+    for point, (u_lr, u_m, u_n) in zip(points, units, strict=True):
+        assert math.isclose(math.log(point["lr"]), math.log(1e-4) + u_lr * math.log(1e3))
+        assert math.isclose(point["momentum"], 0.5 + 0.4 * u_m)
+        assert point["nesterov"] == (u_n >= 0.5)
+    assert points == tune.design(SPACE, 8, design_seed=3)
+    assert points != tune.design(SPACE, 8, design_seed=4)
+
+
+def test_space_hash_names_the_space():
+    assert tune.space_hash(SPACE) == tune.space_hash(dict(reversed(SPACE.items())))
+    assert tune.space_hash(SPACE) != tune.space_hash({**SPACE, "lr": {"log_uniform": [1e-4, 1.0]}})
+
+
+def test_search_tables_are_validated_in_one_line(make_entry):
+    entry = load_entry(make_entry(hparams=SEARCH))
+    assert entry.search_for("deep-linear-modes") == {"lr": {"log_uniform": [1e-3, 1e-1]}}
+    bad = {
+        "lr = { log_uniform = [0.0, 1.0] }": "low > 0",
+        "lr = { uniform = [1.0, 0.1] }": "low < high",
+        "lr = { gaussian = [0, 1] }": "is not one of log_uniform, uniform, choice",
+        "lr = { choice = [] }": "non-empty list",
+        "rl = { uniform = [0, 1] }": r"is not a hyperparameter of \[hparams.default\]; add rl there first",
+    }
+    for line, message in bad.items():
+        with pytest.raises(EntryError, match=message) as err:
+            load_entry(make_entry("bad", hparams=f"[hparams.default]\nlr = 0.1\n[search.default]\n{line}\n"))
+        assert "entry.toml" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(EntryError, match="did you mean 'deep-linear-modes'"):
+        load_entry(make_entry("bad", hparams="[hparams.default]\nlr = 0.1\n[search.deep-linear-mode]\n"
+                                             "lr = { uniform = [0, 1] }\n"))
+
+
+def test_search_tables_leave_the_entry_hash_unchanged(make_entry):
+    plain = entry_hash(make_entry("a", hparams="[hparams.default]\nlr = 0.01\n"))
+    searched = make_entry("a", hparams=SEARCH.lstrip("\n"))  # the same file plus a search table
+    assert entry_hash(searched) == plain
+    (searched / "entry.toml").write_text((searched / "entry.toml").read_text().replace("0.01", "0.02"))
+    assert entry_hash(searched) != plain
+
+
+def table(rows):
+    return pd.DataFrame(rows, columns=["task", "trial", "reached", "target_mean"])
+
+
+def test_best_trial_most_seeds_reached_then_mean_within_resolution_then_index():
+    task = "deep-linear-modes"  # steps_to_all_modes, lower is better
+    rows = [(task, 0, 1, 10.0), (task, 1, 2, 500.0), (task, 2, 2, 300.0), (task, 3, 2, 300.0)]
+    assert tune.best_trials(table(rows), "smoke") == {task: 2}
+    assert tune.best_trials(table([(task, 0, 0, math.inf), (task, 1, 0, math.inf)]), "smoke") == {task: 0}
+
+
+def study(entry, out, **kwargs):
+    return tune.tune(entry, budget=3, tasks=["deep-linear-modes"], design_seed=1, eval_seeds=2,
+                     sets=FAST, out=out, progress=False, **kwargs)
+
+
+def test_killed_study_resumes_without_redoing_finished_trials(make_entry, tmp_path, monkeypatch):
+    entry, out = make_entry(hparams=SEARCH), tmp_path / "study"
+    real, calls = runner.run_group, []
+
+    def killed_after_two(group, *args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies here
+        calls.append([rid for _, rid in group])
+        return real(group, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_group", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        study(entry, out)
+    first = list(calls)
+    calls.clear()
+    def counted(group, *args, **kwargs):
+        calls.append([rid for _, rid in group])
+        return real(group, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_group", counted)
+    study(entry, out)
+    # 3 trials (1 tuning seed each) + 1 evaluation group of 2 seeds; the first 2 trials are not redone
+    assert len(first) == 2 and len(calls) == 2 and not set(sum(first, [])) & set(sum(calls, []))
+    written = json.loads((out / tune.TUNED_FILE).read_text())
+    trials = written["provenance"]["tasks"]["deep-linear-modes"]["trials"]
+    assert [t["trial"] for t in trials] == [0, 1, 2] and all(t["done"] == 1 for t in trials)
+    assert written["provenance"]["tuning_seeds"] == [tune.TUNING_SEED_BASE]
+    assert written["provenance"]["eval_seeds"] == [0, 1]
+    calls.clear()
+    study(entry, out)
+    assert calls == []  # everything done: nothing reruns
+
+
+def test_tuned_point_is_the_best_trial_and_its_evaluation_runs_on_the_evaluation_seeds(make_entry, tmp_path):
+    out = study(make_entry(hparams=SEARCH), tmp_path / "study")
+    written = json.loads((out / tune.TUNED_FILE).read_text())
+    trials = pd.DataFrame(written["provenance"]["tasks"]["deep-linear-modes"]["trials"])
+    best = written["provenance"]["tasks"]["deep-linear-modes"]["best_trial"]
+    reached = trials[trials.reached == trials.reached.max()]
+    assert best == int(reached.sort_values(["target_mean", "trial"]).trial.iloc[0])
+    assert written["tuned"]["deep-linear-modes"] == json.loads(trials.hparams[best])
+    evals = pd.read_parquet(out / tune.EVAL / "runs.parquet")
+    assert sorted(evals.seed.unique()) == [0, 1]
+    assert (evals.overrides.str.contains(json.dumps(written["tuned"]["deep-linear-modes"])[1:-1])).all()
+    svg = out / "trials.svg"
+    shown = CliRunner().invoke(main, ["show", str(out), "--plot", str(svg)])
+    assert shown.exit_code == 0, shown.output
+    assert "trial" in shown.output and "*" in shown.output and "evaluation seeds" in shown.output
+    assert svg.read_text().startswith("<?xml") and ">lr<" in svg.read_text()
+
+
+def test_a_changed_study_is_refused_in_one_line(make_entry, tmp_path):
+    entry, out = make_entry(hparams=SEARCH), tmp_path / "study"
+    study(entry, out)
+    result = CliRunner().invoke(main, ["tune", str(entry), "--budget", "5", "--tasks", "deep-linear-modes",
+                                       "--design-seed", "1", "--set", "steps=60", "--set", "evals=10",
+                                       "--out", str(out), "--quiet"])
+    assert result.exit_code == 2 and "a different study (budget" in result.output
+    assert "Traceback" not in result.output
