@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from suite import batched, profiles, registry, seeding
+from suite import batched, profiles, registry, runner, seeding
 from suite.entry import load_entry
 from suite.loop import Trainer
 from suite.task import PLOT_KINDS, ConfigError, Plot
@@ -154,11 +154,15 @@ def test_summarize_gives_exactly_the_declared_metrics(name, trained):
 @pytest.mark.parametrize("name", TASKS)
 def test_batched_equals_one_by_one_for_every_seed(name, trainer_for):
     task = short_task(name)
-    if not batched.batchable(task):
-        pytest.skip(f"{name} has its own procedure: always run seed by seed")
+    if not batched.seed_batchable(task):
+        pytest.skip(f"{name} has its own procedure without run_seeds: always run seed by seed")
     trainer = trainer_for(task)
-    single = [task.run(seed, trainer) for seed in SEEDS]
-    batch = batched.train_seeds(task, trainer, SEEDS)
+    if batched.batchable(task):
+        single = [task.run(seed, trainer) for seed in SEEDS]
+        batch = batched.train_seeds(task, trainer, SEEDS)
+    else:  # a procedure: every network of every seed side by side vs each network by itself
+        single = [task.run(seed, runner.alone(trainer)) for seed in SEEDS]
+        batch = task.run_seeds(SEEDS, trainer)
     for seed, one, many in zip(SEEDS, single, batch, strict=True):
         assert (many.status, many.steps) == (one.status, one.steps), f"{name} seed {seed}"
         assert many.curves.keys() == one.curves.keys()

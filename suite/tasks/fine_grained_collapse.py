@@ -111,6 +111,9 @@ class FineGrainedCollapse(Task):
                          init_scale=1.0),
     }
 
+    invalid_configs = ({"fine_classes": 3}, {"fine_classes": 2}, {"width": 0}, {"noise": 0.0},
+                       {"nuisance_dims": 100}, {"n_train": 0})
+
     def check_config(self) -> None:
         super().check_config()
         cfg = self.config

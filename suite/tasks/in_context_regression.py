@@ -174,6 +174,10 @@ class InContextRegression(Task):
                          init_scale=0.01, eval_prompts=4096, attention="softmax"),
     }
 
+    invalid_configs = ({"dim": 0}, {"context": 0}, {"heads": 0}, {"noise": 0.0},
+                       {"attention": "cosine"}, {"batch": 0})
+    quick_config = {"steps": 20, "evals": 5, "eval_prompts": 64}
+
     def check_config(self) -> None:
         super().check_config()
         cfg = self.config

@@ -160,6 +160,10 @@ class MarkovAttention(Task):
                 vocab=cfg["vocab"]))
         return self._ladder
 
+    invalid_configs = ({"heads": 0}, {"vocab": 0}, {"length": 2}, {"lags": [0, 2]},
+                       {"strengths": [3.0]}, {"d_model": 0})
+    quick_config = {"steps": 20, "evals": 5, "eval_size": 32}
+
     def check_config(self) -> None:
         super().check_config()
         cfg = self.config
@@ -170,7 +174,8 @@ class MarkovAttention(Task):
             chain_check(lags=list(cfg["lags"]), strengths=list(cfg["strengths"]), shifts=list(cfg["shifts"]),
                         vocab=cfg["vocab"])
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"{self.name}: config lags/strengths/shifts: {err}") from None
+            raise ConfigError(f"{self.name}: config lags={cfg['lags']}, strengths={cfg['strengths']}, "
+                              f"shifts={cfg['shifts']}: {err}") from None
         if cfg["length"] <= max(cfg["lags"]):
             raise ConfigError(f"{self.name}: config length={cfg['length']} must exceed the largest "
                               f"lag {max(cfg['lags'])}")
