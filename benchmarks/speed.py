@@ -40,27 +40,33 @@ from suite.task import Task
 
 
 def one_by_one_seconds(task: Task, trainer: Trainer, seeds: list[int]) -> float:
+    """Each seed by itself, and a procedure's networks one after another (`--seed-batch 1`
+    with batching refused: the execution every batch falls back to)."""
+    alone = runner.alone(trainer)
     start = time.perf_counter()
     for seed in seeds:
-        task.run(seed, trainer)
+        task.run(seed, alone)
     return time.perf_counter() - start
 
 
 def batched_seconds(task: Task, trainer: Trainer, seeds: list[int]) -> float:
     start = time.perf_counter()
-    batched.train_seeds(task, trainer, seeds)
+    if batched.batchable(task):
+        batched.train_seeds(task, trainer, seeds)
+    else:  # a procedure: every network of every seed side by side
+        task.run_seeds(seeds, trainer)
     return time.perf_counter() - start
 
 
 def medians(task: Task, trainer: Trainer, seeds: list[int], repeats: int) -> tuple[float, float]:
     """Median wall times (one by one, batched); repeats alternate so load hits both alike.
 
-    A task with its own procedure runs seed by seed either way: it is timed once.
+    A task with its own procedure and no run_seeds runs seed by seed either way: timed once.
     """
     singles, batches = [], []
     for _ in range(repeats):
         singles.append(one_by_one_seconds(task, trainer, seeds))
-        if batched.batchable(task):
+        if batched.seed_batchable(task):
             batches.append(batched_seconds(task, trainer, seeds))
     single = statistics.median(singles)
     return single, statistics.median(batches) if batches else single
@@ -134,7 +140,8 @@ def main() -> None:
         medians(warm, Trainer(warm, entry, prof), seeds[:2], 1)  # load kernels once
         single, batch = medians(task, trainer, seeds, args.repeats)
         timings[name] = (task, trainer, single, batch)
-        how = "batched" if batched.batchable(task) else "own procedure: seed by seed"
+        how = ("batched" if batched.batchable(task) else "networks side by side"
+               if batched.seed_batchable(task) else "own procedure: seed by seed")
         rows.append([name, how, f"{single:.2f}", f"{batch:.2f}", f"{single / batch:.1f}×"])
         print(f"  {name}: {single:.2f} s one by one, {batch:.2f} s batched", flush=True)
     print()
