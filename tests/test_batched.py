@@ -13,6 +13,7 @@ from suite.entry import load_entry
 from suite.loop import Trainer
 from suite.task import Task
 from suite.tasks.deep_linear_modes import DeepLinear, DeepLinearModes
+from suite.tasks.mode_connectivity import ModeConnectivity as ModeConnectivityTask
 
 SEEDS = [0, 1, 2]
 SHORT = {"steps": 60, "evals": 8}
@@ -321,16 +322,24 @@ def test_an_unbatchable_model_falls_back_to_one_by_one(make_entry, profile):
         assert error is None and metrics == ref_metrics and traj.curves == ref_traj.curves
 
 
-def test_tasks_with_their_own_procedure_run_seed_by_seed(make_entry):
+def test_seeds_are_grouped_per_task_and_procedures_without_run_seeds_run_alone(make_entry):
     plans = runner.make_plans(["mode-connectivity", "deep-linear-modes"], [0, 1, 2], "smoke", [])
     todo = [(p, str(i)) for i, p in enumerate(plans)]
     entry = load_entry(make_entry())
-    assert [len(g) for g in runner.group_plans(todo, None, entry)] == [1, 1, 1, 3]
-    assert [len(g) for g in runner.group_plans(todo, 2, entry)] == [1, 1, 1, 2, 1]
+    # mode-connectivity's procedure implements run_seeds: its seeds are grouped too.
+    assert [len(g) for g in runner.group_plans(todo, None, entry)] == [3, 3]
+    assert [len(g) for g in runner.group_plans(todo, 2, entry)] == [2, 1, 2, 1]
     assert [len(g) for g in runner.group_plans(todo, 1, entry)] == [1] * 6
     # Entries stepping with a closure (LBFGS) or keeping the graph step seed by seed.
     closure = load_entry(make_entry("lbfgs", extra="closure = true"))
     assert [len(g) for g in runner.group_plans(todo, None, closure)] == [1] * 6
+
+    class NoRunSeeds(ModeConnectivityTask):
+        run_seeds = Task.run_seeds  # a procedure that cannot put seeds side by side
+
+    task = NoRunSeeds(todo[0][0].task.config)
+    alone = [(runner.Plan(task, p.seed, {}), i) for p, i in todo[:3]]
+    assert [len(g) for g in runner.group_plans(alone, None, entry)] == [1, 1, 1]
 
 
 def suite_rows(entry, out, seed_batch):
