@@ -177,10 +177,11 @@ def stacked_optimizer(optimizers: list[torch.optim.Optimizer], models: list[nn.M
     """One optimizer over the stacks that equals the S per-seed optimizers, or None if unsure.
 
     Only for exact ELEMENTWISE classes whose per-seed instances have the same groups (same
-    parameters by name, same hyperparameters) and no state yet.
+    parameters by name, same hyperparameters). State they already hold (a spawned child's, a
+    procedure's next phase) is stacked into it (`stack_state`); `unstack_state` hands it back.
     """
     cls = type(optimizers[0])
-    if cls not in ELEMENTWISE or any(type(o) is not cls or o.state for o in optimizers):
+    if cls not in ELEMENTWISE or any(type(o) is not cls for o in optimizers):
         return None
     names = [{id(p): n for n, p in m.named_parameters()} for m in models]
     groups = []
@@ -197,7 +198,52 @@ def stacked_optimizer(optimizers: list[torch.optim.Optimizer], models: list[nn.M
                 return None
         groups.append({"params": [stacks[n] for n in params], **hyper})
     accepted = inspect.signature(cls).parameters
-    return cls(groups, **{k: v for k, v in optimizers[0].defaults.items() if k in accepted})
+    shared = cls(groups, **{k: v for k, v in optimizers[0].defaults.items() if k in accepted})
+    return shared if stack_state(shared, optimizers, models, stacks) else None
+
+
+def seed_params(models: list[nn.Module], name: str) -> list[torch.Tensor]:
+    return [dict(m.named_parameters())[name] for m in models]
+
+
+def stack_state(shared: torch.optim.Optimizer, optimizers: list[torch.optim.Optimizer],
+                models: list[nn.Module], stacks: dict[str, torch.Tensor]) -> bool:
+    """Put the seeds' optimizer state into `shared`, stacked per parameter; False if it cannot.
+
+    A state entry with the parameter's shape (Adam's moments) is stacked over seeds; any other
+    (the step count) must be equal across seeds and is shared.
+    """
+    for name, stack in stacks.items():
+        states = [opt.state.get(p, {}) for opt, p in zip(optimizers, seed_params(models, name), strict=True)]
+        if not any(states):
+            continue
+        if any(set(st) != set(states[0]) for st in states):
+            return False
+        stacked = {}
+        for key, first in states[0].items():
+            values = [st[key] for st in states]
+            if isinstance(first, torch.Tensor) and first.shape == stack.shape[1:] and first.dim() > 0:
+                stacked[key] = torch.stack([v.detach() for v in values])
+            elif all(same_value(v, first) for v in values):
+                stacked[key] = first.clone() if isinstance(first, torch.Tensor) else first
+            else:
+                return False
+        shared.state[stack] = stacked
+    return True
+
+
+def unstack_state(shared: torch.optim.Optimizer, optimizers: list[torch.optim.Optimizer],
+                  models: list[nn.Module], stacks: dict[str, torch.Tensor]) -> None:
+    """Hand the stacked state back to each seed's optimizer (row i to seed i), so that whatever
+    uses them next (a spawned child, the next phase of a procedure) continues from it."""
+    for name, stack in stacks.items():
+        stacked = shared.state.get(stack)
+        if not stacked:
+            continue
+        for i, (opt, p) in enumerate(zip(optimizers, seed_params(models, name), strict=True)):
+            opt.state[p] = {k: v[i].clone() if isinstance(v, torch.Tensor) and v.shape == stack.shape
+                            and v.dim() > 0 else (v.clone() if isinstance(v, torch.Tensor) else v)
+                            for k, v in stacked.items()}
 
 
 def signature(batch: Any) -> Any:
@@ -257,6 +303,7 @@ def train_seeds(task: Task, trainer: Trainer, seeds: list[int]) -> list[Trajecto
              for seed, model, (opt, schedule), data in zip(seeds, models, made, datas, strict=True)]
     batch = SeedBatch.build(task, trainer, lanes)
     trainer.run_lanes(lanes, start=0, end=task.config["steps"], step_function=batch)
+    batch.finish()
     for lane in lanes:
         lane.traj.execution = batch.execution()
     return [lane.traj for lane in lanes]
@@ -279,6 +326,7 @@ def train_lanes(trainer: Trainer, lanes: list[Lane], *, start: int, end: int) ->
             batch = None
     if batch is not None:
         trainer.run_lanes(lanes, start=start, end=end, step_function=batch)
+        batch.finish()
         return
     for lane in lanes:
         trainer.run_lanes([lane], start=start, end=end, step_function=plain_steps)
@@ -331,6 +379,12 @@ class SeedBatch:
         # Full-batch tasks (the default sample_batch) see the same data every step: stack it once.
         self.fixed = stack_batches([lane.data for lane in lanes]) \
             if type(task).sample_batch is Task.sample_batch else None
+
+    def finish(self) -> None:
+        """After the last step: the seeds' own optimizers take the stacked optimizer's state."""
+        if self.shared is not None:
+            unstack_state(self.shared, [lane.optimizer for lane in self.lanes],
+                          [lane.model for lane in self.lanes], self.stacks)
 
     def execution(self) -> dict[str, Any]:
         return {"mode": "batched", "seeds": [lane.seed for lane in self.lanes],

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from suite import batched, profiles, registry, runner, verify
+from suite import batched, profiles, registry, runner, seeding, verify
 from suite.entry import load_entry
-from suite.loop import BatchingUnsupported, Trainer
+from suite.loop import BatchingUnsupported, Lane, Trainer, Trajectory
 from suite.tasks.deep_linear_modes import DeepLinear, DeepLinearModes
 
 SEEDS = [0, 1, 2]
@@ -240,3 +240,33 @@ def test_mode_connectivity_side_by_side_equals_its_networks_one_by_one(make_entr
         for name, value in a_metrics.items():
             tol = 3 / task.config["n_test"] if name.startswith("error_barrier") else 1e-3
             assert abs(t_metrics[name] - value) <= tol + 1e-3 * abs(value), name
+
+
+def test_a_batch_hands_its_optimizer_state_back_for_the_next_phase(make_entry, profile):
+    """Phases of a procedure (a parent's segments, then its children) continue from the state
+    the stacked optimizer reached: the seeds' own optimizers get it back after each batch."""
+    task = registry.make_task("mode-connectivity", "smoke", {"steps": 30, "evals": 5,
+                                                             "spawn_steps": [0, 10, 30]})
+    entry = load_entry(make_entry(code="import torch\n\ndef make_optimizer(params, hparams, task):\n"
+                                       "    return torch.optim.Adam(params, lr=1e-2)\n"))
+
+    def parents(trainer):
+        nets = []
+        for seed in SEEDS:
+            model = task.make_model(seed)
+            optimizer, _ = trainer.make_optimizer(model, seed=seed)
+            nets.append((seed, model, optimizer))
+        data = {seed: task.make_data(seed) for seed in SEEDS}
+        for start, end in ((0, 10), (10, 20)):  # two phases, each a fresh batch
+            lanes = [Lane(seed, model, opt, data[seed], seeding.generator(seed, f"p{start}"),
+                          Trajectory()) for seed, model, opt in nets]
+            batched.train_lanes(trainer, lanes, start=start, end=end)
+        return nets
+
+    together = parents(Trainer(task, entry, profile))
+    alone = parents(runner.alone(Trainer(task, entry, profile)))
+    for (_, m1, o1), (_, m2, o2) in zip(together, alone, strict=True):
+        for p1, p2 in zip(m1.parameters(), m2.parameters(), strict=True):
+            torch.testing.assert_close(p1, p2, rtol=1e-4, atol=1e-6)
+            for key, value in o2.state[p2].items():
+                torch.testing.assert_close(o1.state[p1][key], value, rtol=1e-4, atol=1e-7)
