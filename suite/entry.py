@@ -204,13 +204,18 @@ def check_fields(manifest: Path, raw: dict[str, Any]) -> None:
 
 
 def check_hparams(manifest: Path, hparams: dict[str, Any]) -> None:
+    check_tables(manifest, hparams, "hparams")
+
+
+def check_tables(manifest: Path, tables: dict[str, Any], kind: str) -> None:
+    """[KIND.default] / [KIND.TASK]: each a table, each TASK a task of the suite."""
     tasks = all_tasks()
-    for table, values in hparams.items():
+    for table, values in tables.items():
         if table != "default" and table not in tasks:
-            raise fail(manifest, f"[hparams.{table}] names an unknown task",
-                       f"use [hparams.default] or a task name{did_you_mean(table, tasks)}")
+            raise fail(manifest, f"[{kind}.{table}] names an unknown task",
+                       f"use [{kind}.default] or a task name{did_you_mean(table, tasks)}")
         if not isinstance(values, dict):
-            raise fail(manifest, f"hparams.{table} is not a table", f"write [hparams.{table}]")
+            raise fail(manifest, f"{kind}.{table} is not a table", f"write [{kind}.{table}]")
 
 
 def load_module(entry: Entry):
@@ -311,13 +316,8 @@ def check_search(manifest: Path, raw: dict[str, Any]) -> None:
     if search and "search" in tomllib.loads(without_search(manifest.read_bytes()).decode()):
         raise fail(manifest, "declares search ranges outside [search.default]/[search.TASK] tables",
                    "write each as a [search.TABLE] section (not dotted keys or inline tables)")
-    tasks = all_tasks()
+    check_tables(manifest, search, "search")
     for table, ranges in search.items():
-        if table != "default" and table not in tasks:
-            raise fail(manifest, f"[search.{table}] names an unknown task",
-                       f"use [search.default] or a task name{did_you_mean(table, tasks)}")
-        if not isinstance(ranges, dict):
-            raise fail(manifest, f"search.{table} is not a table", f"write [search.{table}]")
         known = raw.get("hparams", {}).get("default", {}) if table == "default" else {
             **raw.get("hparams", {}).get("default", {}), **raw.get("hparams", {}).get(table, {})}
         for name, spec in ranges.items():
