@@ -12,7 +12,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from suite import registry, report, results
-from suite.interval import t_interval
+from suite.interval import METHOD, t_interval
 from suite.task import Metric
 
 # The curve drawn per task by --plot when the task does not declare its curves (Task.curves):
@@ -146,8 +146,8 @@ def render(cols: list[Column], fmt: str = "simple") -> str:
     tablefmt = "github" if fmt == "markdown" else fmt
     body = tabulate(table(cols), headers="keys", tablefmt=tablefmt, showindex=False,
                     disable_numparse=True)
-    return (f"tier {cols[0].runs['tier'].iloc[0]} · {seeds} · mean ± 95% CI; 'better' where the "
-            f"intervals separate\n\n{body}")
+    return (f"tier {cols[0].runs['tier'].iloc[0]} · {seeds} · mean [{METHOD}]; 'better' "
+            f"where the intervals separate\n\n{body}")
 
 
 def plot_curve(task: str, recorded: set[str], config: dict) -> str | None:
@@ -155,7 +155,7 @@ def plot_curve(task: str, recorded: set[str], config: dict) -> str | None:
         declared = list(registry.task_class(task)(config).curves())
     except (NotImplementedError, registry.RegistryError):
         declared = []
-    for name in [*declared, *PREFERRED_CURVES, *sorted(recorded)]:
+    for name in [*PREFERRED_CURVES, *declared, *sorted(recorded)]:
         if name in recorded:
             return name
     return None

@@ -67,8 +67,9 @@ def test_compare_command_on_plain_results_folders(make_entry, tmp_path):
     assert "| deep-linear-modes" in result.output and "| slow" in result.output.replace("  ", " ")
     assert plot.read_text().startswith("<?xml") and "loss" in plot.read_text()
     runs = pd.read_parquet(fast / "runs.parquet")
-    mean = runs.loc[runs.metric == "final_loss", "value"].mean()
+    mean = runs.loc[runs.metric == "stage_time/mode_0", "value"].mean()  # ranked: it is shown
     assert compare.report.format_number(mean) in result.output
+    assert "final_loss" not in result.output  # diagnostic: never compared
 
 
 def test_compare_refuses_mixed_tiers_in_one_line(make_entry, tmp_path):
