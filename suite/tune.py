@@ -141,9 +141,10 @@ def trial_list(entry: Entry, spec: dict) -> list[tuple[Trial, Entry, list]]:
 
 def finished_ids(folder: Path) -> set[str]:
     """Run ids of finished trial runs (a timeout is a result of a trial, never redone)."""
-    if not (folder / results.RUNS_FILE).is_file():
+    try:
+        runs, _ = results.read_results(folder)
+    except results.ResultsError:  # no trial stored yet
         return set()
-    runs = results.read_table(folder / results.RUNS_FILE)
     return set(runs.loc[runs["status"].isin(FINISHED), "run_id"])
 
 
@@ -154,6 +155,7 @@ def execute(jobs: list, *, out: Path, spec: dict, prof: profiles.Profile, client
     if client is not None:
         cluster.run_jobs(jobs, out=out, tier=spec["tier"], profile=spec["profile"], client=client,
                          time_limit=time_limit, progress=progress)
+        results.compact(out)
         return
     fingerprint = profiles.fingerprint(prof, jobs[0].entry.path) if jobs else {}
     with tqdm(total=sum(len(j.group) for j in jobs), unit="run", disable=not progress) as bar:
@@ -163,6 +165,7 @@ def execute(jobs: list, *, out: Path, spec: dict, prof: profiles.Profile, client
                                     time_limit=time_limit)
             results.append_run(out, *rows)
             bar.update(len(job.group))
+    results.compact(out)  # the study's tables in their reviewable form
 
 
 def trial_table(trials: list[Trial], runs: pd.DataFrame) -> pd.DataFrame:
@@ -265,8 +268,10 @@ def show(folder: Path) -> tuple[pd.DataFrame, dict]:
                                       seed=p.seed, tier=spec["tier"], profile=spec["profile"],
                                       overrides=p.overrides) for p in plans)
             trials.append(Trial(task, index, point, ids))
-    runs = (results.read_results(folder / TRIALS)[0] if (folder / TRIALS / results.RUNS_FILE).is_file()
-            else pd.DataFrame(columns=["run_id", "metric", "value", "status"]))
+    try:
+        runs = results.read_results(folder / TRIALS)[0]
+    except results.ResultsError:  # no trial stored yet
+        runs = pd.DataFrame(columns=["run_id", "metric", "value", "status"])
     table = trial_table(trials, runs)
     tuned, best = {}, {}
     if (folder / TUNED_FILE).is_file():
