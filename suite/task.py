@@ -37,6 +37,8 @@ class Metric:
         (e.g. float32 rounding amplified by the metric); ranks, `show`, `compare` and `verify`
         treat values closer than this as equal. Every task declares it per metric.
     bounds: the metric's valid range (a fraction lies in [0, 1]); intervals are clipped to it.
+    undefined_ok: the value may be NaN in a run that finished ("undefined": e.g. the plateau of
+        a stage the run never left); NaN otherwise means no result and needs a failed status.
     """
 
     direction: str
@@ -46,6 +48,7 @@ class Metric:
     role: str | None = None
     resolution: float | None = None
     bounds: tuple[float, float] = (-math.inf, math.inf)
+    undefined_ok: bool = False
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:

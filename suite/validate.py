@@ -425,6 +425,8 @@ def metric_problems(path: Path, rows: pd.DataFrame, task: Task, *, where: str, a
             wrong_direction.add(metric)
         if status != "ok":
             continue
+        if math.isnan(value) and spec.undefined_ok:
+            continue  # declared: undefined in some finished runs
         if not math.isfinite(value) and not (spec.steps_to_target and value == math.inf):
             bad.setdefault(metric, value)
         elif math.isfinite(value) and not spec.bounds[0] <= value <= spec.bounds[1]:

@@ -102,6 +102,22 @@ def test_a_valid_synthetic_submission_passes(tmp_path):
     assert result.exit_code == 0 and "ok:" in result.output
 
 
+def test_nan_is_accepted_in_a_finished_run_only_where_the_metric_declares_it(tmp_path):
+    folder = valid_submission(tmp_path / "submissions")
+
+    def undefined(metric):
+        def change(runs):
+            runs = runs.copy()
+            runs.loc[runs["metric"] == metric, "value"] = float("nan")
+            return runs
+        return change
+
+    rewrite_runs(folder, undefined("plateau_gap/stage_0"))  # declared undefined_ok: a plateau never left
+    assert validate_submission(folder) == []
+    rewrite_runs(folder, undefined("final_excess"))
+    assert any("'final_excess' is nan in a run whose status is ok" in p for p in validate_submission(folder))
+
+
 def test_an_entry_missing_a_newer_task_is_incomplete_not_invalid(tmp_path):
     folder = valid_submission(tmp_path / "submissions")
     task = first_task()

@@ -71,7 +71,9 @@ def metric_value(name: str, spec, task: Task, speed: float, rng: np.random.Gener
             return math.inf
         return float(task.config["steps"] * 0.2 * speed * rng.lognormal(0.0, 0.1))
     value = float(rng.lognormal(math.log(0.1 * speed), 0.2))
-    return min(value, 1.0) if spec.direction == "max" else value
+    value = min(value, 1.0) if spec.direction == "max" else value
+    low, high = spec.bounds  # e.g. an effective rank >= 1, a ratio to an optimum >= 1
+    return float(np.clip(value, low, high))
 
 
 def synthetic_results(folder: Path, *, tier: str = "standard", profile: str = "cpu-2core",

@@ -198,8 +198,9 @@ class MarkovAttention(Task):
                                      resolution=LOSS_RES, bounds=(0, math.inf))
         for j in range(m):
             out[f"plateau_gap/stage_{j}"] = Metric(
-                "min", f"loss − L_{j} where the loss is flattest on plateau {j}", "nats",
-                role="diagnostic", resolution=LOSS_RES)
+                "min", f"loss − L_{j} where the loss is flattest on plateau {j} (undefined, NaN, "
+                "when the run never completes the stages around it)", "nats",
+                role="diagnostic", resolution=LOSS_RES, undefined_ok=True)
         for k in self.config["lags"]:
             out[f"attention_step/lag_{k}"] = Metric(
                 "min", f"first step a head has ≥ {HEAD_THRESHOLD:g} attention on lag {k}",
