@@ -5,8 +5,10 @@ import multiprocessing
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from suite import results
@@ -71,8 +73,12 @@ def test_stale_temp_files_are_removed_and_live_ones_kept(tmp_path):
 
 
 def test_the_committed_layout_is_read_as_before():
-    runs, curves = results.read_results("baselines/sgd/results/cpu-2core/standard")
-    assert len(runs) == 240 and len(curves) == 13650
+    folder = Path("baselines/sgd/results/cpu-2core/standard")
+    runs, curves = results.read_results(folder)
+    assert not (folder / "parts").exists()  # committed results are compacted
+    assert len(runs) == pq.ParquetFile(folder / results.RUNS_FILE).metadata.num_rows
+    assert len(curves) == pq.ParquetFile(folder / results.CURVES_FILE).metadata.num_rows
+    assert runs["run_id"].nunique() == len(runs.drop_duplicates("run_id"))
 
 
 def test_out_below_a_regular_file_is_a_clear_error(tmp_path):
