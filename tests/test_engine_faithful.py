@@ -226,8 +226,8 @@ def test_mode_connectivity_side_by_side_equals_its_networks_one_by_one(make_entr
     """Every network of every seed trained as one batch gives the seed-by-seed numbers, up to
     float32 rounding (which an error barrier, a count of test points, can turn into a few
     points of n_test)."""
-    task = registry.make_task("mode-connectivity", "smoke", {"steps": 40, "evals": 6,
-                                                             "spawn_steps": [0, 10, 40]})
+    task = registry.make_task("mode-connectivity", "smoke", {"steps": 20, "evals": 4, "alphas": 5,
+                                                             "spawn_steps": [0, 5, 20]})
     entry = load_entry(make_entry(code="import torch\n\ndef make_optimizer(params, hparams, task):\n"
                                        "    return torch.optim.Adam(params, lr=1e-2)\n"))
     plans = [runner.Plan(task, seed, {}) for seed in SEEDS]
