@@ -17,9 +17,10 @@ one-by-one loop; the others finish. vmap computes each seed's loss and gradient 
 a diverged seed's NaNs never reach another seed's numbers.
 
 Speed: the vmapped gradient is traced once into a graph of aten ops (`make_fx`), which removes
-torch.func's per-call Python overhead. Safety: at the first step one seed's vmapped loss and
-gradients are checked against plain autograd on its own model; a task whose loss cannot be
-vmapped faithfully raises BatchingUnsupported and the runner runs its seeds one by one.
+torch.func's per-call Python overhead. Safety (see `SeedBatch`): at the first step every seed's
+vmapped loss and gradients are checked against plain autograd on its own model, and the stacked
+optimizer's update against the seeds' own optimizers; a batch that cannot be trusted raises
+BatchingUnsupported and the runner runs its seeds one by one.
 """
 
 from __future__ import annotations
@@ -357,19 +358,17 @@ class SeedBatch:
         template = loss_template(task, models[0])
         stacks = stack_parameters(models)  # name -> (S, ...); models[i]'s parameters are rows i
         shared = stacked_optimizer([lane.optimizer for lane in lanes], models, stacks)
-        batch = cls(task, template, lanes, stacks, shared)
         # Traces depend only on shapes (the parameters and the batch are inputs): batches of
         # one trainer (a procedure's successive phases) share them instead of re-tracing.
-        batch.traced = trainer.traces
-        return batch
+        return cls(task, template, lanes, stacks, shared, traced=trainer.traces)
 
     def __init__(self, task: Task, template: SeedLoss, lanes: list[Lane],
-                 stacks: dict[str, torch.Tensor], shared: torch.optim.Optimizer | None) -> None:
+                 stacks: dict[str, torch.Tensor], shared: torch.optim.Optimizer | None, *,
+                 traced: dict[Any, Any]) -> None:
         self.task, self.lanes, self.stacks, self.shared = task, lanes, stacks, shared
         self.row = {id(lane): i for i, lane in enumerate(lanes)}
         self.params = [dict(lane.model.named_parameters()) for lane in lanes]
-        self.traced: dict[Any, Any] = {}  # batch signature -> traced gradient function
-        self.restacked = 0  # steps at which a rebound parameter was stacked anew
+        self.traced = traced  # (batch signature, stack shapes) -> traced gradient function
         self.checked = False
 
         def seed_loss(flat: dict[str, torch.Tensor], batch) -> torch.Tensor:
@@ -493,7 +492,6 @@ class SeedBatch:
             self.stacks[name] = torch.stack([r.detach() for r in rows])
             for i, r in enumerate(rows):
                 r.data = self.stacks[name][i]
-            self.restacked += 1
 
 
 def step_shared(optimizer: torch.optim.Optimizer, stacks: dict[str, torch.Tensor],
