@@ -297,7 +297,7 @@ def train_seeds(task: Task, trainer: Trainer, seeds: list[int]) -> list[Trajecto
     if not batchable(task):
         raise BatchingUnsupported(f"task {task.name} overrides Task.run")
     datas = [trainer.to_device(task.make_data(seed)) for seed in seeds]
-    models = [trainer.to_device(task.make_model(seed)) for seed in seeds]
+    models = [trainer.make_model(seed, data) for seed, data in zip(seeds, datas, strict=True)]
     made = [trainer.make_optimizer(m, seed=s) for m, s in zip(models, seeds, strict=True)]
     lanes = [Lane(seed, model, opt, data, seeding.generator(seed, "batches", device=trainer.device),
                   Trajectory(data=data), schedule)

@@ -1,4 +1,4 @@
-"""Entries: a folder with `entry.toml` (manifest) and `entry.py` (`make_optimizer`), loaded by path."""
+"""Entries: a folder with `entry.toml` and `entry.py` (make_optimizer and/or make_model), loaded by path."""
 
 from __future__ import annotations
 
@@ -67,6 +67,8 @@ class Entry:
         """
         hparams = self.hparams_for(task.name)
         module = load_module(self)
+        if self.track == "architecture":  # the task's reference optimizer: only the model differs
+            return task.interface.reference_optimizer(list(model.parameters()))
         extra = (model,) if accepts_model(module.make_optimizer) else ()
         with entry_call(self, "make_optimizer"):
             optimizer = module.make_optimizer(list(model.parameters()), hparams, task, *extra)
@@ -80,6 +82,28 @@ class Entry:
                 f"{self.path / 'entry.toml'}: {type(optimizer).__name__}.step needs a closure; "
                 "add `closure = true` at the top level of entry.toml")
         return optimizer
+
+    @property
+    def track(self) -> str:
+        """"optimizer" (no make_model: the task's reference model, the entry's optimizer),
+        "architecture" (make_model only: the entry's model, the task's reference optimizer) or
+        "recipe" (both: an architecture-track entry that brings its own optimizer)."""
+        module = load_module(self)
+        if not callable(getattr(module, "make_model", None)):
+            return "optimizer"
+        return "recipe" if callable(getattr(module, "make_optimizer", None)) else "architecture"
+
+    def make_model(self, task: TaskView, generator: torch.Generator) -> torch.nn.Module | None:
+        """The entry's `make_model(task, hparams, generator)`: a Module, or None for a task it
+        has no model for (recorded as not applicable)."""
+        module = load_module(self)
+        with entry_call(self, "make_model"):
+            model = module.make_model(task, self.hparams_for(task.name), generator)
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise EntryError(
+                f"{self.path / 'entry.py'}: make_model returned {type(model).__name__}, not a "
+                "torch.nn.Module; return the model (or None for a task it has no model for)")
+        return model
 
     def make_schedule(self, optimizer: torch.optim.Optimizer, task: TaskView) -> LRScheduler | None:
         """The entry's `make_schedule(optimizer, hparams, task)`, if it defines one."""
@@ -230,8 +254,10 @@ def load_module(entry: Entry):
         spec.loader.exec_module(module)
     except Exception as err:
         raise fail(path, f"failed to import ({type(err).__name__}: {err})", "fix the error") from err
-    if not callable(getattr(module, "make_optimizer", None)):
-        raise fail(path, "does not define make_optimizer", "add def make_optimizer(params, hparams, task)")
+    if not any(callable(getattr(module, f, None)) for f in ("make_optimizer", "make_model")):
+        raise fail(path, "defines neither make_optimizer nor make_model",
+                   "add def make_optimizer(params, hparams, task) "
+                   "or def make_model(task, hparams, generator)")
     sys.modules[module_name] = module
     return module
 

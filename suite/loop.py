@@ -10,6 +10,7 @@ mode, divergence, progress, the entry's global-RNG state) is this one loop, whic
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import warnings
@@ -24,13 +25,23 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from suite import seeding
-from suite.entry import Entry, entry_call
+from suite.entry import Entry, EntryCodeError, entry_call
 from suite.profiles import Profile
 from suite.task import Task
 
 
 class BatchingUnsupported(RuntimeError):
     """These lanes cannot run as one batch faithfully; the runner runs their seeds one by one."""
+
+
+class NotApplicable(Exception):
+    """The task cannot run this entry's model (the message says why): the run is recorded
+    with status "not-applicable", neither missing nor failed."""
+
+
+class ModelError(EntryCodeError):
+    """An architecture entry's model breaks the task's model interface (wrong output shape,
+    global RNG in make_model): the entry's failure, in one line saying what was expected."""
 
 
 @dataclass
@@ -45,6 +56,8 @@ class Trajectory:
     data: Any = None  # the run's data, handed back to Task.summarize
     # How the run was executed (recorded with its results; `verify` re-runs it the same way).
     execution: dict[str, Any] = field(default_factory=dict)
+    # Metrics the model cannot have (it lacks a method the task's interface names for them).
+    not_applicable: tuple[str, ...] = ()
 
     def record(self, step: int, values: dict[str, float]) -> None:
         self.steps.append(step)
@@ -103,7 +116,8 @@ def plain_steps(trainer: Trainer, lanes: list[Lane], batches: list[Any], step: i
     for lane, batch in zip(lanes, batches, strict=True):
         with trainer.entry_code(lane.seed, "optimizer.zero_grad", lane.network):
             lane.optimizer.zero_grad(set_to_none=True)
-        loss = trainer.task.loss(lane.model, batch)
+        with trainer.model_code(lane.seed, lane.network):
+            loss = trainer.task.loss(lane.model, batch)
         finite.append(bool(torch.isfinite(loss).item()))
         if not finite[-1]:
             continue
@@ -114,7 +128,7 @@ def plain_steps(trainer: Trainer, lanes: list[Lane], batches: list[Any], step: i
             loss.backward(create_graph=create_graph)
         with trainer.entry_code(lane.seed, "optimizer.step", lane.network):
             if trainer.entry.closure:
-                lane.optimizer.step(loss_closure(trainer.task, lane, batch, create_graph))
+                lane.optimizer.step(loss_closure(trainer, lane, batch, create_graph))
             else:
                 lane.optimizer.step()
         if lane.schedule is not None:
@@ -123,12 +137,13 @@ def plain_steps(trainer: Trainer, lanes: list[Lane], batches: list[Any], step: i
     return finite
 
 
-def loss_closure(task: Task, lane: Lane, batch: Any, create_graph: bool) -> Callable[[], torch.Tensor]:
+def loss_closure(trainer: Trainer, lane: Lane, batch: Any, create_graph: bool
+                 ) -> Callable[[], torch.Tensor]:
     """The closure of `optimizer.step(closure)`: fresh gradients of the loss on the same batch."""
     def closure() -> torch.Tensor:
         with torch.enable_grad():  # optimizers call it from inside their no_grad step
             lane.optimizer.zero_grad(set_to_none=True)
-            loss = task.loss(lane.model, batch)
+            loss = trainer.task.loss(lane.model, batch)
             loss.backward(create_graph=create_graph)
         return loss
     return closure
@@ -229,10 +244,72 @@ class Trainer:
         with self.entry_rng(seed, network), entry_call(self.entry, call):
             yield
 
+    def make_model(self, seed: int, data: dict[str, torch.Tensor], *, network: str = "main",
+                   purpose: str = "init") -> torch.nn.Module:
+        """The model one network of a seed trains, on the profile's device: the task's reference
+        model, or the architecture entry's (checked against the task's interface).
+
+        Both draw from the generator of (seed, `purpose`); the entry's make_model must draw
+        from nothing else. Raises NotApplicable when the task cannot run the entry's model.
+        """
+        if self.entry.track == "optimizer":
+            return self.to_device(self.task.make_model(seed, purpose))
+        interface = self.task.interface
+        if interface is None:
+            raise NotApplicable(f"{self.task.name} is optimizer-only: its metrics are defined "
+                                "for its reference model alone")
+        rng, host = self.entry_rng(seed, network), seeding.host_rng_states()
+        before = rng.state.clone()
+        with self.entry_code(seed, "make_model", network):
+            model = self.entry.make_model(self.task.view(), seeding.generator(seed, purpose))
+        drew = not seeding.same_host_rng_states(host, seeding.host_rng_states())
+        if drew or not torch.equal(before, rng.state):
+            raise ModelError(
+                f"{self.entry.path / 'entry.py'}: make_model drew from a global RNG (torch's, numpy's "
+                "or Python's; nn.Linear and most torch modules do when built); draw only from the "
+                "`generator` argument: build modules with device='meta', then .to_empty() and "
+                "initialise them with torch.nn.init.*(..., generator=generator)")
+        if model is None:
+            raise NotApplicable(f"the entry's make_model returned None for {self.task.name} "
+                                "(it has no model for this task)")
+        missing = interface.missing(model)
+        if missing:
+            raise NotApplicable(f"the model has no {', '.join(m + '()' for m in missing)}, which "
+                                f"{self.task.name} reads (its model interface)")
+        reason = self.task.unsupported(model)
+        if reason:
+            raise NotApplicable(reason)
+        model = self.to_device(model)
+        self.check_forward(model, data, seed=seed, network=network)
+        return model
+
+    def check_forward(self, model: torch.nn.Module, data, *, seed: int, network: str) -> None:
+        """The first forward of an architecture entry's model, against the task's interface."""
+        x, expected = self.task.probe(data)
+        interface = self.task.interface
+        with torch.no_grad(), self.model_code(seed, network, "the model's forward"):
+            out = model(x)
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        if shape != tuple(expected) or not out.is_floating_point():
+            got = (f"{out.dtype} {shape}" if shape is not None else type(out).__name__)
+            raise ModelError(
+                f"{self.entry.path / 'entry.py'}: on {self.task.name}, the model maps "
+                f"{interface.inputs}, here {tuple(x.shape)}, to {interface.outputs}: expected "
+                f"shape {tuple(expected)}, got {got}")
+
+    def model_code(self, seed: int, network: str = "main", call: str = "the model's forward"):
+        """Around a forward of the model: the entry's code on the architecture track (its
+        errors located, its global-RNG draws its own, e.g. dropout), the task's otherwise."""
+        if self.entry.track == "optimizer":
+            return contextlib.nullcontext()
+        return self.entry_code(seed, call, network)
+
     def make_optimizer(self, model: torch.nn.Module, *, seed: int, network: str = "main"
                        ) -> tuple[torch.optim.Optimizer, LRScheduler | None]:
-        """The entry's optimizer for `model`, and its schedule if it defines `make_schedule`."""
-        view = self.task.view(model)
+        """The entry's optimizer for `model`, and its schedule if it defines `make_schedule`
+        (an architecture entry without make_optimizer: the task's reference optimizer)."""
+        with self.model_code(seed, network, "model.param_roles"):
+            view = self.task.view(model)
         with self.entry_code(seed, "make_optimizer", network):
             optimizer = self.entry.make_optimizer(model, view)
         with self.entry_code(seed, "make_schedule", network):
@@ -243,8 +320,10 @@ class Trainer:
         """The task's evaluation, with the optimizer in eval mode (schedule-free optimizers)."""
         with self.entry_code(seed, "optimizer.eval", network):
             set_mode(optimizer, "eval")
-        with torch.no_grad():
+        model.eval()  # dropout off, normalisation on running statistics, as at evaluation
+        with torch.no_grad(), self.model_code(seed, network):
             values = self.task.observe(model, data)
+        model.train()
         with self.entry_code(seed, "optimizer.train", network):
             set_mode(optimizer, "train")
         return values
@@ -275,6 +354,9 @@ class Trainer:
         """
         schedule = set(eval_steps(self.task.config["steps"], self.task.config["evals"]))
         for lane in lanes:
+            if self.task.interface is not None:
+                lane.traj.not_applicable = self.task.interface.not_applicable(
+                    lane.model, list(self.task.metrics()))
             with self.entry_code(lane.seed, "optimizer.train", lane.network):
                 set_mode(lane.optimizer, "train")
             lane.model.train()

@@ -28,8 +28,10 @@ def format_number(x: float) -> str:
     return f"{x:.3e}"
 
 
-def describe(values: np.ndarray, bounds: tuple[float, float] = (-math.inf, math.inf)) -> str:
-    """'mean [low, high]', noting seeds that did not reach a target (inf) or have no result (NaN).
+def describe(values: np.ndarray, bounds: tuple[float, float] = (-math.inf, math.inf),
+             applicable: np.ndarray | None = None) -> str:
+    """'mean [low, high]', noting seeds that did not reach a target (inf), have no result (NaN)
+    or for which the metric does not apply (`applicable` false: the model lacks what it reads).
 
     The interval is interval.METHOD, clipped to `bounds`; below interval.MIN_SEEDS finite
     values there is none, and the text says so.
@@ -37,6 +39,9 @@ def describe(values: np.ndarray, bounds: tuple[float, float] = (-math.inf, math.
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     notes = []
+    if applicable is not None and not applicable.all():
+        notes.append(f"not applicable {int((~applicable).sum())}/{n}")
+        values = values[applicable]
     if (never := int(np.isposinf(values).sum() + np.isneginf(values).sum())):
         notes.append(f"not reached {never}/{n}")
     if (missing := int(np.isnan(values).sum())):
@@ -80,11 +85,19 @@ def summary(runs: pd.DataFrame, current: dict[str, str] | None = None) -> pd.Dat
             **fields, "stale": now != fields["entry_hash"],
             "direction": "diagnostic" if spec and spec.role == "diagnostic" else arrow,
             "seeds": group["seed"].nunique(),
-            COLUMN: describe(group["value"].to_numpy(), spec.bounds if spec else (-math.inf, math.inf)),
+            COLUMN: describe(group["value"].to_numpy(), spec.bounds if spec else (-math.inf, math.inf),
+                             applicable=applicable_mask(group)),
             "resolution": format_number(spec.resolution) if spec and spec.resolution is not None else "?",
             "runs": ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())),
         })
     return pd.DataFrame(rows)
+
+
+def applicable_mask(rows: pd.DataFrame) -> np.ndarray:
+    """Per row: does the metric apply (null in files written before it was recorded: yes)."""
+    if "applicable" not in rows.columns:
+        return np.ones(len(rows), dtype=bool)
+    return rows["applicable"].astype("boolean").fillna(True).to_numpy(dtype=bool)
 
 
 def render(runs: pd.DataFrame, fmt: str = "simple", current: dict[str, str] | None = None) -> str:
@@ -99,6 +112,9 @@ def render(runs: pd.DataFrame, fmt: str = "simple", current: dict[str, str] | No
         info = dict(zip(heads, fields, strict=True))
         title = (f"entry {info['entry']} · tier {info['tier']} · profile {info['profile']}"
                  f" · files {str(info['entry_hash'])[:12]}")
+        track = runs.loc[runs["entry_hash"] == info["entry_hash"]].get("track")
+        if track is not None and track.notna().any() and track.dropna().iloc[0] != "optimizer":
+            title += f" · {track.dropna().iloc[0]} track"
         if str(info["overrides"]).strip() not in ("", "{}"):
             title += f" · overrides {info['overrides']}"
         if info["stale"]:

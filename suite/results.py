@@ -57,7 +57,9 @@ RUN_SCHEMA = pa.schema([
     ("overrides", pa.string()),  # JSON object of the config keys the user changed
     ("config", pa.string()),  # JSON object of the full task config that ran
     ("hparams", pa.string()),  # JSON object of the entry's hyperparameters for this task
-    ("status", pa.string()),  # ok | diverged | error
+    # ok | diverged | error | timeout | not-applicable (the task cannot run the entry's model;
+    # `error` says why); a rerun skips all but error and timeout
+    ("status", pa.string()),
     ("diverged_step", pa.int64()),  # null unless status == diverged
     ("error", pa.string()),  # null unless status == error
     # Seconds of the run; seeds trained as one batch (suite.batched) share one computation,
@@ -68,8 +70,13 @@ RUN_SCHEMA = pa.schema([
     # "stacked" | "per-seed"}, {"mode": "one-by-one"} or {"mode": "procedure"}); null in files
     # written before it was recorded. `ldbench verify` re-runs a run the same way.
     ("execution", pa.string()),
+    # optimizer | architecture | recipe (Entry.track); null in older files: optimizer
+    ("track", pa.string()),
     ("metric", pa.string()),
     ("value", pa.float64()),  # +inf: steps-to-target not reached; NaN: no result (see status)
+    # false: this metric does not apply to the entry's model (it lacks what the metric reads,
+    # or the whole run is not-applicable); its value is NaN. Null in older files: true
+    ("applicable", pa.bool_()),
     ("direction", pa.string()),  # min | max
     ("suite_version", pa.string()),
     ("git_commit", pa.string()),
@@ -90,8 +97,9 @@ CURVE_SCHEMA = pa.schema([
 
 SCHEMAS = {RUNS_FILE: RUN_SCHEMA, CURVES_FILE: CURVE_SCHEMA}
 # Columns added after schema version 1 was first written: older files lack them.
-ADDED_COLUMNS = {RUNS_FILE: ("execution",)}
-DONE_STATUSES = ("ok", "diverged")  # a rerun skips these; "error" runs are retried
+ADDED_COLUMNS = {RUNS_FILE: ("execution", "track", "applicable")}
+# A rerun skips these; "error" and "timeout" runs are retried.
+DONE_STATUSES = ("ok", "diverged", "not-applicable")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TMP = re.compile(r"^\..+\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from suite import batched, profiles, registry, results, seeding
 from suite.entry import Entry, EntryCodeError, EntryError, load_entry, split_hparams
-from suite.loop import BatchingUnsupported, Trainer, Trajectory
+from suite.loop import BatchingUnsupported, NotApplicable, Trainer, Trajectory
 from suite.task import Task
 
 
@@ -78,6 +78,8 @@ def execute(plan: Plan, trainer: Trainer, note: str | None = None
             traj = plan.task.run(plan.seed, trainer)
     except EntryError:
         raise  # a broken entry breaks every run: stop the suite and say so
+    except NotApplicable as err:
+        return Trajectory(status="not-applicable", execution=execution), plan.task.nan_metrics(), str(err)
     except BatchingUnsupported as err:
         if not (procedure and trainer.batch_lanes):
             raise  # ldbench's own bug: only a batch refuses
@@ -108,7 +110,8 @@ def finish(plan: Plan, traj: Trajectory) -> tuple[Trajectory, dict[str, float], 
         return traj, plan.task.nan_metrics(), None
     steps, curves = traj.arrays()
     try:
-        return traj, plan.task.summarize(steps, curves, traj.data), None
+        metrics = plan.task.summarize(steps, curves, traj.data)
+        return traj, {**metrics, **dict.fromkeys(traj.not_applicable, math.nan)}, None
     except Exception as err:  # noqa: BLE001 - recorded in the results, the suite goes on
         failed = Trajectory(status="error", execution=traj.execution)
         return failed, plan.task.nan_metrics(), error_message(err)
@@ -135,7 +138,7 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
                 traj.execution = {"mode": "procedure", "seeds": seeds, "networks": "side by side"}
     except EntryError:
         raise
-    except EntryCodeError:
+    except (EntryCodeError, NotApplicable):  # each seed records its own outcome, as alone
         return [execute(plan, alone(trainer)) for plan in plans]
     except Exception as err:  # noqa: BLE001 - the one-by-one path records or avoids it
         reason = f"{type(err).__name__}: {err}"
@@ -199,10 +202,13 @@ def rows_for(plan: Plan, traj: Trajectory, metrics: dict[str, float], error: str
         git_commit=fingerprint["git_commit"], fingerprint=json.dumps(fingerprint, sort_keys=True),
         created_at=pd.Timestamp.now(tz="UTC"),
         execution=json.dumps(traj.execution, sort_keys=True) if traj.execution else None,
+        track=entry.track,
     )
+    whole = traj.status == "not-applicable"
     runs = pd.DataFrame([
         {**base, "metric": name, "value": float(metrics.get(name, float("nan"))),
-         "direction": metric.direction}
+         "direction": metric.direction,
+         "applicable": not whole and name not in traj.not_applicable}
         for name, metric in declared.items()
     ])
     runs["diverged_step"] = runs["diverged_step"].astype("Int64")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+
+from suite import seeding
 
 if TYPE_CHECKING:  # the harness imports tasks, tasks only need its type for hints
     from suite.loop import Trainer, Trajectory
@@ -114,6 +117,54 @@ class Plot:
 
 
 PARAM_ROLES = ("hidden matrix", "embedding", "readout", "bias", "gain")
+REFERENCE_OPTIMIZERS = ("sgd", "adam", "adamw")  # torch.optim.SGD, Adam, AdamW
+
+
+@dataclass(frozen=True)
+class ModelInterface:
+    """What a model must do on a task for an architecture entry's model to run it.
+
+    A task declares one as `Task.interface` (None: the task is optimizer-only, and an
+    architecture entry's runs of it are recorded as not applicable).
+    inputs, outputs: the forward's contract in words, dtypes and shapes included, e.g.
+        "int64 (N, 2): operand pairs (a, b)" and "float (N, p): logits of (a + b) mod p".
+        The first forward (`Task.probe`) is checked against them before any training.
+    requires: methods the task's loss or ranked metrics call (deep-linear-modes reads the
+        end-to-end map through `product()`); a model without one of them cannot run the task,
+        and its runs are recorded as not applicable, naming the method.
+    optional: (method, metrics that read it) pairs; a model without the method runs the task
+        and those metrics are recorded as not applicable.
+    optimizer: (name in REFERENCE_OPTIMIZERS, keyword arguments): the reference optimizer an
+        architecture entry without `make_optimizer` trains with, so that only the
+        architecture differs from the task's reference model.
+    """
+
+    inputs: str
+    outputs: str
+    optimizer: tuple[str, tuple[tuple[str, Any], ...]]
+    requires: tuple[str, ...] = ()
+    optional: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.optimizer[0] not in REFERENCE_OPTIMIZERS:
+            raise ValueError(f"reference optimizer must be one of {REFERENCE_OPTIMIZERS}, "
+                             f"got {self.optimizer[0]!r}")
+
+    def missing(self, model: torch.nn.Module) -> tuple[str, ...]:
+        """The required methods `model` lacks."""
+        return tuple(m for m in self.requires if not callable(getattr(model, m, None)))
+
+    def not_applicable(self, model: torch.nn.Module, metrics: list[str]) -> tuple[str, ...]:
+        """Those of `metrics` that `model` cannot have: they read an optional method it lacks
+        (`optional` may name metrics by fnmatch patterns, e.g. "attention_step/*")."""
+        patterns = [p for method, names in self.optional
+                    if not callable(getattr(model, method, None)) for p in names]
+        return tuple(m for m in metrics if any(fnmatch.fnmatchcase(m, p) for p in patterns))
+
+    def reference_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        name, kwargs = self.optimizer
+        cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+        return cls(params, **dict(kwargs))
 
 
 @dataclass(frozen=True)
@@ -126,7 +177,12 @@ class TaskView:
         (a mode-connectivity child continues its parent's schedule rather than starting one).
     param_names, param_roles: the name and role (one of PARAM_ROLES) of each tensor in `params`,
         in the same order, so that e.g. a Muon-style optimizer can put hidden matrices in one
-        group and embeddings, readouts, biases and gains in another without guessing.
+        group and embeddings, readouts, biases and gains in another without guessing. Roles
+        come from the task for its reference model, from the model's own `param_roles()`
+        (name -> role) for an architecture entry's model that defines it, else from shapes.
+    interface: the task's ModelInterface (None: optimizer-only).
+    reference_model: builds the task's reference model from a torch.Generator (on a copy of
+        the task): an architecture entry may start from it or wrap it.
     """
 
     name: str
@@ -136,6 +192,8 @@ class TaskView:
     steps: int
     param_names: tuple[str, ...] = ()
     param_roles: tuple[str, ...] = ()
+    interface: ModelInterface | None = None
+    reference_model: Callable[[torch.Generator], torch.nn.Module] | None = None
 
 
 def default_role(name: str, param: torch.Tensor) -> str:
@@ -169,8 +227,9 @@ class Task:
         check_config() -> None: raise ConfigError naming the key and its allowed range for a
             nonsense config value (steps=0, hidden=0, ...); called before any run.
         make_data(seed) -> dict of tensors: the task's data, drawn from `seeding.generator`.
-        make_model(seed) -> nn.Module: the default single-seed model, initialised from a
-            generator (never the global RNG).
+        reference_model(generator) -> nn.Module: the task's reference model, every random number
+            drawn from `generator` (never the global RNG); `make_model(seed)` builds it from
+            the seed's "init" stream.
         loss(model, batch) -> scalar tensor: the training objective on one batch; a pure
             function of the model's parameters and the batch, so the harness may vmap it.
         observe(model, data) -> {curve: float}: what is recorded at each evaluation step
@@ -179,6 +238,11 @@ class Task:
             curves (steps: int64 array of evaluation steps; curves: name -> float64 array).
 
     Optional
+        interface: a ModelInterface (class attribute): the contract an architecture entry's
+            model must meet, and the reference optimizer it trains with. None (the default):
+            optimizer-only, every architecture entry's run is "not applicable". A task with an
+            interface also defines probe(data) -> (input, expected output shape): the first
+            forward every architecture entry's model is checked with before training.
         sample_batch(data, step, generator) -> batch: minibatch or fresh samples for one step
             (default: the full data, i.e. full-batch training).
         run(seed, trainer) -> Trajectory: a special procedure (spawning children, two
@@ -197,6 +261,7 @@ class Task:
     tiers: ClassVar[dict[str, dict[str, Any]]]
     target: ClassVar[str]
     invalid_configs: ClassVar[tuple[dict[str, Any], ...]] = ()
+    interface: ClassVar[ModelInterface | None] = None
     quick_config: ClassVar[dict[str, Any]] = {"steps": 20, "evals": 5}
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -212,7 +277,7 @@ class Task:
     def make_data(self, seed: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def make_model(self, seed: int) -> torch.nn.Module:
+    def reference_model(self, generator: torch.Generator) -> torch.nn.Module:
         raise NotImplementedError
 
     def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
@@ -225,6 +290,22 @@ class Task:
         raise NotImplementedError
 
     # -- defaults -----------------------------------------------------------------------------
+    def make_model(self, seed: int, purpose: str = "init") -> torch.nn.Module:
+        """The reference model of `seed`, from the generator of `purpose` (a procedure's second
+        network draws its own, e.g. mode-connectivity's independent networks)."""
+        return self.reference_model(seeding.generator(seed, purpose))
+
+    def unsupported(self, model: torch.nn.Module) -> str | None:
+        """Why this task cannot run an architecture entry's `model` beyond its interface's
+        missing methods (e.g. a layout its metrics read), or None; the run is then recorded
+        as not applicable with this reason."""
+        return None
+
+    def probe(self, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """(input, expected output shape) of the first forward an architecture entry's model
+        is checked with; every task with an `interface` defines it."""
+        raise NotImplementedError
+
     def param_roles(self, model: torch.nn.Module) -> dict[str, str]:
         """name -> role (PARAM_ROLES) of each parameter of the task's model; override to declare."""
         return {name: default_role(name, p) for name, p in model.named_parameters()}
@@ -233,9 +314,17 @@ class Task:
         """The read-only view an entry's code receives (with `model`'s parameter names and roles)."""
         names = tuple(n for n, _ in model.named_parameters()) if model is not None else ()
         roles = self.param_roles(model) if model is not None else {}
-        return TaskView(self.name, self.version, self.family,
-                        MappingProxyType(copy.deepcopy(self.config)), int(self.config["steps"]),
-                        names, tuple(roles[n] for n in names))
+        if set(roles) != set(names):  # an architecture entry's model
+            own = getattr(model, "param_roles", None)
+            roles = own() if callable(own) else {n: default_role(n, p) for n, p in model.named_parameters()}
+            bad = {n: r for n, r in roles.items() if r not in PARAM_ROLES}
+            if set(roles) != set(names) or bad:
+                raise ValueError(f"the model's param_roles() must map each parameter name to one of "
+                                 f"{PARAM_ROLES}; got {roles!r}")
+        config = copy.deepcopy(self.config)
+        return TaskView(self.name, self.version, self.family, MappingProxyType(config),
+                        int(self.config["steps"]), names, tuple(roles[n] for n in names),
+                        self.interface, type(self)(copy.deepcopy(self.config)).reference_model)
 
     def check_config(self) -> None:
         """The harness's own keys; a task extends this (calling super) for its keys."""
@@ -277,7 +366,7 @@ class Task:
 
     def run(self, seed: int, trainer: Trainer) -> Trajectory:
         data = trainer.to_device(self.make_data(seed))
-        model = trainer.to_device(self.make_model(seed))
+        model = trainer.make_model(seed, data)
         optimizer, schedule = trainer.make_optimizer(model, seed=seed)
         return trainer.train(model, optimizer, data, seed=seed, steps=self.config["steps"],
                              schedule=schedule)

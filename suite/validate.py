@@ -28,7 +28,8 @@ SOURCE_SUFFIXES = {".py", ".toml", ".md", ".rst", ".txt", ".json", ".yaml", ".ym
 PLAIN_NAMES = {"LICENSE", "LICENCE", "COPYING", "NOTICE", "AUTHORS", "README"}
 # CI installs the pinned torch and ldbench itself; a requirement must not move them.
 PINNED = {"torch", "ldbench"}
-STATUSES = ("ok", "diverged", "error")
+STATUSES = ("ok", "diverged", "error", "not-applicable")
+TRACKS = ("optimizer", "architecture", "recipe")
 # A PEP 508 name, optional extras and version specifiers: no URLs, markers or pip options.
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
 _SPEC = r"(?:===|==|!=|<=|>=|~=|<|>)\s*[A-Za-z0-9.*+!_-]+"
@@ -39,7 +40,8 @@ INCOMPLETE = " (the entry is incomplete: e.g. the task is newer than its results
 # Run-table columns every check reads; value may be NaN (no result) and a few are optional.
 NOT_NULL = [c for c in results.RUN_SCHEMA.names
             if c not in ("value", "diverged_step", "error", "git_commit", "wall_time_s", "config",
-                         "hparams", "suite_version", "created_at", "steps", "execution")]
+                         "hparams", "suite_version", "created_at", "steps", "execution",
+                         "track", "applicable")]  # the last two: null in older files
 
 
 def clean(text: str) -> str:
@@ -329,10 +331,26 @@ def status_problems(path: Path, runs: pd.DataFrame, rerun: str) -> list[str]:
                              "runs that did", fix))
     elif (runs.loc[diverged, "diverged_step"] < 0).any():
         problems.append(line(path, "a negative diverged_step", fix))
-    failed = status == "error"
+    failed = status.isin(["error", "not-applicable"])  # `error` says why
     if runs.loc[failed, "error"].isna().any() or runs.loc[~failed, "error"].notna().any():
         problems.append(line(path, "the error column is set on runs without an error or missing "
-                             "on runs with one", fix))
+                             "on runs with one (or not-applicable runs without their reason)", fix))
+    return problems + applicability_problems(path, runs, fix)
+
+
+def applicability_problems(path: Path, runs: pd.DataFrame, fix: str) -> list[str]:
+    """One known track per file; a metric that does not apply has no value, and every metric
+    of a not-applicable run does not apply."""
+    problems = []
+    tracks = set(runs["track"].dropna().astype(str))
+    if tracks - set(TRACKS) or len(tracks) > 1:
+        problems.append(line(path, f"column track holds {sorted(tracks)[:3]}, expected one of "
+                             f"{list(TRACKS)}", fix))
+    applicable = runs["applicable"].astype("boolean").fillna(True)
+    whole = runs["status"] == "not-applicable"
+    if (whole & applicable).any() or (~applicable & runs["value"].astype(float).notna()).any():
+        problems.append(line(path, "a metric that does not apply holds a value, or a not-applicable "
+                             "run has a metric that applies", fix))
     return problems
 
 
@@ -414,6 +432,8 @@ def metric_problems(path: Path, rows: pd.DataFrame, task: Task, *, where: str, a
     per_run: dict[str, set[str]] = {}
     twice, wrong_direction, bad, outside = False, set(), {}, {}
     columns = [rows[c] for c in ("run_id", "metric", "direction", "status")] + [rows["value"].astype(float)]
+    off = ~rows["applicable"].astype("boolean").fillna(True).to_numpy(dtype=bool)
+    inapplicable = set(zip(rows["run_id"][off], rows["metric"][off], strict=True))  # NaN there
     for rid, metric, direction, status, value in zip(*columns, strict=True):
         seen = per_run.setdefault(rid, set())
         twice |= metric in seen
@@ -425,7 +445,7 @@ def metric_problems(path: Path, rows: pd.DataFrame, task: Task, *, where: str, a
             wrong_direction.add(metric)
         if status != "ok":
             continue
-        if math.isnan(value) and spec.undefined_ok:
+        if math.isnan(value) and (spec.undefined_ok or (rid, metric) in inapplicable):
             continue  # declared: undefined in some finished runs
         if not math.isfinite(value) and not (spec.steps_to_target and value == math.inf):
             bad.setdefault(metric, value)

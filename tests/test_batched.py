@@ -252,7 +252,7 @@ class Plain(nn.Module):
 
 
 class CachingTask(DeepLinearModes):
-    def make_model(self, seed):
+    def make_model(self, seed, purpose="init"):
         return CachedReference(super().make_model(seed).product().detach())
 
     def loss(self, model, batch):
@@ -265,7 +265,7 @@ class CachingTask(DeepLinearModes):
 class DetachingTask(DeepLinearModes):
     """A loss that rebuilds its parameter as a new leaf: vmap sees no gradient through it."""
 
-    def make_model(self, seed):
+    def make_model(self, seed, purpose="init"):
         return Plain(super().make_model(seed).product().detach())
 
     def loss(self, model, batch):
@@ -304,7 +304,7 @@ def test_parameter_list_slices_keep_their_gradients():
 
 
 class Buffered(DeepLinearModes):
-    def make_model(self, seed):
+    def make_model(self, seed, purpose="init"):
         model = super().make_model(seed)
         model.register_buffer("scale", torch.ones(()))
         return model

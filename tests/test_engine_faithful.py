@@ -103,7 +103,7 @@ def final(traj, curve="loss"):
 class ProjectedLinear(DeepLinearModes):
     """deep-linear-modes whose model holds a fixed random projection drawn per seed."""
 
-    def make_model(self, seed):
+    def make_model(self, seed, purpose="init"):
         model = super().make_model(seed)
         gen = torch.Generator().manual_seed(1000 + seed)
         model.proj = torch.eye(self.config["n_in"]) + 0.5 * torch.randn(

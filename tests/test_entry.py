@@ -49,7 +49,7 @@ def test_bad_name_and_unknown_field(make_entry):
 def test_missing_make_optimizer(make_entry):
     entry = load_entry(make_entry(code="def make_optimiser(params, hparams, task):\n    pass\n"))
     task = make_task("deep-linear-modes", "smoke")
-    with pytest.raises(EntryError, match="does not define make_optimizer"):
+    with pytest.raises(EntryError, match="defines neither make_optimizer nor make_model"):
         entry.make_optimizer(task.make_model(0), task.view())
 
 

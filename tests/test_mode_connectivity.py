@@ -166,7 +166,7 @@ def test_data_and_models_come_from_their_own_streams():
     cfg = task.config
     state = torch.get_rng_state()
     data, again = task.make_data(3), task.make_data(3)
-    models = {p: task.init_model(3, p) for p in ("init", "init_a", "init_b")}
+    models = {p: task.make_model(3, p) for p in ("init", "init_a", "init_b")}
     assert torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(data[k], again[k]) for k in data)
     assert data["x_train"].shape == (cfg["n_train"], cfg["dim"])

@@ -10,7 +10,7 @@ from torch import nn
 
 from suite import seeding
 from suite.metrics.stage_timing import crossing_step, learned_in_order, mode_strengths
-from suite.task import Curve, Metric, Plot, Task
+from suite.task import Curve, Metric, ModelInterface, Plot, Task
 
 
 def saxe_mode_strength(*, s: float, u0: float, t: np.ndarray, lr: float) -> np.ndarray:
@@ -74,6 +74,9 @@ class DeepLinearModes(Task):
         "(Saxe, McClelland & Ganguli 2013). Measures when each mode is learned."
     )
     target = "steps_to_all_modes"
+    interface = ModelInterface(
+        inputs="float (N, n_in): inputs", outputs="float (N, n_out): predictions",
+        optimizer=("adamw", (("lr", 0.003), ("weight_decay", 0.0))), requires=("product",))
     tiers = {
         "smoke": dict(steps=1500, evals=100, n_in=6, n_out=6, hidden=6, depth=2,
                       singular_values=[3.0, 2.0, 1.0], init="random", init_scale=0.01),
@@ -156,16 +159,25 @@ class DeepLinearModes(Task):
         x = torch.eye(cfg["n_in"])  # one example per input dim: Σ¹¹ = XᵀX = I
         return {"x": x, "y": x @ teacher.T, "left": left, "right": right, "teacher": teacher}
 
-    def make_model(self, seed: int) -> DeepLinear:
+    @property
+    def widths(self) -> list[int]:
         cfg = self.config
-        widths = [cfg["n_in"]] + [cfg["hidden"]] * (cfg["depth"] - 1) + [cfg["n_out"]]
-        if cfg["init"] == "aligned":
-            return DeepLinear(self.aligned_weights(seed, widths))
+        return [cfg["n_in"]] + [cfg["hidden"]] * (cfg["depth"] - 1) + [cfg["n_out"]]
+
+    def make_model(self, seed: int, purpose: str = "init") -> DeepLinear:
+        # The aligned init is built from the seed's teacher, not from a random stream.
+        if self.config["init"] == "aligned":
+            return DeepLinear(self.aligned_weights(seed, self.widths))
+        return super().make_model(seed, purpose)
+
+    def reference_model(self, generator: torch.Generator) -> DeepLinear:
+        """Random init (init = "random"): i.i.d. N(0, init_scale²) weights."""
+        cfg = self.config
         if cfg["init"] != "random":
-            raise ValueError(f"init must be 'random' or 'aligned', got {cfg['init']!r}")
-        gen = seeding.generator(seed, "init")
-        return DeepLinear([cfg["init_scale"] * torch.randn(o, i, generator=gen)
-                           for i, o in zip(widths[:-1], widths[1:], strict=True)])
+            raise ValueError(f"init {cfg['init']!r} is built from the seed's teacher "
+                             "(make_model(seed)), not from a generator")
+        return DeepLinear([cfg["init_scale"] * torch.randn(o, i, generator=generator)
+                           for i, o in zip(self.widths[:-1], self.widths[1:], strict=True)])
 
     def aligned_weights(self, seed: int, widths: list[int]) -> list[torch.Tensor]:
         """Balanced init aligned with the teacher: W = U diag(u₀) Vᵀ, u₀ = init_scale.
@@ -182,6 +194,10 @@ class DeepLinearModes(Task):
         weights += [a * basis @ basis.T for _ in range(len(widths) - 3)]
         weights.append(a * data["left"] @ basis.T)
         return weights
+
+    def probe(self, data):
+        x = data["x"][:4]  # (4, n_in)
+        return x, (len(x), self.config["n_out"])
 
     def loss(self, model: DeepLinear, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # Summed over examples with a ½, so that τ = 1/lr in Saxe et al.'s equations.

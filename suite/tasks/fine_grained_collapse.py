@@ -39,7 +39,7 @@ from torch import nn
 from suite import seeding
 from suite.metrics.collapse import nc1, recovery_accuracy
 from suite.metrics.stage_timing import crossing_step
-from suite.task import ConfigError, Curve, Metric, Task
+from suite.task import ConfigError, Curve, Metric, ModelInterface, Task
 
 THRESHOLD = 0.9  # recovery accuracy that counts as "fine labels recovered"
 
@@ -91,6 +91,9 @@ class FineGrainedCollapse(Task):
         "NC1, fine-label recovery by k-means with optimal matching, and the steps to recover."
     )
     target = "steps_to_recovery"
+    interface = ModelInterface(
+        inputs="float (N, d): inputs", outputs="float (N, C): logits of the coarse classes",
+        optimizer=("adamw", (("lr", 1e-3), ("weight_decay", 0.01))), requires=("features",))
     # Tiers, by a small sweep with the AdamW baseline's default table (lr 1e-3, weight decay 0.01):
     # - fine means m_c ± 1.5 u_c around random coarse centres (a linearly separable coarse task):
     #   the features never recovered the fine labels (0.53-0.59, as the inputs): nothing in the
@@ -168,15 +171,19 @@ class FineGrainedCollapse(Task):
                 "random_layer": random_layer / d ** 0.5,
                 "kmeans_seed": torch.tensor(seeding.derive_seed(seed, "kmeans"))}
 
-    def make_model(self, seed: int) -> CollapseMLP:
+    def reference_model(self, generator: torch.Generator) -> CollapseMLP:
         cfg = self.config
-        gen, s = seeding.generator(seed, "init"), cfg["init_scale"]
+        gen, s = generator, cfg["init_scale"]
         d, w, C = cfg["dim"], cfg["width"], cfg["fine_classes"] // 2
         # He-scaled weights keep ReLU activations O(1) through both layers at init_scale = 1.
         return CollapseMLP({
             "w1": s * torch.randn(w, d, generator=gen) * (2 / d) ** 0.5, "b1": torch.zeros(w),
             "w2": s * torch.randn(w, w, generator=gen) * (2 / w) ** 0.5, "b2": torch.zeros(w),
             "w_out": s * torch.randn(C, w, generator=gen) / w ** 0.5, "b_out": torch.zeros(C)})
+
+    def probe(self, data):
+        x = data["train_x"][:8]  # (8, d)
+        return x, (len(x), self.config["fine_classes"] // 2)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(model(batch["train_x"]), batch["train_coarse"])

@@ -82,7 +82,7 @@ from suite.metrics.in_context import (
     trivial_loss,
 )
 from suite.metrics.stage_timing import crossing_step
-from suite.task import ConfigError, Curve, Metric, Task
+from suite.task import ConfigError, Curve, Metric, ModelInterface, Task
 
 NEAR_OPTIMAL = 2.0  # target: loss within this factor of the Bayes-optimal loss (see the docstring)
 PLATEAU_EXIT = 0.1  # leaving the plateau: a tenth of the way from the trivial to the Bayes loss
@@ -167,6 +167,11 @@ class InContextRegression(Task):
         "prompts (He et al. 2025)."
     )
     target = "steps_to_near_optimal"
+    interface = ModelInterface(
+        inputs="float (B, L, d + 1): rows (x_i, y_i) of the L - 1 context pairs, then (x_q, 0)",
+        outputs="float (B,): the prediction of y_q",
+        optimizer=("adamw", (("lr", 1e-3), ("weight_decay", 0.01))),
+        optional=(("patterns", (*PATTERNS, *OV_PATTERNS)),))
     tiers = {
         "smoke": dict(steps=300, evals=30, dim=4, context=12, heads=4, noise=0.5, batch=128,
                       init_scale=0.01, eval_prompts=1024, attention="softmax"),
@@ -242,9 +247,9 @@ class InContextRegression(Task):
             data |= {f"{k}{suffix}": v for k, v in prompts.items()}
         return data
 
-    def make_model(self, seed: int) -> AttentionRegressor:
+    def reference_model(self, generator: torch.Generator) -> AttentionRegressor:
         cfg = self.config
-        gen = seeding.generator(seed, "init")
+        gen = generator
         e, h = cfg["dim"] + 1, cfg["heads"]
         kq = cfg["init_scale"] * torch.randn(h, e, e, generator=gen)
         ov = cfg["init_scale"] * torch.randn(h, e, generator=gen)
@@ -254,6 +259,10 @@ class InContextRegression(Task):
         cfg = self.config
         return sample_prompts(count=cfg["batch"], context=cfg["context"], dim=cfg["dim"],
                               noise=cfg["noise"], generator=generator, device=generator.device)
+
+    def probe(self, data):
+        x = data["tokens"][:4]  # (4, L, d + 1)
+        return x, (len(x),)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # Mean squared error without ½, so that it is directly comparable with the references.

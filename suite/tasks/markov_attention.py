@@ -66,7 +66,7 @@ from suite.metrics.markov import (
     stage_times,
 )
 from suite.metrics.stage_timing import crossing_step, learned_in_order
-from suite.task import ConfigError, Curve, Metric, Task
+from suite.task import ConfigError, Curve, Metric, ModelInterface, Task
 
 TARGET_FRACTION = 0.05  # of the first plateau gap L_0 − L_m
 HEAD_THRESHOLD = 0.5  # attention mass that makes a head "on" a lag (> 1/2: one lag per head)
@@ -125,6 +125,11 @@ class MarkovAttention(Task):
         "the heads cover."
     )
     target = "steps_to_target"
+    interface = ModelInterface(
+        inputs="int64 (B, T): token sequences, tokens in [0, V)",
+        outputs="float (B, T, V): causal next-token logits (row i reads tokens <= i)",
+        optimizer=("adamw", (("lr", 3e-3), ("weight_decay", 0.01))),
+        optional=(("logits_and_attention", ("attention_step/*", "lags_in_order", "lags_covered")),))
     # Standard tier, by a small sweep with the AdamW baseline (seed 0, then 5 seeds):
     # - a copy-mixture chain (copy the token at lag k_j with probability π_j = .4/.3/.2) left a
     #   floor of 0.07-0.1 nats of excess (one attention layer adds the lags' votes in logit space,
@@ -232,10 +237,10 @@ class MarkovAttention(Task):
         probs = next_token_probs(windows=windows, **law)  # (N, T−K, V), the exact next-token law
         return {"train": train, "eval": held, "eval_law": probs.float()}
 
-    def make_model(self, seed: int) -> AttentionOnly:
+    def reference_model(self, generator: torch.Generator) -> AttentionOnly:
         cfg = self.config
         V, T, d, H = cfg["vocab"], cfg["length"], cfg["d_model"], cfg["heads"]
-        gen, s = seeding.generator(seed, "init"), cfg["init_scale"]
+        gen, s = generator, cfg["init_scale"]
         d_h = d // H if d % H == 0 else d  # heads split d when H divides it, else each is d wide
         normal = lambda *shape, fan: s * torch.randn(*shape, generator=gen) / fan ** 0.5  # noqa: E731
         return AttentionOnly({
@@ -247,6 +252,10 @@ class MarkovAttention(Task):
     def sample_batch(self, data, step: int, generator: torch.Generator) -> torch.Tensor:
         batch = self.config["batch"]
         return data["train"][(step - 1) * batch: step * batch]
+
+    def probe(self, data):
+        x = data["eval"][:4]  # (4, T)
+        return x, (*x.shape, self.config["vocab"])
 
     def loss(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         K = max(self.config["lags"])

@@ -24,7 +24,7 @@ from suite.metrics.connectivity import (
     permute_params,
     weight_matching,
 )
-from suite.task import Curve, Metric, Plot, Task
+from suite.task import Curve, Metric, ModelInterface, Plot, Task
 
 LLFC_ALPHA = 0.5
 # Floors of the loss barriers (nats) and LLFC distances: see ModeConnectivity's docstring.
@@ -122,6 +122,9 @@ class ModeConnectivity(Task):
         "against the interpolated features (LLFC, Zhou et al. 2023)."
     )
     target = "stable_spawn_step"
+    interface = ModelInterface(
+        inputs="float (N, d): inputs", outputs="float (N, C): class logits",
+        optimizer=("sgd", (("lr", 0.07), ("momentum", 0.9))))
     tiers = {
         "smoke": dict(steps=300, evals=12, dim=8, clusters=32, classes=4, cluster_std=0.3,
                       n_train=512, n_test=512, width=32, depth=2, batch_size=32,
@@ -261,10 +264,20 @@ class ModeConnectivity(Task):
             out[f"y_{part}"] = labels[which]  # (n,)
         return out
 
-    def make_model(self, seed: int) -> nn.Sequential:
-        return self.init_model(seed, "init")
+    def unsupported(self, model: nn.Module) -> str | None:
+        """Barriers, weight matching and LLFC read the weights of an MLP layout (any widths)."""
+        try:
+            params_from_sequential(model=model)
+        except (TypeError, ValueError) as err:
+            return (f"{self.name} reads an nn.Sequential of [Linear, ReLU] x depth, Linear "
+                    f"(weights interpolated, hidden units permuted): {err}")
+        return None
 
-    def init_model(self, seed: int, purpose: str) -> nn.Sequential:
+    def probe(self, data):
+        x = data["x_train"][:8]  # (8, d)
+        return x, (len(x), self.config["classes"])
+
+    def reference_model(self, generator: torch.Generator) -> nn.Sequential:
         """[Linear, ReLU] × depth, Linear: He-normal weights from the `purpose` stream, zero biases.
 
         Built on the meta device first: nn.Linear's own initialisation would draw from the
@@ -277,7 +290,7 @@ class ModeConnectivity(Task):
         for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Linear(fan_in, fan_out, device="meta"), nn.ReLU()]
         model = nn.Sequential(*layers[:-1]).to_empty(device="cpu")
-        gen = seeding.generator(seed, purpose)
+        gen = generator
         with torch.no_grad():
             for module in model:
                 if isinstance(module, nn.Linear):
@@ -374,7 +387,7 @@ class ModeConnectivity(Task):
             return [n for n in nets if runs[n.seed].failed is None]
 
         # 1. Spawning: one parent per seed, trained segment by segment up to each spawn step.
-        parents = [self.network(trainer, seed, "parent", self.make_model(seed)) for seed in seeds]
+        parents = [self.network(trainer, seed, "parent", "init", datas[seed]) for seed in seeds]
         at = 0
         for k in self.spawn_steps:
             for n in parents:
@@ -388,15 +401,15 @@ class ModeConnectivity(Task):
                     f"spawn_{k}", clone_params(a.model), clone_params(b.model), datas[a.seed]))
 
         # 2. Independent networks from their own initialisations.
-        pairs = [self.network(trainer, seed, f"independent_{side}", self.init_model(seed, f"init_{side}"))
+        pairs = [self.network(trainer, seed, f"independent_{side}", f"init_{side}", datas[seed])
                  for seed in seeds if runs[seed].failed is None for side in ("a", "b")]
         for a, b in zip(*[iter(train(pairs, start=0, end=steps))] * 2, strict=True):
             runs[a.seed].traj = a.traj
             self.compare_independent(runs[a.seed], clone_params(a.model), clone_params(b.model), a.seed)
         return [runs[seed].trajectory(steps) for seed in seeds]
 
-    def network(self, trainer: Trainer, seed: int, name: str, model: nn.Module) -> Network:
-        model = trainer.to_device(model)
+    def network(self, trainer: Trainer, seed: int, name: str, purpose: str, data) -> Network:
+        model = trainer.make_model(seed, data, network=name, purpose=purpose)
         optimizer, schedule = trainer.make_optimizer(model, seed=seed, network=name)
         return Network(seed, name, model, optimizer, schedule, purpose=name, traj=Trajectory())
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from suite import seeding
 from suite.metrics.generalization import gap_summary, grokking_delay
-from suite.task import Curve, Metric, Plot, Task
+from suite.task import Curve, Metric, ModelInterface, Plot, Task
 
 THRESHOLD = 0.99  # "reached" means accuracy ≥ 99%, for train and test alike
 
@@ -86,6 +86,10 @@ class ModularAddition(Task):
         "to 99% train and test accuracy, the delay between them, and the accuracy gap."
     )
     target = "steps_to_test"
+    interface = ModelInterface(
+        inputs="int64 (N, 2): operand pairs (a, b), each in [0, p)",
+        outputs="float (N, p): logits of (a + b) mod p",
+        optimizer=("adamw", (("lr", 3e-3), ("betas", (0.9, 0.98)), ("weight_decay", 1.0))))
     # Standard tier, chosen by a small sweep (seed 0, then 5 seeds) so that the AdamW baseline
     # (lr 3e-3, β₂ 0.98, weight decay 1) groks on 2 CPU cores in well under a minute per seed:
     # p = 59 with half of the 3481 pairs for training fits in ≈150 steps and reaches 99% test
@@ -161,16 +165,20 @@ class ModularAddition(Task):
         return split_pairs(p=cfg["p"], train_fraction=cfg["train_fraction"],
                            generator=seeding.generator(seed, "data"))
 
-    def make_model(self, seed: int) -> ModularMLP:
+    def reference_model(self, generator: torch.Generator) -> ModularMLP:
         cfg = self.config
         p, d, width, scale = cfg["p"], cfg["embed_dim"], cfg["width"], cfg["init_scale"]
-        gen = seeding.generator(seed, "init")
+        gen = generator
         # Unit-variance embeddings and 1/fan-in weights keep pre-activations and logits O(1) at
         # init_scale = 1; a larger init_scale lengthens grokking (Liu et al. 2023, Omnigrok).
         embed = scale * torch.randn(p, d, generator=gen)
         w_in = scale * torch.randn(width, 2 * d, generator=gen) / (2 * d) ** 0.5
         w_out = scale * torch.randn(p, width, generator=gen) / width ** 0.5
         return ModularMLP(embed, w_in, w_out)
+
+    def probe(self, data):
+        x = data["train_x"][:8]  # (8, 2)
+        return x, (len(x), self.config["p"])
 
     def loss(self, model: ModularMLP, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(model(batch["train_x"]), batch["train_y"])

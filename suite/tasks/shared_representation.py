@@ -46,7 +46,12 @@ def outer_loss(B: torch.Tensor, heads: torch.Tensor, x: torch.Tensor,
 
 
 class SharedRepresentation(Task):
-    """Metric roles and resolutions.
+    """Model interface: none, the task is optimizer-only. Its loss adapts the head in closed
+    form on the representation matrix B itself (first-order ANIL), and every metric is a
+    property of B's column space, so a model is this parametrisation (an architecture entry's
+    runs are recorded as not applicable).
+
+    Metric roles and resolutions.
 
     Ranked: `subspace_distance`, `complement_energy` and `adaptation_loss` all start high at a
     random B and fall only as the representation is learned, so an under-trained run loses
@@ -146,9 +151,9 @@ class SharedRepresentation(Task):
             out[f"y_{part}"] = torch.einsum("nmd,dk,nk->nm", x, truth, heads) + noise
         return out
 
-    def make_model(self, seed: int) -> LinearRepresentation:
+    def reference_model(self, generator: torch.Generator) -> LinearRepresentation:
         cfg = self.config
-        gen = seeding.generator(seed, "init")
+        gen = generator
         # B₀ entries N(0, init_scale²/d): columns of norm ≈ init_scale in a random direction;
         # the head starts at 0 so that early adaptation comes from the inner step alone.
         B = cfg["init_scale"] / cfg["d"] ** 0.5 * torch.randn(cfg["d"], cfg["width"], generator=gen)

@@ -15,7 +15,7 @@ from suite.metrics.generalization import (
     singular_vector_overlap,
 )
 from suite.metrics.stage_timing import crossing_step
-from suite.task import Curve, Metric, Plot, Task
+from suite.task import Curve, Metric, ModelInterface, Plot, Task
 from suite.tasks.deep_linear_modes import DeepLinear
 
 # Floor of the relative errors (and their ratios and gaps): see TeacherStudent's docstring.
@@ -66,6 +66,9 @@ class TeacherStudent(Task):
         "when it is reached, and how much the run overfits afterwards."
     )
     target = "steps_to_near_optimum"
+    interface = ModelInterface(
+        inputs="float (N, n_in): inputs", outputs="float (N, n_out): predictions",
+        optimizer=("adamw", (("lr", 0.0001), ("weight_decay", 0.0))), requires=("product",))
     # snr: teacher singular values in units of the noise σ; noise entries are N(0, σ²/n_in)
     # (the scaling under which the paper's formulas hold, see suite.metrics.generalization;
     # REFERENCES.md's σ²/n_out does not reproduce them). Standard: A = n_out/n_in = 0.5 and a
@@ -155,12 +158,16 @@ class TeacherStudent(Task):
         x = torch.eye(n_in)  # one-hot inputs, one example per column of Y
         return {"x": x, "y": targets.T, "targets": targets, "teacher": teacher}
 
-    def make_model(self, seed: int) -> DeepLinear:
+    def reference_model(self, generator: torch.Generator) -> DeepLinear:
         cfg = self.config
-        gen = seeding.generator(seed, "init")
+        gen = generator
         w1 = cfg["init_scale"] * torch.randn(cfg["hidden"], cfg["n_in"], generator=gen)
         w2 = cfg["init_scale"] * torch.randn(cfg["n_out"], cfg["hidden"], generator=gen)
         return DeepLinear([w1, w2])
+
+    def probe(self, data):
+        x = data["x"][:4]  # (4, n_in)
+        return x, (len(x), self.config["n_out"])
 
     def loss(self, model: DeepLinear, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # ½ summed squared error, as in Saxe et al. / Lampinen & Ganguli: τ = 1/lr in steps.
