@@ -17,14 +17,15 @@ from suite import interval, profiles, registry, results
 from suite.entry import Entry, EntryError, load_entry
 from suite.task import Task
 
-SCORE_VERSION = 3  # raise when a change below alters scores: it invalidates built leaderboards
+SCORE_VERSION = 4  # raise when a change below alters scores: it invalidates built leaderboards
 TAU_MAX = 4.0  # performance profiles are integrated over τ ∈ [1, TAU_MAX] (AlgoPerf uses 4)
 ROOTS = ("baselines", "submissions")
 SCORES_FILE = "scores.parquet"
 META_INPUTS = b"ldbench.inputs"
 # Run-table columns the scorer and the site keep; the heavy JSON ones go into `provenance`.
 KEEP = ["profile", "tier", "family", "task", "task_version", "entry", "seed", "status", "metric",
-        "value", "direction"]
+        "value", "direction", "track", "applicable"]
+TRACKS = ("optimizer", "architecture")  # an entry's "recipe" (model + optimizer) is scored on the second
 
 
 @dataclass
@@ -121,6 +122,8 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
     runs = runs[keep]
     # A run without a result has none, whatever values its rows keep (validate refuses those).
     runs.loc[runs["status"] != "ok", "value"] = np.nan
+    runs["applicable"] = runs["applicable"].astype("boolean").fillna(True).astype(bool)  # older files
+    runs["track"] = runs["track"].fillna("optimizer")
     inputs.runs = runs[KEEP].reset_index(drop=True)
     inputs.provenance = provenance(runs)
     inputs.results_dirs = {(e, p): paths[i].parent for e, p, i in
@@ -138,7 +141,8 @@ def read_runs(path: Path) -> pa.Table:
 def usable(runs: pd.DataFrame, tier: str, tasks: dict[str, type[Task]]) -> pd.Series:
     """Rows that can be compared: this entry's, this tier's, a known profile, current task versions."""
     versions = {name: cls.version for name, cls in tasks.items()}
-    complete = runs[[c for c in KEEP if c != "value"] + ["overrides", "run_id"]].notna().all(axis=1)
+    needed = [c for c in KEEP if c not in ("value", "track", "applicable")]  # those two: older files
+    complete = runs[needed + ["overrides", "run_id"]].notna().all(axis=1)
     return (complete & (runs["entry"] == runs["_entry"]) & (runs["tier"] == tier)
             & (runs["profile"] == runs["_profile"]) & runs["profile"].isin(list(profiles.available()))
             & (runs["overrides"].astype(str).str.strip() == "{}")
@@ -254,14 +258,45 @@ def profile_score(*, ratios: np.ndarray, tau_max: float = TAU_MAX) -> float:
 # -- the scores table --------------------------------------------------------------------------
 
 def score(inputs: Inputs, tasks: dict[str, type[Task]] | None = None) -> pd.DataFrame:
-    """The scores table: one row per (profile, tier, task, entry, metric) and per family/overall."""
+    """The scores table: one row per (profile, tier, track, task, entry, metric) and per
+    family/overall. The optimizer and architecture tracks are ranked and scored separately;
+    a metric that does not apply to an entry's model has a row with applicable false and no
+    statistics; a task an entry has no runs of makes it incomplete (not a failure)."""
     tasks = tasks if tasks is not None else registry.all_tasks()
     runs = inputs.runs
     if runs.empty:
         return pd.DataFrame(columns=COLUMNS)
     runs = runs.drop_duplicates(["profile", "tier", "task", "entry", "metric", "seed"], keep="last")
-    keys = ["profile", "tier", "family", "task", "metric", "direction", "entry"]
-    runs = runs.sort_values(keys, kind="stable")
+    runs = runs.assign(recipe=runs["track"] == "recipe",
+                       track=np.where(runs["track"] == "optimizer", "optimizer", "architecture"))
+    keys = ["profile", "tier", "track", "family", "task", "metric", "direction", "entry"]
+    off = runs[~runs["applicable"]]
+    runs = runs[runs["applicable"]].sort_values(keys, kind="stable")
+    table = metric_rows(runs, keys, tasks)
+    targets = {name: cls.target for name, cls in tasks.items()}
+    table["target"] = table["metric"] == table["task"].map(targets)
+    profiles_ = target_profiles(runs, targets, tasks)
+    table = table.merge(profiles_[["profile", "tier", "track", "task", "entry", "time_to_target", "ratio"]]
+                        .assign(target=True), on=["profile", "tier", "track", "task", "entry", "target"],
+                        how="left")
+    table = pd.concat([table, not_applicable_rows(off, table, keys, targets),
+                       family_scores(profiles_, inputs.runs, tasks)], ignore_index=True)
+    recipes = set(inputs.runs.loc[inputs.runs["track"] == "recipe", "entry"])
+    table["recipe"] = table["entry"].isin(recipes)
+    table["applicable"] = table["applicable"].astype("boolean").fillna(True)
+    for col in ("mean", "ci_low", "ci_high", "time_to_target", "ratio", "score"):
+        table[col] = pd.to_numeric(table[col], errors="coerce").astype(float)
+    return table.reindex(columns=COLUMNS)
+
+
+COLUMNS = ["level", "profile", "tier", "track", "recipe", "family", "task", "entry", "metric",
+           "direction", "role", "target", "applicable", "seeds", "failures", "unreached", "mean",
+           "ci_low", "ci_high", "rank", "time_to_target", "ratio", "score", "solved", "tasks",
+           "complete"]
+
+
+def metric_rows(runs: pd.DataFrame, keys: list[str], tasks: dict[str, type[Task]]) -> pd.DataFrame:
+    """Per (keys): seeds' statistics, interval and rank among the entries of its track."""
     grouped = runs.groupby(keys, sort=True)
     table = grouped.size().index.to_frame(index=False)
     stats_ = seed_statistics(group=grouped.ngroup().to_numpy(), values=runs["value"].to_numpy(),
@@ -276,7 +311,7 @@ def score(inputs: Inputs, tasks: dict[str, type[Task]] | None = None) -> pd.Data
     table["level"] = "metric"
     table["rank"] = pd.array([pd.NA] * len(table), dtype="Int64")
     resolution = {i: (spec.resolution or 0.0) if spec else 0.0 for i, spec in enumerate(specs)}
-    for _, idx in table.groupby(["profile", "tier", "task", "metric"]).groups.items():
+    for _, idx in table.groupby(["profile", "tier", "track", "task", "metric"]).groups.items():
         part = table.loc[idx]
         if part["role"].iloc[0] == "diagnostic":
             continue  # shown, never ranked
@@ -284,19 +319,17 @@ def score(inputs: Inputs, tasks: dict[str, type[Task]] | None = None) -> pd.Data
             mean=part["mean"].to_numpy(), low=part["ci_low"].to_numpy(), high=part["ci_high"].to_numpy(),
             failed=(part["failures"] / part["seeds"]).to_numpy(), direction=part["direction"].iloc[0],
             resolution=resolution[idx[0]])
-    targets = {name: cls.target for name, cls in tasks.items()}
-    table["target"] = table["metric"] == table["task"].map(targets)
-    profiles_ = target_profiles(runs, targets, tasks)
-    table = table.merge(profiles_[["profile", "tier", "task", "entry", "time_to_target", "ratio"]]
-                        .assign(target=True), on=["profile", "tier", "task", "entry", "target"],
-                        how="left")
-    table = pd.concat([table, family_scores(profiles_, tasks)], ignore_index=True)
-    return table.reindex(columns=COLUMNS)
+    return table
 
 
-COLUMNS = ["level", "profile", "tier", "family", "task", "entry", "metric", "direction", "role",
-           "target", "seeds", "failures", "unreached", "mean", "ci_low", "ci_high", "rank",
-           "time_to_target", "ratio", "score", "solved", "tasks"]
+def not_applicable_rows(off: pd.DataFrame, table: pd.DataFrame, keys: list[str],
+                        targets: dict[str, str]) -> pd.DataFrame:
+    """One row per (keys) whose metric does not apply to the entry's model: no statistics."""
+    if off.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    rows = off.groupby(keys, sort=True).size().rename("seeds").reset_index()
+    return rows.assign(level="metric", applicable=False, failures=0, unreached=0,
+                       target=rows["metric"] == rows["task"].map(targets))
 
 
 def metric_specs(table: pd.DataFrame, tasks: dict[str, type[Task]]) -> list:
@@ -310,44 +343,56 @@ def metric_specs(table: pd.DataFrame, tasks: dict[str, type[Task]]) -> list:
 
 def target_profiles(runs: pd.DataFrame, targets: dict[str, str],
                     tasks: dict[str, type[Task]]) -> pd.DataFrame:
-    """Per (profile, tier, task, entry): time to the task's target and its performance ratio.
+    """Per (profile, tier, track, task, entry): time to the task's target and its performance
+    ratio among the entries of that track that ran the task (with the target applicable).
 
-    Every entry with results in a (profile, tier) is compared on every task any entry ran
-    there; an entry without runs of a task has not solved it.
+    An entry without runs of a task is incomplete there, not compared (see family_scores).
     """
     mine = runs[runs["metric"] == runs["task"].map(targets)]
-    times = mine.groupby(["profile", "tier", "task", "entry"])["value"].agg(time_to_target)
-    present = runs.groupby(["profile", "tier"])[["entry", "task"]].agg(lambda c: sorted(set(c)))
-    frames = []
-    for (prof, tier), (entries, ran) in present.iterrows():
-        for task in [t for t in ran if t in targets]:
-            key = (prof, tier, task)
-            t = (times.loc[key] if key in times.index.droplevel("entry") else pd.Series(dtype=float))
-            t = t.reindex(entries, fill_value=math.inf).to_numpy(dtype=np.float64)
-            frames.append(pd.DataFrame({"profile": prof, "tier": tier, "task": task,
-                                        "family": tasks[task].family, "entry": entries,
-                                        "time_to_target": t, "ratio": performance_ratios(t)}))
-    columns = ["profile", "tier", "task", "family", "entry", "time_to_target", "ratio"]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    keys = ["profile", "tier", "track", "task"]
+    columns = [*keys, "family", "entry", "time_to_target", "ratio"]
+    if mine.empty:
+        return pd.DataFrame(columns=columns)
+    times = mine.groupby([*keys, "entry"])["value"].agg(time_to_target).reset_index(name="time_to_target")
+    times["ratio"] = times.groupby(keys)["time_to_target"].transform(
+        lambda t: performance_ratios(t.to_numpy(dtype=np.float64)))
+    times["family"] = times["task"].map(lambda t: tasks[t].family)
+    return times[columns]
 
 
-def family_scores(per_task: pd.DataFrame, tasks: dict[str, type[Task]]) -> pd.DataFrame:
-    """Per (profile, tier, family or overall, entry): area under the performance profile."""
-    columns = ["level", "profile", "tier", "family", "entry", "score", "solved", "tasks", "rank"]
+def family_scores(per_task: pd.DataFrame, runs: pd.DataFrame,
+                  tasks: dict[str, type[Task]]) -> pd.DataFrame:
+    """Per (profile, tier, track, family or overall, entry): area under the performance profile
+    over the tasks whose target applies to the entry's model; `tasks` counts those.
+
+    `complete`: the entry has runs (or not-applicable runs) of every task any entry ran on
+    that profile and tier (of the family). Only complete entries are ranked; an incomplete one
+    is shown, never ranked as if it had failed the tasks it lacks.
+    """
+    columns = ["level", "profile", "tier", "track", "family", "entry", "score", "solved", "tasks",
+               "rank", "complete"]
     if per_task.empty:
         return pd.DataFrame(columns=columns)
     scored = per_task.assign(solved=np.isfinite(per_task["ratio"]))
+    covered = runs.assign(track=np.where(runs["track"] == "optimizer", "optimizer", "architecture"),
+                          family=runs["task"].map(lambda t: tasks[t].family))
     parts = []
-    for level, keys in (("family", ["profile", "tier", "family", "entry"]),
-                        ("overall", ["profile", "tier", "entry"])):
+    for level, keys in (("family", ["profile", "tier", "track", "family", "entry"]),
+                        ("overall", ["profile", "tier", "track", "entry"])):
         grouped = scored.groupby(keys)
         part = pd.DataFrame({
             "score": grouped["ratio"].agg(lambda r: profile_score(ratios=r.to_numpy())),
             "solved": grouped["solved"].sum().astype(int), "tasks": grouped.size()}).reset_index()
+        scope = [k for k in keys if k not in ("track", "entry")]  # what "every task" means
+        expected = covered.groupby(scope)["task"].nunique().rename("expected")
+        have = covered.groupby(keys)["task"].nunique().rename("have")
+        part = part.join(expected, on=scope).join(have, on=keys)
+        part["complete"] = part["have"] >= part["expected"]
         parts.append(part.assign(level=level, family=part["family"] if level == "family" else ""))
     out = pd.concat(parts, ignore_index=True)
-    out["rank"] = (out.groupby(["level", "profile", "tier", "family"])["score"]
-                   .rank(method="min", ascending=False).astype(int))
+    ranked = out["score"].where(out["complete"])
+    out["rank"] = (ranked.groupby([out[k] for k in ("level", "profile", "tier", "track", "family")])
+                   .rank(method="min", ascending=False).astype("Int64"))
     return out[columns]
 
 
@@ -356,7 +401,8 @@ def write_scores(table: pd.DataFrame, path: Path, digest: str) -> None:
     frame = table.reindex(columns=COLUMNS).copy()
     for col in ("seeds", "failures", "unreached", "rank", "solved", "tasks"):
         frame[col] = pd.array(frame[col], dtype="Int64")
-    frame["target"] = frame["target"].astype("boolean")
+    for col in ("target", "recipe", "applicable", "complete"):
+        frame[col] = frame[col].astype("boolean")
     arrow = pa.Table.from_pandas(frame, preserve_index=False)
     meta = {META_INPUTS: digest.encode(), results.META_VERSION: str(SCORE_VERSION).encode()}
     results.write_atomic(arrow.replace_schema_metadata(meta), path)
