@@ -1,0 +1,228 @@
+"""Architecture entries: make_model, the tasks' model interfaces, tracks and "not applicable"."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from suite import registry, runner, score, validate
+from suite.init import from_generator
+from suite.task import ModelInterface
+
+QUICK = ["steps=30", "evals=5"]
+
+REFERENCE = """
+def make_model(task, hparams, generator):
+    return task.reference_model(generator) if task.interface is not None else None
+"""
+
+# The optimizer that modular-addition's interface declares, as an optimizer-track entry.
+REFERENCE_OPTIMIZER = """
+import torch
+
+def make_optimizer(params, hparams, task):
+    return torch.optim.AdamW(params, lr=3e-3, betas=(0.9, 0.98), weight_decay=1.0)
+"""
+
+# A small MLP on modular-addition built from nn modules (their constructors draw from the
+# global RNG, so they are built through from_generator); no model for other tasks.
+SMALL_MLP = """
+import torch
+from torch import nn
+from suite.init import from_generator
+
+class Net(nn.Module):
+    def __init__(self, p, out):
+        super().__init__()
+        self.embed = nn.Embedding(p, 16)
+        self.mlp = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, out))
+
+    def forward(self, pairs):
+        return self.mlp(self.embed(pairs).flatten(1))
+
+def make_model(task, hparams, generator):
+    if task.name != "modular-addition":
+        return None
+    p = task.config["p"]
+    return from_generator(lambda: Net(p, p + hparams.get("extra_outputs", 0)), generator)
+"""
+
+GLOBAL_RNG = """
+from torch import nn
+
+def make_model(task, hparams, generator):
+    p = task.config["p"]
+    return nn.Sequential(nn.Embedding(p, 8), nn.Flatten(), nn.Linear(16, p))
+"""
+
+# Linear models without the product() that deep-linear-modes reads, and an in-context model
+# without patterns() (its four pattern metrics then do not apply).
+NO_METHODS = """
+import torch
+from torch import nn
+from suite.init import from_generator
+
+class Linear(nn.Module):
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.layer = nn.Linear(n_in, n_out, bias=False)
+
+    def forward(self, x):
+        return self.layer(x)
+
+class MeanRegressor(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.w = nn.Linear(d, d, bias=False)
+
+    def forward(self, tokens):
+        x, y = tokens[:, :-1, :-1], tokens[:, :-1, -1:]  # (B, n, d), (B, n, 1)
+        estimate = (x * y).mean(1)  # (B, d): a moment estimate of the weights
+        return (self.w(tokens[:, -1, :-1]) * estimate).sum(-1)
+
+def make_model(task, hparams, generator):
+    cfg = task.config
+    if task.name == "deep-linear-modes":
+        return from_generator(lambda: Linear(cfg["n_in"], cfg["n_out"]), generator)
+    if task.name == "in-context-regression":
+        return from_generator(lambda: MeanRegressor(cfg["dim"]), generator)
+    return task.reference_model(generator)
+"""
+
+
+def run(entry, tmp_path, tasks, *, seeds=2, seed_batch="auto", name="out", sets=QUICK):
+    return runner.run_suite(entry, tasks=tasks, seeds=seeds, sets=sets, out=tmp_path / name,
+                            progress=False, seed_batch=seed_batch)
+
+
+def values(runs: pd.DataFrame) -> pd.Series:
+    return runs.set_index(["task", "seed", "metric"])["value"].sort_index()
+
+
+def test_reference_model_as_an_architecture_entry_equals_the_optimizer_track(make_entry, tmp_path):
+    """The mlp baseline's contract: its model and the task's declared reference optimizer give
+    exactly what an optimizer entry with that optimizer gives on the reference model."""
+    arch = run(make_entry("reference", code=REFERENCE, hparams=""), tmp_path, ["modular-addition"],
+               name="a")
+    opt = run(make_entry("adamw-ref", code=REFERENCE_OPTIMIZER, hparams=""), tmp_path,
+              ["modular-addition"], name="o")
+    assert set(arch["track"]) == {"architecture"} and set(opt["track"]) == {"optimizer"}
+    pd.testing.assert_series_equal(values(arch), values(opt), rtol=0, atol=0)
+
+
+def test_an_architecture_entry_batched_equals_one_by_one(make_entry, tmp_path):
+    entry = make_entry("small-mlp", code=SMALL_MLP, hparams="")
+    batched = run(entry, tmp_path, ["modular-addition"], seeds=3, name="b")
+    alone = run(entry, tmp_path, ["modular-addition"], seeds=3, seed_batch=1, name="s")
+    assert "batched" in batched["execution"].iloc[0]
+    pd.testing.assert_series_equal(values(batched), values(alone), rtol=1e-6, atol=1e-6)
+
+
+def test_from_generator_is_a_function_of_the_generator_alone():
+    def build(seed: int) -> nn.Module:
+        return from_generator(lambda: nn.Linear(3, 4), torch.Generator().manual_seed(seed))
+
+    state = torch.get_rng_state()
+    a, b, c = build(0), build(0), build(1)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
+    assert torch.equal(a.weight, b.weight) and not torch.equal(a.weight, c.weight)
+
+
+def test_global_rng_in_make_model_is_refused(make_entry, tmp_path):
+    runs = run(make_entry("global", code=GLOBAL_RNG, hparams=""), tmp_path, ["modular-addition"])
+    assert set(runs["status"]) == {"error"}
+    message = runs["error"].iloc[0]
+    assert "make_model drew from a global RNG" in message and "generator" in message
+    assert "\n" not in message  # one line: the entry's mistake, not ldbench's traceback
+
+
+def test_a_wrong_output_shape_names_the_expected_one(make_entry, tmp_path):
+    entry = make_entry("wide", code=SMALL_MLP, hparams="[hparams.default]\nextra_outputs = 1\n")
+    runs = run(entry, tmp_path, ["modular-addition"], seeds=1)
+    p = registry.make_task("modular-addition", "smoke").config["p"]
+    message = runs["error"].iloc[0]
+    assert set(runs["status"]) == {"error"}
+    assert f"expected shape (8, {p}), got torch.float32 (8, {p + 1})" in message
+    assert "float (N, p): logits of (a + b) mod p" in message
+
+
+def test_not_applicable_tasks_and_metrics_flow_through_validate_and_score(make_entry, tmp_path):
+    entry = make_entry("partial", code=NO_METHODS, hparams="")
+    tasks = ["deep-linear-modes", "shared-representation", "in-context-regression"]
+    runs = runner.run_suite(entry, tasks=tasks, seeds=2, sets=QUICK, progress=False)
+    status = runs.drop_duplicates("run_id").set_index(["task", "seed"])["status"]
+    assert set(status["deep-linear-modes"]) == set(status["shared-representation"]) == {"not-applicable"}
+    reasons = runs.drop_duplicates("task").set_index("task")["error"]
+    assert "no product()" in reasons["deep-linear-modes"]
+    assert "optimizer-only" in reasons["shared-representation"]
+    icr = runs[runs["task"] == "in-context-regression"]
+    assert set(icr["status"]) == {"ok"}
+    off = set(icr.loc[~icr["applicable"], "metric"])
+    assert off == {"kq_diagonal", "kq_homogeneous", "ov_last_entry", "ov_zero_sum"}
+    assert icr.loc[icr["applicable"], "value"].notna().all()
+    assert not runs.loc[runs["task"] != "in-context-regression", "applicable"].any()
+    # validate accepts the NaN of metrics that do not apply, and not-applicable runs count
+    problems = validate.validate_submission(entry, tier="smoke", min_seeds=2, incomplete=[])
+    assert not [p for p in problems if "overrides" not in p and "--set" not in p], problems
+    table = score.score(score.Inputs(tier="smoke", runs=runs.assign(track=runs["track"])[score.KEEP]))
+    rows = table[table["level"] == "metric"]
+    na = rows[~rows["applicable"].astype(bool)]
+    assert set(na["task"]) == set(tasks) and na["mean"].isna().all() and na["rank"].isna().all()
+
+
+def test_tracks_are_ranked_separately_and_incomplete_entries_are_not_failures():
+    rng = np.random.default_rng(0)
+    rows = []
+    for entry, track, tasks in (("opt-a", "optimizer", ["deep-linear-modes", "teacher-student"]),
+                                ("opt-b", "optimizer", ["deep-linear-modes"]),
+                                ("arch-a", "architecture", ["deep-linear-modes", "teacher-student"]),
+                                ("arch-b", "recipe", ["deep-linear-modes", "teacher-student"])):
+        for task in tasks:
+            target = registry.task_class(task).target
+            for seed in range(3):
+                rows.append(dict(profile="cpu-2core", tier="smoke", family=registry.task_class(task).family,
+                                 task=task, task_version=registry.task_class(task).version, entry=entry,
+                                 seed=seed, status="ok", metric=target, value=100 + rng.integers(50),
+                                 direction="min", track=track, applicable=True))
+    table = score.score(score.Inputs(tier="smoke", runs=pd.DataFrame(rows)))
+    overall = table[table["level"] == "overall"].set_index("entry")
+    assert overall.loc["opt-a", "track"] == "optimizer" and overall.loc["arch-b", "track"] == "architecture"
+    assert bool(overall.loc["arch-b", "recipe"]) and not bool(overall.loc["arch-a", "recipe"])
+    assert not overall.loc["opt-b", "complete"] and pd.isna(overall.loc["opt-b", "rank"])
+    assert overall.loc["opt-a", "rank"] == 1  # the only complete entry of its track
+    per_task = table[(table["level"] == "metric") & (table["task"] == "deep-linear-modes")]
+    for _, track_rows in per_task.groupby("track"):
+        assert track_rows["rank"].min() == 1  # each track has its own ranking
+
+
+def test_every_interface_declares_a_probe_matching_its_reference_model():
+    for name, cls in registry.all_tasks().items():
+        task = cls(cls.tiers["smoke"])
+        if cls.interface is None:
+            continue
+        assert isinstance(cls.interface, ModelInterface)
+        data = task.make_data(0)
+        x, expected = task.probe(data)
+        model = task.make_model(0)
+        with torch.no_grad():
+            assert tuple(model(x).shape) == tuple(expected), name
+        assert not cls.interface.missing(model), name
+        assert not cls.interface.not_applicable(model, list(task.metrics())), name
+        assert task.unsupported(model) is None, name
+
+
+def test_a_third_party_style_model_runs_where_the_task_accepts_it(make_entry, tmp_path):
+    """A transformer on modular-addition, not applicable (declared) on the other tasks."""
+    entry = make_entry("tiny", code=SMALL_MLP, hparams="")
+    runs = run(entry, tmp_path, None, seeds=1, sets=["modular-addition.steps=10", "modular-addition.evals=3"])
+    status = runs.drop_duplicates("task").set_index("task")["status"]
+    assert status["modular-addition"] == "ok"
+    assert set(status.drop("modular-addition")) == {"not-applicable"}
+
+
+@pytest.mark.parametrize("bad", ["return 3", "return torch.nn.Linear"])
+def test_make_model_must_return_a_module(make_entry, tmp_path, bad):
+    code = f"import torch\n\ndef make_model(task, hparams, generator):\n    {bad}\n"
+    with pytest.raises(Exception, match="not a torch.nn.Module"):
+        run(make_entry("bad", code=code, hparams=""), tmp_path, ["modular-addition"], seeds=1)
