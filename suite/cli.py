@@ -67,9 +67,14 @@ def tasks() -> None:
         metrics = cls(cls.tiers["standard"]).metrics()
         listed = ", ".join(f"{m} {report.ARROWS[spec.direction]}" for m, spec in metrics.items())
         tiers = " / ".join(f"{t}: {cls.tiers[t]['steps']} steps" for t in registry.TIERS)
-        rows.append([name, cls.version, cls.family, tiers, listed])
-    click.echo(tabulate(rows, headers=["task", "version", "family", "tiers", "metrics"],
-                        tablefmt="simple", maxcolwidths=[None, None, None, 22, 70]))
+        face = cls.interface
+        model = (f"{face.inputs} → {face.outputs}" + (f"; needs {', '.join(face.requires)}()"
+                                                       if face.requires else "")
+                 if face else "optimizer-only")
+        rows.append([name, cls.version, cls.family, tiers, model, listed])
+    click.echo(tabulate(rows, headers=["task", "version", "family", "tiers", "model interface",
+                                       "metrics"],
+                        tablefmt="simple", maxcolwidths=[None, None, None, 22, 36, 60]))
 
 
 @main.command()

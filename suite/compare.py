@@ -130,12 +130,14 @@ def table(cols: list[Column]) -> pd.DataFrame:
             continue
         direction = spec.direction if spec else everything.loc[everything["metric"] == metric,
                                                               "direction"].iloc[0]
-        values = {c.label: c.runs.loc[(c.runs["task"] == task) & (c.runs["metric"] == metric),
-                                      "value"].to_numpy(np.float64) for c in cols}
-        present = {k: v for k, v in values.items() if len(v)}
+        picked = {c.label: c.runs[(c.runs["task"] == task) & (c.runs["metric"] == metric)] for c in cols}
+        applies = {k: report.applicable_mask(v) for k, v in picked.items()}
+        values = {k: v["value"].to_numpy(np.float64)[applies[k]] for k, v in picked.items()}
+        present = {k: v for k, v in values.items() if len(v)}  # metrics that apply only
+        bounds = spec.bounds if spec else (-math.inf, math.inf)
         rows.append({"task": task, "metric": metric, "": report.ARROWS.get(direction, "?"),
-                     **{k: report.describe(v, spec.bounds if spec else (-math.inf, math.inf))
-                        if len(v) else "—" for k, v in values.items()},
+                     **{k: report.describe(v["value"].to_numpy(np.float64), bounds, applies[k])
+                        if len(v) else "—" for k, v in picked.items()},
                      "better": verdict(present, spec, direction) if len(present) > 1 else ""})
     return pd.DataFrame(rows)
 

@@ -1,4 +1,11 @@
-"""Staged learning of singular modes in a deep linear network (Saxe, McClelland & Ganguli 2013)."""
+"""Staged learning of singular modes in a deep linear network (Saxe, McClelland & Ganguli 2013).
+
+Model interface (architecture entries): `forward(x)` float (N, n_in) → (N, n_out), and
+`product()` → (n_out, n_in), the end-to-end linear map every metric reads (mode strengths are
+projections of it on the teacher's singular vectors). Any parametrisation of a linear map
+qualifies (another depth or width, a diagonal or factorised one); a model without `product()`
+is not applicable. Reference optimizer: AdamW lr 3e-3 (the AdamW baseline's table).
+"""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ L_0 = log V > L_1 > … > L_m = L(all lags), the full chain's conditional entrop
 Model interface (what an architecture entry must meet): `forward(tokens)` with tokens (B, T)
 int64 returns logits (B, T, V) float32, causal (row i reads tokens ≤ i and predicts x_{i+1});
 the loss and the loss metrics apply to any such model. The reference model also has
-`attention(tokens) -> (B, H, T, T)`, its softmax weights; the attention curves and the metrics
+`logits_and_attention(tokens) -> (logits, (B, H, T, T) softmax weights)` with H the config's
+heads; the attention curves and the metrics
 read from them (`attention_step/*`, `lags_in_order`, `lags_covered`) need that method and are
 not applicable (NaN) to a model without it.
 

@@ -1,4 +1,12 @@
-"""Linear mode connectivity of a small MLP: spawning (Frankle et al. 2020), Git Re-Basin and LLFC."""
+"""Linear mode connectivity of a small MLP: spawning (Frankle et al. 2020), Git Re-Basin and LLFC.
+
+Model interface (architecture entries): `forward(x)` float (N, d) → (N, C) logits, and the
+model must be an `nn.Sequential` of [Linear, ReLU] × depth, Linear (any depth and widths):
+barriers interpolate its weights layer by layer, weight matching permutes its hidden units and
+LLFC reads its hidden features. Other architectures are not applicable (name-wise
+interpolation for any architecture's spawn and independent barriers is not built yet).
+Reference optimizer: SGD lr 0.07, momentum 0.9 (the momentum baseline's table).
+"""
 
 from __future__ import annotations
 

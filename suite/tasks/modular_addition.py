@@ -1,4 +1,10 @@
-"""Grokking on modular addition: a small MLP fits the training pairs long before it generalizes."""
+"""Grokking on modular addition: a small MLP fits the training pairs long before it generalizes.
+
+Model interface (architecture entries): `forward(pairs)` int64 (N, 2) operand pairs → float
+(N, p) logits of (a + b) mod p. Every metric reads only the predictions, so any such model
+qualifies (e.g. the one-layer transformer of Nanda et al. 2023, baselines/transformer-1l).
+Reference optimizer: AdamW lr 3e-3, betas (0.9, 0.98), weight decay 1 (the AdamW baseline's).
+"""
 
 from __future__ import annotations
 

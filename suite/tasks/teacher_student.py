@@ -1,4 +1,9 @@
-"""Generalization dynamics of a linear student on a noisy low-rank teacher (Lampinen & Ganguli 2018)."""
+"""Generalization dynamics of a linear student on a noisy low-rank teacher (Lampinen & Ganguli 2018).
+
+Model interface (architecture entries): `forward(x)` float (N, n_in) → (N, n_out), and
+`product()` → (n_out, n_in), the end-to-end linear map the metrics read; a model without it is
+not applicable. Reference optimizer: AdamW lr 1e-4 (the AdamW baseline's table).
+"""
 
 from __future__ import annotations
 
