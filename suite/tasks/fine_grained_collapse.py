@@ -191,16 +191,18 @@ class FineGrainedCollapse(Task):
     def recovery(self, features: torch.Tensor, data: dict[str, torch.Tensor]) -> float:
         """Fine-label recovery of held-out `features`, with this run's seeded k-means stream."""
         rng = np.random.default_rng(int(data["kmeans_seed"]))
-        return recovery_accuracy(features=features.double().numpy(), coarse=data["test_coarse"].numpy(),
-                                 fine=data["test_fine"].numpy(), rng=rng)
+        return recovery_accuracy(features=features.double().cpu().numpy(),
+                                 coarse=data["test_coarse"].cpu().numpy(),
+                                 fine=data["test_fine"].cpu().numpy(), rng=rng)
 
     def observe(self, model: nn.Module, data: dict[str, torch.Tensor]) -> dict[str, float]:
         out = {"train_loss": float(self.loss(model, data)),
                "test_acc": float((model(data["test_x"]).argmax(1) == data["test_coarse"]).float().mean())}
         if hasattr(model, "features"):
-            out["nc1"] = nc1(features=model.features(data["train_x"]).double().numpy(),
-                             labels=data["train_coarse"].numpy())
-            out["recovery"] = self.recovery(model.features(data["test_x"]).cpu(), data)
+            # numpy/scipy references on the host, whatever the profile's device
+            out["nc1"] = nc1(features=model.features(data["train_x"]).double().cpu().numpy(),
+                             labels=data["train_coarse"].cpu().numpy())
+            out["recovery"] = self.recovery(model.features(data["test_x"]), data)
         return out
 
     def summarize(self, steps, curves, data) -> dict[str, float]:
