@@ -354,9 +354,7 @@ class Trainer:
         """
         schedule = set(eval_steps(self.task.config["steps"], self.task.config["evals"]))
         for lane in lanes:
-            if self.task.interface is not None:
-                lane.traj.not_applicable = self.task.interface.not_applicable(
-                    lane.model, list(self.task.metrics()))
+            lane.traj.not_applicable = self.task.inapplicable(lane.model)
             with self.entry_code(lane.seed, "optimizer.train", lane.network):
                 set_mode(lane.optimizer, "train")
             lane.model.train()

@@ -295,6 +295,14 @@ class Task:
         network draws its own, e.g. mode-connectivity's independent networks)."""
         return self.reference_model(seeding.generator(seed, purpose))
 
+    def inapplicable(self, model: torch.nn.Module) -> tuple[str, ...]:
+        """The metrics `model` cannot have (recorded with applicable = false): by default those
+        reading a method of the interface's `optional` that it lacks; a task extends this for
+        what a method cannot express (e.g. a layout its metrics read)."""
+        if self.interface is None:
+            return ()
+        return self.interface.not_applicable(model, list(self.metrics()))
+
     def unsupported(self, model: torch.nn.Module) -> str | None:
         """Why this task cannot run an architecture entry's `model` beyond its interface's
         missing methods (e.g. a layout its metrics read), or None; the run is then recorded

@@ -226,3 +226,30 @@ def test_make_model_must_return_a_module(make_entry, tmp_path, bad):
     code = f"import torch\n\ndef make_model(task, hparams, generator):\n    {bad}\n"
     with pytest.raises(Exception, match="not a torch.nn.Module"):
         run(make_entry("bad", code=code, hparams=""), tmp_path, ["modular-addition"], seeds=1)
+
+
+NORMED_MLP = """
+from torch import nn
+from suite.init import from_generator
+
+def make_model(task, hparams, generator):
+    cfg = task.config
+    if task.name != "mode-connectivity":
+        return None
+    return from_generator(lambda: nn.Sequential(
+        nn.Linear(cfg["dim"], 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, cfg["classes"])),
+        generator)
+"""
+
+
+def test_mode_connectivity_barriers_for_any_architecture(make_entry, tmp_path):
+    """Spawn and independent barriers interpolate by name; weight matching and LLFC, which
+    need the reference layout, do not apply to a LayerNorm MLP."""
+    sets = ["steps=40", "evals=4", "spawn_steps=[0,10]", "alphas=5"]
+    runs = run(make_entry("normed", code=NORMED_MLP, hparams=""), tmp_path, ["mode-connectivity"],
+               sets=sets)
+    assert set(runs["status"]) == {"ok"}
+    off = set(runs.loc[~runs["applicable"], "metric"])
+    assert off == {m for m in runs["metric"] if "matched" in m or m.startswith("llfc")}
+    spawn = runs[runs["metric"].str.startswith(("loss_barrier/spawn", "loss_barrier/independent"))]
+    assert np.isfinite(spawn["value"]).all() and (spawn["value"] >= 0).all()

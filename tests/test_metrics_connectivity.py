@@ -16,6 +16,7 @@ from suite.metrics.connectivity import (
     params_from_sequential,
     path_curve,
     permute_params,
+    state_path_curve,
     weight_matching,
 )
 
@@ -274,6 +275,36 @@ def test_path_curve_endpoints_and_batching():
                          batch_size=16)
     np.testing.assert_allclose(batched["loss"], curve["loss"], rtol=1e-12)
     np.testing.assert_array_equal(batched["error"], curve["error"])
+
+
+def sequential(params):
+    """The nn.Sequential [Linear, ReLU, ..., Linear] holding `params`."""
+    layers = []
+    for weight, bias in params:
+        linear = nn.Linear(weight.shape[1], weight.shape[0], dtype=weight.dtype, device="meta")
+        layers += [linear.to_empty(device="cpu"), nn.ReLU()]
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            linear.bias.copy_(bias)
+    return nn.Sequential(*layers[:-1])
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(2, 9), min_size=1, max_size=3), seeds)
+def test_state_path_curve_equals_the_mlp_path_curve(hidden, seed):
+    """The any-architecture path (interpolating a state dict by name through the model's own
+    forward) against the MLP path on the same networks: equal to float64 rounding."""
+    gen = torch.Generator().manual_seed(seed)
+    widths = [4, *hidden, 3]
+    params_a, params_b = random_mlp(widths, gen), random_mlp(widths, gen)
+    x, y = random_data(4, 3, gen, n=40)
+    model = sequential(params_a)
+    state_b = sequential(params_b).state_dict()
+    generic = state_path_curve(model=model, state_a=model.state_dict(), state_b=state_b,
+                               alphas=ALPHAS, x=x, y=y)
+    mlp = path_curve(params_a=params_a, params_b=params_b, alphas=ALPHAS, x=x, y=y)
+    np.testing.assert_allclose(generic["loss"], mlp["loss"], rtol=1e-12)
+    np.testing.assert_array_equal(generic["error"], mlp["error"])
 
 
 def numpy_distance(u, v):

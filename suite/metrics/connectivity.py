@@ -141,6 +141,30 @@ def path_curve(*, params_a: MLPParams, params_b: MLPParams, alphas: np.ndarray |
     return {"alpha": alphas, "loss": loss, "error": error}
 
 
+def state_path_curve(*, model: nn.Module, state_a: dict[str, Tensor], state_b: dict[str, Tensor],
+                     alphas: np.ndarray | list[float], x: Tensor, y: Tensor) -> dict[str, np.ndarray]:
+    """path_curve for any architecture: θ(α) = (1 − α)·θ_A + α·θ_B over every floating tensor of
+    the two state dicts, by name (parameters and buffers; integer buffers are taken from A),
+    evaluated with `model`'s forward through torch.func.functional_call (model in eval mode).
+
+    On an MLP it equals path_curve (tested); it needs no knowledge of the layout, so spawn and
+    independent barriers apply to every model a task accepts.
+    """
+    alphas = np.asarray(alphas, dtype=np.float64)
+    loss, error = np.empty(len(alphas)), np.empty(len(alphas))
+    training = model.training
+    model.eval()
+    with torch.no_grad():
+        for k, alpha in enumerate(alphas):
+            state = {name: (1.0 - alpha) * a + alpha * state_b[name] if a.is_floating_point() else a
+                     for name, a in state_a.items()}
+            logits = torch.func.functional_call(model, state, (x,))  # (N, C)
+            loss[k] = float(F.cross_entropy(logits, y))
+            error[k] = float((logits.argmax(dim=1) != y).double().mean())
+    model.train(training)
+    return {"alpha": alphas, "loss": loss, "error": error}
+
+
 def permute_params(*, params: MLPParams, perms: list[Tensor]) -> MLPParams:
     """Apply one permutation per hidden layer; the network computes exactly the same function.
 

@@ -1,10 +1,11 @@
 """Linear mode connectivity of a small MLP: spawning (Frankle et al. 2020), Git Re-Basin and LLFC.
 
-Model interface (architecture entries): `forward(x)` float (N, d) → (N, C) logits, and the
-model must be an `nn.Sequential` of [Linear, ReLU] × depth, Linear (any depth and widths):
-barriers interpolate its weights layer by layer, weight matching permutes its hidden units and
-LLFC reads its hidden features. Other architectures are not applicable (name-wise
-interpolation for any architecture's spawn and independent barriers is not built yet).
+Model interface (architecture entries): `forward(x)` float (N, d) → (N, C) logits. Spawn and
+independent barriers apply to any such model: θ(α) interpolates every floating parameter and
+buffer by name (`metrics.connectivity.state_path_curve`). Weight matching and LLFC permute hidden
+units and read hidden features, so they need the reference layout, an `nn.Sequential` of
+[Linear, ReLU] × depth, Linear with the config's depth (any widths); for other models those
+metrics are not applicable (a general permutation spec, as in Git Re-Basin, is not built).
 Reference optimizer: SGD lr 0.07, momentum 0.9 (the momentum baseline's table).
 """
 
@@ -30,6 +31,7 @@ from suite.metrics.connectivity import (
     params_from_sequential,
     path_curve,
     permute_params,
+    state_path_curve,
     weight_matching,
 )
 from suite.task import Curve, Metric, ModelInterface, Plot, Task
@@ -48,6 +50,27 @@ def path_name(pair: str, kind: str, alpha: float) -> str:
 def clone_params(model: nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed snapshot of an MLP's (weight, bias) pairs, safe from further training."""
     return [(w.clone(), b.clone()) for w, b in params_from_sequential(model=model)]
+
+
+@dataclass
+class Weights:
+    """A trained network's weights, fixed: the MLP's (weight, bias) pairs when it has the
+    reference layout (weight matching and LLFC read them), else its whole state by name."""
+
+    model: nn.Module
+    mlp: list[tuple[torch.Tensor, torch.Tensor]] | None
+    state: dict[str, torch.Tensor]
+
+
+def snapshot(model: nn.Module, depth: int) -> Weights:
+    try:
+        mlp = clone_params(model)
+    except (TypeError, ValueError):
+        mlp = None
+    if mlp is not None and len(mlp) != depth + 1:
+        mlp = None  # another depth: LLFC's layers would not line up with the config's
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return Weights(model, mlp, state)
 
 
 def record_final(traj: Trajectory, values: dict[str, float]) -> None:
@@ -272,14 +295,16 @@ class ModeConnectivity(Task):
             out[f"y_{part}"] = labels[which]  # (n,)
         return out
 
-    def unsupported(self, model: nn.Module) -> str | None:
-        """Barriers, weight matching and LLFC read the weights of an MLP layout (any widths)."""
-        try:
-            params_from_sequential(model=model)
-        except (TypeError, ValueError) as err:
-            return (f"{self.name} reads an nn.Sequential of [Linear, ReLU] x depth, Linear "
-                    f"(weights interpolated, hidden units permuted): {err}")
-        return None
+    def snapshot(self, model: nn.Module) -> Weights:
+        return snapshot(model, self.config["depth"])
+
+    def inapplicable(self, model: nn.Module) -> tuple[str, ...]:
+        """Weight matching and LLFC need the reference layout (they permute hidden units and
+        read hidden features): other models get the barriers without them."""
+        if self.snapshot(model).mlp is not None:
+            return ()
+        return (*(f"{kind}_barrier/matched" for kind in ("loss", "error")),
+                *(f"{name}/layer_{l}" for l in self.llfc_layers for name in ("llfc", "llfc_baseline")))
 
     def probe(self, data):
         x = data["x_train"][:8]  # (8, d)
@@ -332,11 +357,15 @@ class ModeConnectivity(Task):
         them included, so that the child continues exactly as the parent would have."""
         return copy_training_state(parent, parent_opt, parent_schedule)
 
-    def path_values(self, pair: str, params_a, params_b, data) -> dict[str, float]:
+    def path_values(self, pair: str, a: Weights, b: Weights, data) -> dict[str, float]:
         """Test loss and error along θ(α) = (1 − α)θ_A + αθ_B, one curve value per α."""
         alphas = self.alpha_grid
-        curve = path_curve(params_a=params_a, params_b=params_b, alphas=alphas,
-                           x=data["x_test"], y=data["y_test"])
+        if a.mlp is not None:
+            curve = path_curve(params_a=a.mlp, params_b=b.mlp, alphas=alphas,
+                               x=data["x_test"], y=data["y_test"])
+        else:  # any architecture: interpolate its state by name
+            curve = state_path_curve(model=a.model, state_a=a.state, state_b=b.state,
+                                     alphas=alphas, x=data["x_test"], y=data["y_test"])
         out = {}
         for kind in ("loss", "error"):
             out.update({path_name(pair, kind, a): v for a, v in zip(alphas, curve[kind], strict=True)})
@@ -406,14 +435,14 @@ class ModeConnectivity(Task):
                         for n in parents for side in ("a", "b")]
             for a, b in zip(*[iter(train(children, start=k, end=steps))] * 2, strict=True):
                 runs[a.seed].final.update(self.path_values(
-                    f"spawn_{k}", clone_params(a.model), clone_params(b.model), datas[a.seed]))
+                    f"spawn_{k}", self.snapshot(a.model), self.snapshot(b.model), datas[a.seed]))
 
         # 2. Independent networks from their own initialisations.
         pairs = [self.network(trainer, seed, f"independent_{side}", f"init_{side}", datas[seed])
                  for seed in seeds if runs[seed].failed is None for side in ("a", "b")]
         for a, b in zip(*[iter(train(pairs, start=0, end=steps))] * 2, strict=True):
             runs[a.seed].traj = a.traj
-            self.compare_independent(runs[a.seed], clone_params(a.model), clone_params(b.model), a.seed)
+            self.compare_independent(runs[a.seed], self.snapshot(a.model), self.snapshot(b.model), a.seed)
         return [runs[seed].trajectory(steps) for seed in seeds]
 
     def network(self, trainer: Trainer, seed: int, name: str, purpose: str, data) -> Network:
@@ -426,25 +455,31 @@ class ModeConnectivity(Task):
         trainer.fork_entry_rng(parent.seed, parent.network, name)
         return Network(parent.seed, name, model, optimizer, schedule, purpose=name, traj=Trajectory())
 
-    def compare_independent(self, run: SeedRun, params_a, params_b, seed: int) -> None:
-        """Barriers of the independent pair before and after weight matching, and LLFC."""
-        run.final.update(self.path_values("independent", params_a, params_b, run.data))
-        perms = weight_matching(params_a=params_a, params_b=params_b,
+    def compare_independent(self, run: SeedRun, a: Weights, b: Weights, seed: int) -> None:
+        """Barriers of the independent pair before and after weight matching, and LLFC (the
+        last two for the reference layout only)."""
+        run.final.update(self.path_values("independent", a, b, run.data))
+        if a.mlp is None:
+            return
+        perms = weight_matching(params_a=a.mlp, params_b=b.mlp,
                                 generator=seeding.generator(seed, "matching"))
-        matched = permute_params(params=params_b, perms=perms)
-        run.final.update(self.path_values("matched", params_a, matched, run.data))
-        run.final.update(self.llfc_values(params_a, matched, run.data))
+        matched = Weights(b.model, permute_params(params=b.mlp, perms=perms), {})
+        run.final.update(self.path_values("matched", a, matched, run.data))
+        run.final.update(self.llfc_values(a.mlp, matched.mlp, run.data))
 
     def summarize(self, steps, curves, data) -> dict[str, float]:
         alphas = self.alpha_grid
         out = {}
         for pair in self.pairs:
             for kind in ("loss", "error"):
+                if path_name(pair, kind, 0.0) not in curves:  # not measured: not applicable
+                    out[f"{kind}_barrier/{pair}"] = math.nan
+                    continue
                 values = [curves[path_name(pair, kind, a)][-1] for a in alphas]
                 out[f"{kind}_barrier/{pair}"] = barrier(values=values, alphas=alphas)
         for l in self.llfc_layers:
             for name in (f"llfc/layer_{l}", f"llfc_baseline/layer_{l}"):
-                out[name] = float(curves[name][-1])
+                out[name] = float(curves[name][-1]) if name in curves else math.nan
         ends = [curves[path_name("independent", "error", a)][-1] for a in (0.0, 1.0)]
         out["test_error"] = float(np.mean(ends))
         out["stable_spawn_step"] = stable_spawn_step(
