@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from suite import batched, profiles, registry, results, runner
+from suite import batched, cluster, profiles, registry, results, runner
 from suite.entry import load_entry
 from suite.loop import Trainer
 
@@ -81,11 +81,13 @@ def recorded_execution(run, submitted: pd.DataFrame) -> tuple[list[int], bool]:
 
 
 def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
-                      profile: str = "cpu-2core", pick_seed: int = 0) -> list[Check]:
+                      profile: str = "cpu-2core", pick_seed: int = 0, workers: int = 0,
+                      scheduler: str | None = None) -> list[Check]:
     """Re-run `k` random runs of `folder`'s results for (profile, tier); one Check per metric.
 
     Each run is re-run the way it was executed (its seed batch, or by itself), so an honest
-    result reproduces to the last bit on the same kind of machine.
+    result reproduces to the last bit on the same kind of machine. With `workers` (a local Dask
+    cluster) or `scheduler` the re-runs go to Dask workers, each applying the profile itself.
     """
     folder = Path(folder)
     entry = load_entry(folder)
@@ -99,26 +101,48 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
         raise results.ResultsError(
             f"{where / results.RUNS_FILE}: results come from other entry files (hash "
             f"{sorted(hashes)[0][:12]}), not the submitted ones; run `ldbench validate {folder}`")
-    prof.apply()
-    checks, reruns = [], {}
-    for run in pick_runs(submitted, k, pick_seed).itertuples(index=False):
-        overrides = json.loads(run.overrides or "{}")
+    picked = list(pick_runs(submitted, k, pick_seed).itertuples(index=False))
+    keys = {}
+    for run in picked:  # one re-run per recorded batch, however many of its runs were picked
         seeds, batch_lanes = recorded_execution(run, submitted)
-        key = (run.task, run.overrides, tuple(seeds), batch_lanes)
-        if key not in reruns:
-            config = {k: v for k, v in overrides.items() if k != "hparams"}
-            task = registry.make_task(run.task, tier, config)
-            tuned = entry.with_hparams({run.task: overrides.get("hparams", {})})
-            plans = [runner.Plan(task, seed, overrides) for seed in seeds]
-            trainer = Trainer(task, tuned, prof)
-            trainer.batch_lanes = batch_lanes
-            outcomes = runner.execute_batch(plans, trainer, notes=lambda _: None)
-            reruns[key] = (task, dict(zip(seeds, outcomes, strict=True)))
-        task, outcomes = reruns[key]
-        traj, metrics, _ = outcomes[int(run.seed)]
+        keys.setdefault((run.task, run.overrides, tuple(seeds), batch_lanes), None)
+    with cluster.session(workers, scheduler) as client:
+        if client is None:
+            prof.apply()
+            outcomes = {key: rerun(folder, key, tier=tier, profile=profile) for key in keys}
+        else:
+            futures = {key: client.submit(rerun, folder.resolve(), key, tier=tier, profile=profile,
+                                          pure=False) for key in keys}
+            outcomes = {key: future.result() for key, future in futures.items()}
+    checks = []
+    for run in picked:
+        seeds, batch_lanes = recorded_execution(run, submitted)
+        status, metrics = outcomes[run.task, run.overrides, tuple(seeds), batch_lanes][int(run.seed)]
         rows = submitted[submitted["run_id"] == run.run_id].set_index("metric")
+        task = registry.make_task(run.task, tier, config_of(run.overrides))
         for name, spec in task.metrics().items():
             value = float(rows["value"].get(name, math.nan))
             checks.append(Check(run.task, int(run.seed), name, value, float(metrics.get(name, math.nan)),
-                                str(run.status), traj.status, spec.resolution or 0.0))
+                                str(run.status), status, spec.resolution or 0.0))
     return checks
+
+
+def config_of(overrides: str | None) -> dict:
+    """The tier-config overrides a run recorded (its hparams overrides left out)."""
+    return {k: v for k, v in json.loads(overrides or "{}").items() if k != "hparams"}
+
+
+def rerun(folder: Path, key: tuple, *, tier: str, profile: str) -> dict[int, tuple[str, dict]]:
+    """Re-run one recorded batch (task, overrides, seeds, networks batched): per seed, the
+    status and metrics. Runs here or on a Dask worker (which applies the profile itself)."""
+    task_name, overrides, seeds, batch_lanes = key
+    prof = profiles.load(profile)
+    prof.apply()
+    entry = load_entry(folder)
+    task = registry.make_task(task_name, tier, config_of(overrides))
+    tuned = entry.with_hparams({task_name: json.loads(overrides or "{}").get("hparams", {})})
+    plans = [runner.Plan(task, seed, json.loads(overrides or "{}")) for seed in seeds]
+    trainer = Trainer(task, tuned, prof)
+    trainer.batch_lanes = batch_lanes
+    outcomes = runner.execute_batch(plans, trainer, notes=lambda _: None)
+    return {seed: (traj.status, metrics) for seed, (traj, metrics, _) in zip(seeds, outcomes, strict=True)}

@@ -70,6 +70,18 @@ def test_distributed_numbers_are_bit_identical_to_in_process(make_entry, tmp_pat
                                   sorted_table(tmp_path / "dask" / "curves.parquet"))
 
 
+def test_verify_on_dask_workers_reproduces_the_runs_bit_for_bit(make_entry, scheduler):
+    from suite import verify
+
+    entry = make_entry()
+    runner.run_suite(entry, tier="smoke", sets=FAST, tasks=TASKS, seeds=2, progress=False)
+    local = verify.verify_submission(entry, k=3, tier="smoke", pick_seed=1)
+    remote = verify.verify_submission(entry, k=3, tier="smoke", pick_seed=1, scheduler=scheduler)
+    assert len(remote) == len(local) > 0
+    assert all(c.matches(rtol=0, atol=0) for c in remote)
+    assert [c.reproduced for c in remote] == [c.reproduced for c in local]
+
+
 def test_run_past_the_time_limit_is_a_timeout_and_the_suite_goes_on(make_entry, tmp_path, scheduler):
     entry = slow_entry(make_entry, 0.05, slow_tasks=["deep-linear-modes"])  # 60 steps: 3 s
     runs = run(entry, tmp_path / "out", seeds=1, scheduler=scheduler, time_limit=1.0)
