@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+import pandas as pd
 from tabulate import tabulate
 
 from suite import registry, report, results, runner, validate, verify
@@ -210,25 +211,36 @@ def leaderboard_options(func):
                      help="Folders of entry folders. Repeatable."),
         click.option("--out", default="leaderboard", show_default=True,
                      type=click.Path(file_okay=False)),
+        click.option("--tuned", default=None, type=click.IntRange(1), metavar="BUDGET",
+                     help="The tuned view: each entry's `ldbench tune` study at this budget "
+                          "(studies/ENTRY/PROFILE/TIER/budget-N) instead of its results; "
+                          "written to OUT/tuned-budget-N."),
     ]):
         func = option(func)
     return func
 
 
+def view(roots, tier: str, out: str, tuned: int | None) -> tuple[score_mod.Inputs, Path]:
+    """The inputs and output folder of the leaderboard, or of its tuned view at a budget."""
+    inputs = score_mod.collect(list(roots), tier=tier, budget=tuned)
+    return inputs, Path(out) / f"tuned-budget-{tuned}" if tuned else Path(out)
+
+
 @main.command("score")
 @leaderboard_options
-def score_cmd(tier, roots, out) -> None:
+def score_cmd(tier, roots, out, tuned) -> None:
     """Score every entry under the roots; write OUT/scores.parquet. Runs no entry code."""
-    inputs = score_mod.collect(list(roots), tier=tier)
+    inputs, out = view(roots, tier, out, tuned)
     for note in inputs.warnings:
         click.secho(f"warning: {note}", fg="yellow", err=True)
     table = score_mod.score(inputs)
     path = Path(out) / score_mod.SCORES_FILE
     score_mod.write_scores(table, path, inputs.digest)
-    overall = table[table["level"] == "overall"].sort_values(["profile", "rank", "entry"])
-    rows = [[r.profile, int(r.rank), r.entry, f"{r.score:.3f}", f"{int(r.solved)}/{int(r.tasks)}"]
+    overall = table[table["level"] == "overall"].sort_values(["profile", "track", "rank", "entry"])
+    rows = [[r.profile, r.track, "—" if pd.isna(r.rank) else int(r.rank), r.entry, f"{r.score:.3f}",
+             f"{int(r.solved)}/{int(r.tasks)}" + ("" if r.complete else " (incomplete)")]
             for r in overall.itertuples()]
-    click.echo(tabulate(rows, headers=["profile", "rank", "entry", "score", "solved"],
+    click.echo(tabulate(rows, headers=["profile", "track", "rank", "entry", "score", "solved"],
                         tablefmt="simple", disable_numparse=True))
     click.echo(f"wrote {path} ({len(inputs.entries)} entries, {len(table)} rows)")
 
@@ -240,12 +252,12 @@ def leaderboard() -> None:
 
 @leaderboard.command("build")
 @leaderboard_options
-def leaderboard_build(tier, roots, out) -> None:
+def leaderboard_build(tier, roots, out, tuned) -> None:
     """Write OUT/index.html, entry pages, plots and OUT/README.md from OUT/scores.parquet."""
     from suite.site import build  # matplotlib is imported only for this command
 
+    inputs, out = view(roots, tier, out, tuned)
     scores, digest = score_mod.read_scores(Path(out) / score_mod.SCORES_FILE)
-    inputs = score_mod.collect(list(roots), tier=tier)
     if digest != inputs.digest:
         raise results.ResultsError(f"{Path(out) / score_mod.SCORES_FILE}: scores are older than the "
                                    "results or manifests; run `ldbench score` first")
@@ -255,9 +267,20 @@ def leaderboard_build(tier, roots, out) -> None:
 
 @leaderboard.command("check")
 @leaderboard_options
-def leaderboard_check(tier, roots, out) -> None:
+def leaderboard_check(tier, roots, out, tuned) -> None:
     """Fail when the built leaderboard in OUT is stale relative to the results. Runs no entry code."""
     from suite.site import build
+
+    if tuned:
+        inputs, out = view(roots, tier, out, tuned)
+        path = out / score_mod.SCORES_FILE
+        if not path.is_file() or score_mod.read_scores(path)[1] != inputs.digest:
+            click.secho(f"error: {out}/ is stale or missing; run `ldbench score --tier {tier} --tuned "
+                        f"{tuned} && ldbench leaderboard build --tier {tier} --tuned {tuned}`",
+                        fg="red", err=True)
+            sys.exit(1)
+        click.echo(f"ok: {out}/ is up to date with the studies (inputs {inputs.digest[:12]})")
+        return
 
     if not score_mod.has_results(list(roots), tier):
         click.echo(f"no committed {tier}-tier results under {', '.join(roots)} yet: nothing to check")

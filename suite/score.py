@@ -21,6 +21,8 @@ SCORE_VERSION = 4  # raise when a change below alters scores: it invalidates bui
 TAU_MAX = 4.0  # performance profiles are integrated over τ ∈ [1, TAU_MAX] (AlgoPerf uses 4)
 ROOTS = ("baselines", "submissions")
 SCORES_FILE = "scores.parquet"
+STUDIES = "studies"  # where `ldbench tune` writes studies (suite.tune)
+TUNED_FILE = "tuned.json"
 META_INPUTS = b"ldbench.inputs"
 # Run-table columns the scorer and the site keep; the heavy JSON ones go into `provenance`.
 KEEP = ["profile", "tier", "family", "task", "task_version", "entry", "seed", "status", "metric",
@@ -55,7 +57,8 @@ def tier_files(folder: Path, tier: str) -> list[Path]:
     return sorted((folder / "results").glob(f"*/{tier}/*.parquet"))
 
 
-def inputs_digest(folders: list[Path], tier: str, tasks: dict[str, type[Task]]) -> str:
+def inputs_digest(folders: list[Path], tier: str, tasks: dict[str, type[Task]],
+                  budget: int | None = None, studies: Path = Path(STUDIES)) -> str:
     """sha256 of everything a leaderboard is built from: manifests, results, suite, scoring rules.
 
     A built leaderboard records it; when it differs from the digest of the committed files,
@@ -69,6 +72,10 @@ def inputs_digest(folders: list[Path], tier: str, tasks: dict[str, type[Task]]) 
         for path in [folder / "entry.toml", *tier_files(folder, tier)]:
             name = f"{folder.parent.name}/{folder.name}/{path.relative_to(folder).as_posix()}"
             digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+        if budget is not None:  # the tuned view: the entry's studies at that budget
+            for path in sorted((studies / folder.name).glob(f"*/{tier}/budget-{budget}/**/*")):
+                if path.is_file() and (path.suffix == ".parquet" or path.name == TUNED_FILE):
+                    digest.update(path.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
@@ -77,16 +84,22 @@ def has_results(roots: list[str | Path], tier: str) -> bool:
 
 
 def collect(roots: list[str | Path], *, tier: str = "standard",
-            tasks: dict[str, type[Task]] | None = None) -> Inputs:
+            tasks: dict[str, type[Task]] | None = None, budget: int | None = None,
+            studies: str | Path = STUDIES) -> Inputs:
     """Read every entry's manifest and `tier` results under `roots`, without importing any code.
 
     Rows that cannot be compared are left out with a warning: unknown tasks or profiles, stale
     task versions, runs with --set or --hparam overrides, and results of another entry.
+
+    With a `budget`, the *tuned view*: instead of its results, each entry's evaluation runs of
+    its `ldbench tune` study at that budget (`studies/ENTRY/PROFILE/TIER/budget-N/eval/`), the
+    runs of the hyperparameters its study chose (and no others), so that every entry is
+    compared at the same tuning budget.
     """
     tasks = tasks if tasks is not None else registry.all_tasks()
     folders = entry_folders(roots)
-    inputs = Inputs(tier=tier, digest=inputs_digest(folders, tier, tasks))
-    tables, paths = [], []
+    inputs = Inputs(tier=tier, digest=inputs_digest(folders, tier, tasks, budget, Path(studies)))
+    tables, paths, profiles_ = [], [], []
     for folder in folders:
         try:
             entry = load_entry(folder)
@@ -97,10 +110,15 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
             inputs.warnings.append(f"skipped {folder}: the name {entry.name!r} is already taken by "
                                    f"{inputs.entries[entry.name].path}")
             continue
+        files = result_files(folder, entry.name, tier, budget, Path(studies))
+        if budget is not None and not files:
+            continue  # no study at this budget: not in the tuned view
         inputs.entries[entry.name] = entry
-        for path in sorted((folder / "results").glob(f"*/{tier}/{results.RUNS_FILE}")):
+        for path, profile in files:
             try:
                 table = read_runs(path)
+                if budget is not None:
+                    table = tuned_rows(table, path.parent.parent / TUNED_FILE)
             except results.ResultsError as err:
                 inputs.warnings.append(f"skipped: {err}")
                 continue
@@ -108,10 +126,11 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
             tables.append(table.append_column("_file", pa.array([len(paths)] * n, pa.int32()))
                           .append_column("_entry", pa.array([entry.name] * n, pa.string())))
             paths.append(path)
+            profiles_.append(profile)
     if not tables:
         return inputs
     runs = pa.concat_tables(tables).to_pandas()
-    runs["_profile"] = np.array([p.parent.parent.name for p in paths], dtype=object)[runs["_file"]]
+    runs["_profile"] = np.array(profiles_, dtype=object)[runs["_file"]]
     keep = usable(runs, tier, tasks)
     for i, dropped in runs.loc[~keep].groupby("_file")["task"]:
         inputs.warnings.append(
@@ -129,6 +148,31 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
     inputs.results_dirs = {(e, p): paths[i].parent for e, p, i in
                            runs[["entry", "profile", "_file"]].drop_duplicates().itertuples(index=False)}
     return inputs
+
+
+def result_files(folder: Path, name: str, tier: str, budget: int | None,
+                 studies: Path) -> list[tuple[Path, str]]:
+    """(runs file, its profile) of an entry: its results, or its studies' evaluations."""
+    if budget is None:
+        return [(p, p.parent.parent.name)
+                for p in sorted((folder / "results").glob(f"*/{tier}/{results.RUNS_FILE}"))]
+    found = sorted((studies / name).glob(f"*/{tier}/budget-{budget}/eval/{results.RUNS_FILE}"))
+    return [(p, p.parent.parent.parent.parent.name) for p in found]
+
+
+def tuned_rows(table: pa.Table, tuned_file: Path) -> pa.Table:
+    """A study's evaluation rows of the hyperparameters it chose (recorded as --hparam
+    overrides), their overrides cleared so that they compare like plain results."""
+    try:
+        tuned = json.loads(tuned_file.read_text(encoding="utf-8"))["tuned"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise results.ResultsError(f"{tuned_file}: unreadable ({err}); rerun `ldbench tune`") from None
+    frame = table.to_pandas()
+    chosen = [json_object(o) == ({"hparams": tuned.get(t)} if tuned.get(t) else {})
+              for t, o in zip(frame["task"], frame["overrides"], strict=True)]
+    kept = table.filter(pa.array(chosen, pa.bool_()))
+    column = kept.schema.get_field_index("overrides")
+    return kept.set_column(column, "overrides", pa.array(["{}"] * len(kept), pa.string()))
 
 
 def read_runs(path: Path) -> pa.Table:
