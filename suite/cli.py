@@ -216,10 +216,12 @@ def score_cmd(tier, roots, out) -> None:
     table = score_mod.score(inputs)
     path = Path(out) / score_mod.SCORES_FILE
     score_mod.write_scores(table, path, inputs.digest)
-    overall = table[table["level"] == "overall"].sort_values(["profile", "rank", "entry"])
-    rows = [[r.profile, int(r.rank), r.entry, f"{r.score:.3f}", f"{int(r.solved)}/{int(r.tasks)}"]
+    overall = table[table["level"] == "overall"].sort_values(["profile", "track", "rank", "entry"])
+    rows = [[r.profile, r.track + " (recipe)" * bool(r.recipe),
+             int(r.rank) if r.complete else "incomplete",  # incomplete entries are not ranked
+             r.entry, f"{r.score:.3f}", f"{int(r.solved)}/{int(r.tasks)}"]
             for r in overall.itertuples()]
-    click.echo(tabulate(rows, headers=["profile", "rank", "entry", "score", "solved"],
+    click.echo(tabulate(rows, headers=["profile", "track", "rank", "entry", "score", "solved"],
                         tablefmt="simple", disable_numparse=True))
     click.echo(f"wrote {path} ({len(inputs.entries)} entries, {len(table)} rows)")
 
