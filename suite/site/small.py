@@ -15,7 +15,7 @@ from suite.site.plots import BAND_ALPHA, colours, label_of
 from suite.task import Plot as PlotSpec
 
 WIDTH, HEIGHT = 300, 150  # the plotting area and its margins, in CSS pixels
-LEFT, RIGHT, TOP, BOTTOM = 46, 10, 8, 30
+LEFT, RIGHT, TOP, BOTTOM = 46, 16, 8, 30
 LEGEND_ROW, CHAR = 13, 5.6  # legend line height; the width of a character at 9.5px
 POINTS = 80  # a line keeps at most this many of its evaluations (log-spaced: about even in x)
 FMT = re.compile(r"^(?P<color>C\d)?(?P<line>--|-\.|-|:)?")
@@ -104,9 +104,11 @@ class Axes:
         return [(t, tick_text(t)) for t in nice_ticks(self.x0, self.x1)]
 
     def yticks(self) -> list[tuple[float, str]]:
-        if self.logy:
-            ks = range(math.ceil(self.y0), math.floor(self.y1) + 1)
-            return [(10.0 ** k, tick_text(10.0 ** k)) for k in ks]
+        if self.logy:  # decades, or 1-2-5 steps within less than two of them
+            ks = range(math.floor(self.y0), math.ceil(self.y1) + 1)
+            steps = (1,) if len(ks) > 3 else (1, 2, 5)
+            ticks = [m * 10.0 ** k for k in ks for m in steps]
+            return [(t, tick_text(t)) for t in ticks if self.y0 <= math.log10(t) <= self.y1]
         return [(t, tick_text(t)) for t in nice_ticks(self.y0, self.y1)]
 
 
