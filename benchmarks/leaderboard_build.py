@@ -15,10 +15,17 @@ from suite.site.synthetic import synthetic_entry
 
 
 def make_entries(root: Path, n: int, seed: int) -> None:
-    """`n` entries with valid results for every task of the suite, 5 seeds, of varied speed."""
+    """`n` entries with results for the suite, 5 seeds, of varied speed: one in 5 on the
+    architecture track (every other one a recipe; some models lack methods that tasks or
+    metrics need, which makes those not applicable), one in 25 incomplete (a task without
+    runs), one in 20 with a task whose seeds partly failed."""
     rng = np.random.default_rng(seed)
+    lacks = [(), ("product",), ("patterns", "logits_and_attention"), ("product", "features")]
     for i in range(n):
-        synthetic_entry(root, f"entry-{i:04d}", rng=rng, speed=float(rng.uniform(0.5, 3.0)))
+        track = "optimizer" if i % 5 else ("architecture", "recipe")[i // 5 % 2]
+        synthetic_entry(root, f"entry-{i:04d}", rng=rng, speed=float(rng.uniform(0.5, 3.0)), track=track,
+                        lacks=lacks[i // 5 % len(lacks)], skip=("markov-attention",) if i % 25 == 3 else (),
+                        failed={"modular-addition": 2} if i % 20 == 7 else None)
 
 
 def main() -> None:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import click
-import pandas as pd
 from tabulate import tabulate
 
 from suite import registry, report, results, runner, validate, verify
@@ -237,8 +236,9 @@ def score_cmd(tier, roots, out, tuned) -> None:
     path = Path(out) / score_mod.SCORES_FILE
     score_mod.write_scores(table, path, inputs.digest)
     overall = table[table["level"] == "overall"].sort_values(["profile", "track", "rank", "entry"])
-    rows = [[r.profile, r.track, "—" if pd.isna(r.rank) else int(r.rank), r.entry, f"{r.score:.3f}",
-             f"{int(r.solved)}/{int(r.tasks)}" + ("" if r.complete else " (incomplete)")]
+    rows = [[r.profile, r.track + " (recipe)" * bool(r.recipe),
+             int(r.rank) if r.complete else "incomplete",  # incomplete entries are not ranked
+             r.entry, f"{r.score:.3f}", f"{int(r.solved)}/{int(r.tasks)}"]
             for r in overall.itertuples()]
     click.echo(tabulate(rows, headers=["profile", "track", "rank", "entry", "score", "solved"],
                         tablefmt="simple", disable_numparse=True))

@@ -25,8 +25,9 @@ STUDIES = "studies"  # where `ldbench tune` writes studies (suite.tune)
 TUNED_FILE = "tuned.json"
 META_INPUTS = b"ldbench.inputs"
 # Run-table columns the scorer and the site keep; the heavy JSON ones go into `provenance`.
+# `error`: why a run failed or does not apply, for the site's tooltips.
 KEEP = ["profile", "tier", "family", "task", "task_version", "entry", "seed", "status", "metric",
-        "value", "direction", "track", "applicable"]
+        "value", "direction", "track", "applicable", "error"]
 TRACKS = ("optimizer", "architecture")  # an entry's "recipe" (model + optimizer) is scored on the second
 
 
@@ -185,7 +186,7 @@ def read_runs(path: Path) -> pa.Table:
 def usable(runs: pd.DataFrame, tier: str, tasks: dict[str, type[Task]]) -> pd.Series:
     """Rows that can be compared: this entry's, this tier's, a known profile, current task versions."""
     versions = {name: cls.version for name, cls in tasks.items()}
-    needed = [c for c in KEEP if c not in ("value", "track", "applicable")]  # those two: older files
+    needed = [c for c in KEEP if c not in ("value", "track", "applicable", "error")]  # may be null
     complete = runs[needed + ["overrides", "run_id"]].notna().all(axis=1)
     return (complete & (runs["entry"] == runs["_entry"]) & (runs["tier"] == tier)
             & (runs["profile"] == runs["_profile"]) & runs["profile"].isin(list(profiles.available()))

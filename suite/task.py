@@ -67,11 +67,14 @@ class Curve:
     """One curve a task records at each evaluation step (a key of `Task.observe`'s dict).
 
     at_end: recorded only at the last step (NaN before), e.g. values measured after training.
+    bounds: the curve's valid range (an accuracy lies in [0, 1]); the site clips the interval
+        band of its seed mean to it.
     """
 
     description: str
     unit: str = ""
     at_end: bool = False
+    bounds: tuple[float, float] = (-math.inf, math.inf)
 
 
 @dataclass(frozen=True)

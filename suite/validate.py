@@ -19,7 +19,7 @@ from suite.task import Task
 MIN_SEEDS = 5
 MAX_FILE_BYTES = 16 * 2**20  # a standard-tier curves table of the whole suite is well under 1 MiB
 MAX_SUBMISSION_BYTES = 64 * 2**20
-RUN_LEVEL = [c for c in results.RUN_SCHEMA.names if c not in ("metric", "value", "direction")]
+RUN_LEVEL = [c for c in results.RUN_SCHEMA.names if c not in ("metric", "value", "direction", "applicable")]
 MAX_NAME = 200  # characters of a curve name
 # What a submission may hold besides results/<profile>/<tier>/{runs,curves}.parquet: source and
 # text that `entry_hash` covers. Compiled or binary files (__pycache__/*.pyc, .so) could run

@@ -1,4 +1,4 @@
-"""The static leaderboard: pages, tables, plots, escaping, staleness, and a headless-Chromium check."""
+"""The static leaderboard: tracks, pages, tables, plots, escaping, staleness, a headless-Chromium check."""
 
 from __future__ import annotations
 
@@ -19,15 +19,23 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from suite import registry, results, score
+from suite import interval, registry, results, score, validate
 from suite.cli import main
 from suite.site import build
-from suite.site.plots import task_plots
+from suite.site.plots import PANELS, seed_means, task_plots
 from suite.site.synthetic import synthetic_entry
 from suite.task import Curve, Task
 from suite.tasks.mode_connectivity import path_name
 
 XSS = "<script>alert(1)</script>"
+REPO = Path(__file__).resolve().parents[1]
+# The fixture's entries per track: more optimizer entries than a panel plot shows, a failed
+# and an incomplete one; on the architecture track a model lacking product() and patterns()
+# (deep-linear-modes and teacher-student not applicable, in-context-regression's pattern
+# metrics not applicable) and an incomplete recipe.
+OPTIMIZER = ["alpha", "beta", "gamma", "untrusted", "flaky", "partial", "slow"]
+ARCHITECTURE = ["mlp", "tiny-transformer", "transformer-recipe"]
+SECTION = "cpu-2core-standard"
 
 
 def build_site(roots: list[Path], out: Path, *, rename: dict[str, str] | None = None) -> score.Inputs:
@@ -47,23 +55,49 @@ def build_site(roots: list[Path], out: Path, *, rename: dict[str, str] | None = 
 def site(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("site")
     rng = np.random.default_rng(0)
-    for name, speed in (("alpha", 1.0), ("beta", 1.4), ("gamma", 2.0)):
-        synthetic_entry(root / "submissions", name, rng=rng, speed=speed)
+    subs = root / "submissions"
+    for name, speed in (("alpha", 1.0), ("beta", 1.4), ("gamma", 2.0), ("slow", 2.8)):
+        synthetic_entry(subs, name, rng=rng, speed=speed)
     # Descriptions and authors are free text: the page must show them, never run them.
-    synthetic_entry(root / "submissions", "untrusted", rng=rng, speed=1.2,
+    synthetic_entry(subs, "untrusted", rng=rng, speed=1.2,
                     description=f"{XSS} and \"quotes\" & <b>tags</b>",
                     authors=(f'"><img src=x onerror=alert(2)>{XSS}',))
-    build_site([root / "submissions"], root / "leaderboard")
+    synthetic_entry(subs, "flaky", rng=rng, speed=1.1, failed={"teacher-student": 5, "modular-addition": 2})
+    synthetic_entry(subs, "partial", rng=rng, speed=0.9, skip=("markov-attention", "mode-connectivity"))
+    synthetic_entry(subs, "mlp", rng=rng, speed=1.0, track="architecture")
+    synthetic_entry(subs, "tiny-transformer", rng=rng, speed=1.3, track="architecture",
+                    lacks=("product", "patterns"))
+    synthetic_entry(subs, "transformer-recipe", rng=rng, speed=0.8, track="recipe",
+                    lacks=("product", "logits_and_attention"), skip=("fine-grained-collapse",))
+    build_site([subs], root / "leaderboard")
     return root
+
+
+def article(html: str, track: str, task: str) -> str:
+    """The HTML of one task's section on one track."""
+    start = html.index(f'<article id="{SECTION}-{track}-{task}">')
+    return html[start:html.index("</article>", start)]
+
+
+def section(html: str, track: str) -> str:
+    start = html.index(f'<section id="{SECTION}-{track}"')
+    return html[start:html.index("</section>", start)]
+
+
+def table_entries(html: str) -> list[str]:
+    """data-entry of the rows of the first table in `html`."""
+    table = html[html.index("<tbody>"):html.index("</tbody>")]
+    return re.findall(r'<tr data-entry="([^"]+)"', table)
 
 
 def test_index_has_the_ranking_every_task_table_and_plots(site):
     out = site / "leaderboard"
     html = (out / "index.html").read_text()
     tasks = score.registry.all_tasks()
-    assert html.count("<table") == 1 + len(tasks)
-    for name in tasks:
-        assert f'id="cpu-2core-standard-{name}"' in html
+    for track in ("optimizer", "architecture"):
+        assert f'<table class="sortable" id="{SECTION}-{track}-overall">' in html
+        for name in tasks:  # every task has a table on both tracks (n/a rows included)
+            assert f'id="{SECTION}-{track}-{name}-table"' in article(html, track, name)
     images = re.findall(r'<img src="([^"]+)"', html)
     assert len(images) >= len(tasks) and all((out / src).is_file() for src in images)
     assert all(src.endswith(".svg") and src.startswith("plots/") for src in images)
@@ -75,7 +109,162 @@ def test_index_has_the_ranking_every_task_table_and_plots(site):
         assert "Provenance" in page and "entry hash" in page and "cpu-2core" in page
     readme = (out / "README.md").read_text()
     assert re.search(r"^\| rank +\| entry +\| score", readme, re.M)
-    assert readme.count("### ") == len(tasks) and "![" in readme
+    assert readme.count("### ") == 2 * len(tasks) and "![" in readme
+    assert "## Optimizer track" in readme and "## Architecture track" in readme
+
+
+def test_both_tracks_are_ranked_apart_and_labelled(site):
+    out = site / "leaderboard"
+    html = (out / "index.html").read_text()
+    optimizer, architecture = section(html, "optimizer"), section(html, "architecture")
+    assert "<h2>Optimizer track" in optimizer and "<h2>Architecture track" in architecture
+    assert sorted(table_entries(optimizer)) == sorted(OPTIMIZER)
+    assert sorted(table_entries(architecture)) == sorted(ARCHITECTURE)
+    recipe = re.search(r'<tr data-entry="transformer-recipe".*?</tr>', architecture, re.S).group(0)
+    assert 'class="badge recipe"' in recipe
+    mlp = re.search(r'<tr data-entry="mlp".*?</tr>', architecture, re.S).group(0)
+    assert 'class="badge recipe"' not in mlp
+    for name, words in (("alpha", "optimizer track"), ("mlp", "architecture track"),
+                        ("transformer-recipe", "architecture track, as a recipe")):
+        page = (out / "entries" / f"{name}.html").read_text()
+        assert re.search(rf"<dt>track</dt><dd[^>]*>{words}", page), name
+        assert f'index.html#{SECTION}-{words.split()[0]}"' in page  # links to its track's ranking
+    # Scores: ranks restart on each track.
+    table, _ = score.read_scores(out / score.SCORES_FILE)
+    overall = table[table["level"] == "overall"]
+    assert set(overall.loc[overall["track"] == "architecture", "entry"]) == set(ARCHITECTURE)
+    assert (overall.groupby("track")["rank"].min() == 1).all()
+
+
+def test_not_applicable_incomplete_and_failed_look_different(site):
+    html = (site / "leaderboard" / "index.html").read_text()
+    # Not applicable: the whole task (the model lacks product()), with the reason as a title.
+    dlm = article(html, "architecture", "deep-linear-modes")
+    row = re.search(r'<tr data-entry="tiny-transformer" class="na">.*?</tr>', dlm, re.S).group(0)
+    assert 'class="badge na" title="the model has no product(), which deep-linear-modes reads' in row
+    assert re.search(r'<td class="num na"[^>]*title="the model has no product\(\)[^"]*">n/a</td>', row)
+    assert table_entries(dlm)[-2:] == ["tiny-transformer", "transformer-recipe"] or \
+        table_entries(dlm)[-2:] == ["transformer-recipe", "tiny-transformer"]  # n/a rows last
+    # ... and one metric (pattern scores need patterns()), in an otherwise applicable task.
+    icr = article(html, "architecture", "in-context-regression")
+    row = re.search(r'<tr data-entry="tiny-transformer">.*?</tr>', icr[icr.index("<details"):], re.S).group(0)
+    assert 'title="not applicable: the model has no patterns(), which this metric reads">n/a' in row
+    assert "rank" in re.search(r'<tr data-entry="tiny-transformer">.*?</tr>', icr, re.S).group(0)
+    # Incomplete: shown with a badge naming the missing tasks, never ranked as a failure.
+    overall = section(html, "optimizer")
+    row = re.search(r'<tr data-entry="partial">.*?</tr>', overall, re.S).group(0)
+    assert 'class="badge incomplete" title="no runs of: markov-attention, mode-connectivity' in row
+    assert 'class="rank' not in row.split("</td>")[0]
+    assert table_entries(overall)[-1] == "partial"  # after every ranked entry
+    markov = article(html, "optimizer", "markov-attention")
+    assert "partial" not in table_entries(markov)
+    assert 'incomplete</span> No runs of markov-attention' in markov
+    # Failed: a badge with the first reason, its seeds counted as failures (ranked).
+    ts = article(html, "optimizer", "teacher-student")
+    row = re.search(r'<tr data-entry="flaky">.*?</tr>', ts, re.S).group(0)
+    assert 'class="badge failed" title="RuntimeError: a synthetic failure">failed 5/5</span>' in row
+    assert '<td class="num failed"' in row and "no result 5/5" in row and 'class="rank' in row
+    css = (build.TEMPLATES / "base.html.j2").read_text()
+    looks = [re.search(rf"\.badge\.{word} {{([^}}]*)}}", css).group(1)
+             for word in ("na", "incomplete", "failed")]
+    assert len(set(looks)) == 3  # three different looks
+    table, _ = score.read_scores(site / "leaderboard" / score.SCORES_FILE)
+    partial = table[(table["entry"] == "partial") & (table["level"] == "overall")].iloc[0]
+    assert pd.isna(partial["rank"]) and not partial["complete"]
+
+
+def figures(html: str) -> list[tuple[str, str]]:
+    """(img src, figcaption HTML) of each figure in `html`."""
+    return re.findall(r'<img src="([^"]+)"[^>]*>\s*<figcaption[^>]*>(.*?)</figcaption>', html, re.S)
+
+
+def test_every_plot_shows_every_entry_of_its_track_or_names_those_left_out(site):
+    out = site / "leaderboard"
+    html = (out / "index.html").read_text()
+    left_out = 0
+    for track in ("optimizer", "architecture"):
+        for task in registry.all_tasks():
+            part = article(html, track, task)
+            entries = table_entries(part)
+            for src, caption in figures(part):
+                svg = (out / src).read_text()
+                missing = [e for e in entries if f">{e}</text>" not in svg]
+                for entry in missing:
+                    assert f'<a href="entries/{entry}.html">{entry}</a>' in caption, (src, entry)
+                left_out += len(missing)
+                if missing:
+                    assert f"Shows {len(entries) - len(missing)} of the {len(entries)} entries" in caption
+                else:
+                    assert f"Shows all {len(entries)} entries of this track" in caption
+    assert left_out > 0  # 7 optimizer entries > PANELS, and n/a entries on the architecture track
+    assert len(OPTIMIZER) > PANELS
+    # An entry's own page has its own curves: each task's declared plots, for it alone.
+    page = (out / "entries" / "slow.html").read_text()
+    assert page.count("<svg") >= len(registry.all_tasks()) and "Mode strength curves" in page
+    page = (out / "entries" / "tiny-transformer.html").read_text()
+    assert "Mode strength curves" not in page  # deep-linear-modes does not apply to it
+
+
+def test_curves_carry_the_tables_interval_as_a_band(site):
+    out = site / "leaderboard"
+    html = (out / "index.html").read_text()
+    for src, caption in figures(html):
+        if src.endswith("-stage-times.svg"):  # dots: the interval as bars
+            assert f"bars: the {interval.METHOD}" in caption
+            continue
+        assert f"shaded bands: the {interval.METHOD}" in caption and "fewer than 3 seeds" in caption
+        assert "fill-opacity: 0.2" in (out / src).read_text(), src  # fill_between
+    page = (out / "entries" / "alpha.html").read_text()
+    assert re.search(r'<polygon points="[^"]+" fill="#[0-9a-f]{6}" fill-opacity="0.2"/>', page)
+    assert f"shaded bands the {interval.METHOD}" in page
+
+
+def test_seed_means_give_the_t_interval_clipped_to_the_curve_bounds():
+    rows = [("a", seed, 0, "acc", v) for seed, v in enumerate((0.9, 0.99, 1.0))]
+    rows += [("b", seed, 0, "acc", v) for seed, v in enumerate((0.5, 0.6))]
+    means = seed_means(pd.DataFrame(rows, columns=["entry", "seed", "step", "metric", "value"]),
+                       {"acc": (0.0, 1.0)}).set_index("entry")
+    mean, low, high = interval.t_interval([0.9, 0.99, 1.0], bounds=(0.0, 1.0))
+    assert means.loc["a", "value"] == pytest.approx(mean) and high == 1.0
+    assert (means.loc["a", "low"], means.loc["a", "high"]) == pytest.approx((low, high))
+    assert np.isnan(means.loc["b", "low"]) and np.isnan(means.loc["b", "high"])  # 2 seeds: none
+
+
+def test_tables_lead_with_ranked_metrics_and_fold_the_diagnostics(site):
+    html = (site / "leaderboard" / "index.html").read_text()
+    part = article(html, "optimizer", "mode-connectivity")
+    main, folded = part.split('<details class="diagnostics">')
+    declared = registry.make_task("mode-connectivity", "standard").metrics()
+    heads = lambda text: [re.sub(r"<wbr>| [↓↑]|\s*\(diagnostic\)", "", h)  # noqa: E731
+                          for h in re.findall(r'<th title="[^"]*">([^<]*(?:<wbr>[^<]*)*)</th>', text)]
+    assert heads(main) == ["steps to target", "ratio"] + [
+        m for m, spec in declared.items() if spec.role != "diagnostic"]
+    assert heads(folded) == [m for m, spec in declared.items() if spec.role == "diagnostic"]
+    assert "loss_barrier/<wbr>spawn_0" in main  # long names wrap instead of widening the table
+    assert 'class="sortable metrics"' in main  # the entry column stays in view (sticky)
+
+
+def test_hyperparameter_tables_list_default_first(site):
+    page = (site / "leaderboard" / "entries" / "alpha.html").read_text()
+    assert "[hparams.deep-linear-modes]" in page  # sorts before "default" by name
+    assert page.index("[hparams.default]") < page.index("[hparams.deep-linear-modes]")
+
+
+def test_synthetic_entries_of_both_tracks_validate(site):
+    for name in ("alpha", "mlp", "tiny-transformer"):
+        assert validate.validate_submission(site / "submissions" / name) == [], name
+
+
+def test_a_preview_build_leaves_no_tracked_file_modified():
+    """submissions/README.md builds the preview into preview/, which git ignores."""
+    guide = (REPO / "submissions" / "README.md").read_text()
+    assert "ldbench score --out preview && ldbench leaderboard build --out preview" in guide
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    built = ["preview/index.html", "preview/README.md", "preview/scores.parquet",
+             "preview/entries/my-optimizer.html", "preview/plots/cpu-2core-standard-optimizer-x.svg"]
+    ignored = subprocess.run(["git", "check-ignore", *built], cwd=REPO, capture_output=True, text=True)
+    assert ignored.stdout.split() == built
 
 
 def test_untrusted_text_renders_as_text(site):
@@ -152,7 +341,9 @@ def test_leaderboard_check_fails_when_results_change(site, tmp_path):
     roots = ["--root", str(site / "submissions")]
     out = ["--out", str(tmp_path / "lb")]
     runner = CliRunner()
-    assert runner.invoke(main, ["score", *roots, *out]).exit_code == 0
+    scored = runner.invoke(main, ["score", *roots, *out])
+    assert scored.exit_code == 0, scored.output
+    assert re.search(r"architecture \(recipe\) +incomplete +transformer-recipe", scored.output)
     built = runner.invoke(main, ["leaderboard", "build", *roots, *out])
     assert built.exit_code == 0, built.output
     checked = runner.invoke(main, ["leaderboard", "check", *roots, *out])
@@ -281,28 +472,55 @@ def browser():
     chrome.close()
 
 
-def test_page_in_a_browser_has_tables_plots_and_no_console_errors(site, browser):
+def test_page_in_a_browser_has_both_tracks_tables_plots_and_no_console_errors(site, browser):
     browser.open(site / "leaderboard" / "index.html")
-    tables = browser.evaluate("document.querySelectorAll('table').length")
-    rows = browser.evaluate("document.querySelectorAll('tbody tr').length")
-    images = browser.evaluate(
-        "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
-    assert tables == 1 + len(score.registry.all_tasks()) and rows >= 4 * tables
-    assert len(images) >= tables - 1 and all(done and width > 100 for _, done, width in images), images
-    # Sorting and filtering run without errors and do what they say.
+    tracks = browser.evaluate("""Array.from(document.querySelectorAll('section.track')).map(s => [
+        s.dataset.track, s.querySelectorAll('table').length, s.querySelectorAll('tbody tr').length,
+        Array.from(s.querySelectorAll('img')).map(i => [i.getAttribute('src'), i.complete,
+                                                         i.naturalWidth])])""")
+    assert [t[0] for t in tracks] == ["optimizer", "architecture"]
+    n_tasks = len(score.registry.all_tasks())
+    for track, tables, rows, images in tracks:
+        assert tables >= 1 + n_tasks and rows >= 2 * tables, track
+        assert len(images) >= n_tasks - 2 and all(done and width > 100 for _, done, width in images), images
+    # Sorting and filtering run without errors and do what they say, on either track.
+    table, _ = score.read_scores(site / "leaderboard" / score.SCORES_FILE)
+    overall = table[(table["level"] == "overall") & (table["track"] == "optimizer")]
     first = browser.evaluate("""(() => {
-        const th = document.querySelector('table.sortable th:nth-child(3)');
+        const table = document.querySelector('#cpu-2core-standard-optimizer-overall');
+        const th = table.querySelector('th:nth-child(3)');
         th.click(); th.click();  // score, descending
-        return document.querySelector('table.sortable tbody tr').dataset.entry; })()""")
-    assert first == "alpha"
-    hidden = browser.evaluate("""(() => {
-        const box = document.querySelector('input.filter');
-        box.value = 'gam'; box.dispatchEvent(new Event('input'));
-        return Array.from(box.nextElementSibling.querySelectorAll('tbody tr')).filter(r => !r.hidden)
-            .map(r => r.dataset.entry); })()""")
-    assert hidden == ["gamma"]
+        return table.querySelector('tbody tr').dataset.entry; })()""")
+    assert first == overall.loc[overall["score"].idxmax(), "entry"]
+    shown = """(id, q) => {
+        const box = document.querySelector(`input[data-table^="${id}"]`);
+        box.value = q; box.dispatchEvent(new Event('input'));
+        return box.dataset.table.split(' ').map(t => Array.from(document.getElementById(t).tBodies[0].rows)
+            .filter(r => !r.hidden).map(r => r.dataset.entry)); }"""
+    assert browser.evaluate(f"({shown})('{SECTION}-optimizer-overall', 'gam')") == [["gamma"]]
+    assert browser.evaluate(f"({shown})('{SECTION}-architecture-overall', 'trans')") == [
+        sorted(["tiny-transformer", "transformer-recipe"])]
+    # A task's filter covers its ranked table and its folded diagnostics.
+    assert browser.evaluate(f"({shown})('{SECTION}-optimizer-teacher-student-table', 'fla')") == [
+        ["flaky"], ["flaky"]]
+    folded = browser.evaluate(f"""(() => {{
+        const d = document.querySelector('#{SECTION}-architecture-in-context-regression details');
+        const seen = () => [d.open, d.querySelector('table').checkVisibility()];
+        const before = seen();
+        d.querySelector('summary').click();
+        return [before, seen()]; }})()""")
+    assert folded == [[False, False], [True, True]]
+    na = browser.evaluate(f"""Array.from(document.querySelectorAll(
+        '#{SECTION}-architecture-deep-linear-modes td.na')).map(td => td.title)""")
+    assert na and all("product()" in t for t in na)
     title = browser.evaluate("document.title")
     assert browser.errors() == [] and "leaderboard" in title
+    for name in ("mlp", "alpha"):  # an entry's own curves, drawn inline
+        browser.open(site / "leaderboard" / "entries" / f"{name}.html")
+        widths = browser.evaluate("Array.from(document.querySelectorAll('figure.small svg'))"
+                                  ".map(s => s.getBoundingClientRect().width)")
+        assert len(widths) >= n_tasks - 2 and min(widths) > 200, (name, widths)
+        assert browser.errors() == []
     browser.open(site / "leaderboard" / "entries" / "untrusted.html")
     text = browser.evaluate("document.querySelector('header.top p').textContent")
     assert XSS in text  # shown as text, not run as a script

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import re
@@ -9,18 +10,40 @@ import tempfile
 from pathlib import Path
 
 import jinja2
+import markupsafe
+import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
 from suite import interval, profiles, registry, results
 from suite.entry import NAME_PATTERN, Entry
 from suite.report import ARROWS, format_number
-from suite.score import TAU_MAX, Inputs
-from suite.site.plots import task_plots
+from suite.score import TAU_MAX, TRACKS, Inputs
+from suite.site import small
+from suite.site.plots import LINES, seed_means, task_plots
+from suite.task import Plot as PlotSpec
 from suite.task import Task
 
 TEMPLATES = Path(__file__).parent / "templates"
 README_TOP = 25  # rows per table in README.md; index.html has them all
+LEFT_OUT_NAMES = 12  # entries a plot's caption names as left out; the rest are counted
+TRACK_TEXT = {  # heading and what differs between the entries of a track
+    "optimizer": ("Optimizer track", "Each task's reference model, trained by the entry's optimizer: "
+                  "only the optimizer differs between entries."),
+    "architecture": ("Architecture track", "The entry's model (make_model), trained by each task's "
+                     "reference optimizer and hyperparameters: only the architecture differs. Entries "
+                     "marked recipe bring their own optimizer as well (model and optimizer together)."),
+}
+BAND_NOTE = {  # how a plot kind shows the spread over seeds, in the words of the tables
+    "panels": f"Lines: mean over seeds; shaded bands: the {interval.METHOD} of the mean at each "
+              f"evaluation (clipped to the curve's range; none with fewer than {interval.MIN_SEEDS} seeds).",
+    "lines": f"Lines: mean over seeds; shaded bands: the {interval.METHOD} of the mean at each "
+             f"evaluation (clipped to the curve's range; none with fewer than {interval.MIN_SEEDS} seeds).",
+    "path": f"Points: mean over seeds of the final values; shaded bands: the {interval.METHOD} "
+            f"(none with fewer than {interval.MIN_SEEDS} seeds).",
+    "dots": f"Dots: mean over seeds; bars: the {interval.METHOD} (none with fewer than "
+            f"{interval.MIN_SEEDS} seeds).",
+}
 INPUTS_META = re.compile(r'<meta name="ldbench-inputs" content="([0-9a-f]*)">')
 INPUTS_COMMENT = re.compile(r"<!-- ldbench-inputs: ([0-9a-f]*) -->")
 
@@ -31,8 +54,14 @@ def environment() -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = format_number
     env.filters["sortval"] = sort_value
+    env.filters["wbr"] = break_slashes
     env.globals["interval_method"] = interval.METHOD  # the same words as `ldbench show`
     return env
+
+
+def break_slashes(text: str) -> markupsafe.Markup:
+    """`text` escaped, with a line-break opportunity after each '/' (long metric names in headers)."""
+    return markupsafe.Markup("/<wbr>").join(markupsafe.escape(text).split("/"))
 
 
 def sort_value(value: float) -> str:
@@ -59,18 +88,24 @@ def write_text(path: Path, text: str) -> None:
 def cell_text(row) -> str:
     """'mean [low, high]' of a metric row, noting seeds that did not reach a target (an infinite
     value) or have no result (NaN), in the words of `ldbench show`."""
+    return " ".join(part for part in cell_parts(row) if part)
+
+
+def cell_parts(row) -> tuple[str, str]:
+    """cell_text in two parts: the mean (or, with no finite seed, the notes) and the rest."""
     seeds, failed = int(row["seeds"]), int(row["failures"])
     unreached = int(row["unreached"])
     notes = [f"{word} {n}/{seeds}" for word, n in
              (("not reached", unreached), ("no result", failed - unreached)) if n]
     if failed == seeds:
-        return ", ".join(notes)
-    text = format_number(float(row["mean"]))
+        return ", ".join(notes), ""
+    detail = ""
     if math.isfinite(row["ci_low"]):
-        text += f" [{format_number(float(row['ci_low']))}, {format_number(float(row['ci_high']))}]"
+        detail = f"[{format_number(float(row['ci_low']))}, {format_number(float(row['ci_high']))}]"
     elif seeds - failed < interval.MIN_SEEDS:
         notes.append(interval.NO_INTERVAL)
-    return text + (f" ({', '.join(notes)})" if notes else "")
+    notes_text = f"({', '.join(notes)})" if notes else ""
+    return format_number(float(row["mean"])), " ".join(p for p in (detail, notes_text) if p)
 
 
 def rank_of(row: dict | None) -> int | None:
@@ -94,7 +129,9 @@ def records(scores: pd.DataFrame) -> list[dict]:
     """The scores rows as dicts, with NA replaced by None/NaN and booleans made plain."""
     rows = scores.astype(object).where(scores.notna(), None).to_dict("records")
     for row in rows:
-        row["target"] = bool(row["target"]) if row["target"] is not None else False
+        for key, default in (("target", False), ("recipe", False), ("applicable", True), ("complete", True)):
+            row[key] = bool(row[key]) if row[key] is not None else default
+        row["track"] = row["track"] or "optimizer"
         for key in ("mean", "ci_low", "ci_high", "time_to_target", "ratio", "score"):
             row[key] = math.nan if row[key] is None else float(row[key])
     return rows
@@ -107,48 +144,144 @@ def group_by(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
     return groups
 
 
-def overall_rows(rows: list[dict], families: list[str]) -> list[dict]:
-    fam = {(r["family"], r["entry"]): r["score"] for r in rows if r["level"] == "family"}
-    overall = sorted((r for r in rows if r["level"] == "overall"), key=lambda r: (r["rank"], r["entry"]))
-    return [{"rank": int(r["rank"]), "entry": r["entry"], "score": f"{r['score']:.3f}",
-             "solved": f"{int(r['solved'])}/{int(r['tasks'])}",
-             "families": [f"{fam[f, r['entry']]:.3f}" if (f, r["entry"]) in fam else "—"
-                          for f in families]}
-            for r in overall]
+NO_NOTE = {"failed": 0, "why": "", "na": ""}  # every run of the task ended ok
 
 
-def task_section(name: str, cls: type[Task], rows: list[dict], tier: str) -> dict:
-    """One task's table from its metric rows: entries by time to target, every metric's mean [CI]."""
-    declared = cls(cls.tiers[tier]).metrics()
+def run_notes(runs: pd.DataFrame) -> dict[tuple, dict[str, dict]]:
+    """Per (profile, tier, task), per entry with runs that did not end ok: how many seeds failed
+    (error, timeout, diverged) and the first reason, and why a not-applicable run does not apply."""
+    keys = ["profile", "tier", "task", "entry", "seed"]
+    bad = runs.loc[runs["status"] != "ok", [*keys, "status", "error"]].drop_duplicates(keys)
+    notes: dict[tuple, dict[str, dict]] = {}
+    for profile, tier, task, entry, _, status, error in bad.itertuples(index=False):
+        note = notes.setdefault((profile, tier, task), {}).setdefault(
+            entry, {"failed": 0, "why": "", "na": ""})
+        if status == "not-applicable":
+            note["na"] = error or "the task cannot run this entry's model"
+        else:
+            note["failed"] += 1
+            note["why"] = note["why"] or (status if status == "diverged" else error or status)
+    return notes
+
+
+def na_reason(cls: type[Task], metric: str) -> str:
+    """Why `metric` does not apply to an entry's model, from the task's model interface."""
+    for method, names in cls.interface.optional if cls.interface else ():
+        if any(fnmatch.fnmatchcase(metric, pattern) for pattern in names):
+            return f"not applicable: the model has no {method}(), which this metric reads"
+    return "not applicable to this entry's model"
+
+
+def listing(names: list[str]) -> dict:
+    """Up to LEFT_OUT_NAMES names, and how many more there are."""
+    return {"names": names[:LEFT_OUT_NAMES], "more": max(0, len(names) - LEFT_OUT_NAMES)}
+
+
+def overall_rows(rows: list[dict], families: list[str], expected: set[str]) -> list[dict]:
+    """The track's overall table: ranked entries first, then incomplete ones (not ranked) and
+    entries without an applicable target anywhere."""
+    fam = {(r["family"], r["entry"]): r for r in rows if r["level"] == "family"}
+    metric = [r for r in rows if r["level"] == "metric"]
+    have = {e: {r["task"] for r in mine} for (e,), mine in group_by(metric, "entry").items()}
+    na = {e: len({r["task"] for r in mine}) for (e,), mine in
+          group_by([r for r in metric if r["target"] and not r["applicable"]], "entry").items()}
+    overall = {r["entry"]: r for r in rows if r["level"] == "overall"}
+    recipes = {r["entry"] for r in metric if r["recipe"]}
+    shown = []
+    for entry in sorted(have):
+        r = overall.get(entry, {"rank": None, "score": math.nan, "solved": 0, "tasks": 0})
+        missing = sorted(expected - have[entry])
+        shown.append({
+            "rank": None if r["rank"] is None else int(r["rank"]), "entry": entry, "recipe": entry in recipes,
+            "score": "—" if not math.isfinite(r["score"]) else f"{r['score']:.3f}",
+            "score_sort": r["score"] if math.isfinite(r["score"]) else -1.0,
+            "solved": f"{int(r['solved'])}/{int(r['tasks'])}", "na": na.get(entry, 0),
+            "incomplete": ", ".join(missing) if missing else "",
+            "families": [family_cell(fam.get((f, entry))) for f in families]})
+    return sorted(shown, key=lambda r: (r["rank"] is None, r["rank"] or 0, -r["score_sort"], r["entry"]))
+
+
+def family_cell(row: dict | None) -> dict:
+    if row is None:
+        return {"text": "—", "sort": -1.0, "incomplete": False}
+    return {"text": f"{row['score']:.3f}", "sort": row["score"], "incomplete": not row["complete"]}
+
+
+def declarations(tasks: dict[str, type[Task]], tier: str) -> dict[str, dict]:
+    """What each task declares on `tier` (metrics, plots, curve bounds), built once per build:
+    constructing some tasks is not free."""
+    out = {}
+    for name, cls in tasks.items():
+        if tier in cls.tiers:
+            task = cls(cls.tiers[tier])
+            out[name] = {"metrics": task.metrics(), "plots": task.plots(),
+                         "bounds": {n: c.bounds for n, c in task.curves().items()}}
+    return out
+
+
+def task_section(name: str, cls: type[Task], rows: list[dict], declared: dict, *,
+                 notes: dict[str, dict], members: set[str]) -> dict:
+    """One task's table from its metric rows on one track: entries by time to target, ranked
+    metrics' mean [CI], then the diagnostics (folded away on the page); n/a and failed runs
+    marked; `members`: the track's entries, those without runs of the task listed as incomplete."""
+    metrics_ = declared["metrics"]
     present = {r["metric"] for r in rows}
-    metrics = [m for m in declared if m in present]
-    target = {r["entry"]: r for r in rows if r["metric"] == cls.target}
+    ranked = [m for m in metrics_ if m in present and metrics_[m].role != "diagnostic"]
+    diagnostics = [m for m in metrics_ if m in present and metrics_[m].role == "diagnostic"]
+    target = {r["entry"]: r for r in rows if r["metric"] == cls.target and r["applicable"]}
     by_key = {(r["entry"], r["metric"]): r for r in rows}
+    per_entry = group_by(rows, "entry")
+    whole_na = {e for (e,), mine in per_entry.items() if not any(r["applicable"] for r in mine)}
 
     def order(entry: str) -> tuple:
         t = target.get(entry)
-        return (math.inf, math.inf, entry) if t is None else (t["ratio"], t["time_to_target"], entry)
+        late = (entry in whole_na, math.inf, math.inf)
+        return (*late, entry) if t is None else (False, t["ratio"], t["time_to_target"], entry)
 
-    entries = sorted({r["entry"] for r in rows}, key=order)
+    entries = sorted((e for (e,) in per_entry), key=order)
     table = []
     for entry in entries:
+        note = notes.get(entry, NO_NOTE)
+        na = (note["na"] or "not applicable to this entry's model") if entry in whole_na else ""
+
+        def why(metric: str, na=na, note=note) -> str:
+            return na or (f"not applicable: {note['na']}" if note["na"] else na_reason(cls, metric))
+
         t = target.get(entry, {"ratio": math.inf, "time_to_target": math.inf})
-        cells = []
-        for metric in metrics:
-            r = by_key.get((entry, metric))
-            cells.append({"text": cell_text(r) if r else "—", "rank": rank_of(r),
-                          "sort": sort_key(r)})
-        table.append({"entry": entry, "time": steps_text(t["time_to_target"]),
-                      "ratio": ratio_text(t["ratio"]), "ratio_sort": t["ratio"], "cells": cells})
+        seeds = int(per_entry[entry,][0]["seeds"] or 0)
+        table.append({
+            "entry": entry, "recipe": per_entry[entry,][0]["recipe"], "na": na,
+            "failed": f"{note['failed']}/{seeds}" if note["failed"] else "", "failed_why": note["why"],
+            "time": "n/a" if na else steps_text(t["time_to_target"]),
+            "ratio": "n/a" if na else ratio_text(t["ratio"]), "ratio_sort": t["ratio"],
+            "cells": [cell(by_key.get((entry, m)), why) for m in ranked],
+            "diagnostics": [cell(by_key.get((entry, m)), why) for m in diagnostics]})
     return {
         "name": name, "family": cls.family, "version": cls.version, "description": cls.description,
-        "target": cls.target, "target_description": declared[cls.target].description,
-        "metrics": [{"name": m, "arrow": ARROWS[declared[m].direction] if declared[m].role != "diagnostic"
-                     else "(diagnostic)",
-                     "description": declared[m].description, "unit": declared[m].unit}
-                    for m in metrics],
-        "rows": table, "entries": entries, "specs": cls(cls.tiers[tier]).plots(),
+        "target": cls.target, "target_description": metrics_[cls.target].description,
+        "metrics": [header(m, metrics_[m]) for m in ranked],
+        "diagnostics": [header(m, metrics_[m]) for m in diagnostics],
+        "rows": table, "entries": entries, "specs": declared["plots"], "bounds": declared["bounds"],
+        "not_applicable": sorted(whole_na), "incomplete": listing(sorted(members - set(entries))),
     }
+
+
+def header(name: str, metric) -> dict:
+    arrow = ARROWS[metric.direction] if metric.role != "diagnostic" else "(diagnostic)"
+    return {"name": name, "arrow": arrow, "description": metric.description, "unit": metric.unit}
+
+
+def cell(row: dict | None, why) -> dict:
+    """One table cell: the mean and interval, 'n/a' with the reason as its title, or '—'."""
+    if row is None:
+        return {"text": "—", "detail": "", "rank": None, "sort": math.inf, "state": "", "title": "no rows"}
+    if not row["applicable"]:
+        return {"text": "n/a", "detail": "", "rank": None, "sort": math.inf, "state": "na",
+                "title": why(row["metric"])}
+    main, detail = cell_parts(row)
+    failed = int(row["failures"]) > int(row["unreached"])  # seeds without a result
+    return {"text": main, "detail": detail, "rank": rank_of(row), "sort": sort_key(row),
+            "state": "failed" if failed else "", "title": ""}
 
 
 def sort_key(row: dict | None) -> float:
@@ -158,64 +291,91 @@ def sort_key(row: dict | None) -> float:
     return row["mean"]
 
 
+def read_curves(inputs: Inputs, entry: str, profile: str, cache: dict | None) -> pd.DataFrame | None:
+    """An entry's curves table on `profile` (None if it has none or it is unreadable), cached."""
+    key = (entry, profile)
+    if cache is not None and key in cache:
+        return cache[key]
+    folder = inputs.results_dirs.get(key)
+    path = folder / results.CURVES_FILE if folder else None
+    try:
+        found = results.read_capped(path) if path and path.is_file() else None
+    except results.ResultsError:
+        found = None
+    if cache is not None:
+        cache[key] = found
+    return found
+
+
 def curves_for_task(inputs: Inputs, profile: str, task: str, entries: list[str],
                     cache: dict) -> pd.DataFrame:
     """The curves of `task` for `entries`, read from their results folders (only those)."""
     frames = []
     for entry in entries:
-        key = (entry, profile)
-        if key not in cache:
-            folder = inputs.results_dirs.get(key)
-            path = folder / results.CURVES_FILE if folder else None
-            try:
-                cache[key] = results.read_capped(path) if path and path.is_file() else None
-            except results.ResultsError:
-                cache[key] = None
-        if cache[key] is not None:
-            frames.append(cache[key][cache[key]["task"] == task])
+        found = read_curves(inputs, entry, profile, cache)
+        if found is not None:
+            frames.append(found[found["task"] == task])
     if not frames:
         return pd.DataFrame(columns=results.CURVE_SCHEMA.names)
     return pd.concat(frames, ignore_index=True)
 
 
-def plots_for(inputs: Inputs, rows: list[dict], section: dict, profile: str, tier: str,
-              out: Path, cache: dict, written: set[Path]) -> list[dict]:
-    top = section["entries"][:8]  # plots show the best entries; the table has them all
+def plots_for(inputs: Inputs, rows: list[dict], section: dict, profile: str, key: str, out: Path,
+              cache: dict, written: set[Path]) -> list[dict]:
+    """The task's declared plots over the entries of one track (`key`: profile-tier-track), best
+    first; each says which of the table's entries it left out (their own pages have their curves)."""
+    drawable = [e for e in section["entries"] if e not in set(section["not_applicable"])]
+    top = drawable[:2 * LINES]  # the most any plot kind shows; the table has them all
     curves = curves_for_task(inputs, profile, section["name"], top, cache)
-    metrics = pd.DataFrame([r for r in rows if r["entry"] in set(top)],
+    metrics = pd.DataFrame([r for r in rows if r["entry"] in set(top) and r["applicable"]],
                            columns=["entry", "metric", "mean", "ci_low", "ci_high"])
+    kinds = {spec.key: spec.kind for spec in section["specs"]}
     shown = []
-    for plot in task_plots(section["specs"], curves, metrics, top):
-        rel = Path("plots") / f"{profile}-{tier}-{section['name']}-{plot.key}.svg"
+    for plot in task_plots(section["specs"], curves, metrics, top, section["bounds"]):
+        rel = Path("plots") / f"{key}-{section['name']}-{plot.key}.svg"
         write_text(out / rel, plot.svg)
         written.add(out / rel)
-        shown.append({"title": plot.title, "caption": plot.caption, "src": rel.as_posix()})
+        na = set(section["not_applicable"])
+        left = [{"name": e, "na": e in na} for e in section["entries"] if e not in set(plot.shown)]
+        shown.append({"title": plot.title, "caption": plot.caption, "note": BAND_NOTE[kinds[plot.key]],
+                      "src": rel.as_posix(), "shown": len(plot.shown), "total": len(section["entries"]),
+                      "left": listing(left)})
     return shown
 
 
 def sections(inputs: Inputs, rows: list[dict], tasks: dict[str, type[Task]], out: Path,
-             written: set[Path]) -> list[dict]:
-    """One section per (profile, tier): overall ranking, family scores, task tables and plots."""
+             written: set[Path], notes: dict[tuple, dict[str, dict]],
+             declared: dict[str, dict[str, dict]]) -> list[dict]:
+    """One section per (profile, tier, track): overall ranking, family scores, task tables and
+    plots of the track's entries (the optimizer track first)."""
     found, cache = [], {}
-    for (profile, tier), part in sorted(group_by(rows, "profile", "tier").items()):
-        families = sorted({r["family"] for r in part if r["level"] == "family"})
-        per_task = group_by([r for r in part if r["level"] == "metric"], "task")
-        groups = []
-        for family in families:
-            secs = [task_section(t, cls, per_task[t,], tier) for t, cls in tasks.items()
-                    if cls.family == family and (t,) in per_task]
-            for sec in secs:
-                sec["plots"] = plots_for(inputs, per_task[sec["name"],], sec, profile, tier, out,
-                                         cache, written)
-            groups.append({"name": family, "tasks": secs})
+    for (profile, tier), whole in sorted(group_by(rows, "profile", "tier").items()):
+        expected = {r["task"] for r in whole if r["level"] == "metric"}  # as score's `complete`
         try:
             description = profiles.load(profile).description
         except profiles.ProfileError:
             description = ""
-        found.append({"id": f"{profile}-{tier}", "profile": profile, "tier": tier,
-                      "description": description, "families": families,
-                      "overall": overall_rows(part, families), "groups": groups,
-                      "n_entries": len({r["entry"] for r in part})})
+        by_track = group_by(whole, "track")
+        for track in [t for t in TRACKS if (t,) in by_track]:
+            part, key = by_track[track,], f"{profile}-{tier}-{track}"
+            members = {r["entry"] for r in part}
+            per_task = group_by([r for r in part if r["level"] == "metric"], "task")
+            families = sorted({r["family"] for r in part if r["level"] == "family"}
+                              | {tasks[t].family for (t,) in per_task if t in tasks})
+            groups = []
+            for family in families:
+                secs = [task_section(t, cls, per_task[t,], declared[tier][t], members=members,
+                                     notes=notes.get((profile, tier, t), {}))
+                        for t, cls in tasks.items() if cls.family == family and (t,) in per_task]
+                for sec in secs:
+                    sec["plots"] = plots_for(inputs, per_task[sec["name"],], sec, profile, key, out,
+                                             cache, written)
+                groups.append({"name": family, "tasks": secs})
+            title, text = TRACK_TEXT[track]
+            found.append({"id": key, "profile": profile, "tier": tier, "track": track, "title": title,
+                          "track_text": text, "description": description, "families": families,
+                          "overall": overall_rows(part, families, expected), "groups": groups,
+                          "n_entries": len(members)})
     return found
 
 
@@ -237,30 +397,108 @@ def provenance_rows(prov: list[dict], tasks: dict[str, type[Task]]) -> list[dict
     return shown
 
 
-def entry_page(entry: Entry, rows: list[dict], prov: list[dict], tasks: dict[str, type[Task]]) -> dict:
-    """The context of one entry's page: manifest, provenance per profile, and its scores."""
+def track_label(track: str, recipe: bool) -> str:
+    return "architecture track, as a recipe (its own model and optimizer)" if recipe else f"{track} track"
+
+
+def entry_page(entry: Entry, rows: list[dict], prov: list[dict], tasks: dict[str, type[Task]], *,
+               notes: dict[tuple, dict[str, dict]], declared: dict[str, dict[str, dict]],
+               expected: dict[tuple, set[str]], curves) -> dict:
+    """The context of one entry's page: manifest, track, provenance per profile, its scores and
+    its own curves (`curves(profile)`: its curves table there, or None)."""
     shown = []
     for (profile, tier), part in sorted(group_by(rows, "profile", "tier").items()):
         metric_rows = group_by([r for r in part if r["level"] == "metric"], "task")
+        means = entry_means(curves(profile), declared[tier], [t for (t,) in metric_rows])
         task_rows = []
         for task, cls in tasks.items():
-            if (task,) not in metric_rows:
-                continue
-            declared = cls(cls.tiers[tier]).metrics()
-            task_rows.append({"task": task, "metrics": [
-                {"name": r["metric"], "arrow": ARROWS.get(r["direction"], ""),
-                 "description": declared[r["metric"]].description if r["metric"] in declared else "",
-                 "text": cell_text(r), "rank": rank_of(r), "target": r["target"]}
-                for r in metric_rows[task,]]})
+            if (task,) in metric_rows:
+                note = notes.get((profile, tier, task), {}).get(entry.name, NO_NOTE)
+                task_rows.append(entry_task(task, cls, metric_rows[task,], declared[tier][task], note,
+                                            means.get(task)))
         overall = [r for r in part if r["level"] == "overall"]
+        missing = sorted(expected[profile, tier] - {t for (t,) in metric_rows})
         shown.append({
             "profile": profile, "tier": tier, "tasks": task_rows,
-            "overall": f"{overall[0]['score']:.3f} (rank {int(overall[0]['rank'])})" if overall else "—",
-            "families": [(r["family"], f"{r['score']:.3f}", int(r["rank"]))
-                         for r in part if r["level"] == "family"],
+            "anchor": f"{profile}-{tier}-{part[0]['track']}",
+            "track": f"{part[0]['track']} track",
+            "label": track_label(part[0]["track"], any(r["recipe"] for r in part)),
+            "overall": score_text(overall[0]) if overall else "—",
+            "incomplete": ", ".join(missing),
+            "families": [(r["family"], score_text(r)) for r in part if r["level"] == "family"],
         })
-    return {"entry": entry, "hparams": sorted(entry.hparams.items()),
-            "runs": provenance_rows(prov, tasks), "results": shown}
+    hparams = sorted(entry.hparams.items(), key=lambda kv: (kv[0] != "default", kv[0]))  # default first
+    return {"entry": entry, "hparams": hparams, "runs": provenance_rows(prov, tasks), "results": shown}
+
+
+def score_text(row: dict) -> str:
+    """A family or overall score with its rank, or why it has none."""
+    if row["rank"] is None:
+        return f"{row['score']:.3f} (incomplete: not ranked)"
+    return f"{row['score']:.3f} (rank {int(row['rank'])})"
+
+
+def entry_task(task: str, cls: type[Task], rows: list[dict], declared: dict, note: dict,
+               means: pd.DataFrame | None) -> dict:
+    """One task on an entry's page: its metrics (ranked first), n/a and failures, its own plots."""
+    whole_na = not any(r["applicable"] for r in rows)
+    na = (note["na"] or "not applicable to this entry's model") if whole_na else ""
+    metrics_ = declared["metrics"]
+    place = {name: i for i, name in enumerate(metrics_)}  # ranked first, each in declared order
+    ordered = sorted(rows, key=lambda r: (r["role"] == "diagnostic", place.get(r["metric"], len(place))))
+    shown = []
+    for r in ordered:
+        spec = metrics_.get(r["metric"])
+        shown.append({"name": r["metric"], "arrow": ARROWS.get(r["direction"], ""),
+                      "description": spec.description if spec else "", "target": r["target"],
+                      "text": cell_text(r) if r["applicable"] else "n/a", "rank": rank_of(r),
+                      "na": "" if r["applicable"] else na or (f"not applicable: {note['na']}" if note["na"]
+                                                              else na_reason(cls, r["metric"]))})
+    values = {r["metric"]: (r["mean"], r["ci_low"], r["ci_high"]) for r in rows if r["applicable"]}
+    return {"task": task, "metrics": shown, "na": na, "failed": f"{note['failed']}/{rows[0]['seeds']}"
+            if note["failed"] else "", "failed_why": note["why"],
+            "plots": [] if na else entry_plots(declared["plots"], means, values)}
+
+
+def entry_means(curves: pd.DataFrame | None, declared: dict[str, dict],
+                tasks: list[str]) -> dict[str, small.Curves]:
+    """Per task and plotted curve: the entry's seed means and bands (plots.seed_means) as a
+    (4, evaluations) array of step, mean, low, high; one pass over its curves table."""
+    if curves is None or curves.empty:
+        return {}
+    wanted = {(t, n) for t in tasks if t in declared for spec in declared[t]["plots"] for n in spec.names()}
+    part = curves[curves["metric"].isin({n for _, n in wanted})]  # (a name another task plots: harmless)
+    bounds: dict[str, tuple[float, float]] = {}
+    for t, name in wanted:  # a curve name two tasks share: the wider range (clipping stays valid)
+        low, high = declared[t]["bounds"].get(name, (-math.inf, math.inf))
+        old = bounds.get(name, (low, high))
+        bounds[name] = (min(low, old[0]), max(high, old[1]))
+    means = seed_means(part, bounds, by="task")  # sorted by task, curve, step
+    task, name = means["entry"].to_numpy(), means["metric"].to_numpy()
+    cuts = np.flatnonzero((task[1:] != task[:-1]) | (name[1:] != name[:-1])) + 1
+    arrays = means[["step", "value", "low", "high"]].to_numpy(float).T
+    out: dict[str, small.Curves] = {}
+    for start, end in zip(np.r_[0, cuts], np.r_[cuts, len(means)], strict=True):
+        if end > start:
+            out.setdefault(task[start], {})[name[start]] = arrays[:, start:end]
+    return out
+
+
+def entry_plots(specs: list[PlotSpec], curves: small.Curves | None, metrics: small.Values) -> list[dict]:
+    """The task's declared plots for this entry alone, as small inline SVG."""
+    out = []
+    for spec in specs:
+        if spec.kind == "dots":
+            svg = small.dots(spec, metrics)
+        elif curves is None:
+            svg = None
+        elif spec.kind == "path":
+            svg = small.along_path(spec, {n: tuple(c[1:, -1]) for n, c in curves.items()})
+        else:
+            svg = small.over_steps(spec, curves, metrics)
+        if svg is not None:
+            out.append({"title": spec.title, "note": BAND_NOTE[spec.kind], "svg": markupsafe.Markup(svg)})
+    return out
 
 
 def date_text(value) -> str:
@@ -276,21 +514,25 @@ def markdown(site: list[dict], digest: str) -> str:
            "Generated by `ldbench score && ldbench leaderboard build`; open `index.html` for every "
            "entry, the plots and the entry pages. Scores are the normalised area under each "
            f"entry's time-to-target performance profile for τ ∈ [1, {TAU_MAX:g}] (1 = fastest on "
-           "every task); cells are the mean over seeds [{interval.METHOD}]; diagnostic metrics "
-           "are shown, never ranked.", ""]
+           f"every task); cells are the mean over seeds [{interval.METHOD}]; diagnostic metrics "
+           "are shown on index.html, never ranked. The optimizer and architecture tracks are "
+           "ranked separately; n/a: the metric or task does not apply to the entry's model; "
+           "incomplete entries (a task without runs) are shown, not ranked.", ""]
     for sec in site:
-        out += [f"## {sec['profile']} · {sec['tier']} tier", ""]
+        out += [f"## {sec['title']} · {sec['profile']} · {sec['tier']} tier", "", sec["track_text"], ""]
         head = ["rank", "entry", "score", "solved"] + sec["families"]
-        rows = [[r["rank"], r["entry"], r["score"], r["solved"], *r["families"]]
+        rows = [[r["rank"] or "incomplete", md_entry(r), r["score"], r["solved"],
+                 *[f["text"] + (" (incomplete)" if f["incomplete"] else "") for f in r["families"]]]
                 for r in sec["overall"][:README_TOP]]
         out += [tabulate(rows, headers=head, tablefmt="github", disable_numparse=True), ""]
         for group in sec["groups"]:
             for task in group["tasks"]:
-                out += [f"### {task['name']} ({group['name']})", "",
+                out += [f"### {task['name']} ({group['name']}, {sec['track']} track)", "",
                         f"Target: `{task['target']}`, {md(task['target_description'])}.", ""]
                 head = ["entry", "steps to target", "ratio"] + [
                     f"{m['name']} {m['arrow']}" for m in task["metrics"]]
-                rows = [[r["entry"], r["time"], r["ratio"], *[md(c["text"]) for c in r["cells"]]]
+                rows = [[md_entry(r), r["time"], r["ratio"],
+                         *[md(" ".join(p for p in (c["text"], c["detail"]) if p)) for c in r["cells"]]]
                         for r in task["rows"][:README_TOP]]
                 out += [tabulate(rows, headers=head, tablefmt="github", disable_numparse=True), ""]
                 out += [f"![{p['title']}]({p['src']})" for p in task["plots"]] + [""]
@@ -302,6 +544,12 @@ def md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def md_entry(row: dict) -> str:
+    """An entry's name with its labels: recipe, failed runs."""
+    labels = ["recipe"] * bool(row["recipe"]) + [f"failed {row.get('failed')}"] * bool(row.get("failed"))
+    return md(row["entry"] + (f" ({', '.join(labels)})" if labels else ""))
+
+
 # -- the build ---------------------------------------------------------------------------------
 
 def build(inputs: Inputs, scores: pd.DataFrame, out: str | Path, *,
@@ -311,7 +559,11 @@ def build(inputs: Inputs, scores: pd.DataFrame, out: str | Path, *,
     tasks = tasks if tasks is not None else registry.all_tasks()
     written: set[Path] = set()
     rows = records(scores)
-    site = sections(inputs, rows, tasks, out, written)
+    notes = run_notes(inputs.runs)
+    declared = {tier: declarations(tasks, tier) for tier in {r["tier"] for r in rows}}
+    expected = {key: {r["task"] for r in part if r["level"] == "metric"}
+                for key, part in group_by(rows, "profile", "tier").items()}
+    site = sections(inputs, rows, tasks, out, written, notes, declared)
     env = environment()
     common = {"digest": inputs.digest, "tau_max": TAU_MAX}
     write_text(out / "index.html", env.get_template("index.html.j2").render(
@@ -324,7 +576,9 @@ def build(inputs: Inputs, scores: pd.DataFrame, out: str | Path, *,
         if name not in inputs.entries or not NAME_PATTERN.match(name):  # names safe as file names
             continue
         path = out / "entries" / f"{name}.html"
-        context = entry_page(inputs.entries[name], mine, prov.get((name,), []), tasks)
+        context = entry_page(inputs.entries[name], mine, prov.get((name,), []), tasks, notes=notes,
+                             declared=declared, expected=expected,
+                             curves=lambda profile, name=name: read_curves(inputs, name, profile, None))
         write_text(path, page.render(root="../", **context, **common))
         written.add(path)
     write_text(out / "README.md", markdown(site, inputs.digest))

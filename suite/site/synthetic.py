@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 from pathlib import Path
@@ -13,24 +14,49 @@ from suite import registry, results, runner
 from suite.entry import entry_hash, load_entry
 from suite.task import Task
 
-CODE = '''"""A synthetic entry: its results were generated, not trained."""
+HEAD = '''"""A synthetic entry: its results were generated, not trained."""
 
 import torch
-
+'''
+OPTIMIZER = '''
 
 def make_optimizer(params, hparams, task):
     return torch.optim.SGD(params, lr=hparams["lr"])
 '''
+MODEL = '''
+
+def make_model(task, hparams, generator):
+    return task.reference_model(generator)
+'''
+CODE = {"optimizer": HEAD + OPTIMIZER, "architecture": HEAD + MODEL, "recipe": HEAD + MODEL + OPTIMIZER}
 
 
 def write_manifest(folder: Path, name: str, *, description: str = "synthetic entry",
-                   authors: tuple[str, ...] = ("Synthetic",)) -> Path:
+                   authors: tuple[str, ...] = ("Synthetic",), track: str = "optimizer") -> Path:
+    """entry.toml (a default table and one task's, which sorts before it) and entry.py of `track`."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "entry.toml").write_text(
         f"name = {json.dumps(name)}\nversion = 1\nauthors = {json.dumps(list(authors))}\n"
-        f"description = {json.dumps(description)}\n\n[hparams.default]\nlr = 0.01\n", encoding="utf-8")
-    (folder / "entry.py").write_text(CODE)
+        f"description = {json.dumps(description)}\n\n[hparams.default]\nlr = 0.01\n\n"
+        "[hparams.deep-linear-modes]\nlr = 0.02\n", encoding="utf-8")
+    (folder / "entry.py").write_text(CODE[track])
     return folder
+
+
+def not_applicable(task: Task, track: str, lacks: tuple[str, ...]) -> tuple[str | None, set[str]]:
+    """Why `task` cannot run a model that lacks the methods `lacks` (None: it can), and which of
+    its metrics do not apply; from the task's declared model interface, as `ldbench run` does."""
+    interface = task.interface
+    if track == "optimizer":
+        return None, set()
+    if interface is None:
+        return f"{task.name} is optimizer-only: its metrics are defined for its reference model alone", set()
+    missing = [m for m in interface.requires if m in lacks]
+    if missing:
+        return (f"the model has no {', '.join(m + '()' for m in missing)}, which {task.name} reads "
+                "(its model interface)"), set()
+    patterns = [p for method, names in interface.optional if method in lacks for p in names]
+    return None, {m for m in task.metrics() if any(fnmatch.fnmatchcase(m, p) for p in patterns)}
 
 
 def sigmoid_curve(steps: np.ndarray, *, start: float, end: float, half: float) -> np.ndarray:
@@ -78,12 +104,16 @@ def metric_value(name: str, spec, task: Task, speed: float, rng: np.random.Gener
 
 def synthetic_results(folder: Path, *, tier: str = "standard", profile: str = "cpu-2core",
                       seeds: int = 5, tasks: dict[str, type[Task]] | None = None,
-                      rng: np.random.Generator, speed: float = 1.0,
-                      evals: int = 30) -> tuple[pd.DataFrame, pd.DataFrame]:
+                      rng: np.random.Generator, speed: float = 1.0, evals: int = 30,
+                      track: str = "optimizer", lacks: tuple[str, ...] = (), skip: tuple[str, ...] = (),
+                      failed: dict[str, int] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write valid results tables for the entry in `folder` as `ldbench run` would, untrained.
 
     `speed` scales every time to target (lower is faster); run ids, entry hash and versions
-    are the real ones, so `ldbench validate` accepts the folder.
+    are the real ones, so `ldbench validate` accepts the folder (unless it is incomplete).
+    track: the entry's (Entry.track); on the architecture track its model lacks the methods
+    `lacks`, so some tasks or metrics are not applicable, as their interfaces declare.
+    skip: tasks without runs (an incomplete entry); failed: task -> how many seeds end in error.
     """
     entry = load_entry(folder)
     digest = entry_hash(folder)
@@ -91,9 +121,12 @@ def synthetic_results(folder: Path, *, tier: str = "standard", profile: str = "c
     run_rows, curve_rows = [], []
     fingerprint = json.dumps({"cpu_model": "synthetic", "torch_version": "n/a", "suite_version": "0"})
     for name, cls in tasks.items():
+        if name in skip:
+            continue
         task = cls(cls.tiers[tier])
         steps = np.unique(np.round(np.geomspace(1, task.config["steps"], evals)).astype(int))
         steps = np.concatenate([[0], steps])
+        reason, off = not_applicable(task, track, lacks)
         for seed in range(seeds):
             rid = runner.run_id(entry=entry, entry_hash=digest, task=task, seed=seed, tier=tier,
                                 profile=profile, overrides={})
@@ -102,10 +135,17 @@ def synthetic_results(folder: Path, *, tier: str = "standard", profile: str = "c
                         tier=tier, profile=profile, overrides="{}", config=json.dumps(task.config),
                         hparams=json.dumps(entry.hparams_for(name)), status="ok", diverged_step=None,
                         error=None, wall_time_s=1.0, steps=task.config["steps"], suite_version="0",
-                        git_commit="", fingerprint=fingerprint,
+                        git_commit="", fingerprint=fingerprint, track=track,
                         created_at=pd.Timestamp("2025-01-01", tz="UTC"))
-            run_rows += [{**base, "metric": m, "value": metric_value(m, spec, task, speed, rng),
-                          "direction": spec.direction} for m, spec in task.metrics().items()]
+            if reason is not None or seed < (failed or {}).get(name, 0):
+                base.update(status="not-applicable" if reason else "error", steps=0,
+                            error=reason or "RuntimeError: a synthetic failure")
+                run_rows += [{**base, "metric": m, "value": math.nan, "direction": spec.direction,
+                              "applicable": reason is None} for m, spec in task.metrics().items()]
+                continue
+            run_rows += [{**base, "metric": m, "direction": spec.direction, "applicable": m not in off,
+                          "value": math.nan if m in off else metric_value(m, spec, task, speed, rng)}
+                         for m, spec in task.metrics().items()]
             for curve, (at, values) in curves_for(task, steps, speed, rng).items():
                 noisy = values * rng.lognormal(0.0, 0.02, size=len(values))
                 curve_rows += [(rid, name, entry.name, seed, int(s), curve, float(v))
@@ -122,9 +162,9 @@ def synthetic_results(folder: Path, *, tier: str = "standard", profile: str = "c
 
 
 def synthetic_entry(root: Path, name: str, *, rng: np.random.Generator, speed: float = 1.0,
-                    **kwargs) -> Path:
-    """A complete synthetic entry folder `root/name` with results."""
+                    track: str = "optimizer", **kwargs) -> Path:
+    """A synthetic entry folder `root/name` of `track` with results (see synthetic_results)."""
     folder = write_manifest(root / name, name, description=kwargs.pop("description", "synthetic entry"),
-                            authors=kwargs.pop("authors", ("Synthetic",)))
-    synthetic_results(folder, rng=rng, speed=speed, **kwargs)
+                            authors=kwargs.pop("authors", ("Synthetic",)), track=track)
+    synthetic_results(folder, rng=rng, speed=speed, track=track, **kwargs)
     return folder

@@ -136,7 +136,7 @@ class DeepLinearModes(Task):
     def curves(self) -> dict[str, Curve]:
         out = {f"mode/{i}": Curve(f"strength u_α = u_αᵀ W v_α of mode {i} (s = {s:g})")
                for i, s in enumerate(self.s)}
-        out["loss"] = Curve("½‖Y − W X‖²_F")
+        out["loss"] = Curve("½‖Y − W X‖²_F", bounds=(0.0, math.inf))
         return out
 
     def plots(self) -> list[Plot]:

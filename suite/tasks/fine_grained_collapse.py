@@ -155,10 +155,11 @@ class FineGrainedCollapse(Task):
         }
 
     def curves(self) -> dict[str, Curve]:
-        return {"nc1": Curve("NC1 of the training features (coarse labels)"),
-                "recovery": Curve("fine-label recovery accuracy on held-out features"),
-                "train_loss": Curve("coarse cross-entropy on the training set", "nats"),
-                "test_acc": Curve("coarse accuracy on held-out data")}
+        return {"nc1": Curve("NC1 of the training features (coarse labels)", bounds=(0.0, math.inf)),
+                "recovery": Curve("fine-label recovery accuracy on held-out features", bounds=(0.0, 1.0)),
+                "train_loss": Curve("coarse cross-entropy on the training set", "nats",
+                                    bounds=(0.0, math.inf)),
+                "test_acc": Curve("coarse accuracy on held-out data", bounds=(0.0, 1.0))}
 
     def make_data(self, seed: int) -> dict[str, torch.Tensor]:
         cfg = self.config

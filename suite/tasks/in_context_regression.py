@@ -228,7 +228,8 @@ class InContextRegression(Task):
         return out
 
     def curves(self) -> dict[str, Curve]:
-        out = {f"loss{s}": Curve(f"squared error on held-out prompts with {n} context pairs")
+        out = {f"loss{s}": Curve(f"squared error on held-out prompts with {n} context pairs",
+                                   bounds=(0.0, math.inf))
                for s, n in self.lengths().items()}
         out |= {f"excess{s}": Curve(f"loss minus the Bayes predictor's loss on the same prompts "
                                     f"with {n} context pairs") for s, n in self.lengths().items()}

@@ -218,11 +218,14 @@ class MarkovAttention(Task):
         return out
 
     def curves(self) -> dict[str, Curve]:
-        out = {"loss": Curve("population cross-entropy, L_m + mean KL(P ‖ model)", "nats"),
-               "excess": Curve("mean KL(P ‖ model) over held-out positions", "nats")}
+        out = {"loss": Curve("population cross-entropy, L_m + mean KL(P ‖ model)", "nats",
+                             bounds=(0.0, math.inf)),
+               "excess": Curve("mean KL(P ‖ model) over held-out positions", "nats",
+                               bounds=(0.0, math.inf))}
         for h in range(self.config["heads"]):
             for k in self.config["lags"]:
-                out[f"attn/head_{h}/lag_{k}"] = Curve(f"head {h}'s mean attention on lag {k}")
+                out[f"attn/head_{h}/lag_{k}"] = Curve(f"head {h}'s mean attention on lag {k}",
+                                                      bounds=(0.0, 1.0))
         return out
 
     def make_data(self, seed: int) -> dict[str, torch.Tensor]:

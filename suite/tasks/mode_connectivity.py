@@ -40,6 +40,7 @@ LLFC_ALPHA = 0.5
 # Floors of the loss barriers (nats) and LLFC distances: see ModeConnectivity's docstring.
 RES_LOSS = 1e-6
 RES_LLFC = 1e-6
+RANGE = {"loss": (0.0, math.inf), "error": (0.0, 1.0)}  # valid values of a loss and an error curve
 
 
 def path_name(pair: str, kind: str, alpha: float) -> str:
@@ -244,13 +245,14 @@ class ModeConnectivity(Task):
         return out
 
     def curves(self) -> dict[str, Curve]:
-        out = {f"{part}_{kind}": Curve(f"{part} {what} of independent network A")
+        out = {f"{part}_{kind}": Curve(f"{part} {what} of independent network A", bounds=RANGE[kind])
                for part in ("train", "test") for kind, what in (("loss", "cross-entropy"),
                                                                 ("error", "error"))}
         for pair in self.pairs:
             for kind in ("loss", "error"):
                 out.update({path_name(pair, kind, a): Curve(f"test {kind} at α = {a:.4f} between "
-                                                            f"the {pair} pair", at_end=True)
+                                                            f"the {pair} pair", at_end=True,
+                                                            bounds=RANGE[kind])
                             for a in self.alpha_grid})
         for l in self.llfc_layers:
             for name in (f"llfc/layer_{l}", f"llfc_baseline/layer_{l}"):

@@ -155,8 +155,9 @@ class ModularAddition(Task):
         }
 
     def curves(self) -> dict[str, Curve]:
-        return {f"{part}_{kind}": Curve(f"{part} {what}") for part in ("train", "test")
-                for kind, what in (("acc", "accuracy"), ("loss", "cross-entropy"))}
+        return {f"{part}_{kind}": Curve(f"{part} {what}", bounds=bounds) for part in ("train", "test")
+                for kind, what, bounds in (("acc", "accuracy", (0.0, 1.0)),
+                                           ("loss", "cross-entropy", (0.0, math.inf)))}
 
     def plots(self) -> list[Plot]:
         return [Plot("panels", "accuracy", "Train and test accuracy", "Train (dashed) and test "

@@ -116,7 +116,8 @@ class SharedRepresentation(Task):
         }
 
     def curves(self) -> dict[str, Curve]:
-        return {name: Curve(self.metrics()[name].description.removesuffix(" at the end"))
+        return {name: Curve(self.metrics()[name].description.removesuffix(" at the end"),
+                                  bounds=self.metrics()[name].bounds)
                 for name in ("subspace_distance", "complement_energy", "effective_rank",
                              "adaptation_loss")}
 

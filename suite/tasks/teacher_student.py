@@ -135,8 +135,8 @@ class TeacherStudent(Task):
         }
 
     def curves(self) -> dict[str, Curve]:
-        return {"train_error": Curve("‖W₂W₁ − Y‖²_F / ‖Y‖²_F (the noisy targets)"),
-                "test_error": Curve("‖W₂W₁ − Ȳ‖²_F / ‖Ȳ‖²_F (the clean teacher)")}
+        return {"train_error": Curve("‖W₂W₁ − Y‖²_F / ‖Y‖²_F (the noisy targets)", bounds=(0.0, math.inf)),
+                "test_error": Curve("‖W₂W₁ − Ȳ‖²_F / ‖Ȳ‖²_F (the clean teacher)", bounds=(0.0, math.inf))}
 
     def plots(self) -> list[Plot]:
         return [Plot("panels", "errors", "Train and test error", "Train (dashed) and test (solid) "

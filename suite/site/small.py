@@ -1,0 +1,259 @@
+"""Small inline SVG charts of one entry's declared plots for its own page, written without matplotlib."""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from dataclasses import dataclass
+from html import escape
+
+import matplotlib.colors
+import numpy as np
+
+from suite.site.plots import BAND_ALPHA, colours, label_of
+from suite.task import Plot as PlotSpec
+
+WIDTH, HEIGHT = 300, 150  # the plotting area and its margins, in CSS pixels
+LEFT, RIGHT, TOP, BOTTOM = 46, 16, 8, 30
+LEGEND_ROW, CHAR = 13, 5.6  # legend line height; the width of a character at 9.5px
+POINTS = 80  # a line keeps at most this many of its evaluations (log-spaced: about even in x)
+FMT = re.compile(r"^(?P<color>C\d)?(?P<line>--|-\.|-|:)?")
+DASHES = {"--": "5 3", "-.": "5 2 1 2", ":": "1 2", "-": ""}
+
+
+@dataclass
+class Series:
+    """One line: values (and their band: low, high, NaN where none) at x."""
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    color: str
+    dash: str = ""
+    dots: bool = False  # points with error bars instead of a line with a band
+
+
+@functools.cache
+def style(spec: PlotSpec, n: int) -> list[tuple[str, str]]:
+    """(colour, dash pattern) per curve: the spec's format strings, else the site's ramp."""
+    out = []
+    for item in colours(spec, n):
+        match = FMT.match(item["fmt"])
+        colour = item.get("color", match["color"] or "C0")
+        out.append((matplotlib.colors.to_hex(colour), DASHES[match["line"] or "-"]))
+    return out
+
+
+def nice_ticks(low: float, high: float, n: int = 4) -> list[float]:
+    """About `n` round numbers spanning [low, high]."""
+    if not high > low:
+        return [low]
+    raw = (high - low) / n
+    step = 10 ** math.floor(math.log10(raw))
+    step *= next(m for m in (1, 2, 2.5, 5, 10) if m * step >= raw)
+    return [float(t) for t in np.arange(math.ceil(low / step) * step, high + step * 1e-9, step)]
+
+
+def tick_text(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e4 or abs(value) < 1e-3:
+        return f"{value:.0e}".replace("e+0", "e").replace("e-0", "e-")
+    return f"{value:g}"
+
+
+class Axes:
+    """Maps data to pixels: x linear or log10(1 + step) (steps from 0), y linear or log10."""
+
+    def __init__(self, xs: np.ndarray, ys: np.ndarray, *, steps: bool, logy: bool, xpad: float = 0.0) -> None:
+        self.steps, self.logy = steps, logy
+        xs, ys = self.fx(xs), self.fy(ys)
+        xs, ys = xs[np.isfinite(xs)], ys[np.isfinite(ys)]
+        self.x0, self.x1 = (float(xs.min()) - xpad, float(xs.max()) + xpad) if len(xs) else (0.0, 1.0)
+        self.y0, self.y1 = (float(ys.min()), float(ys.max())) if len(ys) else (0.0, 1.0)
+        if self.y1 - self.y0 < 1e-12 * max(1.0, abs(self.y1)):
+            self.y0, self.y1 = self.y0 - 0.5, self.y1 + 0.5
+        pad = 0.05 * (self.y1 - self.y0)
+        self.y0, self.y1 = self.y0 - pad, self.y1 + pad
+        self.x1 = self.x1 if self.x1 > self.x0 else self.x0 + 1.0
+
+    def fx(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        return np.log10(1.0 + np.maximum(x, 0.0)) if self.steps else x
+
+    def fy(self, y) -> np.ndarray:
+        y = np.asarray(y, dtype=float)
+        if not self.logy:
+            return y
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(y > 0, np.log10(y), np.nan)
+
+    def px(self, x) -> np.ndarray:
+        return LEFT + (self.fx(x) - self.x0) / (self.x1 - self.x0) * WIDTH
+
+    def py(self, y) -> np.ndarray:
+        return TOP + (self.y1 - self.fy(y)) / (self.y1 - self.y0) * HEIGHT
+
+    def xticks(self) -> list[tuple[float, str]]:
+        if self.steps:  # 0, 10, 100, ... in steps
+            top = int(math.floor(self.x1 + 1e-9))
+            return [(10.0 ** k if k else 0.0, tick_text(10.0 ** k if k else 0.0)) for k in range(top + 1)]
+        return [(t, tick_text(t)) for t in nice_ticks(self.x0, self.x1)]
+
+    def yticks(self) -> list[tuple[float, str]]:
+        if self.logy:  # decades, or 1-2-5 steps within less than two of them
+            ks = range(math.floor(self.y0), math.ceil(self.y1) + 1)
+            steps = (1,) if len(ks) > 3 else (1, 2, 5)
+            ticks = [m * 10.0 ** k for k in ks for m in steps]
+            return [(t, tick_text(t)) for t in ticks if self.y0 <= math.log10(t) <= self.y1]
+        return [(t, tick_text(t)) for t in nice_ticks(self.y0, self.y1)]
+
+
+def pairs(xs: np.ndarray, ys: np.ndarray) -> list[str]:
+    """'x,y' of each (finite) point in whole pixels: plenty at this size, and fast to write."""
+    x, y = (np.rint(v).astype(int).tolist() for v in (xs, ys))
+    return [f"{a},{b}" for a, b in zip(x, y, strict=True)]
+
+
+def path_d(xs: np.ndarray, ys: np.ndarray) -> str:
+    """An SVG path through the finite points, broken where a value is missing."""
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    starts = (ok & ~np.r_[False, ok[:-1]])[ok]  # the first point of each unbroken run
+    return " ".join(("M" if start else "L") + xy
+                    for start, xy in zip(starts, pairs(xs[ok], ys[ok]), strict=True))
+
+
+def legend(items: list[tuple[str, str, str]], y: float) -> tuple[list[str], float]:
+    """Legend entries (label, colour, dash) flowing in rows from `y`; returns elements and the end."""
+    parts, x = [], float(LEFT)
+    for label, colour, dash in items:
+        width = 22 + CHAR * len(label)
+        if x + width > LEFT + WIDTH and x > LEFT:
+            x, y = float(LEFT), y + LEGEND_ROW
+        parts.append(f'<line x1="{x:.0f}" y1="{y - 3:.0f}" x2="{x + 16:.0f}" y2="{y - 3:.0f}" '
+                     f'stroke="{colour}" stroke-width="2" stroke-dasharray="{dash}"/>'
+                     f'<text x="{x + 19:.0f}" y="{y:.0f}">{escape(label)}</text>')
+        x += width + 8
+    return parts, y + 4
+
+
+def svg(series: list[Series], *, steps: bool, logy: bool, xlabel: str, ylabel: str,
+        vlines: list[tuple[float, str]] = (), span: tuple[float, float] | None = None,
+        xticks: list[tuple[float, str]] | None = None) -> str:
+    """A chart of `series` with their bands; `vlines` (x, colour) dotted, `span` shaded."""
+    xs = np.concatenate([s.x for s in series])
+    ys = np.concatenate([np.concatenate([s.y, s.low, s.high]) for s in series])
+    ax = Axes(xs, ys, steps=steps, logy=logy, xpad=0.5 if xticks else 0.0)
+    body = [f'<rect x="{LEFT}" y="{TOP}" width="{WIDTH}" height="{HEIGHT}" fill="none" stroke="#dde2e8"/>']
+    for value, text in ax.yticks():
+        y = float(ax.py(value))
+        body.append(f'<line x1="{LEFT - 3}" y1="{y:.1f}" x2="{LEFT}" y2="{y:.1f}" stroke="#5d6773"/>'
+                    f'<text x="{LEFT - 5}" y="{y + 3:.1f}" text-anchor="end">{escape(text)}</text>')
+    for value, text in xticks or ax.xticks():
+        x = float(ax.px(value))
+        body.append(f'<line x1="{x:.1f}" y1="{TOP + HEIGHT}" x2="{x:.1f}" y2="{TOP + HEIGHT + 3}" '
+                    f'stroke="#5d6773"/><text x="{x:.1f}" y="{TOP + HEIGHT + 13}" '
+                    f'text-anchor="middle">{escape(text)}</text>')
+    if span is not None:
+        x0, x1 = (float(v) for v in ax.px(np.array(span)))
+        body.append(f'<rect x="{x0:.1f}" y="{TOP}" width="{max(x1 - x0, 0.0):.1f}" height="{HEIGHT}" '
+                    'fill="#ff7f0e" fill-opacity="0.15"/>')
+    for s in series:
+        body += points(ax, s) if s.dots else line(ax, s)
+    for value, colour in vlines:
+        x = float(ax.px(value))
+        if LEFT <= x <= LEFT + WIDTH:
+            body.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{TOP + HEIGHT}" '
+                        f'stroke="{colour}" stroke-dasharray="1 2"/>')
+    body.append(f'<text x="{LEFT + WIDTH / 2}" y="{TOP + HEIGHT + 25}" text-anchor="middle">'
+                f'{escape(xlabel)}</text>')
+    body.append(f'<text transform="translate(11 {TOP + HEIGHT / 2}) rotate(-90)" '
+                f'text-anchor="middle">{escape(ylabel)}</text>')
+    keys, bottom = legend([] if xticks else [(s.label, s.color, s.dash) for s in series],
+                          TOP + HEIGHT + BOTTOM + LEGEND_ROW)
+    total = LEFT + WIDTH + RIGHT
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {total} {bottom:.0f}" width="{total}" '
+            f'height="{bottom:.0f}" font-size="9.5" font-family="system-ui, sans-serif" fill="#1d232b" '
+            f'role="img">{"".join(body + keys)}</svg>')
+
+
+def line(ax: Axes, s: Series) -> list[str]:
+    """A line with its band (where the interval exists)."""
+    px, lo, hi = ax.px(s.x), ax.py(s.low), ax.py(s.high)
+    ok = np.isfinite(px) & np.isfinite(lo) & np.isfinite(hi)
+    out = []
+    if ok.sum() > 1:
+        corners = " ".join(pairs(np.r_[px[ok], px[ok][::-1]], np.r_[hi[ok], lo[ok][::-1]]))
+        out.append(f'<polygon points="{corners}" fill="{s.color}" fill-opacity="{BAND_ALPHA}"/>')
+    out.append(f'<path d="{path_d(px, ax.py(s.y))}" fill="none" stroke="{s.color}" '
+               f'stroke-width="1.5" stroke-dasharray="{s.dash}"/>')
+    return out
+
+
+def points(ax: Axes, s: Series) -> list[str]:
+    """Dots with error bars (where the interval exists)."""
+    out = []
+    for x, y, lo, hi in zip(ax.px(s.x), ax.py(s.y), ax.py(s.low), ax.py(s.high), strict=True):
+        if math.isfinite(lo) and math.isfinite(hi):
+            out.append(f'<line x1="{x:.1f}" y1="{lo:.1f}" x2="{x:.1f}" y2="{hi:.1f}" stroke="{s.color}"/>')
+        if math.isfinite(x) and math.isfinite(y):
+            out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{s.color}"/>')
+    return out
+
+
+Curves = dict[str, np.ndarray]  # curve name -> (4, evaluations): step, mean, low, high
+Values = dict[str, tuple[float, float, float]]  # metric (or final curve value) -> mean, low, high
+NONE = (math.nan, math.nan, math.nan)
+
+
+def thin(curve: np.ndarray) -> np.ndarray:
+    """At most POINTS evaluations of a (4, n) curve, evenly spaced in order, the first and last
+    kept: a 300-pixel chart needs no more, and a thousand entry pages stay small."""
+    if curve.shape[1] <= POINTS:
+        return curve
+    return curve[:, np.unique(np.linspace(0, curve.shape[1] - 1, POINTS).round().astype(int))]
+
+
+def over_steps(spec: PlotSpec, curves: Curves, metrics: Values) -> str | None:
+    """panels and lines: the entry's curves vs step, with markers and span from its metric means."""
+    series, vlines = [], []
+    for i, (name, (colour, dash)) in enumerate(zip(spec.curves, style(spec, len(spec.curves)), strict=True)):
+        if name in curves and np.isfinite(curves[name][1]).any():
+            step, mean, low, high = thin(curves[name])
+            series.append(Series(label_of(spec, i, name), step, mean, low, high, colour, dash))
+            at = metrics.get(spec.markers[i], NONE)[0] if i < len(spec.markers) else math.nan
+            vlines += [(at, colour)] if math.isfinite(at) else []
+    if not series:
+        return None
+    span = tuple(metrics.get(m, NONE)[0] for m in spec.span) if spec.span else None
+    span = span if span and all(map(math.isfinite, span)) and span[1] > span[0] else None
+    logy = spec.logy and all((s.y[np.isfinite(s.y)] > 0).all() for s in series)
+    return svg(series, steps=True, logy=logy, xlabel="step", ylabel=spec.ylabel, vlines=vlines, span=span)
+
+
+def along_path(spec: PlotSpec, final: Values) -> str | None:
+    """path: each path's final values (seed mean and band) against `spec.x`."""
+    series = []
+    for (label, names), (colour, _) in zip(spec.paths, style(spec, len(spec.paths)), strict=True):
+        mean, low, high = np.array([final.get(n, NONE) for n in names], dtype=float).T
+        if np.isfinite(mean).any():
+            series.append(Series(label, np.asarray(spec.x, float), mean, low, high, colour))
+    if not series:
+        return None
+    return svg(series, steps=False, logy=False, xlabel=spec.xlabel, ylabel=spec.ylabel)
+
+
+def dots(spec: PlotSpec, metrics: Values) -> str | None:
+    """dots: each metric's mean and interval, one column per metric (log y where positive)."""
+    labels = [label_of(spec, i, name) for i, name in enumerate(spec.metrics)]
+    values = [metrics.get(name, NONE) for name in spec.metrics]
+    series = [Series(labels[i], np.array([float(i)]), *(np.array([v]) for v in values[i]), colour, dots=True)
+              for i, (colour, _) in enumerate(style(spec, len(labels))) if math.isfinite(values[i][0])]
+    if not series:
+        return None
+    logy = all(s.y[0] > 0 for s in series)
+    return svg(series, steps=False, logy=logy, xlabel="", ylabel=spec.xlabel,
+               xticks=[(float(i), label) for i, label in enumerate(labels)])
