@@ -9,38 +9,45 @@ from suite.init import from_generator
 
 class Attention(nn.Module):
     """Multi-head softmax attention written out in einsums (vmap batches these across seeds;
-    torch's fused CPU attention kernel has no batching rule and would fall back to a loop)."""
+    torch's fused CPU attention kernel has no batching rule and would fall back to a loop).
+    With `last_only`, only the last position queries (the tasks that read one output)."""
 
-    def __init__(self, d: int, heads: int, causal: bool) -> None:
+    def __init__(self, d: int, heads: int, causal: bool, last_only: bool = False) -> None:
         super().__init__()
         self.qkv = nn.Linear(d, 3 * d)
         self.out = nn.Linear(d, d)
-        self.heads, self.causal = heads, causal
+        self.heads, self.causal, self.last_only = heads, causal, last_only
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the attention's output (B, T, d), its softmax weights (B, H, T, T))."""
+        """(the attention's output (B, Q, d), its softmax weights (B, H, Q, T)); Q = T, or 1
+        with `last_only`."""
         B, T, d = h.shape
         q, k, v = self.qkv(h).view(B, T, 3, self.heads, d // self.heads).unbind(2)  # (B, T, H, d_h)
+        if self.last_only:
+            q = q[:, -1:]  # (B, 1, H, d_h)
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / (d // self.heads) ** 0.5  # (B, H, T, T)
         if self.causal:
             future = torch.ones(T, T, dtype=torch.bool, device=h.device).triu(1)
             scores = scores.masked_fill(future, float("-inf"))
         weights = scores.softmax(-1)
-        mixed = torch.einsum("bhqk,bkhe->bqhe", weights, v)  # (B, T, H, d_h)
-        return self.out(mixed.reshape(B, T, d)), weights
+        mixed = torch.einsum("bhqk,bkhe->bqhe", weights, v)  # (B, Q, H, d_h)
+        return self.out(mixed.reshape(B, q.shape[1], d)), weights
 
 
 class OneLayer(nn.Module):
     """Embeddings (tokens (B, T) int64, or vectors (B, T, n) float), one attention block and one
-    ReLU MLP, both residual, no layer norm; returns the residual stream (B, T, d) and the
-    attention weights (B, H, T, T)."""
+    ReLU MLP, both residual, no layer norm; returns the residual stream (B, Q, d) and the
+    attention weights (B, H, Q, T): Q = T, or only the last position with `last_only` (a
+    one-layer model's output at the last position reads nothing else, so the MLP and the
+    queries of the other positions would be wasted work)."""
 
     def __init__(self, d: int, heads: int, d_mlp: int, *, vocab: int = 0, features: int = 0,
-                 length: int = 0, causal: bool = False) -> None:
+                 length: int = 0, causal: bool = False, last_only: bool = False) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, d) if vocab else nn.Linear(features, d)
         self.pos = nn.Parameter(0.02 * torch.randn(length, d)) if length else None
-        self.attn = Attention(d, heads, causal)
+        self.attn = Attention(d, heads, causal, last_only)
+        self.last_only = last_only
         self.mlp = nn.Sequential(nn.Linear(d, d_mlp), nn.ReLU(), nn.Linear(d_mlp, d))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +55,7 @@ class OneLayer(nn.Module):
         if self.pos is not None:
             h = h + self.pos[: h.shape[1]]
         mixed, weights = self.attn(h)
-        h = h + mixed
+        h = (h[:, -1:] if self.last_only else h) + mixed
         return h + self.mlp(h), weights
 
 
@@ -57,7 +64,7 @@ class ModularAddition(nn.Module):
 
     def __init__(self, p: int, d: int, heads: int, d_mlp: int) -> None:
         super().__init__()
-        self.body = OneLayer(d, heads, d_mlp, vocab=p + 1, length=3)
+        self.body = OneLayer(d, heads, d_mlp, vocab=p + 1, length=3, last_only=True)
         self.unembed = nn.Linear(d, p, bias=False)
         self.equals = p  # the '=' token
 
@@ -89,7 +96,7 @@ class Regression(nn.Module):
 
     def __init__(self, features: int, d: int, heads: int, d_mlp: int) -> None:
         super().__init__()
-        self.body = OneLayer(d, heads, d_mlp, features=features)
+        self.body = OneLayer(d, heads, d_mlp, features=features, last_only=True)
         self.readout = nn.Linear(d, 1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
