@@ -42,6 +42,7 @@ class Inputs:
     results_dirs: dict[tuple[str, str], Path] = field(default_factory=dict)  # (entry, profile)
     warnings: list[str] = field(default_factory=list)
     digest: str = ""
+    view: str = ""  # what a tuned view compares (empty for the main leaderboard)
 
 
 def entry_folders(roots: list[str | Path]) -> list[Path]:
@@ -114,6 +115,8 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
         files = result_files(folder, entry.name, tier, budget, Path(studies))
         if budget is not None and not files:
             continue  # no study at this budget: not in the tuned view
+        if budget is not None:  # its pages show the hyperparameters the study chose
+            entry = entry.with_hparams(read_tuned(files[0][0].parent.parent / TUNED_FILE))
         inputs.entries[entry.name] = entry
         for path, profile in files:
             try:
@@ -128,6 +131,11 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
                           .append_column("_entry", pa.array([entry.name] * n, pa.string())))
             paths.append(path)
             profiles_.append(profile)
+    if budget is not None:
+        inputs.view = (f"Each entry at the hyperparameters its `ldbench tune` study chose with "
+                       f"{budget} trials per task (a scrambled Halton design over the entry's "
+                       f"declared search space, tuning seeds disjoint from the evaluation seeds); "
+                       f"the rows are the chosen point's runs on the evaluation seeds.")
     if not tables:
         return inputs
     runs = pa.concat_tables(tables).to_pandas()
@@ -161,13 +169,21 @@ def result_files(folder: Path, name: str, tier: str, budget: int | None,
     return [(p, p.parent.parent.parent.parent.name) for p in found]
 
 
-def tuned_rows(table: pa.Table, tuned_file: Path) -> pa.Table:
-    """A study's evaluation rows of the hyperparameters it chose (recorded as --hparam
-    overrides), their overrides cleared so that they compare like plain results."""
+def read_tuned(tuned_file: Path) -> dict[str, dict]:
+    """A study's chosen hyperparameters per task (tuned.json)."""
     try:
         tuned = json.loads(tuned_file.read_text(encoding="utf-8"))["tuned"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise results.ResultsError(f"{tuned_file}: unreadable ({err}); rerun `ldbench tune`") from None
+    if not isinstance(tuned, dict) or not all(isinstance(v, dict) for v in tuned.values()):
+        raise results.ResultsError(f"{tuned_file}: 'tuned' is not a table per task; rerun `ldbench tune`")
+    return tuned
+
+
+def tuned_rows(table: pa.Table, tuned_file: Path) -> pa.Table:
+    """A study's evaluation rows of the hyperparameters it chose (recorded as --hparam
+    overrides), their overrides cleared so that they compare like plain results."""
+    tuned = read_tuned(tuned_file)
     frame = table.to_pandas()
     chosen = [json_object(o) == ({"hparams": tuned.get(t)} if tuned.get(t) else {})
               for t, o in zip(frame["task"], frame["overrides"], strict=True)]

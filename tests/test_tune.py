@@ -12,6 +12,7 @@ from scipy.stats import qmc
 from suite import runner, seeding, tune
 from suite.cli import main
 from suite.entry import EntryError, entry_hash, load_entry
+from tests.conftest import REPO
 
 FAST = ["steps=60", "evals=10"]
 SPACE = {"lr": {"log_uniform": [1e-4, 1e-1]}, "momentum": {"uniform": [0.5, 0.9]},
@@ -144,3 +145,33 @@ def test_a_changed_study_is_refused_in_one_line(make_entry, tmp_path):
                                        "--out", str(out), "--quiet"])
     assert result.exit_code == 2 and "a different study (budget" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_tuned_view_scores_the_studies_chosen_points_only(tmp_path):
+    """Committed smoke-tier studies (16 trials): every row is a run of the hyperparameters the
+    study chose, the entry pages show those, and a study whose choice changed drops its rows."""
+    import shutil
+
+    from suite import score
+
+    studies = REPO / "studies"
+    inputs = score.collect([REPO / "baselines"], tier="smoke", budget=16, studies=studies)
+    assert sorted(inputs.entries) == ["adam", "adamw", "momentum", "sgd"] and not inputs.warnings
+    assert "16 trials per task" in inputs.view
+    for name, entry in inputs.entries.items():
+        tuned = json.loads((studies / name / "cpu-2core/smoke/budget-16/tuned.json").read_text())["tuned"]
+        for task, values in tuned.items():
+            assert entry.hparams_for(task) == {**entry.hparams_for(task), **values}
+    counts = inputs.runs.groupby(["entry", "task"])["seed"].nunique()
+    assert (counts == 5).all() and len(counts) == 4 * 8  # 5 evaluation seeds, every task
+    table = score.score(inputs)
+    assert table.loc[table["level"] == "overall", "complete"].all()
+    # the same study with another choice recorded for one task: its rows no longer count
+    copy = tmp_path / "studies"
+    shutil.copytree(studies / "sgd", copy / "sgd")
+    tuned_file = copy / "sgd/cpu-2core/smoke/budget-16/tuned.json"
+    data = json.loads(tuned_file.read_text())
+    data["tuned"]["deep-linear-modes"] = {"lr": 123.0}
+    tuned_file.write_text(json.dumps(data))
+    changed = score.collect([REPO / "baselines"], tier="smoke", budget=16, studies=copy)
+    assert "deep-linear-modes" not in set(changed.runs["task"]) and len(changed.runs)

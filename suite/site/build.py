@@ -566,8 +566,10 @@ def build(inputs: Inputs, scores: pd.DataFrame, out: str | Path, *,
     site = sections(inputs, rows, tasks, out, written, notes, declared)
     env = environment()
     common = {"digest": inputs.digest, "tau_max": TAU_MAX}
+    tuned_views = sorted(p.parent.name for p in out.glob("tuned-budget-*/index.html"))
     write_text(out / "index.html", env.get_template("index.html.j2").render(
-        sections=site, entries=sorted(inputs.entries), root="", **common))
+        sections=site, entries=sorted(inputs.entries), root="", view=inputs.view,
+        tuned_views=tuned_views, **common))
     written.add(out / "index.html")
     page = env.get_template("entry.html.j2")
     per_entry = group_by(rows, "entry")
