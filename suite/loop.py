@@ -259,11 +259,12 @@ class Trainer:
             raise NotApplicable(f"{self.task.name} is optimizer-only: its metrics are defined "
                                 "for its reference model alone")
         rng, host = self.entry_rng(seed, network), seeding.host_rng_states()
-        before = rng.state.clone()
+        before = (rng.state.clone(), rng.cuda_state.clone() if rng.cuda else None)
         with self.entry_code(seed, "make_model", network):
             model = self.entry.make_model(self.task.view(), seeding.generator(seed, purpose))
         drew = not seeding.same_host_rng_states(host, seeding.host_rng_states())
-        if drew or not torch.equal(before, rng.state):
+        drew |= not torch.equal(before[0], rng.state)
+        if drew or (rng.cuda and not torch.equal(before[1], rng.cuda_state)):
             raise ModelError(
                 f"{self.entry.path / 'entry.py'}: make_model drew from a global RNG (torch's, numpy's "
                 "or Python's; nn.Linear and most torch modules do when built); draw only from the "
