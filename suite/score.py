@@ -132,7 +132,7 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
             paths.append(path)
             profiles_.append(profile)
     if budget is not None:
-        inputs.view = (f"Each entry at the hyperparameters its `ldbench tune` study chose with "
+        inputs.view = (f"Each entry at the hyperparameters its ldbench tune study chose with "
                        f"{budget} trials per task (a scrambled Halton design over the entry's "
                        f"declared search space, tuning seeds disjoint from the evaluation seeds); "
                        f"the rows are the chosen point's runs on the evaluation seeds.")
