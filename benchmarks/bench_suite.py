@@ -114,7 +114,7 @@ class ConnectivityMetrics:
             raise NotImplementedError("no mode-connectivity at this commit") from None
         self.metrics, self.alphas = connectivity, task.alpha_grid
         self.data = task.make_data(0)
-        self.a, self.b = (connectivity.params_from_sequential(model=task.init_model(0, side))
+        self.a, self.b = (connectivity.params_from_sequential(model=task.make_model(0, side))
                           for side in ("init_a", "init_b"))
 
     def time_weight_matching(self):
