@@ -114,7 +114,9 @@ class ConnectivityMetrics:
             raise NotImplementedError("no mode-connectivity at this commit") from None
         self.metrics, self.alphas = connectivity, task.alpha_grid
         self.data = task.make_data(0)
-        self.a, self.b = (connectivity.params_from_sequential(model=task.make_model(0, side))
+        # make_model(seed, purpose) since the architecture entries; init_model(seed, purpose) before
+        build = task.init_model if hasattr(task, "init_model") else task.make_model
+        self.a, self.b = (connectivity.params_from_sequential(model=build(0, side))
                           for side in ("init_a", "init_b"))
 
     def time_weight_matching(self):
