@@ -13,13 +13,8 @@ dense float32 matmul measured in the same process.
 
 from __future__ import annotations
 
-import os
-
-# As `import suite` does, but before torch loads: OpenMP threads that spin while waiting make
-# torch many times slower when the two cores are shared with other processes.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -27,6 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: find benchmarks/
+
+# Before torch: sets the OpenMP wait policy of the profile named by --profile (suite/startup.py).
+import suite  # noqa: F401, I001
 
 import torch
 from tabulate import tabulate

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Before any test module imports torch: suite sets the profile's OpenMP wait policy, which torch
+# reads only when it loads (suite/startup.py); a profile refuses a process that missed it.
+import suite  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 
 SGD_CODE = """

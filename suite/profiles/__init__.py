@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 import suite
+from suite import startup
 from suite.registry import did_you_mean
 
 HERE = Path(__file__).parent
@@ -25,6 +26,17 @@ class ProfileError(RuntimeError):
 
 @dataclass(frozen=True)
 class Profile:
+    """A pinned hardware configuration, one `suite/profiles/NAME.toml` (every field required).
+
+    description: one line, shown on the leaderboard. device: "cpu" or "cuda". threads: torch's
+    intra-op threads. dtype: "float32" or "float64". deterministic: torch's deterministic
+    algorithms. tf32: TF32 matmuls on CUDA. omp_wait_policy: "passive" or "active", how
+    torch's idle OpenMP threads wait for work (OMP_WAIT_POLICY): "active" spins, which is
+    faster on cores that nothing else uses and many times slower on shared ones; "passive"
+    sleeps. It is set before torch loads (`suite/startup.py`); a process whose torch started
+    with another policy refuses the profile (`check`).
+    """
+
     name: str
     description: str
     device: str
@@ -32,6 +44,7 @@ class Profile:
     dtype: str
     deterministic: bool
     tf32: bool
+    omp_wait_policy: str
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -44,12 +57,26 @@ class Profile:
                 f"profile {self.name!r} needs a CUDA GPU, but torch.cuda.is_available() is False "
                 f"(torch {torch.__version__}); run with --profile cpu-2core instead"
             )
+        self.check_wait_policy()
         cores = os.cpu_count() or 1
         if self.device == "cpu" and cores < self.threads:
             raise ProfileError(
                 f"profile {self.name!r} pins {self.threads} threads but this machine has {cores} "
                 "cores; its timings would not be comparable. Use a machine with more cores."
             )
+
+    def check_wait_policy(self) -> None:
+        """Refuse the profile if torch's OpenMP started with another OMP_WAIT_POLICY than it pins."""
+        started, wanted = startup.torch_started_with(), self.omp_wait_policy.upper()
+        if started == wanted:
+            return
+        before = " (torch was imported before suite)" if startup.preloaded is not None else ""
+        raise ProfileError(
+            f"profile {self.name!r} pins OMP_WAIT_POLICY={wanted}, but torch started with "
+            f"{'OMP_WAIT_POLICY=' + started if started else 'it unset'}{before} and reads it only "
+            f"when it loads: start a new process with OMP_WAIT_POLICY={wanted} or LDBENCH_PROFILE="
+            f"{self.name}, or with --profile {self.name} on its command line and no OMP_WAIT_POLICY"
+        )
 
     def apply(self) -> None:
         """Set torch's process-wide numerics for this profile (threads, determinism, TF32)."""
@@ -79,6 +106,9 @@ def load(name: str) -> Profile:
         raise ProfileError(f"{files[name]}: malformed profile ({err})") from None
     if profile.dtype not in DTYPES or profile.device not in ("cpu", "cuda"):
         raise ProfileError(f"{files[name]}: dtype must be in {list(DTYPES)}, device cpu or cuda")
+    if profile.omp_wait_policy not in startup.POLICIES:
+        raise ProfileError(f"{files[name]}: omp_wait_policy must be \"passive\" or \"active\", "
+                           f"not {profile.omp_wait_policy!r}")
     return profile
 
 
@@ -108,6 +138,7 @@ def fingerprint(profile: Profile, entry_path: Path) -> dict[str, str]:
     device = torch.cuda.get_device_name() if profile.device == "cuda" else cpu_model()
     return {
         "profile": json.dumps(asdict(profile), sort_keys=True),
+        "omp_wait_policy": startup.torch_started_with() or "unset",  # what torch's OpenMP read
         "cpu_model": cpu_model(),
         "cpu_count": str(os.cpu_count()),
         "device_name": device,
