@@ -24,6 +24,7 @@ SCORES_FILE = "scores.parquet"
 STUDIES = "studies"  # where `ldbench tune` writes studies (suite.tune)
 TUNED_FILE = "tuned.json"
 META_INPUTS = b"ldbench.inputs"
+UNREAD = ["config", "hparams"]  # long JSON text that nothing here reads: not converted to pandas
 # Run-table columns the scorer and the site keep; the heavy JSON ones go into `provenance`.
 # `error`: why a run failed or does not apply, for the site's tooltips.
 KEEP = ["profile", "tier", "family", "task", "task_version", "entry", "seed", "status", "metric",
@@ -138,7 +139,7 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
                        f"the rows are the chosen point's runs on the evaluation seeds.")
     if not tables:
         return inputs
-    runs = pa.concat_tables(tables).to_pandas()
+    runs = pa.concat_tables(tables).drop_columns(UNREAD).to_pandas()
     runs["_profile"] = np.array(profiles_, dtype=object)[runs["_file"]]
     keep = usable(runs, tier, tasks)
     for i, dropped in runs.loc[~keep].groupby("_file")["task"]:
@@ -220,10 +221,12 @@ def provenance(runs: pd.DataFrame) -> pd.DataFrame:
         tier=("tier", "first"), entry_hash=("entry_hash", "first"), git_commit=("git_commit", "first"),
         fingerprint=("fingerprint", "first"), first_run=("created", "min"), last_run=("created", "max"),
         runs=("run_id", "nunique"), seeds=("seed", "nunique"))
-    suites = runs.groupby(keys)["suite_version"].unique()
-    versions = runs.groupby([*keys, "task"])["task_version"].first()
+    suites = runs.groupby(keys)["suite_version"].unique().to_dict()
+    versions: dict[tuple, dict[str, int]] = {}  # one pass: a lookup per entry costs 1 ms
+    for (*key, task), version in runs.groupby([*keys, "task"])["task_version"].first().items():
+        versions.setdefault(tuple(key), {})[str(task)] = int(version)
     out["suite_versions"] = [sorted(map(str, suites[k])) for k in out.index]
-    out["task_versions"] = [{str(t): int(v) for t, v in versions[k].items()} for k in out.index]
+    out["task_versions"] = [versions[k] for k in out.index]
     out["fingerprint"] = out["fingerprint"].map(json_object)
     out["git_commit"] = out["git_commit"].fillna("").astype(str)
     return out.reset_index()
@@ -399,7 +402,8 @@ def metric_specs(table: pd.DataFrame, tasks: dict[str, type[Task]]) -> list:
     for tier, task in table[["tier", "task"]].drop_duplicates().itertuples(index=False):
         cls = tasks.get(task)
         declared[tier, task] = cls(cls.tiers[tier]).metrics() if cls and tier in cls.tiers else {}
-    return [declared[t, k].get(m) for t, k, m in table[["tier", "task", "metric"]].itertuples(index=False)]
+    rows = zip(*(table[c].tolist() for c in ("tier", "task", "metric")), strict=True)
+    return [declared[t, k].get(m) for t, k, m in rows]
 
 
 def target_profiles(runs: pd.DataFrame, targets: dict[str, str],

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
+import multiprocessing
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -26,6 +32,8 @@ from suite.task import Task
 
 TEMPLATES = Path(__file__).parent / "templates"
 README_TOP = 25  # rows per table in README.md; index.html has them all
+WORKERS = 4  # processes drawing the plots and writing the entry pages (at most one per core)
+PAGES_PER_JOB = 50  # entry pages a worker writes per job
 LEFT_OUT_NAMES = 12  # entries a plot's caption names as left out; the rest are counted
 TRACK_TEXT = {  # heading and what differs between the entries of a track
     "optimizer": ("Optimizer track", "Each task's reference model, trained by the entry's optimizer: "
@@ -48,9 +56,20 @@ INPUTS_META = re.compile(r'<meta name="ldbench-inputs" content="([0-9a-f]*)">')
 INPUTS_COMMENT = re.compile(r"<!-- ldbench-inputs: ([0-9a-f]*) -->")
 
 
+class Environment(jinja2.Environment):
+    """Looks `x.key` up as an item first when x is a plain dict (every page context here is):
+    jinja's default tries the attribute first, and the AttributeError costs ten times the
+    lookup, millions of times in a thousand-entry build. No context key shadows a dict method."""
+
+    def getattr(self, obj, attribute):
+        if type(obj) is dict and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
 def environment() -> jinja2.Environment:
     # Autoescaping everywhere: names, descriptions and authors of submissions are untrusted text.
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+    env = Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = format_number
     env.filters["sortval"] = sort_value
@@ -125,16 +144,32 @@ def ratio_text(value: float) -> str:
 # The scores table becomes plain dicts once: per-entry pandas filtering is far too slow for
 # a thousand entries.
 
+BOOLEANS = {"target": False, "recipe": False, "applicable": True, "complete": True}  # default if NA
+FLOATS = ("mean", "ci_low", "ci_high", "time_to_target", "ratio", "score")  # NaN if NA
+
+
 def records(scores: pd.DataFrame) -> list[dict]:
-    """The scores rows as dicts, with NA replaced by None/NaN and booleans made plain."""
-    rows = scores.astype(object).where(scores.notna(), None).to_dict("records")
-    for row in rows:
-        for key, default in (("target", False), ("recipe", False), ("applicable", True), ("complete", True)):
-            row[key] = bool(row[key]) if row[key] is not None else default
-        row["track"] = row["track"] or "optimizer"
-        for key in ("mean", "ci_low", "ci_high", "time_to_target", "ratio", "score"):
-            row[key] = math.nan if row[key] is None else float(row[key])
-    return rows
+    """The scores rows as dicts, with NA replaced by None/NaN and booleans made plain.
+
+    Built column by column, then zipped: pandas' row-wise to_dict boxes every cell on its own.
+    """
+    columns = {}
+    for name in scores.columns:
+        column = scores[name]
+        if name in FLOATS:
+            columns[name] = column.to_numpy(dtype=float, na_value=math.nan).tolist()
+        elif name in BOOLEANS:
+            columns[name] = [bool(v) if v is not None else BOOLEANS[name] for v in plain(column)]
+        elif name == "track":
+            columns[name] = [v or "optimizer" for v in plain(column)]
+        else:
+            columns[name] = plain(column)
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def plain(column: pd.Series) -> list:
+    """The column's values as Python objects, None where missing."""
+    return column.astype(object).where(column.notna(), None).tolist()
 
 
 def group_by(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
@@ -320,18 +355,23 @@ def curves_for_task(inputs: Inputs, profile: str, task: str, entries: list[str],
     return pd.concat(frames, ignore_index=True)
 
 
-def plots_for(inputs: Inputs, rows: list[dict], section: dict, profile: str, key: str, out: Path,
-              cache: dict, written: set[Path]) -> list[dict]:
-    """The task's declared plots over the entries of one track (`key`: profile-tier-track), best
-    first; each says which of the table's entries it left out (their own pages have their curves)."""
+def plot_job(inputs: Inputs, rows: list[dict], section: dict, profile: str, cache: dict) -> tuple:
+    """`task_plots`' arguments for a task's declared plots over the entries of one track, best
+    first (the most any plot kind shows; the table has them all)."""
     drawable = [e for e in section["entries"] if e not in set(section["not_applicable"])]
-    top = drawable[:2 * LINES]  # the most any plot kind shows; the table has them all
+    top = drawable[:2 * LINES]
     curves = curves_for_task(inputs, profile, section["name"], top, cache)
     metrics = pd.DataFrame([r for r in rows if r["entry"] in set(top) and r["applicable"]],
                            columns=["entry", "metric", "mean", "ci_low", "ci_high"])
+    return section["specs"], curves, metrics, top, section["bounds"]
+
+
+def shown_plots(plots: list, section: dict, key: str, out: Path, written: set[Path]) -> list[dict]:
+    """Write a task's drawn plots (`key`: profile-tier-track); what its section shows of them,
+    each saying which of the table's entries it left out (their own pages have their curves)."""
     kinds = {spec.key: spec.kind for spec in section["specs"]}
     shown = []
-    for plot in task_plots(section["specs"], curves, metrics, top, section["bounds"]):
+    for plot in plots:
         rel = Path("plots") / f"{key}-{section['name']}-{plot.key}.svg"
         write_text(out / rel, plot.svg)
         written.add(out / rel)
@@ -343,12 +383,13 @@ def plots_for(inputs: Inputs, rows: list[dict], section: dict, profile: str, key
     return shown
 
 
-def sections(inputs: Inputs, rows: list[dict], tasks: dict[str, type[Task]], out: Path,
-             written: set[Path], notes: dict[tuple, dict[str, dict]],
-             declared: dict[str, dict[str, dict]]) -> list[dict]:
-    """One section per (profile, tier, track): overall ranking, family scores, task tables and
-    plots of the track's entries (the optimizer track first)."""
-    found, cache = [], {}
+def sections(inputs: Inputs, rows: list[dict], tasks: dict[str, type[Task]],
+             notes: dict[tuple, dict[str, dict]],
+             declared: dict[str, dict[str, dict]]) -> tuple[list[dict], list[tuple]]:
+    """One section per (profile, tier, track): overall ranking, family scores and task tables of
+    the track's entries (the optimizer track first); and per task table, (its section, its
+    plots' file prefix, `plot_job`): the plots are drawn later, by `workers`."""
+    found, jobs, cache = [], [], {}
     for (profile, tier), whole in sorted(group_by(rows, "profile", "tier").items()):
         expected = {r["task"] for r in whole if r["level"] == "metric"}  # as score's `complete`
         try:
@@ -367,16 +408,15 @@ def sections(inputs: Inputs, rows: list[dict], tasks: dict[str, type[Task]], out
                 secs = [task_section(t, cls, per_task[t,], declared[tier][t], members=members,
                                      notes=notes.get((profile, tier, t), {}))
                         for t, cls in tasks.items() if cls.family == family and (t,) in per_task]
-                for sec in secs:
-                    sec["plots"] = plots_for(inputs, per_task[sec["name"],], sec, profile, key, out,
-                                             cache, written)
+                jobs += [(sec, key, plot_job(inputs, per_task[sec["name"],], sec, profile, cache))
+                         for sec in secs]
                 groups.append({"name": family, "tasks": secs})
             title, text = TRACK_TEXT[track]
             found.append({"id": key, "profile": profile, "tier": tier, "track": track, "title": title,
                           "track_text": text, "description": description, "families": families,
                           "overall": overall_rows(part, families, expected), "groups": groups,
                           "n_entries": len(members)})
-    return found
+    return found, jobs
 
 
 def provenance_rows(prov: list[dict], tasks: dict[str, type[Task]]) -> list[dict]:
@@ -563,32 +603,92 @@ def build(inputs: Inputs, scores: pd.DataFrame, out: str | Path, *,
     declared = {tier: declarations(tasks, tier) for tier in {r["tier"] for r in rows}}
     expected = {key: {r["task"] for r in part if r["level"] == "metric"}
                 for key, part in group_by(rows, "profile", "tier").items()}
-    site = sections(inputs, rows, tasks, out, written, notes, declared)
+    site, jobs = sections(inputs, rows, tasks, notes, declared)
     env = environment()
     common = {"digest": inputs.digest, "tau_max": TAU_MAX}
+    per_entry = group_by(rows, "entry")
+    pages = Pages(inputs, per_entry, tasks, env, common, out, notes, declared, expected)
+    names = [name for (name,) in sorted(per_entry)  # names safe as file names
+             if name in inputs.entries and NAME_PATTERN.match(name)]
+    with workers(plots=[job for _, _, job in jobs], pages=pages.write) as submit:
+        drawn = [submit("plots", i) for i in range(len(jobs))]
+        paths = [submit("pages", names[i:i + PAGES_PER_JOB]) for i in range(0, len(names), PAGES_PER_JOB)]
+        for (sec, key, _), plots in zip(jobs, drawn, strict=True):
+            sec["plots"] = shown_plots(plots(), sec, key, out, written)
+        for done in paths:
+            written.update(done())
     tuned_views = sorted(p.parent.name for p in out.glob("tuned-budget-*/index.html"))
     write_text(out / "index.html", env.get_template("index.html.j2").render(
         sections=site, entries=sorted(inputs.entries), root="", view=inputs.view,
         tuned_views=tuned_views, **common))
     written.add(out / "index.html")
-    page = env.get_template("entry.html.j2")
-    per_entry = group_by(rows, "entry")
-    prov = group_by(inputs.provenance.to_dict("records") if len(inputs.provenance) else [], "entry")
-    for (name,), mine in sorted(per_entry.items()):
-        if name not in inputs.entries or not NAME_PATTERN.match(name):  # names safe as file names
-            continue
-        path = out / "entries" / f"{name}.html"
-        context = entry_page(inputs.entries[name], mine, prov.get((name,), []), tasks, notes=notes,
-                             declared=declared, expected=expected,
-                             curves=lambda profile, name=name: read_curves(inputs, name, profile, None))
-        write_text(path, page.render(root="../", **context, **common))
-        written.add(path)
     write_text(out / "README.md", markdown(site, inputs.digest))
     written.add(out / "README.md")
     for stale in [*out.glob("entries/*.html"), *out.glob("plots/*.svg")]:
         if stale not in written:  # an entry or plot that is gone since the last build
             stale.unlink()
     return sorted(written)
+
+
+@dataclass
+class Pages:
+    """What the entry pages are made of; `write(names)` writes those entries' pages."""
+
+    inputs: Inputs
+    per_entry: dict[tuple, list[dict]]
+    tasks: dict[str, type[Task]]
+    env: jinja2.Environment
+    common: dict
+    out: Path
+    notes: dict[tuple, dict[str, dict]]
+    declared: dict[str, dict[str, dict]]
+    expected: dict[tuple, set[str]]
+
+    def __post_init__(self) -> None:
+        records_ = self.inputs.provenance.to_dict("records") if len(self.inputs.provenance) else []
+        self.provenance = group_by(records_, "entry")
+
+    def write(self, names: list[str]) -> list[Path]:
+        page, written = self.env.get_template("entry.html.j2"), []
+        for name in names:
+            path = self.out / "entries" / f"{name}.html"
+            context = entry_page(
+                self.inputs.entries[name], self.per_entry[name,], self.provenance.get((name,), []),
+                self.tasks, notes=self.notes, declared=self.declared, expected=self.expected,
+                curves=lambda profile, name=name: read_curves(self.inputs, name, profile, None))
+            write_text(path, page.render(root="../", **context, **self.common))
+            written.append(path)
+        return written
+
+
+# What the workers do, set by `workers` before they fork (so that nothing is pickled to them).
+WORK: dict = {}
+
+
+def run_work(kind: str, what):
+    """In a worker: draw plot job number `what`, or write the pages of the entries `what`."""
+    return task_plots(*WORK["plots"][what]) if kind == "plots" else WORK["pages"](what)
+
+
+@contextmanager
+def workers(**work) -> Iterator:
+    """`submit(kind, what)` starts `run_work(kind, what)` and returns what waits for its result.
+
+    The plots (matplotlib: about a second each, whatever the number of entries) and the entry
+    pages (each reads its entry's curves and draws them) run in forked processes, one per core
+    up to WORKERS. With one core, or without fork, they run here, when waited for.
+    """
+    WORK.clear()
+    WORK.update(work)
+    try:
+        count = min(WORKERS, os.cpu_count() or 1)
+        if count < 2 or "fork" not in multiprocessing.get_all_start_methods():
+            yield lambda kind, what: functools.partial(run_work, kind, what)
+            return
+        with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork")) as pool:
+            yield lambda kind, what: pool.submit(run_work, kind, what).result
+    finally:
+        WORK.clear()
 
 
 def recorded_digests(out: Path) -> dict[str, str]:

@@ -121,7 +121,7 @@ def pairs(xs: np.ndarray, ys: np.ndarray) -> list[str]:
 def path_d(xs: np.ndarray, ys: np.ndarray) -> str:
     """An SVG path through the finite points, broken where a value is missing."""
     ok = np.isfinite(xs) & np.isfinite(ys)
-    starts = (ok & ~np.r_[False, ok[:-1]])[ok]  # the first point of each unbroken run
+    starts = (ok & ~np.concatenate(([False], ok[:-1])))[ok]  # the first point of each unbroken run
     return " ".join(("M" if start else "L") + xy
                     for start, xy in zip(starts, pairs(xs[ok], ys[ok]), strict=True))
 
@@ -186,7 +186,8 @@ def line(ax: Axes, s: Series) -> list[str]:
     ok = np.isfinite(px) & np.isfinite(lo) & np.isfinite(hi)
     out = []
     if ok.sum() > 1:
-        corners = " ".join(pairs(np.r_[px[ok], px[ok][::-1]], np.r_[hi[ok], lo[ok][::-1]]))
+        corners = " ".join(pairs(np.concatenate((px[ok], px[ok][::-1])),  # (np.r_ costs 20x more)
+                                 np.concatenate((hi[ok], lo[ok][::-1]))))
         out.append(f'<polygon points="{corners}" fill="{s.color}" fill-opacity="{BAND_ALPHA}"/>')
     out.append(f'<path d="{path_d(px, ax.py(s.y))}" fill="none" stroke="{s.color}" '
                f'stroke-width="1.5" stroke-dasharray="{s.dash}"/>')
