@@ -60,3 +60,21 @@ def test_accuracy_tracks_are_finite_or_nan_and_carry_a_unit():
     for task in TARGETS:
         track = getattr(Accuracy, f"track_steps_to_target_{task.replace('-', '_')}")
         assert math.isnan(track(Accuracy(), unreached))
+
+
+def test_speed_tracks_are_lower_is_better_ratios_with_units(monkeypatch):
+    """asv's tracks of speed.py: one per task and the matmul one, NaN without a value, and
+    finite positive ratios from a tiny measurement (no timing is asserted)."""
+    import math
+
+    from benchmarks import bench_speed
+
+    tracks = [getattr(bench_speed.SpeedRatios, n) for n in dir(bench_speed.SpeedRatios)
+              if n.startswith("track_")]
+    assert len(tracks) == len(bench_speed.TASKS) + 1
+    assert all(isinstance(t.unit, str) and t.unit for t in tracks)
+    assert all(math.isnan(t(bench_speed.SpeedRatios(), {})) for t in tracks)
+    for name, value in (("SPEEDUP_STEPS", 3), ("FLOP_STEPS", 3), ("REPEATS", 1), ("SEEDS", [0, 1])):
+        monkeypatch.setattr(bench_speed, name, value)
+    assert 0 < bench_speed.batching_ratio("deep-linear-modes") < math.inf
+    assert 0 < bench_speed.matmul_shortfall(["deep-linear-modes"]) < math.inf
