@@ -404,7 +404,16 @@ class SeedBatch:
         key = (signature(batch), tuple((n, s.shape, s.dtype) for n, s in self.stacks.items()))
         if key not in self.traced:
             self.traced[key] = gradient_function(self.seed_loss, self.stacks, batch, dims)
-        grads, losses = self.traced[key](self.stacks, batch)  # name -> (S, ...); losses: (S,)
+        try:
+            grads, losses = self.traced[key](self.stacks, batch)  # name -> (S, ...); losses: (S,)
+        except RuntimeError as err:
+            if "randomness" not in str(err):
+                raise
+            # Dropout and the like: each seed must draw from its own network's stream, which
+            # one vmapped call cannot give; one by one, each does (the entry's RNG is lent).
+            raise BatchingUnsupported("the model draws random numbers in its forward (e.g. "
+                                      "dropout), which seeds trained together cannot each "
+                                      "draw from their own stream") from None
         rows = [self.row[id(lane)] for lane in lanes]
         finite = [bool(f) for f in torch.isfinite(losses[rows]).tolist()]
         live = [(lane, i, b) for lane, i, b, ok in zip(lanes, rows, batches, finite, strict=True) if ok]

@@ -253,3 +253,16 @@ def test_mode_connectivity_barriers_for_any_architecture(make_entry, tmp_path):
     assert off == {m for m in runs["metric"] if "matched" in m or m.startswith("llfc")}
     spawn = runs[runs["metric"].str.startswith(("loss_barrier/spawn", "loss_barrier/independent"))]
     assert np.isfinite(spawn["value"]).all() and (spawn["value"] >= 0).all()
+
+
+DROPOUT = SMALL_MLP.replace("nn.ReLU(), nn.Linear(64, out)", "nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, out)")
+
+
+def test_dropout_runs_one_by_one_with_each_networks_own_stream(make_entry, tmp_path):
+    """A forward that draws random numbers cannot be one vmapped call: the batch is refused
+    with a one-line reason, and the one-by-one numbers equal --seed-batch 1's exactly."""
+    entry = make_entry("dropout", code=DROPOUT, hparams="")
+    auto = run(entry, tmp_path, ["modular-addition"], seeds=2, name="auto")
+    alone = run(entry, tmp_path, ["modular-addition"], seeds=2, seed_batch=1, name="alone")
+    assert all("draws random numbers in its forward" in e for e in auto["execution"])
+    pd.testing.assert_series_equal(values(auto), values(alone), rtol=0, atol=0)
