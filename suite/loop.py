@@ -277,9 +277,6 @@ class Trainer:
         if missing:
             raise NotApplicable(f"the model has no {', '.join(m + '()' for m in missing)}, which "
                                 f"{self.task.name} reads (its model interface)")
-        reason = self.task.unsupported(model)
-        if reason:
-            raise NotApplicable(reason)
         model = self.to_device(model)
         self.check_forward(model, data, seed=seed, network=network)
         return model

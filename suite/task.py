@@ -306,12 +306,6 @@ class Task:
             return ()
         return self.interface.not_applicable(model, list(self.metrics()))
 
-    def unsupported(self, model: torch.nn.Module) -> str | None:
-        """Why this task cannot run an architecture entry's `model` beyond its interface's
-        missing methods (e.g. a layout its metrics read), or None; the run is then recorded
-        as not applicable with this reason."""
-        return None
-
     def probe(self, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[int, ...]]:
         """(input, expected output shape) of the first forward an architecture entry's model
         is checked with; every task with an `interface` defines it."""
