@@ -81,6 +81,7 @@ class Lane:
     traj: Trajectory
     schedule: LRScheduler | None = None  # stepped once after every optimizer step
     network: str = "main"  # which network of the seed's run (a procedure trains several)
+    observed: bool = True  # evaluated on the schedule (False: a network whose curves are unused)
 
 
 # (trainer, active lanes, their batches, step) -> per lane: was its loss finite?
@@ -356,7 +357,7 @@ class Trainer:
             with self.entry_code(lane.seed, "optimizer.train", lane.network):
                 set_mode(lane.optimizer, "train")
             lane.model.train()
-            if start in schedule and start not in lane.traj.steps:
+            if lane.observed and start in schedule and start not in lane.traj.steps:
                 lane.traj.record(start, self.observe(lane.model, lane.optimizer, lane.data,
                                                       seed=lane.seed, network=lane.network))
         host = seeding.host_rng_states() if len(lanes) > 1 else None
@@ -376,7 +377,7 @@ class Trainer:
                 break
             if step in schedule:
                 host = check_host_rngs(host)
-                for lane in active:
+                for lane in (lane for lane in active if lane.observed):
                     lane.traj.record(step, self.observe(lane.model, lane.optimizer, lane.data,
                                                          seed=lane.seed, network=lane.network))
         check_host_rngs(host)

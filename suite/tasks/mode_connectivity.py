@@ -94,8 +94,8 @@ class Network:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: Any
-    purpose: str  # the random stream of its batches
     traj: Trajectory
+    stream: torch.Generator  # its batches' random stream, which it keeps from segment to segment
 
 
 @dataclass
@@ -398,64 +398,82 @@ class ModeConnectivity(Task):
     def run_seeds(self, seeds: list[int], trainer: Trainer) -> list[Trajectory]:
         """For each seed: spawned children per spawn step, two independent networks, matched.
 
-        Every network of every seed has the same architecture, so each phase trains the
-        networks of all seeds side by side (one vmapped batch when the entry allows it,
-        `suite.batched.train_lanes`): the parents segment by segment up to each spawn step,
-        then the children spawned at each step, then the independent pairs. Each network has
-        its own data stream and global-RNG state, so side by side or one after another it
-        sees the same numbers. A seed's run's curves are those of its independent network A
-        at the evaluation steps; path and LLFC values are added at the final step. A diverged
-        network ends its seed's run; the other seeds go on.
+        One timeline for every network of every seed. Each seed's parent and independent pair
+        start at step 0; at each spawn step k the parent's two children join (copies of its
+        state), and after the last spawn step the parent stops: from 3 networks per seed to
+        2 + 2·(spawn steps). Between spawn steps every live network trains side by side (one
+        vmapped batch when the entry allows it, `suite.batched.train_lanes`); they have all
+        taken the same number of steps, so their optimizer state (Adam's step count) stacks
+        into one optimizer. Each network has its own data stream and global-RNG state, so side
+        by side or one after another (`runner.alone`) it sees the same numbers. Only independent
+        network A is evaluated during training: its curves are the run's; path and LLFC values
+        are added at the final step. A diverged network ends its seed's run; the others go on.
         """
         steps = self.config["steps"]
         datas = {seed: trainer.to_device(self.make_data(seed)) for seed in seeds}  # checks the config
         runs = {seed: SeedRun(data=datas[seed]) for seed in seeds}
+        parents = {seed: self.network(trainer, seed, "parent", "init", datas[seed]) for seed in seeds}
+        pairs = {seed: [self.network(trainer, seed, f"independent_{side}", f"init_{side}", datas[seed])
+                        for side in ("a", "b")] for seed in seeds}
+        children: dict[int, list[Network]] = {seed: [] for seed in seeds}  # in spawn-step order
 
-        def train(nets: list[Network], *, start: int, end: int) -> list[Network]:
-            """Train the networks of live seeds; returns those whose seed is still live."""
-            nets = [n for n in nets if runs[n.seed].failed is None]
-            lanes = [Lane(n.seed, n.model, n.optimizer, datas[n.seed],
-                          seeding.generator(n.seed, n.purpose, trainer.device), n.traj, n.schedule,
-                          n.network) for n in nets]
-            train_lanes(trainer, lanes, start=start, end=end)
-            for n in nets:
-                run = runs[n.seed]
-                run.done += n.traj.steps_done
-                if n.traj.status != "ok" and run.failed is None:
-                    run.failed = n.traj
-            return [n for n in nets if runs[n.seed].failed is None]
+        def segment(start: int, end: int) -> None:
+            """Every network of every live seed from `start` to `end`."""
+            for n in parents.values():  # the parent's batches: one stream per segment
+                n.stream = seeding.generator(n.seed, f"parent_from_{start}", trainer.device)
+            live = [n for seed in seeds if runs[seed].failed is None
+                    for n in [*([parents[seed]] if seed in parents else []), *pairs[seed], *children[seed]]]
+            self.train_segment(trainer, live, runs, datas, start=start, end=end)
 
-        # 1. Spawning: one parent per seed, trained segment by segment up to each spawn step.
-        parents = [self.network(trainer, seed, "parent", "init", datas[seed]) for seed in seeds]
         at = 0
         for k in self.spawn_steps:
-            for n in parents:
-                n.purpose, n.traj = f"parent_from_{at}", Trajectory()
-            parents = train(parents, start=at, end=k)
+            segment(at, k)
             at = k
-            children = [self.spawn_network(trainer, n, f"spawn_{k}_{side}")
-                        for n in parents for side in ("a", "b")]
-            for a, b in zip(*[iter(train(children, start=k, end=steps))] * 2, strict=True):
-                runs[a.seed].final.update(self.path_values(
-                    f"spawn_{k}", self.snapshot(a.model), self.snapshot(b.model), datas[a.seed]))
+            for seed, parent in parents.items():
+                if runs[seed].failed is None:
+                    children[seed] += [self.spawn_network(trainer, parent, f"spawn_{k}_{side}")
+                                       for side in ("a", "b")]
+        parents = {}  # no spawn step left: the parents stop
+        segment(at, steps)
 
-        # 2. Independent networks from their own initialisations.
-        pairs = [self.network(trainer, seed, f"independent_{side}", f"init_{side}", datas[seed])
-                 for seed in seeds if runs[seed].failed is None for side in ("a", "b")]
-        for a, b in zip(*[iter(train(pairs, start=0, end=steps))] * 2, strict=True):
-            runs[a.seed].traj = a.traj
-            self.compare_independent(runs[a.seed], self.snapshot(a.model), self.snapshot(b.model), a.seed)
+        for seed in seeds:
+            run = runs[seed]
+            if run.failed is not None:
+                continue
+            for a, b in zip(*[iter(children[seed])] * 2, strict=True):
+                pair = a.network.removesuffix("_a")
+                run.final.update(self.path_values(pair, self.snapshot(a.model), self.snapshot(b.model),
+                                                  datas[seed]))
+            a, b = pairs[seed]
+            run.traj = a.traj
+            self.compare_independent(run, self.snapshot(a.model), self.snapshot(b.model), seed)
         return [runs[seed].trajectory(steps) for seed in seeds]
 
+    def train_segment(self, trainer: Trainer, nets: list[Network], runs: dict[int, SeedRun],
+                      datas: dict[int, Any], *, start: int, end: int) -> None:
+        """Train `nets` from `start` to `end` side by side; a diverged network fails its seed."""
+        lanes = [Lane(n.seed, n.model, n.optimizer, datas[n.seed], n.stream, n.traj, n.schedule,
+                      n.network, observed=n.network == "independent_a") for n in nets]
+        before = [n.traj.steps_done for n in nets]
+        train_lanes(trainer, lanes, start=start, end=end)
+        for n, done in zip(nets, before, strict=True):
+            run = runs[n.seed]
+            run.done += n.traj.steps_done - done
+            if n.traj.status != "ok" and run.failed is None:
+                run.failed = n.traj
+
     def network(self, trainer: Trainer, seed: int, name: str, purpose: str, data) -> Network:
+        """A network built from the init stream `purpose`; its batches come from the stream `name`."""
         model = trainer.make_model(seed, data, network=name, purpose=purpose)
         optimizer, schedule = trainer.make_optimizer(model, seed=seed, network=name)
-        return Network(seed, name, model, optimizer, schedule, purpose=name, traj=Trajectory())
+        return Network(seed, name, model, optimizer, schedule, traj=Trajectory(),
+                       stream=seeding.generator(seed, name, trainer.device))
 
     def spawn_network(self, trainer: Trainer, parent: Network, name: str) -> Network:
         model, optimizer, schedule = self.spawn(parent.model, parent.optimizer, parent.schedule)
         trainer.fork_entry_rng(parent.seed, parent.network, name)
-        return Network(parent.seed, name, model, optimizer, schedule, purpose=name, traj=Trajectory())
+        return Network(parent.seed, name, model, optimizer, schedule, traj=Trajectory(),
+                       stream=seeding.generator(parent.seed, name, trainer.device))
 
     def compare_independent(self, run: SeedRun, a: Weights, b: Weights, seed: int) -> None:
         """Barriers of the independent pair before and after weight matching, and LLFC (the
