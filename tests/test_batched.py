@@ -406,3 +406,21 @@ def test_a_bad_seed_batch_is_a_clear_error(bad, make_entry, tmp_path):
                                        "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "--seed-batch" in result.output and "positive integer" in result.output
+
+
+def test_a_stacked_step_that_raises_falls_back_to_the_seeds_own_optimizers(make_entry, profile,
+                                                                           monkeypatch):
+    """A fused kernel refusing something at its first step (not at construction) must not fail
+    the runs: the batch goes on with the seeds' own optimizers, with the same numbers."""
+    task = registry.make_task("deep-linear-modes", "smoke", SHORT)
+    entry = make_entry("adam", code=ADAM)
+    singles, _ = both_ways(task, entry, profile)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("fused kernel: unsupported")
+
+    monkeypatch.setattr(batched, "step_shared", refuse)
+    _, batch = both_ways(task, entry, profile)
+    for single, b in zip(singles, batch, strict=True):
+        assert_same_run(single, b)
+        assert b.execution["optimizer"] == "per-seed"
