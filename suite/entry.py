@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ class Entry:
                 "add `closure = true` at the top level of entry.toml")
         return optimizer
 
-    @property
+    @cached_property  # read per evaluation: loading the module hashes the entry's files
     def track(self) -> str:
         """"optimizer" (no make_model: the task's reference model, the entry's optimizer),
         "architecture" (make_model only: the entry's model, the task's reference optimizer) or
@@ -118,8 +119,15 @@ class Entry:
                 "torch.optim.lr_scheduler.LRScheduler of the optimizer it was given; build one on it")
         return schedule
 
-    @property
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the cached `hash` and `track`: a Dask worker computes them from the
+        files it sees, which is how it refuses to run other files than the client's."""
+        return {k: v for k, v in vars(self).items() if k not in ("hash", "track")}
+
+    @cached_property
     def hash(self) -> str:
+        """The hash of the entry's files when first asked (once per loaded Entry: a run records
+        the code it started with, and it is read at every call into the entry's module)."""
         return entry_hash(self.path)
 
     def with_hparams(self, per_task: dict[str, dict[str, Any]]) -> Entry:

@@ -133,6 +133,23 @@ def test_worker_refuses_a_profile_its_machine_cannot_honour(make_entry):
         cluster.work(job, digest=entry.hash, tier="smoke", profile="cuda-1gpu", time_limit=None)
 
 
+def test_worker_refuses_entry_files_other_than_the_clients(make_entry):
+    """The client's Entry caches its hash; pickled to a worker it must not carry it, or a
+    worker seeing edited files would run them under the client's run ids."""
+    import pickle
+
+    from suite.entry import EntryError, load_entry
+
+    folder = make_entry()
+    entry = load_entry(folder)
+    digest = entry.hash  # computed (and cached) by the client
+    plans = runner.make_plans(["deep-linear-modes"], [0], "smoke", FAST)
+    job = pickle.loads(pickle.dumps(cluster.Job(entry, [(plans[0], "id")])))
+    (folder / "entry.py").write_text((folder / "entry.py").read_text() + "\n# edited\n")
+    with pytest.raises(EntryError, match="sees other entry files"):
+        cluster.work(job, digest=digest, tier="smoke", profile="cpu-2core", time_limit=None)
+
+
 def test_distributed_study_matches_in_process_and_resumes_without_redoing_trials(
         make_entry, tmp_path, scheduler):
     import json
