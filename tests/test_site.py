@@ -213,7 +213,7 @@ def test_curves_carry_the_tables_interval_as_a_band(site):
             assert f"bars: the {interval.METHOD}" in caption
             continue
         assert f"shaded bands: the {interval.METHOD}" in caption and "fewer than 3 seeds" in caption
-        assert "fill-opacity: 0.2" in (out / src).read_text(), src  # fill_between
+        assert 'fill-opacity="0.2"' in (out / src).read_text(), src  # the band
     page = (out / "entries" / "alpha.html").read_text()
     assert re.search(r'<polygon points="[^"]+" fill="#[0-9a-f]{6}" fill-opacity="0.2"/>', page)
     assert f"shaded bands the {interval.METHOD}" in page
