@@ -87,6 +87,13 @@ def figure(panels: int = 1, *, width: float = 3.2, height: float = 2.4) -> tuple
     return fig, axes[:panels]
 
 
+def log_steps(ax) -> None:
+    """A symlog step axis for matplotlib figures (`ldbench compare --plot`)."""
+    ax.set_xscale("symlog", linthresh=1.0)  # step 0 (the initialisation) stays on the axis
+    ax.set_xlim(left=0.0)  # no negative steps in the margin
+    ax.set_xlabel("step")
+
+
 def seed_means(curves: pd.DataFrame, bounds: Bounds | None = None, by: str = "entry") -> pd.DataFrame:
     """Mean over seeds of each (`by`, curve, step) and its interval (interval.METHOD, clipped
     to the curve's bounds, NaN below interval.MIN_SEEDS finite values), sorted by those keys:
