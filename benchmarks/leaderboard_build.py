@@ -5,8 +5,8 @@
     python benchmarks/leaderboard_build.py --submissions /tmp/lb/submissions --repeats 3
 
 Each step is timed as its command runs it: `score` collects the results and writes the scores;
-`leaderboard build` reads the scores, collects the results again (for the staleness check and
-the entries' provenance) and writes the site. Wall and CPU seconds are printed (the CPU time of
+`leaderboard build` checks the scores' digest against the files, reads the inputs `score`
+recorded next to them and writes the site. Wall and CPU seconds are printed (the CPU time of
 this process and its children, which is less sensitive to other load on a shared machine),
 each the median of --repeats, with the load average.
 """
@@ -55,14 +55,14 @@ def score_step(submissions: Path, out: Path) -> int:
     inputs = score.collect([submissions])
     table = score.score(inputs)
     score.write_scores(table, out / score.SCORES_FILE, inputs.digest)
+    score.write_inputs(inputs, out / score.INPUTS_FILE)
     return len(table)
 
 
 def build_step(submissions: Path, out: Path) -> list[Path]:
-    """`ldbench leaderboard build`: read the scores, collect, check the digest, write the site."""
-    scores, digest = score.read_scores(out / score.SCORES_FILE)
-    inputs = score.collect([submissions])
-    assert digest == inputs.digest, "the scores are stale"
+    """`ldbench leaderboard build`: check the scores' digest against the files, take the inputs
+    `score` recorded (or collect them again), write the site."""
+    scores, inputs = score.scored_inputs([submissions], out)
     return build.build(inputs, scores, out)
 
 

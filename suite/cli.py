@@ -235,6 +235,7 @@ def score_cmd(tier, roots, out, tuned) -> None:
     table = score_mod.score(inputs)
     path = Path(out) / score_mod.SCORES_FILE
     score_mod.write_scores(table, path, inputs.digest)
+    score_mod.write_inputs(inputs, Path(out) / score_mod.INPUTS_FILE)  # for `leaderboard build`
     overall = table[table["level"] == "overall"].sort_values(["profile", "track", "rank", "entry"])
     rows = [[r.profile, r.track + " (recipe)" * bool(r.recipe),
              int(r.rank) if r.complete else "incomplete",  # incomplete entries are not ranked
@@ -256,11 +257,8 @@ def leaderboard_build(tier, roots, out, tuned) -> None:
     """Write OUT/index.html, entry pages, plots and OUT/README.md from OUT/scores.parquet."""
     from suite.site import build  # matplotlib is imported only for this command
 
-    inputs, out = view(roots, tier, out, tuned)
-    scores, digest = score_mod.read_scores(Path(out) / score_mod.SCORES_FILE)
-    if digest != inputs.digest:
-        raise results.ResultsError(f"{Path(out) / score_mod.SCORES_FILE}: scores are older than the "
-                                   "results or manifests; run `ldbench score` first")
+    out = Path(out) / f"tuned-budget-{tuned}" if tuned else Path(out)
+    scores, inputs = score_mod.scored_inputs(list(roots), out, tier=tier, budget=tuned)
     files = build.build(inputs, scores, out)
     click.echo(f"wrote {len(files)} files to {out}/ (open {Path(out) / 'index.html'})")
 

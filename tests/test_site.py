@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
@@ -213,7 +214,7 @@ def test_curves_carry_the_tables_interval_as_a_band(site):
             assert f"bars: the {interval.METHOD}" in caption
             continue
         assert f"shaded bands: the {interval.METHOD}" in caption and "fewer than 3 seeds" in caption
-        assert "fill-opacity: 0.2" in (out / src).read_text(), src  # fill_between
+        assert 'fill-opacity="0.2"' in (out / src).read_text(), src  # the band
     page = (out / "entries" / "alpha.html").read_text()
     assert re.search(r'<polygon points="[^"]+" fill="#[0-9a-f]{6}" fill-opacity="0.2"/>', page)
     assert f"shaded bands the {interval.METHOD}" in page
@@ -580,3 +581,50 @@ def test_dollar_signs_in_names_are_text_not_mathtext():
 
     plots = task_plots(Odd({}).plots(), curves(["$\\frac{$", "other"]), metrics, ["a", "b"])
     assert "$\\frac{$" in "".join(p.svg for p in plots)
+
+
+def test_build_takes_the_inputs_score_recorded_and_only_while_they_match_the_files(site, tmp_path):
+    """`score` records what it read (inputs.parquet); `leaderboard build` takes that record,
+    not the runs files, and the site is the same as one built from the files."""
+    roots = ["--root", str(site / "submissions")]
+    runner = CliRunner()
+    for out in ("recorded", "read"):
+        assert runner.invoke(main, ["score", *roots, "--out", str(tmp_path / out)]).exit_code == 0
+    (tmp_path / "read" / score.INPUTS_FILE).unlink()  # no record: build reads the files again
+    for out in ("recorded", "read"):
+        built = runner.invoke(main, ["leaderboard", "build", *roots, "--out", str(tmp_path / out)])
+        assert built.exit_code == 0, built.output
+    for path in (tmp_path / "read").rglob("*"):
+        if path.is_file() and path.suffix != ".parquet":
+            rel = path.relative_to(tmp_path / "read")
+            assert path.read_bytes() == (tmp_path / "recorded" / rel).read_bytes(), rel
+    record = tmp_path / "recorded" / score.INPUTS_FILE
+    digest = score.read_scores(tmp_path / "recorded" / score.SCORES_FILE)[1]
+    inputs = score.recorded_inputs(record, digest)
+    assert inputs is not None and sorted(inputs.entries) == sorted(OPTIMIZER + ARCHITECTURE)
+    assert len(inputs.runs) and set(inputs.provenance["entry"]) <= set(inputs.entries)
+    assert score.recorded_inputs(record, "0" * 64) is None  # other files: not taken
+
+
+def test_entry_page_curves_are_clipped_to_their_own_tasks_bounds():
+    """Two tasks may name a curve alike with other bounds (train_error: [0, 1] and [0, inf))."""
+    spec = registry.make_task("teacher-student", "smoke").plots()[0]
+    declared = {task: {"plots": [spec], "bounds": {"train_error": bounds, "test_error": bounds}}
+                for task, bounds in (("a", (0.0, 1.0)), ("b", (0.0, np.inf)))}
+    rows = [(task, seed, 0, "train_error", v) for task in ("a", "b")
+            for seed, v in enumerate((0.9, 1.0, 1.0))]
+    table = pd.DataFrame(rows, columns=["task", "seed", "step", "metric", "value"])
+    (means,) = build.page_means([pa.Table.from_pandas(table, preserve_index=False)], declared)
+    assert means["a"]["train_error"][3, 0] == 1.0 and means["b"]["train_error"][3, 0] > 1.0
+    assert means["a"]["train_error"][1, 0] == means["b"]["train_error"][1, 0]
+
+
+def test_index_dots_name_every_entry_and_span_a_fraction_of_a_decade_with_ticks():
+    metrics = pd.DataFrame([(e, m, 300.0 + 10 * i, 280.0 + 10 * i, 330.0 + 10 * i)
+                            for i, e in enumerate(("a", "b<"))
+                            for m in ("stage_time/mode_0", "stage_time/mode_1")],
+                           columns=["entry", "metric", "mean", "ci_low", "ci_high"])
+    specs = [s for s in registry.make_task("deep-linear-modes", "smoke").plots() if s.kind == "dots"]
+    (plot,) = task_plots(specs, curves([]), metrics, ["a", "b<"])
+    assert plot.shown == ("a", "b<") and ">a</text>" in plot.svg and ">b&lt;</text>" in plot.svg
+    assert plot.svg.count("<circle") == 4 and len(re.findall(r">\d+</text>", plot.svg)) >= 2  # ticks

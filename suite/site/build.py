@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import itertools
 import math
 import multiprocessing
 import os
@@ -19,6 +20,7 @@ import jinja2
 import markupsafe
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from tabulate import tabulate
 
 from suite import interval, profiles, registry, results
@@ -26,7 +28,7 @@ from suite.entry import NAME_PATTERN, Entry
 from suite.report import ARROWS, format_number
 from suite.score import TAU_MAX, TRACKS, Inputs
 from suite.site import small
-from suite.site.plots import LINES, seed_means, task_plots
+from suite.site.plots import LINES, seed_means, split_curves, task_plots
 from suite.task import Plot as PlotSpec
 from suite.task import Task
 
@@ -443,13 +445,13 @@ def track_label(track: str, recipe: bool) -> str:
 
 def entry_page(entry: Entry, rows: list[dict], prov: list[dict], tasks: dict[str, type[Task]], *,
                notes: dict[tuple, dict[str, dict]], declared: dict[str, dict[str, dict]],
-               expected: dict[tuple, set[str]], curves) -> dict:
+               expected: dict[tuple, set[str]], means_of) -> dict:
     """The context of one entry's page: manifest, track, provenance per profile, its scores and
-    its own curves (`curves(profile)`: its curves table there, or None)."""
+    its own curves (`means_of(profile)`: per task, its plotted curves' seed means there)."""
     shown = []
     for (profile, tier), part in sorted(group_by(rows, "profile", "tier").items()):
         metric_rows = group_by([r for r in part if r["level"] == "metric"], "task")
-        means = entry_means(curves(profile), declared[tier], [t for (t,) in metric_rows])
+        means = means_of(profile)
         task_rows = []
         for task, cls in tasks.items():
             if (task,) in metric_rows:
@@ -500,27 +502,41 @@ def entry_task(task: str, cls: type[Task], rows: list[dict], declared: dict, not
             "plots": [] if na else entry_plots(declared["plots"], means, values)}
 
 
-def entry_means(curves: pd.DataFrame | None, declared: dict[str, dict],
-                tasks: list[str]) -> dict[str, small.Curves]:
-    """Per task and plotted curve: the entry's seed means and bands (plots.seed_means) as a
-    (4, evaluations) array of step, mean, low, high; one pass over its curves table."""
-    if curves is None or curves.empty:
-        return {}
-    wanted = {(t, n) for t in tasks if t in declared for spec in declared[t]["plots"] for n in spec.names()}
-    part = curves[curves["metric"].isin({n for _, n in wanted})]  # (a name another task plots: harmless)
-    bounds: dict[str, tuple[float, float]] = {}
-    for t, name in wanted:  # a curve name two tasks share: the wider range (clipping stays valid)
-        low, high = declared[t]["bounds"].get(name, (-math.inf, math.inf))
-        old = bounds.get(name, (low, high))
-        bounds[name] = (min(low, old[0]), max(high, old[1]))
-    means = seed_means(part, bounds, by="task")  # sorted by task, curve, step
-    task, name = means["entry"].to_numpy(), means["metric"].to_numpy()
-    cuts = np.flatnonzero((task[1:] != task[:-1]) | (name[1:] != name[:-1])) + 1
-    arrays = means[["step", "value", "low", "high"]].to_numpy(float).T
-    out: dict[str, small.Curves] = {}
-    for start, end in zip(np.r_[0, cuts], np.r_[cuts, len(means)], strict=True):
-        if end > start:
-            out.setdefault(task[start], {})[name[start]] = arrays[:, start:end]
+def curve_table(inputs: Inputs, entry: str, profile: str) -> pa.Table | None:
+    """An entry's curves on `profile` as Arrow, the columns the pages plot (read_curves' checks)."""
+    folder = inputs.results_dirs.get((entry, profile))
+    path = folder / results.CURVES_FILE if folder else None
+    try:
+        found = results.read_arrow(path, max_rows=results.MAX_ROWS[results.CURVES_FILE],
+                                   max_bytes=results.MAX_DECODED_BYTES) if path and path.is_file() else None
+    except results.ResultsError:
+        return None
+    return found.select(["task", "seed", "step", "metric", "value"]) if found is not None else None
+
+
+def page_means(tables: list[pa.Table | None], declared: dict[str, dict]) -> list[dict[str, small.Curves]]:
+    """Per curves table (an entry's, on one profile; None: none or unreadable), per task and plotted curve:
+    the seed means and bands (plots.seed_means, clipped to the task's own curve bounds) as a
+    (4, evaluations) array of step, mean, low, high. Many entries at once: per-entry pandas
+    calls cost more than the arithmetic."""
+    out: list[dict[str, small.Curves]] = [{} for _ in tables]
+    found = [t.append_column("page", pa.array(np.full(len(t), i, np.int64)))
+             for i, t in enumerate(tables) if t is not None and len(t)]
+    if not found:
+        return out
+    curves = pa.concat_tables(found).replace_schema_metadata(None).to_pandas()  # one conversion
+    # One integer per (task, curve): a curve name may have other bounds in another task.
+    task, tasks = pd.factorize(curves["task"])
+    name, names = pd.factorize(curves["metric"])
+    pairs = {(t, n): d["bounds"].get(n, (-math.inf, math.inf))
+             for t, d in declared.items() for spec in d["plots"] for n in spec.names()}
+    code = {i * len(names) + j: pairs[t, n] for i, t in enumerate(tasks)
+            for j, n in enumerate(names) if (t, n) in pairs}
+    curves["metric"] = task.astype(np.int64) * len(names) + name
+    means = seed_means(curves[curves["metric"].isin(list(code))], code, by="page")
+    for (page, pair), array in split_curves(means).items():
+        t, n = divmod(int(pair), len(names))
+        out[page].setdefault(tasks[t], {})[names[n]] = array
     return out
 
 
@@ -650,15 +666,27 @@ class Pages:
 
     def write(self, names: list[str]) -> list[Path]:
         page, written = self.env.get_template("entry.html.j2"), []
+        means = self.means(names)
         for name in names:
             path = self.out / "entries" / f"{name}.html"
             context = entry_page(
                 self.inputs.entries[name], self.per_entry[name,], self.provenance.get((name,), []),
                 self.tasks, notes=self.notes, declared=self.declared, expected=self.expected,
-                curves=lambda profile, name=name: read_curves(self.inputs, name, profile, None))
+                means_of=lambda profile, name=name: means.get((name, profile), {}))
             write_text(path, page.render(root="../", **context, **self.common))
             written.append(path)
         return written
+
+
+    def means(self, names: list[str]) -> dict[tuple[str, str], dict[str, small.Curves]]:
+        """Per (entry, profile) of these entries: per task, its plotted curves' seed means."""
+        out = {}
+        files = sorted({(r["tier"], name, r["profile"]) for name in names for r in self.per_entry[name,]})
+        for tier, part in itertools.groupby(files, key=lambda f: f[0]):
+            keys = [(entry, profile) for _, entry, profile in part]
+            tables = [curve_table(self.inputs, entry, profile) for entry, profile in keys]
+            out.update(zip(keys, page_means(tables, self.declared[tier]), strict=True))
+        return out
 
 
 # What the workers do, set by `workers` before they fork (so that nothing is pickled to them).

@@ -1,22 +1,31 @@
-"""The leaderboard's plots: each task's declared `Plot`s drawn with matplotlib to SVG, skipped when absent.
+"""The leaderboard's plots: each task's declared `Plot`s as SVG, skipped when absent.
 
-Curves are seed means with a band: the interval of the tables (suite.interval), at each step."""
+Curves are seed means with a band: the interval of the tables (suite.interval), at each step.
+The index's plots are written directly (suite.site.small's pieces: a figure in milliseconds,
+where matplotlib took a second); `render`, `figure` and `log_steps` serve the matplotlib
+figures of `ldbench compare --plot` and `ldbench tune --plot`."""
 
 from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
+from html import escape
+from typing import TYPE_CHECKING
 
 import matplotlib
+import matplotlib.colors
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.text import Text
 
 from suite import interval
 from suite.score import seed_statistics
+from suite.site import small
 from suite.task import Plot as PlotSpec
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Deterministic SVG (fixed ids, no date) so that a rebuild from the same results is byte-identical;
 # text stays text (smaller, selectable, and escaped by matplotlib's SVG writer).
@@ -25,7 +34,8 @@ SVG_RC = {"svg.hashsalt": "ldbench", "svg.fonttype": "none", "font.size": 9,
 PANELS = 6  # small multiples: one panel per top entry, COLUMNS to a row
 COLUMNS = 3
 LINES = 8  # one line per top entry
-BAND_ALPHA = 0.2  # the shaded interval of a curve's seed mean
+TITLE = 16  # pixels above each panel for its entry's name
+DOT_ROW, DOT_WIDTH = 18, 360  # the index's dots: pixels per entry row, and the value axis' length
 Bounds = dict[str, tuple[float, float]]  # a curve's valid range (Curve.bounds), by name
 
 
@@ -53,6 +63,8 @@ def plain_text(fig: Figure) -> None:
     submissions, and a `$` in one must be a dollar sign, not mathtext (which raises on malformed
     input and would block the build for everyone). Tick labels keep mathtext: matplotlib writes
     log-axis ticks such as 10² with it, and their text is ours."""
+    from matplotlib.text import Text
+
     ticks: set[Text] = set()
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
@@ -64,6 +76,8 @@ def plain_text(fig: Figure) -> None:
 
 def figure(panels: int = 1, *, width: float = 3.2, height: float = 2.4) -> tuple[Figure, list]:
     """`panels` axes sharing y, COLUMNS to a row."""
+    from matplotlib.figure import Figure
+
     columns, rows = min(panels, COLUMNS), math.ceil(panels / COLUMNS)
     with matplotlib.rc_context(SVG_RC):
         fig = Figure(figsize=(width * columns, height * rows), layout="constrained")
@@ -71,6 +85,13 @@ def figure(panels: int = 1, *, width: float = 3.2, height: float = 2.4) -> tuple
     for ax in axes[panels:]:
         fig.delaxes(ax)
     return fig, axes[:panels]
+
+
+def log_steps(ax) -> None:
+    """A symlog step axis for matplotlib figures (`ldbench compare --plot`)."""
+    ax.set_xscale("symlog", linthresh=1.0)  # step 0 (the initialisation) stays on the axis
+    ax.set_xlim(left=0.0)  # no negative steps in the margin
+    ax.set_xlabel("step")
 
 
 def seed_means(curves: pd.DataFrame, bounds: Bounds | None = None, by: str = "entry") -> pd.DataFrame:
@@ -98,142 +119,158 @@ def seed_means(curves: pd.DataFrame, bounds: Bounds | None = None, by: str = "en
                          "value": stats["mean"].to_numpy(), "low": low, "high": high})
 
 
-def band(ax, x, rows: pd.DataFrame, color, *, positive: bool = False) -> None:
-    """Shade `rows`' interval (columns low, high) along `x`; on a log axis only where positive."""
-    low, high = rows["low"].to_numpy(float), rows["high"].to_numpy(float)
-    if positive:
-        low = np.where(low > 0, low, np.nan)
-    if np.isfinite(low).any():
-        ax.fill_between(np.asarray(x, float), low, high, color=color, alpha=BAND_ALPHA, linewidth=0)
+def split_curves(means: pd.DataFrame) -> dict[tuple, np.ndarray]:
+    """`seed_means` rows (sorted by entry, metric, step) as (entry, metric) -> (4, evaluations):
+    step, mean, low, high; cut where the keys change (a groupby per entry costs far more)."""
+    entry, name = means["entry"].to_numpy(), means["metric"].to_numpy()
+    cuts = np.flatnonzero((entry[1:] != entry[:-1]) | (name[1:] != name[:-1])) + 1
+    arrays = means[["step", "value", "low", "high"]].to_numpy(float).T
+    return {(entry[a], name[a]): arrays[:, a:b]
+            for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(means)], strict=True) if b > a}
 
 
-def log_steps(ax) -> None:
-    ax.set_xscale("symlog", linthresh=1.0)  # step 0 (the initialisation) stays on the axis
-    ax.set_xlim(left=0.0)  # no negative steps in the margin
-    ax.set_xlabel("step")
+def entry_curves(split: dict[tuple, np.ndarray], entry: str) -> small.Curves:
+    """An entry's curves from `split_curves`: curve name -> (4, evaluations)."""
+    return {name: array for (e, name), array in split.items() if e == entry}
 
 
-def metric_mean(metrics: pd.DataFrame, entry: str, name: str) -> float:
-    row = metrics[(metrics["entry"] == entry) & (metrics["metric"] == name)]
-    return float(row["mean"].iloc[0]) if len(row) else float("nan")
+def entry_values(metrics: pd.DataFrame, entry: str) -> small.Values:
+    """An entry's metric means and intervals (its scores rows) as metric -> (mean, low, high)."""
+    rows = metrics[metrics["entry"] == entry]
+    return {m: (float(mean), float(low), float(high))
+            for m, mean, low, high in rows[["metric", "mean", "ci_low", "ci_high"]].itertuples(index=False)}
 
 
-def colours(spec: PlotSpec, n: int) -> list:
-    """One format per line: the spec's styles, else a viridis ramp (ordered curves, e.g. modes)."""
-    if spec.styles:
-        return [dict(fmt=style) for style in spec.styles]
-    return [dict(fmt="-", color=c) for c in matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, n))]
+def positive(values) -> bool:
+    """Every finite value is positive (a log axis shows them all)."""
+    values = np.asarray(values, dtype=float)
+    return bool((values[np.isfinite(values)] > 0).all())
 
 
-def label_of(spec: PlotSpec, i: int, name: str) -> str:
-    return spec.labels[i] if i < len(spec.labels) else name
+VIEWBOX = re.compile(r'viewBox="0 0 ([0-9.]+) ([0-9.]+)"')
+
+
+def document(width: float, height: float, body: list[str]) -> str:
+    """An SVG document with small.py's text style."""
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
+            f'width="{width:.0f}" height="{height:.0f}" font-size="9.5" font-family="system-ui, sans-serif" '
+            f'fill="#1d232b" role="img">{"".join(body)}</svg>')
+
+
+def grid(panels: list[tuple[str, str]]) -> str:
+    """Panels (title, small.svg document) as one SVG, COLUMNS to a row, each under its title."""
+    body, y, width = [], 0.0, 0.0
+    for row in range(0, len(panels), COLUMNS):
+        x, height = 0.0, 0.0
+        for title, panel in panels[row:row + COLUMNS]:
+            w, h = (float(v) for v in VIEWBOX.search(panel).groups())
+            body.append(f'<text x="{x + small.LEFT + small.WIDTH / 2:.0f}" y="{y + 12:.0f}" '
+                        f'text-anchor="middle" font-size="11">{escape(title)}</text>')
+            body.append(panel.replace("<svg ", f'<svg x="{x:.0f}" y="{y + TITLE:.0f}" ', 1))
+            x, height = x + w, max(height, h)
+        y, width = y + TITLE + height, max(width, x)
+    return document(width, y, body)
 
 
 def draw_panels(spec: PlotSpec, curves: pd.DataFrame, metrics: pd.DataFrame,
-                entries: list[str], bounds: Bounds | None = None) -> tuple[Figure, list[str]] | None:
-    """`spec.curves` vs step with bands, one panel per entry; markers and a shaded span from metric means."""
+                entries: list[str], bounds: Bounds | None = None) -> tuple[str, list[str]] | None:
+    """`spec.curves` vs step with bands, one panel per entry sharing the y axis; markers and a
+    shaded span from metric means."""
     part = curves[curves["metric"].isin(spec.curves)]
     shown = [e for e in entries if set(spec.curves) <= set(part.loc[part["entry"] == e, "metric"])][:PANELS]
     if not shown:
         return None
     means = seed_means(part[part["entry"].isin(shown)], bounds)
-    fig, axes = figure(len(shown))
-    styles = colours(spec, len(spec.curves))
-    for ax, entry in zip(axes, shown, strict=True):
-        mine = means[means["entry"] == entry]
-        logy = spec.logy and (mine["value"] > 0).all()
-        for i, (name, style) in enumerate(zip(spec.curves, styles, strict=True)):
-            line = mine[mine["metric"] == name]
-            extra = {"color": style["color"]} if "color" in style else {}
-            ax.plot(line["step"], line["value"], style["fmt"], label=label_of(spec, i, name), **extra)
-            band(ax, line["step"], line, ax.lines[-1].get_color(), positive=logy)
-            at = metric_mean(metrics, entry, spec.markers[i]) if i < len(spec.markers) else np.nan
-            if np.isfinite(at):  # e.g. a stage time: when the curve reaches half its strength
-                ax.axvline(at, color=ax.lines[-1].get_color(), linestyle=":", linewidth=0.8)
-        if spec.span:
-            start, end = (metric_mean(metrics, entry, m) for m in spec.span)
-            if np.isfinite(start) and np.isfinite(end) and end > start:
-                ax.axvspan(start, end, color="C1", alpha=0.15, label=spec.span_label or None)
-        ax.set_title(entry, fontsize=9)
-        log_steps(ax)
-        if logy:
-            ax.set_yscale("log")
-    axes[0].set_ylabel(spec.ylabel)
-    axes[-1].legend(fontsize=7, frameon=False)
-    return fig, shown
+    logy = spec.logy and positive(means["value"])
+    also = means[["value", "low", "high"]].to_numpy(float).ravel()
+    split = split_curves(means)
+    panels = [(e, small.over_steps(spec, entry_curves(split, e), entry_values(metrics, e), also=also,
+                                   logy=logy, points=False)) for e in shown]
+    panels = [(e, svg) for e, svg in panels if svg is not None]  # (an entry without a finite mean)
+    return (grid(panels), [e for e, _ in panels]) if panels else None
 
 
 def draw_lines(spec: PlotSpec, curves: pd.DataFrame, metrics: pd.DataFrame,
-               entries: list[str], bounds: Bounds | None = None) -> tuple[Figure, list[str]] | None:
+               entries: list[str], bounds: Bounds | None = None) -> tuple[str, list[str]] | None:
     """The one curve of `spec.curves` vs step with its band, one line per entry."""
-    part = curves[curves["metric"] == spec.curves[0]]
+    name = spec.curves[0]
+    part = curves[curves["metric"] == name]
     shown = [e for e in entries if e in set(part["entry"])][:LINES]
     if not shown:
         return None
     means = seed_means(part[part["entry"].isin(shown)], bounds)
-    logy = spec.logy and (means["value"] > 0).all()
-    fig, (ax,) = figure(1, width=5.0, height=3.0)
-    for entry in shown:
-        line = means[means["entry"] == entry]
-        ax.plot(line["step"], line["value"], label=entry)
-        band(ax, line["step"], line, ax.lines[-1].get_color(), positive=logy)
-    log_steps(ax)
-    if logy:
-        ax.set_yscale("log")
-    ax.set_ylabel(spec.ylabel)
-    ax.legend(fontsize=7, frameon=False)
-    return fig, shown
+    split = split_curves(means)
+    series = [small.Series(e, *split[e, name], matplotlib.colors.to_hex(f"C{i}"))
+              for i, e in enumerate(shown)]
+    return small.svg(series, steps=True, logy=spec.logy and positive(means["value"]), xlabel="step",
+                     ylabel=spec.ylabel), shown
 
 
 def draw_dots(spec: PlotSpec, curves: pd.DataFrame, metrics: pd.DataFrame,
-              entries: list[str], bounds: Bounds | None = None) -> tuple[Figure, list[str]] | None:
+              entries: list[str], bounds: Bounds | None = None) -> tuple[str, list[str]] | None:
     """Mean and interval of each metric of `spec.metrics`, one row per entry."""
     rows = metrics[metrics["metric"].isin(spec.metrics)]
     shown = [e for e in entries if e in set(rows["entry"])][:2 * LINES]
-    names = [m for m in spec.metrics if m in set(rows["metric"])]
     if rows.empty or not shown:
         return None
-    fig, (ax,) = figure(1, width=6.0, height=1.6 + 0.28 * len(shown))
-    colors = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(names)))
-    y = np.arange(len(shown))
-    for name, color in zip(names, colors, strict=True):
-        part = rows[rows["metric"] == name].set_index("entry").reindex(shown)
-        err = np.abs(np.vstack([part["mean"] - part["ci_low"], part["ci_high"] - part["mean"]]))
-        ax.errorbar(part["mean"], y, xerr=np.nan_to_num(err), fmt="o", color=color, markersize=4,
-                    capsize=2, label=label_of(spec, list(spec.metrics).index(name), name))
-    ax.set_yticks(y, shown)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel(f"{spec.xlabel}, mean [{interval.METHOD}]")
-    # Above the axes, so that it never hides a point.
-    ax.legend(fontsize=7, frameon=False, ncols=min(len(names), 6), loc="lower center",
-              bbox_to_anchor=(0.5, 1.0))
-    return fig, shown
+    return dot_rows(spec, rows[rows["entry"].isin(shown)], shown), shown
+
+
+def dot_rows(spec: PlotSpec, rows: pd.DataFrame, shown: list[str]) -> str:
+    """One row per entry (named on the left), each metric's mean a dot and its interval a bar
+    along one value axis (log where every value is positive), the legend above."""
+    values = rows[["mean", "ci_low", "ci_high"]].to_numpy(float)
+    ax = small.Axes(np.zeros(1), values.ravel(), steps=False, logy=positive(values))  # y: the value axis
+    left = 12 + small.CHAR * max(len(e) for e in shown)
+
+    def px(value) -> np.ndarray:
+        return left + (ax.fy(value) - ax.y0) / (ax.y1 - ax.y0) * DOT_WIDTH
+
+    names = [m for m in spec.metrics if m in set(rows["metric"])]
+    colour = {m: c for m, (c, _) in zip(spec.metrics, small.style(spec, len(spec.metrics)), strict=True)}
+    keys, top = small.legend([(small.label_of(spec, list(spec.metrics).index(m), m), colour[m], "")
+                              for m in names], small.LEGEND_ROW)
+    body = [f'<g transform="translate({left - small.LEFT:.0f} 0)">{"".join(keys)}</g>',
+            f'<rect x="{left:.0f}" y="{top:.0f}" width="{DOT_WIDTH}" height="{DOT_ROW * len(shown)}" '
+            'fill="none" stroke="#dde2e8"/>']
+    row = {e: top + DOT_ROW * (i + 0.5) for i, e in enumerate(shown)}
+    for e, y in row.items():
+        body.append(f'<text x="{left - 6:.0f}" y="{y + 3:.1f}" text-anchor="end">{escape(e)}</text>')
+    cells = rows[["entry", "metric", "mean", "ci_low", "ci_high"]].itertuples(index=False)
+    for e, m, mean, low, high in cells:
+        x, x0, x1 = (float(v) for v in px([mean, low, high]))
+        if math.isfinite(x0) and math.isfinite(x1):
+            body.append(f'<line x1="{x0:.1f}" y1="{row[e]:.1f}" x2="{x1:.1f}" y2="{row[e]:.1f}" '
+                        f'stroke="{colour[m]}"/>')
+        if math.isfinite(x):
+            body.append(f'<circle cx="{x:.1f}" cy="{row[e]:.1f}" r="3" fill="{colour[m]}"/>')
+    bottom = top + DOT_ROW * len(shown)
+    for value, text in ax.yticks():
+        x = float(px(value))
+        body.append(f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 3}" stroke="#5d6773"/>'
+                    f'<text x="{x:.1f}" y="{bottom + 13}" text-anchor="middle">{escape(text)}</text>')
+    body.append(f'<text x="{left + DOT_WIDTH / 2:.0f}" y="{bottom + 27}" text-anchor="middle">'
+                f'{escape(f"{spec.xlabel}, mean [{interval.METHOD}]")}</text>')
+    return document(left + DOT_WIDTH + small.RIGHT, bottom + 34, body)
 
 
 def draw_path(spec: PlotSpec, curves: pd.DataFrame, metrics: pd.DataFrame,
-              entries: list[str], bounds: Bounds | None = None) -> tuple[Figure, list[str]] | None:
+              entries: list[str], bounds: Bounds | None = None) -> tuple[str, list[str]] | None:
     """Each path's curves (final values: mean over seeds, with bands) against `spec.x`, one panel
-    per entry."""
+    per entry sharing the y axis."""
     part = curves[curves["metric"].isin(spec.names())].dropna(subset=["value"])
     shown = [e for e in entries if e in set(part["entry"])][:PANELS]
     if not shown:
         return None
     part = part[part["entry"].isin(shown)]
     last = part.sort_values("step").groupby(["entry", "seed", "metric"], as_index=False).last()
-    means = seed_means(last.assign(step=0), bounds).set_index(["entry", "metric"])
-    fig, axes = figure(len(shown))
-    for ax, entry in zip(axes, shown, strict=True):
-        for label, names in spec.paths:
-            rows = means.reindex([(entry, n) for n in names])
-            if np.isfinite(rows["value"].to_numpy(float)).any():
-                ax.plot(spec.x, rows["value"], marker=".", label=label)
-                band(ax, spec.x, rows, ax.lines[-1].get_color())
-        ax.set_title(entry, fontsize=9)
-        ax.set_xlabel(spec.xlabel)
-    axes[0].set_ylabel(spec.ylabel)
-    axes[-1].legend(fontsize=7, frameon=False)
-    return fig, shown
+    means = seed_means(last.assign(step=0), bounds)
+    also = means[["value", "low", "high"]].to_numpy(float).ravel()
+    split = split_curves(means)
+    finals = {e: {n: tuple(c[1:, -1]) for n, c in entry_curves(split, e).items()} for e in shown}
+    panels = [(e, small.along_path(spec, finals[e], also=also)) for e in shown]
+    panels = [(e, svg) for e, svg in panels if svg is not None]
+    return (grid(panels), [e for e, _ in panels]) if panels else None
 
 
 DRAW = {"panels": draw_panels, "lines": draw_lines, "dots": draw_dots, "path": draw_path}
@@ -251,5 +288,5 @@ def task_plots(specs: list[PlotSpec], curves: pd.DataFrame, metrics: pd.DataFram
     for spec in specs:
         drawn = DRAW[spec.kind](spec, curves, metrics, entries, bounds)
         if drawn is not None:
-            out.append(Plot(spec.key, spec.title, spec.caption, render(drawn[0]), tuple(drawn[1])))
+            out.append(Plot(spec.key, spec.title, spec.caption, drawn[0], tuple(drawn[1])))
     return out

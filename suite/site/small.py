@@ -1,4 +1,4 @@
-"""Small inline SVG charts of one entry's declared plots for its own page, written without matplotlib."""
+"""SVG charts written without matplotlib: each entry's declared plots on its page, and the index's plots."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import re
 from dataclasses import dataclass
 from html import escape
 
+import matplotlib
 import matplotlib.colors
 import numpy as np
 
-from suite.site.plots import BAND_ALPHA, colours, label_of
 from suite.task import Plot as PlotSpec
 
 WIDTH, HEIGHT = 300, 150  # the plotting area and its margins, in CSS pixels
@@ -20,6 +20,19 @@ LEGEND_ROW, CHAR = 13, 5.6  # legend line height; the width of a character at 9.
 POINTS = 80  # a line keeps at most this many of its evaluations (log-spaced: about even in x)
 FMT = re.compile(r"^(?P<color>C\d)?(?P<line>--|-\.|-|:)?")
 DASHES = {"--": "5 3", "-.": "5 2 1 2", ":": "1 2", "-": ""}
+BAND_ALPHA = 0.2  # the shaded interval of a curve's seed mean
+SPAN_COLOUR = "#ff7f0e"  # a shaded span between two metric means (matplotlib's C1)
+
+
+def colours(spec: PlotSpec, n: int) -> list:
+    """One format per line: the spec's styles, else a viridis ramp (ordered curves, e.g. modes)."""
+    if spec.styles:
+        return [dict(fmt=style) for style in spec.styles]
+    return [dict(fmt="-", color=c) for c in matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, n))]
+
+
+def label_of(spec: PlotSpec, i: int, name: str) -> str:
+    return spec.labels[i] if i < len(spec.labels) else name
 
 
 @dataclass
@@ -108,7 +121,10 @@ class Axes:
             ks = range(math.floor(self.y0), math.ceil(self.y1) + 1)
             steps = (1,) if len(ks) > 3 else (1, 2, 5)
             ticks = [m * 10.0 ** k for k in ks for m in steps]
-            return [(t, tick_text(t)) for t in ticks if self.y0 <= math.log10(t) <= self.y1]
+            ticks = [t for t in ticks if self.y0 <= math.log10(t) <= self.y1]
+            if len(ticks) < 2:  # within a fraction of a decade: round numbers, evenly spaced
+                ticks = [t for t in nice_ticks(10.0 ** self.y0, 10.0 ** self.y1) if t > 0]
+            return [(t, tick_text(t)) for t in ticks]
         return [(t, tick_text(t)) for t in nice_ticks(self.y0, self.y1)]
 
 
@@ -142,10 +158,14 @@ def legend(items: list[tuple[str, str, str]], y: float) -> tuple[list[str], floa
 
 def svg(series: list[Series], *, steps: bool, logy: bool, xlabel: str, ylabel: str,
         vlines: list[tuple[float, str]] = (), span: tuple[float, float] | None = None,
-        xticks: list[tuple[float, str]] | None = None) -> str:
-    """A chart of `series` with their bands; `vlines` (x, colour) dotted, `span` shaded."""
+        xticks: list[tuple[float, str]] | None = None, also: np.ndarray | None = None,
+        span_label: str = "") -> str:
+    """A chart of `series` with their bands; `vlines` (x, colour) dotted, `span` shaded (named
+    `span_label` in the legend); the y range also spans the values `also` (a figure's panels
+    share their y axis)."""
     xs = np.concatenate([s.x for s in series])
-    ys = np.concatenate([np.concatenate([s.y, s.low, s.high]) for s in series])
+    ys = np.concatenate([np.concatenate([s.y, s.low, s.high]) for s in series] + [np.asarray(
+        also if also is not None else [], dtype=float)])
     ax = Axes(xs, ys, steps=steps, logy=logy, xpad=0.5 if xticks else 0.0)
     body = [f'<rect x="{LEFT}" y="{TOP}" width="{WIDTH}" height="{HEIGHT}" fill="none" stroke="#dde2e8"/>']
     for value, text in ax.yticks():
@@ -160,7 +180,7 @@ def svg(series: list[Series], *, steps: bool, logy: bool, xlabel: str, ylabel: s
     if span is not None:
         x0, x1 = (float(v) for v in ax.px(np.array(span)))
         body.append(f'<rect x="{x0:.1f}" y="{TOP}" width="{max(x1 - x0, 0.0):.1f}" height="{HEIGHT}" '
-                    'fill="#ff7f0e" fill-opacity="0.15"/>')
+                    f'fill="{SPAN_COLOUR}" fill-opacity="0.15"/>')
     for s in series:
         body += points(ax, s) if s.dots else line(ax, s)
     for value, colour in vlines:
@@ -172,8 +192,9 @@ def svg(series: list[Series], *, steps: bool, logy: bool, xlabel: str, ylabel: s
                 f'{escape(xlabel)}</text>')
     body.append(f'<text transform="translate(11 {TOP + HEIGHT / 2}) rotate(-90)" '
                 f'text-anchor="middle">{escape(ylabel)}</text>')
-    keys, bottom = legend([] if xticks else [(s.label, s.color, s.dash) for s in series],
-                          TOP + HEIGHT + BOTTOM + LEGEND_ROW)
+    items = [] if xticks else [(s.label, s.color, s.dash) for s in series]
+    items += [(span_label, SPAN_COLOUR, "")] if span is not None and span_label else []
+    keys, bottom = legend(items, TOP + HEIGHT + BOTTOM + LEGEND_ROW)
     total = LEFT + WIDTH + RIGHT
     return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {total} {bottom:.0f}" width="{total}" '
             f'height="{bottom:.0f}" font-size="9.5" font-family="system-ui, sans-serif" fill="#1d232b" '
@@ -218,12 +239,16 @@ def thin(curve: np.ndarray) -> np.ndarray:
     return curve[:, np.unique(np.linspace(0, curve.shape[1] - 1, POINTS).round().astype(int))]
 
 
-def over_steps(spec: PlotSpec, curves: Curves, metrics: Values) -> str | None:
-    """panels and lines: the entry's curves vs step, with markers and span from its metric means."""
+def over_steps(spec: PlotSpec, curves: Curves, metrics: Values, *, also: np.ndarray | None = None,
+               logy: bool | None = None, points: bool = True) -> str | None:
+    """panels and lines: the entry's curves vs step, with markers and span from its metric means.
+
+    also: more y values the y range spans; logy: the y scale (default: the spec's, where every
+    mean is positive); points: thin each curve to POINTS evaluations (else draw them all)."""
     series, vlines = [], []
     for i, (name, (colour, dash)) in enumerate(zip(spec.curves, style(spec, len(spec.curves)), strict=True)):
         if name in curves and np.isfinite(curves[name][1]).any():
-            step, mean, low, high = thin(curves[name])
+            step, mean, low, high = thin(curves[name]) if points else curves[name]
             series.append(Series(label_of(spec, i, name), step, mean, low, high, colour, dash))
             at = metrics.get(spec.markers[i], NONE)[0] if i < len(spec.markers) else math.nan
             vlines += [(at, colour)] if math.isfinite(at) else []
@@ -231,11 +256,13 @@ def over_steps(spec: PlotSpec, curves: Curves, metrics: Values) -> str | None:
         return None
     span = tuple(metrics.get(m, NONE)[0] for m in spec.span) if spec.span else None
     span = span if span and all(map(math.isfinite, span)) and span[1] > span[0] else None
-    logy = spec.logy and all((s.y[np.isfinite(s.y)] > 0).all() for s in series)
-    return svg(series, steps=True, logy=logy, xlabel="step", ylabel=spec.ylabel, vlines=vlines, span=span)
+    if logy is None:
+        logy = spec.logy and all((s.y[np.isfinite(s.y)] > 0).all() for s in series)
+    return svg(series, steps=True, logy=logy, xlabel="step", ylabel=spec.ylabel, vlines=vlines, span=span,
+               also=also, span_label=spec.span_label)
 
 
-def along_path(spec: PlotSpec, final: Values) -> str | None:
+def along_path(spec: PlotSpec, final: Values, *, also: np.ndarray | None = None) -> str | None:
     """path: each path's final values (seed mean and band) against `spec.x`."""
     series = []
     for (label, names), (colour, _) in zip(spec.paths, style(spec, len(spec.paths)), strict=True):
@@ -244,7 +271,7 @@ def along_path(spec: PlotSpec, final: Values) -> str | None:
             series.append(Series(label, np.asarray(spec.x, float), mean, low, high, colour))
     if not series:
         return None
-    return svg(series, steps=False, logy=False, xlabel=spec.xlabel, ylabel=spec.ylabel)
+    return svg(series, steps=False, logy=False, xlabel=spec.xlabel, ylabel=spec.ylabel, also=also)
 
 
 def dots(spec: PlotSpec, metrics: Values) -> str | None:
