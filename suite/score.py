@@ -201,12 +201,13 @@ def scored_inputs(roots: list[str | Path], out: Path, *, tier: str = "standard",
     has the same digest, so no runs file is read twice; else the files are read again.
     """
     tasks = registry.all_tasks()
-    digest = inputs_digest(entry_folders(roots), tier, tasks, budget, Path(studies))
+    folders = entry_folders(roots)
+    digest = inputs_digest(folders, tier, tasks, budget, Path(studies))
     scores, recorded = read_scores(out / SCORES_FILE)
     if recorded != digest:
         raise results.ResultsError(f"{out / SCORES_FILE}: scores are older than the results or "
                                    "manifests; run `ldbench score` first")
-    inputs = recorded_inputs(out / INPUTS_FILE, digest)
+    inputs = recorded_inputs(out / INPUTS_FILE, digest, folders)
     if inputs is None:
         inputs = collect(roots, tier=tier, tasks=tasks, budget=budget, studies=studies)
     return scores, inputs
@@ -301,10 +302,12 @@ def write_inputs(inputs: Inputs, path: Path) -> None:
     results.write_atomic(table.replace_schema_metadata(meta), path)
 
 
-def recorded_inputs(path: Path, digest: str) -> Inputs | None:
+def recorded_inputs(path: Path, digest: str, folders: list[Path]) -> Inputs | None:
     """The Inputs `write_inputs` recorded at `path` if they were read from the files whose
-    digest is `digest` (the same bytes, suite rules and tier), by this version of the record;
-    else None (missing, unreadable, stale): then the files must be read again."""
+    digest is `digest` (the same bytes, suite rules and tier) in `folders` as this process
+    finds them (the record's paths are as `score` was given them: another working directory
+    would name other folders), by this version of the record; else None (missing, unreadable,
+    stale, elsewhere): then the files must be read again."""
     try:
         table = pq.read_table(path)
         meta = table.schema.metadata or {}
@@ -312,6 +315,9 @@ def recorded_inputs(path: Path, digest: str) -> Inputs | None:
     except (pa.ArrowException, OSError, KeyError, ValueError):
         return None
     if record.get("version") != INPUTS_VERSION:
+        return None
+    here = {folder.resolve() for folder in folders}
+    if any(Path(folder).resolve() not in here for folder in record["entries"].values()):
         return None
     inputs = Inputs(tier=record["tier"], digest=digest, view=record["view"], warnings=record["warnings"],
                     runs=table.replace_schema_metadata(None).to_pandas(),

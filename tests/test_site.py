@@ -600,10 +600,16 @@ def test_build_takes_the_inputs_score_recorded_and_only_while_they_match_the_fil
             assert path.read_bytes() == (tmp_path / "recorded" / rel).read_bytes(), rel
     record = tmp_path / "recorded" / score.INPUTS_FILE
     digest = score.read_scores(tmp_path / "recorded" / score.SCORES_FILE)[1]
-    inputs = score.recorded_inputs(record, digest)
+    folders = score.entry_folders([site / "submissions"])
+    inputs = score.recorded_inputs(record, digest, folders)
     assert inputs is not None and sorted(inputs.entries) == sorted(OPTIMIZER + ARCHITECTURE)
     assert len(inputs.runs) and set(inputs.provenance["entry"]) <= set(inputs.entries)
-    assert score.recorded_inputs(record, "0" * 64) is None  # other files: not taken
+    assert score.recorded_inputs(record, "0" * 64, folders) is None  # other files: not taken
+    # The same files in another folder (a copy; or relative paths from another working
+    # directory) have the same digest, but the record names folders that are not these.
+    copy = tmp_path / "copy" / "submissions"
+    shutil.copytree(site / "submissions", copy)
+    assert score.recorded_inputs(record, digest, score.entry_folders([copy])) is None
 
 
 def test_entry_page_curves_are_clipped_to_their_own_tasks_bounds():
