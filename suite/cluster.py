@@ -21,7 +21,7 @@ import click
 import pandas as pd
 from tqdm.auto import tqdm
 
-from suite import profiles, results, runner
+from suite import profiles, results, runner, seeding
 from suite.entry import Entry, EntryError
 from suite.loop import Trajectory
 
@@ -61,8 +61,9 @@ def work(job: Job, *, digest: str, tier: str, profile: str,
         raise EntryError(f"{job.entry.path}: worker {socket.gethostname()} sees other entry files "
                          "than the client; workers need the same files (a shared filesystem)")
     fingerprint = worker_fingerprint(profile, job.entry.path)
-    return runner.run_group(job.group, job.entry, prof, tier=tier, profile=profile,
-                            fingerprint=fingerprint, time_limit=time_limit)
+    with seeding.own_python_random():  # the worker's other threads draw from Python's `random`
+        return runner.run_group(job.group, job.entry, prof, tier=tier, profile=profile,
+                                fingerprint=fingerprint, time_limit=time_limit)
 
 
 @contextmanager

@@ -70,6 +70,40 @@ def test_distributed_numbers_are_bit_identical_to_in_process(make_entry, tmp_pat
                                   sorted_table(tmp_path / "dask" / "curves.parquet"))
 
 
+def test_a_batch_on_a_worker_is_not_refused_for_the_workers_own_random_draws(make_entry, tmp_path,
+                                                                             scheduler):
+    """A Dask worker's threads draw from Python's global `random` about once a second; a batch
+    lasting longer than that was refused as "entry code draws from Python's global RNG" and ran
+    one by one (other numbers than in-process) until workers kept `random` for the run's thread."""
+    entry = slow_entry(make_entry, delay=0.02, slow_tasks=["deep-linear-modes"])  # ~2.5 s batch
+    local = run(entry, tmp_path / "local", seeds=2, tasks=["deep-linear-modes"])
+    dask = run(entry, tmp_path / "dask", seeds=2, tasks=["deep-linear-modes"], scheduler=scheduler)
+    for table in (local, dask):
+        assert all('"mode": "batched"' in e for e in table.drop_duplicates("run_id")["execution"])
+    local, dask = (sorted_table(tmp_path / d / "runs.parquet") for d in ("local", "dask"))
+    pd.testing.assert_series_equal(local.value, dask.value)
+
+
+def test_only_the_owning_thread_draws_from_pythons_global_random():
+    import random
+
+    from suite import seeding
+
+    def draw():
+        for _ in range(100):
+            random.random()
+
+    with seeding.own_python_random():
+        random.seed(7)
+        before = random.getstate()
+        other = threading.Thread(target=draw)
+        other.start()
+        other.join()
+        assert random.getstate() == before  # the other thread drew from its own generator
+        draw()
+        assert random.getstate() != before
+
+
 def test_verify_on_dask_workers_reproduces_the_runs_bit_for_bit(make_entry, scheduler):
     from suite import verify
 
