@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
+import sys
 import threading
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -115,14 +117,27 @@ def own_python_random() -> Iterator[None]:
 
 @functools.cache
 def install_thread_dispatch() -> None:
-    """Route `random.<function>` to the global instance for the owning thread, else a private one."""
+    """Route Python's `random` functions to the global instance for the owning thread, else to
+    a private one: in the `random` module and wherever a module imported one by name (Dask's
+    message compression does `from random import randint`, and samples with it on its own
+    thread while the next run trains)."""
     private = random.Random()
+    dispatchers = {}
     for name in dir(random):
         method = getattr(random, name)
         if getattr(method, "__self__", None) is random._inst:  # a module function of the instance
-            theirs = getattr(private, name)
+            dispatchers[name] = dispatcher(method, getattr(private, name))
+    for module in list(sys.modules.values()):
+        for name, value in list(vars(module).items()) if isinstance(module, types.ModuleType) else ():
+            # type() first: reading attributes of arbitrary objects (or isinstance) can run code
+            if (type(value) in (types.MethodType, types.BuiltinMethodType)
+                    and value.__self__ is random._inst and value.__name__ in dispatchers):
+                setattr(module, name, dispatchers[value.__name__])
 
-            def dispatch(*args, _mine=method, _theirs=theirs, **kwargs):
-                return (_mine if getattr(_OWNER, "active", False) else _theirs)(*args, **kwargs)
 
-            setattr(random, name, functools.wraps(method)(dispatch))
+def dispatcher(mine, theirs):
+    """`mine` when called by the thread that owns the global `random`, else `theirs`."""
+    @functools.wraps(mine)
+    def dispatch(*args, **kwargs):
+        return (mine if getattr(_OWNER, "active", False) else theirs)(*args, **kwargs)
+    return dispatch

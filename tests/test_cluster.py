@@ -87,11 +87,14 @@ def test_a_batch_on_a_worker_is_not_refused_for_the_workers_own_random_draws(mak
 def test_only_the_owning_thread_draws_from_pythons_global_random():
     import random
 
+    from distributed.protocol import compression  # `from random import randint`, used on its thread
+
     from suite import seeding
 
     def draw():
         for _ in range(100):
             random.random()
+            compression.randint(0, 9)
 
     with seeding.own_python_random():
         random.seed(7)
