@@ -128,7 +128,7 @@ def install_thread_dispatch() -> None:
         if getattr(method, "__self__", None) is random._inst:  # a module function of the instance
             dispatchers[name] = dispatcher(method, getattr(private, name))
     for module in list(sys.modules.values()):
-        for name, value in list(vars(module).items()) if isinstance(module, types.ModuleType) else ():
+        for name, value in list(vars(module).items()) if issubclass(type(module), types.ModuleType) else ():
             # type() first: reading attributes of arbitrary objects (or isinstance) can run code
             if (type(value) in (types.MethodType, types.BuiltinMethodType)
                     and value.__self__ is random._inst and value.__name__ in dispatchers):
