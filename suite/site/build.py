@@ -677,7 +677,6 @@ class Pages:
             written.append(path)
         return written
 
-
     def means(self, names: list[str]) -> dict[tuple[str, str], dict[str, small.Curves]]:
         """Per (entry, profile) of these entries: per task, its plotted curves' seed means."""
         out = {}
