@@ -48,11 +48,7 @@ def gradient_inputs(task, trainer: Trainer, seeds: list[int]):
     streams = [seeding.generator(s, "batches", device=trainer.device) for s in seeds]
     batch, dims = batched.stack_batches([task.sample_batch(d, 1, g)
                                          for d, g in zip(datas, streams, strict=True)])
-    template = batched.loss_template(task, models[0])
-
-    def seed_loss(flat, b):
-        return torch.func.functional_call(template, {f"model.{n}": t for n, t in flat.items()}, (b,))
-
+    seed_loss = batched.seed_loss_function(batched.loss_template(task, models[0]))
     return batched.stack_parameters(models), batch, dims, seed_loss
 
 

@@ -101,6 +101,13 @@ def loss_template(task: Task, model: nn.Module) -> SeedLoss:
     return SeedLoss(task, template)
 
 
+def seed_loss_function(template: SeedLoss):
+    """(stacked-parameter rows by name, batch) -> one seed's loss: what vmap maps over seeds."""
+    def seed_loss(flat: dict[str, torch.Tensor], batch) -> torch.Tensor:
+        return functional_call(template, {f"model.{n}": t for n, t in flat.items()}, (batch,))
+    return seed_loss
+
+
 def check_gradients(task: Task, model: nn.Module, batch: Any, loss: torch.Tensor,
                     grads: dict[str, torch.Tensor]) -> None:
     """Compare one seed's vmapped loss and gradients with plain autograd on its own model.
@@ -389,10 +396,7 @@ class SeedBatch:
         self.traced = traced  # (batch signature, stack shapes) -> traced gradient function
         self.checked = False
 
-        def seed_loss(flat: dict[str, torch.Tensor], batch) -> torch.Tensor:
-            return functional_call(template, {f"model.{n}": t for n, t in flat.items()}, (batch,))
-
-        self.seed_loss = seed_loss
+        self.seed_loss = seed_loss_function(template)
         # Full-batch tasks (the default sample_batch) see the same data every step: stack it once.
         self.fixed = stack_batches([lane.data for lane in lanes]) \
             if type(task).sample_batch is Task.sample_batch else None
