@@ -82,6 +82,10 @@ class Lane:
     schedule: LRScheduler | None = None  # stepped once after every optimizer step
     network: str = "main"  # which network of the seed's run (a procedure trains several)
     observed: bool = True  # evaluated on the schedule (False: a network whose curves are unused)
+    # The trainer of the lane's own run, when lanes of runs with different entries train
+    # together (a tuning study's trials: each its own hyperparameters and global-RNG states);
+    # None: the trainer that drives the lanes.
+    owner: Trainer | None = None
 
 
 # (trainer, active lanes, their batches, step) -> per lane: was its loss finite?
@@ -115,9 +119,10 @@ def plain_steps(trainer: Trainer, lanes: list[Lane], batches: list[Any], step: i
     finite = []
     create_graph = trainer.entry.create_graph
     for lane, batch in zip(lanes, batches, strict=True):
-        with trainer.entry_code(lane.seed, "optimizer.zero_grad", lane.network):
+        run = trainer.run_of(lane)
+        with run.entry_code(lane.seed, "optimizer.zero_grad", lane.network):
             lane.optimizer.zero_grad(set_to_none=True)
-        with trainer.model_code(lane.seed, lane.network):
+        with run.model_code(lane.seed, lane.network):
             loss = trainer.task.loss(lane.model, batch)
         finite.append(bool(torch.isfinite(loss).item()))
         if not finite[-1]:
@@ -127,13 +132,13 @@ def plain_steps(trainer: Trainer, lanes: list[Lane], batches: list[Any], step: i
             # zero_grad(set_to_none=True) that starts every step, so torch's warning is moot.
             warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph")
             loss.backward(create_graph=create_graph)
-        with trainer.entry_code(lane.seed, "optimizer.step", lane.network):
+        with run.entry_code(lane.seed, "optimizer.step", lane.network):
             if trainer.entry.closure:
                 lane.optimizer.step(loss_closure(trainer, lane, batch, create_graph))
             else:
                 lane.optimizer.step()
         if lane.schedule is not None:
-            with trainer.entry_code(lane.seed, "schedule.step", lane.network):
+            with run.entry_code(lane.seed, "schedule.step", lane.network):
                 lane.schedule.step()
     return finite
 
@@ -210,6 +215,16 @@ class Trainer:
         # the one-by-one execution a refused batch falls back to).
         self.batch_lanes = True
         self.traces: dict[Any, Any] = {}  # traced batched gradients, by shapes (suite.batched)
+
+    def with_entry(self, entry: Entry) -> Trainer:
+        """A trainer of the same task for a run of `entry` (its own global-RNG states)."""
+        fresh = Trainer(self.task, entry, self.profile, self.on_step)
+        fresh.batch_lanes = self.batch_lanes
+        return fresh
+
+    def run_of(self, lane: Lane) -> Trainer:
+        """The trainer whose entry `lane` runs (see Lane.owner)."""
+        return lane.owner if lane.owner is not None else self
 
     @property
     def device(self) -> torch.device:
@@ -327,6 +342,10 @@ class Trainer:
             set_mode(optimizer, "train")
         return values
 
+    def observe_lane(self, lane: Lane) -> dict[str, float]:
+        return self.run_of(lane).observe(lane.model, lane.optimizer, lane.data, seed=lane.seed,
+                                         network=lane.network)
+
     def train(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data, *,
               seed: int, steps: int, start: int = 0, purpose: str = "batches",
               trajectory: Trajectory | None = None, schedule: LRScheduler | None = None,
@@ -354,12 +373,11 @@ class Trainer:
         schedule = set(eval_steps(self.task.config["steps"], self.task.config["evals"]))
         for lane in lanes:
             lane.traj.not_applicable = self.task.inapplicable(lane.model)
-            with self.entry_code(lane.seed, "optimizer.train", lane.network):
+            with self.run_of(lane).entry_code(lane.seed, "optimizer.train", lane.network):
                 set_mode(lane.optimizer, "train")
             lane.model.train()
             if lane.observed and start in schedule and start not in lane.traj.steps:
-                lane.traj.record(start, self.observe(lane.model, lane.optimizer, lane.data,
-                                                      seed=lane.seed, network=lane.network))
+                lane.traj.record(start, self.observe_lane(lane))
         host = seeding.host_rng_states() if len(lanes) > 1 else None
         active = list(lanes)
         for step in range(start + 1, end + 1):
@@ -378,8 +396,7 @@ class Trainer:
             if step in schedule:
                 host = check_host_rngs(host)
                 for lane in (lane for lane in active if lane.observed):
-                    lane.traj.record(step, self.observe(lane.model, lane.optimizer, lane.data,
-                                                         seed=lane.seed, network=lane.network))
+                    lane.traj.record(step, self.observe_lane(lane))
         check_host_rngs(host)
 
 

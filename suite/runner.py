@@ -58,6 +58,12 @@ def make_plans(task_names: list[str], seeds: list[int], tier: str, sets: list[st
     return plans
 
 
+def plan_entry(entry: Entry, plan: Plan) -> Entry:
+    """The entry a plan runs: `entry` with the plan's hyperparameter overrides laid over it."""
+    hparams = plan.overrides.get("hparams")
+    return entry.with_hparams({plan.task.name: hparams}) if hparams else entry
+
+
 def execute(plan: Plan, trainer: Trainer, note: str | None = None
             ) -> tuple[Trajectory, dict[str, float], str | None]:
     """Run one seed's plan by itself; a non-finite loss is a result (diverged), an exception
@@ -92,7 +98,7 @@ def execute(plan: Plan, trainer: Trainer, note: str | None = None
 
 def alone(trainer: Trainer) -> Trainer:
     """A fresh trainer of the same task and entry that trains every network by itself."""
-    fresh = Trainer(trainer.task, trainer.entry, trainer.profile, trainer.on_step)
+    fresh = trainer.with_entry(trainer.entry)
     fresh.batch_lanes = False
     return fresh
 
@@ -119,19 +125,29 @@ def finish(plan: Plan, traj: Trajectory) -> tuple[Trajectory, dict[str, float], 
 
 def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], None] = print
                   ) -> list[tuple[Trajectory, dict[str, float], str | None]]:
-    """Run the plans (seeds of one task) as one seed-batched computation.
+    """Run the plans (seeds of one task, see group_plans) as one seed-batched computation.
 
-    A batch that cannot be trusted (suite.batched refuses it) runs its seeds one by one, and
-    `notes` says why; so does a batch in which the entry's own code failed, so that each seed
-    records its own outcome exactly as one by one. Either way no seed's numbers come from a
-    batch that differs from its one-by-one run.
+    Plans whose hyperparameter overrides differ (a tuning study's trials) each run their own
+    entry (`plan_entry` of the trainer's), side by side. A batch that cannot be trusted
+    (suite.batched refuses it) runs its seeds one by one, and `notes` says why; so does a batch
+    in which the entry's own code failed, so that each seed records its own outcome exactly as
+    one by one. Either way no seed's numbers come from a batch that differs from its one-by-one
+    run.
     """
+    entries = [plan_entry(trainer.entry, p) for p in plans]
+    own = any(e.hparams != entries[0].hparams for e in entries)
+    if not own and entries[0].hparams != trainer.entry.hparams:
+        trainer = trainer.with_entry(entries[0])
+    runs = [trainer.with_entry(e) for e in entries] if own else [trainer] * len(plans)
     if len(plans) == 1:
         return [execute(plans[0], trainer)]
     task, seeds = plans[0].task, [p.seed for p in plans]
     try:
         if batched.batchable(task):
-            trajs = batched.train_seeds(task, trainer, seeds)
+            trajs = batched.train_seeds(task, trainer, seeds, runs if own else None)
+        elif own:
+            raise RuntimeError(f"{task.name} has its own procedure: its runs batch only with "
+                               "the same hyperparameters (group_plans)")
         else:  # the task's own procedure, all seeds' networks side by side
             trajs = task.run_seeds(seeds, trainer)
             for traj in trajs:
@@ -139,14 +155,15 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
     except EntryError:
         raise
     except (EntryCodeError, NotApplicable):  # each seed records its own outcome, as alone
-        return [execute(plan, alone(trainer)) for plan in plans]
+        return [execute(plan, alone(run)) for plan, run in zip(plans, runs, strict=True)]
     except Exception as err:  # noqa: BLE001 - the one-by-one path records or avoids it
         reason = f"{type(err).__name__}: {err}"
         if not isinstance(err, BatchingUnsupported):  # ldbench's own bug: keep its traceback
             reason += "\n" + traceback.format_exc(limit=-4)
         notes(f"note: {task.name}: seeds {', '.join(map(str, seeds))} run one by one, not batched: "
               f"{reason}")
-        return [execute(plan, alone(trainer), note=reason.splitlines()[0]) for plan in plans]
+        return [execute(plan, alone(run), note=reason.splitlines()[0])
+                for plan, run in zip(plans, runs, strict=True)]
     return [finish(plan, traj) for plan, traj in zip(plans, trajs, strict=True)]
 
 
@@ -166,22 +183,32 @@ def parse_seed_batch(value: int | str) -> int | None:
 
 def group_plans(todo: list[tuple[Plan, str]], size: int | None, entry: Entry
                 ) -> list[list[tuple[Plan, str]]]:
-    """Consecutive plans of one task in groups of `size` seeds (None: all of them).
+    """Consecutive plans of one task in groups of `size` runs (None: all of them).
 
     A task that overrides Task.run has its own procedure, and an entry that steps with a
     closure or keeps the gradients' graph steps per seed: those always run seed by seed.
+    Plans of the same task configuration with other hyperparameters (a study's trials) group
+    together on tasks with the default procedure; a procedure takes one entry's seeds.
     """
     groups: list[list[tuple[Plan, str]]] = []
     alone = entry.closure or entry.create_graph
     for item in todo:
-        task = item[0].task
-        limit = (size or len(todo)) if batched.seed_batchable(task) and not alone else 1
-        last = groups[-1] if groups else None
-        if last and last[0][0].task is task and len(last) < limit:
-            last.append(item)
+        plan = item[0]
+        limit = (size or len(todo)) if batched.seed_batchable(plan.task) and not alone else 1
+        last = groups[-1][0][0] if groups else None
+        if last and batches_with(last, plan) and len(groups[-1]) < limit:
+            groups[-1].append(item)
         else:
             groups.append([item])
     return groups
+
+
+def batches_with(a: Plan, b: Plan) -> bool:
+    """Whether two plans may train in one batch: the same task configuration and, unless the
+    task uses the default procedure, the same hyperparameters."""
+    if a.task is not b.task and (type(a.task) is not type(b.task) or a.task.config != b.task.config):
+        return False
+    return batched.batchable(a.task) or a.overrides.get("hparams") == b.overrides.get("hparams")
 
 
 def rows_for(plan: Plan, traj: Trajectory, metrics: dict[str, float], error: str | None, *,
@@ -325,7 +352,8 @@ def run_group(group: list[tuple[Plan, str]], entry: Entry, prof: profiles.Profil
         outcomes = [(Trajectory(status="timeout"), p.task.nan_metrics(), str(err)) for p in batch]
     # The seeds of a batch share one computation: each is charged an equal share of it.
     wall = (time.perf_counter() - start) / len(batch)
-    frames = [rows_for(plan, traj, metrics, error, rid=rid, entry=entry, entry_hash=entry.hash,
-                       tier=tier, profile=profile, fingerprint=fingerprint, wall=wall)
+    frames = [rows_for(plan, traj, metrics, error, rid=rid, entry=plan_entry(entry, plan),
+                       entry_hash=entry.hash, tier=tier, profile=profile, fingerprint=fingerprint,
+                       wall=wall)
               for (plan, rid), (traj, metrics, error) in zip(group, outcomes, strict=True)]
     return tuple(concat_rows([f[k] for f in frames]) for k in (0, 1))

@@ -88,13 +88,14 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def plans_for(entry: Entry, task_name: str, spec: dict, hparams: dict[str, Any],
-              seeds: list[int]) -> tuple[Entry, list[tuple[runner.Plan, str]]]:
-    """The runs of one hyperparameter point: recorded like `ldbench run --hparam` runs."""
-    point = entry.with_hparams({task_name: hparams})
+              seeds: list[int]) -> list[tuple[runner.Plan, str]]:
+    """The runs of one hyperparameter point: recorded like `ldbench run --hparam` runs (the
+    point's hyperparameters are the plans' overrides, which `runner.plan_entry` lays over the
+    entry's own)."""
     tier, profile = spec["tier"], spec["profile"]
     plans = runner.make_plans([task_name], seeds, tier, spec["sets"], {task_name: hparams})
-    return point, [(p, runner.run_id(entry=entry, entry_hash=entry.hash, task=p.task, seed=p.seed,
-                                     tier=tier, profile=profile, overrides=p.overrides)) for p in plans]
+    return [(p, runner.run_id(entry=entry, entry_hash=entry.hash, task=p.task, seed=p.seed,
+                              tier=tier, profile=profile, overrides=p.overrides)) for p in plans]
 
 
 def study_spec(entry: Entry, tasks: list[str], *, budget: int, design_seed: int, tuning_seeds: int,
@@ -129,13 +130,12 @@ def open_study(out: Path, spec: dict) -> None:
     write_json(path, spec)
 
 
-def trial_list(entry: Entry, spec: dict) -> list[tuple[Trial, Entry, list]]:
+def trial_list(entry: Entry, spec: dict) -> list[tuple[Trial, list]]:
     found = []
     for task, info in spec["tasks"].items():
         for index, point in enumerate(info["points"]):
-            point_entry, planned = plans_for(entry, task, spec, point, spec["tuning_seeds"])
-            trial = Trial(task, index, point, tuple(rid for _, rid in planned))
-            found.append((trial, point_entry, planned))
+            planned = plans_for(entry, task, spec, point, spec["tuning_seeds"])
+            found.append((Trial(task, index, point, tuple(rid for _, rid in planned)), planned))
     return found
 
 
@@ -148,10 +148,13 @@ def finished_ids(folder: Path) -> set[str]:
     return set(runs.loc[runs["status"].isin(FINISHED), "run_id"])
 
 
-def execute(jobs: list, *, out: Path, spec: dict, prof: profiles.Profile, client,
-            time_limit: float | None, progress: bool) -> None:
-    """Run (entry, group) jobs in-process (client None) or on a Dask cluster, appending rows to `out`."""
-    jobs = [cluster.Job(e, g) for e, g in jobs]
+def execute(entry: Entry, todo: list[tuple[runner.Plan, str]], *, out: Path, spec: dict,
+            prof: profiles.Profile, client, time_limit: float | None, progress: bool) -> None:
+    """Run the plans in-process (client None) or on a Dask cluster, appending rows to `out`.
+
+    The runs of one task train side by side, whatever their hyperparameters (the trials of a
+    task with the default procedure are one batch: runner.group_plans)."""
+    jobs = [cluster.Job(entry, group) for group in runner.group_plans(todo, None, entry)]
     if client is not None:
         cluster.run_jobs(jobs, out=out, tier=spec["tier"], profile=spec["profile"], client=client,
                          time_limit=time_limit, progress=progress)
@@ -225,21 +228,19 @@ def run_study(entry: Entry, out: Path, spec: dict, tasks: list[str], prof: profi
     tier = spec["tier"]
     found = [t for t in trial_list(entry, spec) if t[0].task in tasks]
     done = finished_ids(out / TRIALS)
-    jobs = [(e, group) for _, e, planned in found
-            for group in runner.group_plans([p for p in planned if p[1] not in done], None, entry)]
-    execute(jobs, out=out / TRIALS, spec=spec, prof=prof, client=client, time_limit=time_limit,
-            progress=progress)
-    trials = [t for t, _, _ in found]
+    todo = [p for _, planned in found for p in planned if p[1] not in done]
+    execute(entry, todo, out=out / TRIALS, spec=spec, prof=prof, client=client,
+            time_limit=time_limit, progress=progress)
+    trials = [t for t, _ in found]
     table = trial_table(trials, results.read_results(out / TRIALS)[0])
     best = best_trials(table, tier)
     by_index = {(t.task, t.index): t for t in trials}
     tuned = {task: by_index[task, best[task]].hparams for task in tasks}
-    evals = [plans_for(entry, task, spec, tuned[task], spec["eval_seeds"]) for task in tasks]
     done = results.done_run_ids(out / EVAL)
-    jobs = [(e, group) for e, planned in evals
-            for group in runner.group_plans([p for p in planned if p[1] not in done], None, entry)]
-    execute(jobs, out=out / EVAL, spec=spec, prof=prof, client=client, time_limit=time_limit,
-            progress=progress)
+    todo = [p for task in tasks for p in plans_for(entry, task, spec, tuned[task], spec["eval_seeds"])
+            if p[1] not in done]
+    execute(entry, todo, out=out / EVAL, spec=spec, prof=prof, client=client,
+            time_limit=time_limit, progress=progress)
     provenance = {k: v for k, v in spec.items() if k != "tasks"}
     provenance["tasks"] = {task: {"space": spec["tasks"][task]["space"],
                                   "space_hash": spec["tasks"][task]["space_hash"],

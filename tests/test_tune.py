@@ -9,9 +9,10 @@ import pytest
 from click.testing import CliRunner
 from scipy.stats import qmc
 
-from suite import runner, seeding, tune
+from suite import profiles, runner, seeding, tune
 from suite.cli import main
 from suite.entry import EntryError, entry_hash, load_entry
+from suite.loop import Trainer
 from tests.conftest import REPO
 
 FAST = ["steps=60", "evals=10"]
@@ -81,24 +82,25 @@ def test_best_trial_most_seeds_reached_then_mean_within_resolution_then_index():
     assert tune.best_trials(table([(task, 0, 0, math.inf), (task, 1, 0, math.inf)]), "smoke") == {task: 0}
 
 
-def study(entry, out, **kwargs):
-    return tune.tune(entry, budget=3, tasks=["deep-linear-modes"], design_seed=1, eval_seeds=2,
+def study(entry, out, tasks=("deep-linear-modes",), **kwargs):
+    return tune.tune(entry, budget=3, tasks=list(tasks), design_seed=1, eval_seeds=2,
                      sets=FAST, out=out, progress=False, **kwargs)
 
 
 def test_killed_study_resumes_without_redoing_finished_trials(make_entry, tmp_path, monkeypatch):
     entry, out = make_entry(hparams=SEARCH), tmp_path / "study"
+    tasks = ("deep-linear-modes", "teacher-student")
     real, calls = runner.run_group, []
 
-    def killed_after_two(group, *args, **kwargs):
-        if len(calls) == 2:
+    def killed_after_one(group, *args, **kwargs):
+        if len(calls) == 1:
             raise KeyboardInterrupt  # the process dies here
         calls.append([rid for _, rid in group])
         return real(group, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "run_group", killed_after_two)
+    monkeypatch.setattr(runner, "run_group", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
-        study(entry, out)
+        study(entry, out, tasks)
     first = list(calls)
     calls.clear()
     def counted(group, *args, **kwargs):
@@ -106,17 +108,43 @@ def test_killed_study_resumes_without_redoing_finished_trials(make_entry, tmp_pa
         return real(group, *args, **kwargs)
 
     monkeypatch.setattr(runner, "run_group", counted)
-    study(entry, out)
-    # 3 trials (1 tuning seed each) + 1 evaluation group of 2 seeds; the first 2 trials are not redone
-    assert len(first) == 2 and len(calls) == 2 and not set(sum(first, [])) & set(sum(calls, []))
+    study(entry, out, tasks)
+    # Each task's 3 trials (1 tuning seed each) train as one batch, then each task's evaluation
+    # (2 seeds): the first task's trials finished before the kill and are not redone.
+    assert [len(g) for g in first] == [3] and [len(g) for g in calls] == [3, 2, 2]
+    assert not set(sum(first, [])) & set(sum(calls, []))
     written = json.loads((out / tune.TUNED_FILE).read_text())
-    trials = written["provenance"]["tasks"]["deep-linear-modes"]["trials"]
-    assert [t["trial"] for t in trials] == [0, 1, 2] and all(t["done"] == 1 for t in trials)
+    for task in tasks:
+        trials = written["provenance"]["tasks"][task]["trials"]
+        assert [t["trial"] for t in trials] == [0, 1, 2] and all(t["done"] == 1 for t in trials)
     assert written["provenance"]["tuning_seeds"] == [tune.TUNING_SEED_BASE]
     assert written["provenance"]["eval_seeds"] == [0, 1]
     calls.clear()
-    study(entry, out)
+    study(entry, out, tasks)
     assert calls == []  # everything done: nothing reruns
+
+
+def test_trials_batched_match_each_trial_run_by_itself(make_entry, tmp_path):
+    """A task's trials train side by side, each with its own hyperparameters (a merged
+    optimizer); each matches the same point run alone with `--hparam`, `--seed-batch 1`."""
+    entry = make_entry(hparams=SEARCH)
+    out = study(entry, tmp_path / "study", tasks=("teacher-student",))
+    trials = pd.read_parquet(out / tune.TRIALS / "runs.parquet")
+    executions = {json.loads(e)["optimizer"] for e in trials.execution}
+    assert executions == {"merged"}, executions
+    recorded = json.loads(trials.execution.iloc[0])
+    assert recorded["mode"] == "batched" and len(recorded["hparams"]) == 3
+    for run_id, part in trials.groupby("run_id"):
+        lr = json.loads(part.hparams.iloc[0])["lr"]
+        plans = runner.make_plans(["teacher-student"], [tune.TUNING_SEED_BASE], "smoke", FAST,
+                                  {"teacher-student": {"lr": lr}})
+        (traj, metrics, _), = runner.execute_batch(plans, Trainer(plans[0].task, load_entry(entry),
+                                                                  profiles.load("cpu-2core")))
+        assert traj.execution["mode"] == "one-by-one"
+        got = part.set_index("metric")["value"]
+        for name, value in metrics.items():
+            assert math.isclose(got[name], value, rel_tol=1e-4, abs_tol=1e-6) or (
+                math.isnan(got[name]) and math.isnan(value)), (run_id, name, got[name], value)
 
 
 def test_tuned_point_is_the_best_trial_and_its_evaluation_runs_on_the_evaluation_seeds(make_entry, tmp_path):
