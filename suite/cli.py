@@ -351,9 +351,13 @@ def render_study(folder: Path, fmt: str) -> str:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a tier config value (task.key=value for one task). Repeatable.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--trial-batch", default="auto", show_default=True, metavar="auto|1|N",
+              help="Train the trial runs of a task (every trial on every tuning seed) as one "
+                   "batched computation: auto = all of them, N = up to N at a time (one batch "
+                   "per Dask worker, say), 1 = one by one.")
 @cluster_options
 def tune_cmd(entry_dir, budget, task_list, tier, profile, design_seed, tuning_seeds, seeds, out,
-             sets, quiet, workers, scheduler, time_limit) -> None:
+             sets, quiet, trial_batch, workers, scheduler, time_limit) -> None:
     """Tune ENTRY_DIR at a fixed budget of trials per task, then run the best on the evaluation seeds."""
     from suite import tune
 
@@ -361,6 +365,6 @@ def tune_cmd(entry_dir, budget, task_list, tier, profile, design_seed, tuning_se
     folder = tune.tune(entry_dir, budget=budget, tasks=names, tier=tier, profile=profile,
                        design_seed=design_seed, tuning_seeds=tuning_seeds, eval_seeds=seeds, out=out,
                        workers=workers, scheduler=scheduler, time_limit=time_limit, sets=list(sets),
-                       progress=not quiet)
+                       progress=not quiet, trial_batch=trial_batch)
     click.echo(render_study(folder, "simple"))
     click.echo(f"wrote {folder / tune.TUNED_FILE}")

@@ -167,8 +167,9 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
     return [finish(plan, traj) for plan, traj in zip(plans, trajs, strict=True)]
 
 
-def parse_seed_batch(value: int | str) -> int | None:
-    """`--seed-batch`: "auto" (None: all seeds of a task together) or a positive integer."""
+def parse_seed_batch(value: int | str, option: str = "--seed-batch") -> int | None:
+    """`--seed-batch` (or `option`): "auto" (None: all runs of a task together) or a positive
+    integer."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return None
     try:
@@ -177,7 +178,7 @@ def parse_seed_batch(value: int | str) -> int | None:
         size = 0
     if size < 1:
         raise registry.RegistryError(
-            f"--seed-batch {value!r}: expected 'auto' or a positive integer (1 runs seeds one by one)")
+            f"{option} {value!r}: expected 'auto' or a positive integer (1 runs them one by one)")
     return size
 
 

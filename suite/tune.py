@@ -149,12 +149,14 @@ def finished_ids(folder: Path) -> set[str]:
 
 
 def execute(entry: Entry, todo: list[tuple[runner.Plan, str]], *, out: Path, spec: dict,
-            prof: profiles.Profile, client, time_limit: float | None, progress: bool) -> None:
+            prof: profiles.Profile, client, time_limit: float | None, progress: bool,
+            size: int | None = None) -> None:
     """Run the plans in-process (client None) or on a Dask cluster, appending rows to `out`.
 
-    The runs of one task train side by side, whatever their hyperparameters (the trials of a
-    task with the default procedure are one batch: runner.group_plans)."""
-    jobs = [cluster.Job(entry, group) for group in runner.group_plans(todo, None, entry)]
+    Up to `size` (None: all) runs of one task train side by side, whatever their
+    hyperparameters (a task's trials, when it has the default procedure: runner.group_plans).
+    The batches do not depend on the cluster, so neither do the numbers."""
+    jobs = [cluster.Job(entry, group) for group in runner.group_plans(todo, size, entry)]
     if client is not None:
         cluster.run_jobs(jobs, out=out, tier=spec["tier"], profile=spec["profile"], client=client,
                          time_limit=time_limit, progress=progress)
@@ -205,9 +207,15 @@ def best_trials(table: pd.DataFrame, tier: str) -> dict[str, int]:
 def tune(entry_dir: str | Path, *, budget: int, tasks: list[str] | None = None, tier: str = "smoke",
          profile: str = "cpu-2core", design_seed: int = 0, tuning_seeds: int = 1, eval_seeds: int = 2,
          out: str | Path | None = None, workers: int = 0, scheduler: str | None = None,
-         time_limit: float | None = None, sets: list[str] | None = None, progress: bool = True) -> Path:
-    """Run (or resume) a study and its evaluation; return the study folder."""
+         time_limit: float | None = None, sets: list[str] | None = None, progress: bool = True,
+         trial_batch: int | str = "auto") -> Path:
+    """Run (or resume) a study and its evaluation; return the study folder.
+
+    `trial_batch`: how many of a task's trial runs train as one batch ("auto": all of them;
+    see runner.parse_seed_batch); the evaluation runs batch all seeds of a task.
+    """
     entry = load_entry(entry_dir)
+    size = runner.parse_seed_batch(trial_batch, "--trial-batch")
     prof = profiles.load(profile)
     prof.apply()
     tasks = tasks or list(registry.all_tasks())
@@ -219,18 +227,18 @@ def tune(entry_dir: str | Path, *, budget: int, tasks: list[str] | None = None, 
     open_study(out, spec)
     with cluster.session(workers, scheduler) as client:  # one cluster for trials and evaluation
         return run_study(entry, out, spec, tasks, prof, client=client, time_limit=time_limit,
-                         progress=progress)
+                         progress=progress, trial_batch=size)
 
 
 def run_study(entry: Entry, out: Path, spec: dict, tasks: list[str], prof: profiles.Profile, *,
-              client, time_limit: float | None, progress: bool) -> Path:
+              client, time_limit: float | None, progress: bool, trial_batch: int | None = None) -> Path:
     """The trials not finished yet, the choice of the best, its evaluation runs, tuned.json."""
     tier = spec["tier"]
     found = [t for t in trial_list(entry, spec) if t[0].task in tasks]
     done = finished_ids(out / TRIALS)
     todo = [p for _, planned in found for p in planned if p[1] not in done]
     execute(entry, todo, out=out / TRIALS, spec=spec, prof=prof, client=client,
-            time_limit=time_limit, progress=progress)
+            time_limit=time_limit, progress=progress, size=trial_batch)
     trials = [t for t, _ in found]
     table = trial_table(trials, results.read_results(out / TRIALS)[0])
     best = best_trials(table, tier)

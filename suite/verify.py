@@ -75,6 +75,11 @@ def recorded_execution(run, submitted: pd.DataFrame) -> tuple[list[int], bool]:
             return [int(run.seed)], False
         same = submitted[(submitted["task"] == run.task) & (submitted["overrides"] == run.overrides)]
         return sorted(int(s) for s in same["seed"].unique()), True
+    if execution.get("hparams"):  # a study's trials, batched with other hyperparameters
+        raise results.ResultsError(
+            f"run {run.run_id} ({run.task}, seed {run.seed}) was a tuning trial batched with other "
+            "trials' hyperparameters; verify re-runs an entry's own results: rerun the study with "
+            "`ldbench tune` instead")
     if execution.get("mode") in ("batched", "procedure"):
         return [int(s) for s in execution["seeds"]], execution.get("networks") != "one by one"
     return [int(run.seed)], True

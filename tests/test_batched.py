@@ -1,5 +1,7 @@
 """Seed-batched execution: every seed's numbers equal the one-by-one run, seeds stay isolated."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -424,3 +426,62 @@ def test_a_stacked_step_that_raises_falls_back_to_the_seeds_own_optimizers(make_
     for single, b in zip(singles, batch, strict=True):
         assert_same_run(single, b)
         assert b.execution["optimizer"] == "per-seed"
+
+
+# The fast-path optimizers with the learning rate a study's trial sets (hparams["lr"]).
+TRIAL_CODE = {kind: entry_code(re.sub(r"\blr=[0-9.e-]+", 'lr=hparams["lr"]', call))
+              for kind, call in ELEMENTWISE_CODE.items()}
+WARMUP = """
+def make_schedule(optimizer, hparams, task):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 10))
+"""
+
+
+def trial_plans(task, lrs, seed=1_000_000):
+    """A study's trials of one task: the same seed, another learning rate each."""
+    return [runner.Plan(task, seed, {"hparams": {"lr": lr}}) for lr in lrs]
+
+
+def trials_both_ways(task, entry_dir, profile, lrs):
+    """(each trial run by itself, the trials as one batch) through the runner."""
+    entry, plans = load_entry(entry_dir), trial_plans(task, lrs)
+    alone = [runner.execute_batch([p], Trainer(task, entry, profile))[0] for p in plans]
+    return alone, runner.execute_batch(plans, Trainer(task, entry, profile))
+
+
+@pytest.mark.parametrize("kind", sorted(TRIAL_CODE))
+def test_trials_with_their_own_hyperparameters_match_each_trial_alone(kind, make_entry, profile):
+    """Trials batch with a merged optimizer (each trial's groups and hyperparameters); a trial
+    whose learning rate diverges stops there while the others go on."""
+    task = registry.make_task("deep-linear-modes", "smoke", SHORT)
+    lrs = [1e-3, 1e-2, 3e-2, 1e30]
+    alone, batch = trials_both_ways(task, make_entry(code=TRIAL_CODE[kind]), profile, lrs)
+    for (single, metrics, _), (b, b_metrics, _) in zip(alone, batch, strict=True):
+        assert single.execution["mode"] == "one-by-one"
+        assert b.execution["optimizer"] == "merged"
+        assert [h["lr"] for h in b.execution["hparams"]] == lrs
+        assert_same_run(single, b)
+        np.testing.assert_allclose(list(b_metrics.values()), list(metrics.values()), rtol=1e-4,
+                                   atol=1e-6)
+    assert [t.status for t, _, _ in batch][:3] == ["ok"] * 3 and batch[3][0].status == "diverged"
+    # Different learning rates really give different runs.
+    assert batch[0][0].curves["loss"] != batch[1][0].curves["loss"]
+
+
+@pytest.mark.parametrize("kind", sorted(TRIAL_CODE))
+@pytest.mark.parametrize("name", [n for n in registry.all_tasks()
+                                  if batched.batchable(registry.task_class(n))])
+def test_the_merged_fast_path_holds_on_every_task(kind, name, make_entry, profile):
+    task = registry.make_task(name, "smoke", {"steps": 2, "evals": 1})
+    entry = load_entry(make_entry(code=TRIAL_CODE[kind]))
+    outcomes = runner.execute_batch(trial_plans(task, [1e-3, 2e-3]), Trainer(task, entry, profile))
+    assert [t.execution["optimizer"] for t, _, _ in outcomes] == ["merged"] * 2
+
+
+def test_merged_trials_follow_each_trial_schedule(make_entry, profile):
+    task = registry.make_task("teacher-student", "smoke", {"steps": 30, "evals": 5})
+    code = TRIAL_CODE["adamw"] + WARMUP
+    alone, batch = trials_both_ways(task, make_entry(code=code), profile, [1e-3, 3e-3, 1e-2])
+    for (single, _, _), (b, _, _) in zip(alone, batch, strict=True):
+        assert b.execution["optimizer"] == "merged"
+        assert_same_run(single, b)

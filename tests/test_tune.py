@@ -203,3 +203,27 @@ def test_the_tuned_view_scores_the_studies_chosen_points_only(tmp_path):
     tuned_file.write_text(json.dumps(data))
     changed = score.collect([REPO / "baselines"], tier="smoke", budget=16, studies=copy)
     assert "deep-linear-modes" not in set(changed.runs["task"]) and len(changed.runs)
+
+
+@pytest.mark.parametrize(("value", "sizes"), [("auto", [3, 2]), ("2", [2, 1, 2]), ("1", [1, 1, 1, 2])])
+def test_trial_batch_sets_how_many_trials_train_together(value, sizes, make_entry, tmp_path, monkeypatch):
+    real, sizes_seen = runner.run_group, []
+
+    def counted(group, *args, **kwargs):
+        sizes_seen.append(len(group))
+        return real(group, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_group", counted)
+    out = study(make_entry(hparams=SEARCH), tmp_path / "study", trial_batch=value)
+    assert sizes_seen == sizes  # the trials' batches, then the evaluation's 2 seeds
+    modes = {json.loads(e)["mode"] for e in pd.read_parquet(out / tune.TRIALS / "runs.parquet").execution}
+    assert modes == ({"one-by-one"} if value == "1" else {"batched", "one-by-one"} if value == "2"
+                     else {"batched"})
+
+
+def test_a_bad_trial_batch_is_one_line(make_entry):
+    result = CliRunner().invoke(main, ["tune", str(make_entry(hparams=SEARCH)), "--budget", "2",
+                                       "--trial-batch", "0"])
+    assert result.exit_code != 0
+    assert "--trial-batch '0': expected 'auto' or a positive integer" in result.output
+    assert "Traceback" not in result.output
