@@ -528,6 +528,7 @@ def page_means(tables: list[pa.Table | None], declared: dict[str, dict]) -> list
     # One integer per (task, curve): a curve name may have other bounds in another task.
     task, tasks = pd.factorize(curves["task"])
     name, names = pd.factorize(curves["metric"])
+    tasks, names = tasks.tolist(), names.tolist()  # indexing an Arrow-backed Index costs ~10 µs
     pairs = {(t, n): d["bounds"].get(n, (-math.inf, math.inf))
              for t, d in declared.items() for spec in d["plots"] for n in spec.names()}
     code = {i * len(names) + j: pairs[t, n] for i, t in enumerate(tasks)
