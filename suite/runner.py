@@ -145,13 +145,12 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
     try:
         if batched.batchable(task):
             trajs = batched.train_seeds(task, trainer, seeds, runs if own else None)
-        elif own:
-            raise RuntimeError(f"{task.name} has its own procedure: its runs batch only with "
-                               "the same hyperparameters (group_plans)")
-        else:  # the task's own procedure, all seeds' networks side by side
-            trajs = task.run_seeds(seeds, trainer)
+        else:  # the task's own procedure, all runs' networks side by side
+            trajs = task.run_seeds(seeds, trainer, runs if own else None)
             for traj in trajs:
                 traj.execution = {"mode": "procedure", "seeds": seeds, "networks": "side by side"}
+                if own:  # a study's trials, as batched.SeedBatch.execution records them
+                    traj.execution["hparams"] = [e.hparams_for(task.name) for e in entries]
     except EntryError:
         raise
     except (EntryCodeError, NotApplicable):  # each seed records its own outcome, as alone
@@ -189,7 +188,7 @@ def group_plans(todo: list[tuple[Plan, str]], size: int | None, entry: Entry
     A task that overrides Task.run has its own procedure, and an entry that steps with a
     closure or keeps the gradients' graph steps per seed: those always run seed by seed.
     Plans of the same task configuration with other hyperparameters (a study's trials) group
-    together on tasks with the default procedure; a procedure takes one entry's seeds.
+    together.
     """
     groups: list[list[tuple[Plan, str]]] = []
     alone = entry.closure or entry.create_graph
@@ -205,11 +204,9 @@ def group_plans(todo: list[tuple[Plan, str]], size: int | None, entry: Entry
 
 
 def batches_with(a: Plan, b: Plan) -> bool:
-    """Whether two plans may train in one batch: the same task configuration and, unless the
-    task uses the default procedure, the same hyperparameters."""
-    if a.task is not b.task and (type(a.task) is not type(b.task) or a.task.config != b.task.config):
-        return False
-    return batched.batchable(a.task) or a.overrides.get("hparams") == b.overrides.get("hparams")
+    """Whether two plans may train in one batch: the same task configuration (their
+    hyperparameters may differ: each run keeps its own entry, see execute_batch)."""
+    return a.task is b.task or (type(a.task) is type(b.task) and a.task.config == b.task.config)
 
 
 def rows_for(plan: Plan, traj: Trajectory, metrics: dict[str, float], error: str | None, *,

@@ -376,10 +376,15 @@ class Task:
         return trainer.train(model, optimizer, data, seed=seed, steps=self.config["steps"],
                              schedule=schedule)
 
-    def run_seeds(self, seeds: list[int], trainer: Trainer) -> list[Trajectory]:
+    def run_seeds(self, seeds: list[int], trainer: Trainer,
+                  runs: list[Trainer] | None = None) -> list[Trajectory]:
         """Optional, with `run`: the special procedure for several seeds side by side (the
         networks of every seed trained as one batch through `suite.batched.train_lanes`);
-        `run(seed)` is then `run_seeds([seed])[0]`. Without it, seeds run one by one."""
+        `run(seed)` is then `run_seeds([seed])[0]`. Without it, seeds run one by one.
+
+        `runs`: one trainer per seed when the runs have entries of their own (a tuning study's
+        trials: a seed may repeat): run i builds its networks with `runs[i]` and gives its lanes
+        `owner=runs[i]`, as `suite.batched.train_seeds` does; None: `trainer` for every run."""
         raise NotImplementedError
 
     def optimizer_steps(self) -> int:

@@ -465,7 +465,8 @@ def test_trials_with_their_own_hyperparameters_match_each_trial_alone(kind, make
                                    atol=1e-6)
     assert [t.status for t, _, _ in batch][:3] == ["ok"] * 3 and batch[3][0].status == "diverged"
     # Different learning rates really give different runs.
-    assert batch[0][0].curves["loss"] != batch[1][0].curves["loss"]
+    first = next(iter(batch[0][0].curves))
+    assert batch[0][0].curves[first] != batch[1][0].curves[first]
 
 
 @pytest.mark.parametrize("kind", sorted(TRIAL_CODE))
@@ -485,3 +486,19 @@ def test_merged_trials_follow_each_trial_schedule(make_entry, profile):
     for (single, _, _), (b, _, _) in zip(alone, batch, strict=True):
         assert b.execution["optimizer"] == "merged"
         assert_same_run(single, b)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd-momentum"])
+def test_mode_connectivity_trials_batch_in_its_procedure(kind, make_entry, profile):
+    """mode-connectivity's procedure takes a study's trials side by side (every network of
+    every trial in one batch, a merged optimizer); each trial matches the trial run alone."""
+    task = registry.make_task("mode-connectivity", "smoke",
+                              {"steps": 30, "evals": 4, "spawn_steps": [0, 10], "alphas": 5})
+    alone, batch = trials_both_ways(task, make_entry(code=TRIAL_CODE[kind]), profile, [1e-3, 1e-2, 3e-2])
+    for (single, metrics, _), (b, b_metrics, _) in zip(alone, batch, strict=True):
+        assert b.execution["mode"] == "procedure" and len(b.execution["hparams"]) == 3
+        assert_same_run(single, b)
+        np.testing.assert_allclose(list(b_metrics.values()), list(metrics.values()), rtol=1e-4,
+                                   atol=1e-6)
+    first = next(iter(batch[0][0].curves))
+    assert batch[0][0].curves[first] != batch[1][0].curves[first]

@@ -96,6 +96,8 @@ class Network:
     schedule: Any
     traj: Trajectory
     stream: torch.Generator  # its batches' random stream, which it keeps from segment to segment
+    run: int  # which run of the batch it belongs to (index into run_seeds' seeds)
+    owner: Trainer | None  # that run's trainer when runs have their own entries (Lane.owner)
 
 
 @dataclass
@@ -395,7 +397,8 @@ class ModeConnectivity(Task):
     def run(self, seed: int, trainer: Trainer) -> Trajectory:
         return self.run_seeds([seed], trainer)[0]
 
-    def run_seeds(self, seeds: list[int], trainer: Trainer) -> list[Trajectory]:
+    def run_seeds(self, seeds: list[int], trainer: Trainer,
+                  runs: list[Trainer] | None = None) -> list[Trajectory]:
         """For each seed: spawned children per spawn step, two independent networks, matched.
 
         One timeline for every network of every seed. Each seed's parent and independent pair
@@ -408,72 +411,84 @@ class ModeConnectivity(Task):
         by side or one after another (`runner.alone`) it sees the same numbers. Only independent
         network A is evaluated during training: its curves are the run's; path and LLFC values
         are added at the final step. A diverged network ends its seed's run; the others go on.
+        Runs are indexed by position (a study's trials share a seed: `runs`, Task.run_seeds).
         """
         steps = self.config["steps"]
+        owners = [None if run is None or run is trainer else run for run in (runs or [None] * len(seeds))]
+        indices = range(len(seeds))
         datas = {seed: trainer.to_device(self.make_data(seed)) for seed in seeds}  # checks the config
-        runs = {seed: SeedRun(data=datas[seed]) for seed in seeds}
-        parents = {seed: self.network(trainer, seed, "parent", "init", datas[seed]) for seed in seeds}
-        pairs = {seed: [self.network(trainer, seed, f"independent_{side}", f"init_{side}", datas[seed])
-                        for side in ("a", "b")] for seed in seeds}
-        children: dict[int, list[Network]] = {seed: [] for seed in seeds}  # in spawn-step order
+        done = {r: SeedRun(data=datas[seeds[r]]) for r in indices}
+
+        def make(r: int, name: str, purpose: str) -> Network:
+            return self.network(trainer, seeds[r], name, purpose, datas[seeds[r]], run=r,
+                                owner=owners[r])
+
+        parents = {r: make(r, "parent", "init") for r in indices}
+        pairs = {r: [make(r, f"independent_{side}", f"init_{side}") for side in ("a", "b")]
+                 for r in indices}
+        children: dict[int, list[Network]] = {r: [] for r in indices}  # in spawn-step order
 
         def segment(start: int, end: int) -> None:
-            """Every network of every live seed from `start` to `end`."""
+            """Every network of every live run from `start` to `end`."""
             for n in parents.values():  # the parent's batches: one stream per segment
                 n.stream = seeding.generator(n.seed, f"parent_from_{start}", trainer.device)
-            live = [n for seed in seeds if runs[seed].failed is None
-                    for n in [*([parents[seed]] if seed in parents else []), *pairs[seed], *children[seed]]]
-            self.train_segment(trainer, live, runs, datas, start=start, end=end)
+            live = [n for r in indices if done[r].failed is None
+                    for n in [*([parents[r]] if r in parents else []), *pairs[r], *children[r]]]
+            self.train_segment(trainer, live, done, datas, start=start, end=end)
 
         at = 0
         for k in self.spawn_steps:
             segment(at, k)
             at = k
-            for seed, parent in parents.items():
-                if runs[seed].failed is None:
-                    children[seed] += [self.spawn_network(trainer, parent, f"spawn_{k}_{side}")
-                                       for side in ("a", "b")]
+            for r, parent in parents.items():
+                if done[r].failed is None:
+                    children[r] += [self.spawn_network(trainer, parent, f"spawn_{k}_{side}")
+                                    for side in ("a", "b")]
         parents = {}  # no spawn step left: the parents stop
         segment(at, steps)
 
-        for seed in seeds:
-            run = runs[seed]
+        for r in indices:
+            run = done[r]
             if run.failed is not None:
                 continue
-            for a, b in zip(*[iter(children[seed])] * 2, strict=True):
+            for a, b in zip(*[iter(children[r])] * 2, strict=True):
                 pair = a.network.removesuffix("_a")
                 run.final.update(self.path_values(pair, self.snapshot(a.model), self.snapshot(b.model),
-                                                  datas[seed]))
-            a, b = pairs[seed]
+                                                  run.data))
+            a, b = pairs[r]
             run.traj = a.traj
-            self.compare_independent(run, self.snapshot(a.model), self.snapshot(b.model), seed)
-        return [runs[seed].trajectory(steps) for seed in seeds]
+            self.compare_independent(run, self.snapshot(a.model), self.snapshot(b.model), seeds[r])
+        return [done[r].trajectory(steps) for r in indices]
 
     def train_segment(self, trainer: Trainer, nets: list[Network], runs: dict[int, SeedRun],
                       datas: dict[int, Any], *, start: int, end: int) -> None:
-        """Train `nets` from `start` to `end` side by side; a diverged network fails its seed."""
+        """Train `nets` from `start` to `end` side by side; a diverged network fails its run."""
         lanes = [Lane(n.seed, n.model, n.optimizer, datas[n.seed], n.stream, n.traj, n.schedule,
-                      n.network, observed=n.network == "independent_a") for n in nets]
+                      n.network, observed=n.network == "independent_a", owner=n.owner) for n in nets]
         before = [n.traj.steps_done for n in nets]
         train_lanes(trainer, lanes, start=start, end=end)
-        for n, done in zip(nets, before, strict=True):
-            run = runs[n.seed]
-            run.done += n.traj.steps_done - done
+        for n, steps_before in zip(nets, before, strict=True):
+            run = runs[n.run]
+            run.done += n.traj.steps_done - steps_before
             if n.traj.status != "ok" and run.failed is None:
                 run.failed = n.traj
 
-    def network(self, trainer: Trainer, seed: int, name: str, purpose: str, data) -> Network:
-        """A network built from the init stream `purpose`; its batches come from the stream `name`."""
-        model = trainer.make_model(seed, data, network=name, purpose=purpose)
-        optimizer, schedule = trainer.make_optimizer(model, seed=seed, network=name)
+    def network(self, trainer: Trainer, seed: int, name: str, purpose: str, data, *, run: int = 0,
+                owner: Trainer | None = None) -> Network:
+        """A network built from the init stream `purpose` by its run's trainer (`owner`, else
+        `trainer`); its batches come from the stream `name`."""
+        builder = owner or trainer
+        model = builder.make_model(seed, data, network=name, purpose=purpose)
+        optimizer, schedule = builder.make_optimizer(model, seed=seed, network=name)
         return Network(seed, name, model, optimizer, schedule, traj=Trajectory(),
-                       stream=seeding.generator(seed, name, trainer.device))
+                       stream=seeding.generator(seed, name, trainer.device), run=run, owner=owner)
 
     def spawn_network(self, trainer: Trainer, parent: Network, name: str) -> Network:
         model, optimizer, schedule = self.spawn(parent.model, parent.optimizer, parent.schedule)
-        trainer.fork_entry_rng(parent.seed, parent.network, name)
+        (parent.owner or trainer).fork_entry_rng(parent.seed, parent.network, name)
         return Network(parent.seed, name, model, optimizer, schedule, traj=Trajectory(),
-                       stream=seeding.generator(parent.seed, name, trainer.device))
+                       stream=seeding.generator(parent.seed, name, trainer.device), run=parent.run,
+                       owner=parent.owner)
 
     def compare_independent(self, run: SeedRun, a: Weights, b: Weights, seed: int) -> None:
         """Barriers of the independent pair before and after weight matching, and LLFC (the
