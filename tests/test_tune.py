@@ -227,3 +227,37 @@ def test_a_bad_trial_batch_is_one_line(make_entry):
     assert result.exit_code != 0
     assert "--trial-batch '0': expected 'auto' or a positive integer" in result.output
     assert "Traceback" not in result.output
+
+
+# An architecture entry whose searched hyperparameter is the model's width.
+WIDTH = """
+from torch import nn
+from suite.init import from_generator
+
+class Net(nn.Module):
+    def __init__(self, p, width):
+        super().__init__()
+        self.embed = nn.Embedding(p, 8)
+        self.mlp = nn.Sequential(nn.Linear(16, width), nn.ReLU(), nn.Linear(width, p))
+
+    def forward(self, pairs):
+        return self.mlp(self.embed(pairs).flatten(1))
+
+def make_model(task, hparams, generator):
+    if task.name != "modular-addition":
+        return None
+    return from_generator(lambda: Net(task.config["p"], hparams["width"]), generator)
+"""
+
+
+def test_trials_of_other_model_shapes_run_one_by_one_with_a_note(make_entry, tmp_path, capsys):
+    entry = make_entry(code=WIDTH, hparams="[hparams.default]\nwidth = 16\n[search.default]\n"
+                                           "width = { choice = [8, 32] }\n")
+    out = tune.tune(entry, budget=2, tasks=["modular-addition"], design_seed=0, eval_seeds=1,
+                    sets=FAST, out=tmp_path / "study", progress=False)
+    trials = pd.read_parquet(out / tune.TRIALS / "runs.parquet").drop_duplicates("run_id")
+    assert sorted(json.loads(h)["width"] for h in trials.hparams) == [8, 32]
+    assert (trials.status == "ok").all()
+    for execution in trials.execution.map(json.loads):
+        assert execution["mode"] == "one-by-one" and "differs in shape" in execution["note"]
+    assert "run one by one, not batched" in capsys.readouterr().out
