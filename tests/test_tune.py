@@ -261,3 +261,32 @@ def test_trials_of_other_model_shapes_run_one_by_one_with_a_note(make_entry, tmp
     for execution in trials.execution.map(json.loads):
         assert execution["mode"] == "one-by-one" and "differs in shape" in execution["note"]
     assert "run one by one, not batched" in capsys.readouterr().out
+
+
+def test_the_tuned_view_entry_pages_chart_each_hyperparameter(tmp_path):
+    """The tuned view's entry page shows its study: per task a chart of the target against each
+    searched hyperparameter (one dot per trial, the chosen one black) and the trials' table."""
+    import re
+
+    from suite import score
+    from suite.site import build
+
+    studies = REPO / "studies"
+    inputs = score.collect([REPO / "baselines"], tier="smoke", budget=16, studies=studies)
+    build.build(inputs, score.score(inputs), tmp_path)
+    page = (tmp_path / "entries" / "adam.html").read_text()
+    section = page[page.index("<h2>Tuning study</h2>"):]
+    written = json.loads((studies / "adam/cpu-2core/smoke/budget-16/tuned.json").read_text())
+    for task, info in written["provenance"]["tasks"].items():
+        part = section[section.index(f"<h3>{task} · target"):]
+        charts = re.findall(r"<svg.*?</svg>", part[:part.index("</details>")], re.S)
+        assert len(charts) == len(info["space"]) == 3  # lr, beta1, beta2
+        for chart in charts:
+            dots = re.findall(r'<circle [^>]*fill="(#\w+)"', chart)
+            assert len(dots) == 16 and dots.count("#000000") == 1
+        chosen = re.search(r'<tr class="best"><td class="num">(\d+) \(chosen\)', part)
+        assert chosen and int(chosen.group(1)) == info["best_trial"]
+    # A tuned.json without its trials: the section is absent, the build goes on.
+    broken = tmp_path / "tuned.json"
+    broken.write_text(json.dumps({"tuned": written["tuned"]}))
+    assert build.study_section(broken) == [] and build.study_section(None) == []

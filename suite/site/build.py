@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import itertools
+import json
 import math
 import multiprocessing
 import os
@@ -473,6 +474,38 @@ def entry_page(entry: Entry, rows: list[dict], prov: list[dict], tasks: dict[str
     return {"entry": entry, "hparams": hparams, "runs": provenance_rows(prov, tasks), "results": shown}
 
 
+def study_section(tuned_file: Path | None) -> list[dict]:
+    """The tuned view's entry page: per task of its `ldbench tune` study, the trials (the chosen
+    one marked) and a chart of the target against each searched hyperparameter. Empty when the
+    page is not in a tuned view, or when tuned.json lacks the trials (shown as absent, never
+    guessed: `score` already read the chosen point from it)."""
+    if tuned_file is None:
+        return []
+    try:
+        provenance = json.loads(tuned_file.read_text(encoding="utf-8"))["provenance"]
+        studied = provenance["tasks"]
+        return [study_task(task, info) for task, info in studied.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def study_task(task: str, info: dict) -> dict:
+    trials, best, space = info["trials"], int(info["best_trial"]), info["space"]
+    points = [json.loads(t["hparams"]) for t in trials]
+    targets = np.array([float(t["target_mean"]) for t in trials])
+    target = trials[0]["target"] if trials else ""
+    charts = [{"name": name, "svg": markupsafe.Markup(small.study_chart(
+        [p.get(name) for p in points], targets, space=space[name], best=best, xlabel=name,
+        ylabel=target))} for name in sorted(space)]
+    rows = [{"trial": t["trial"], "best": t["trial"] == best,
+             "hparams": ", ".join(f"{k} = {format_number(v) if isinstance(v, float) else v}"
+                                  for k, v in sorted(p.items())),
+             "target": format_number(float(t["target_mean"])) if math.isfinite(float(t["target_mean"]))
+             else "not reached", "reached": f"{t['reached']}/{t['seeds']}", "statuses": t["statuses"]}
+            for t, p in zip(trials, points, strict=True)]
+    return {"task": task, "target": target, "charts": charts, "rows": rows}
+
+
 def score_text(row: dict) -> str:
     """A family or overall score with its rank, or why it has none."""
     if row["rank"] is None:
@@ -674,6 +707,7 @@ class Pages:
                 self.inputs.entries[name], self.per_entry[name,], self.provenance.get((name,), []),
                 self.tasks, notes=self.notes, declared=self.declared, expected=self.expected,
                 means_of=lambda profile, name=name: means.get((name, profile), {}))
+            context["study"] = study_section(self.inputs.tuned_files.get(name))
             write_text(path, page.render(root="../", **context, **self.common))
             written.append(path)
         return written

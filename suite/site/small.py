@@ -159,14 +159,14 @@ def legend(items: list[tuple[str, str, str]], y: float) -> tuple[list[str], floa
 def svg(series: list[Series], *, steps: bool, logy: bool, xlabel: str, ylabel: str,
         vlines: list[tuple[float, str]] = (), span: tuple[float, float] | None = None,
         xticks: list[tuple[float, str]] | None = None, also: np.ndarray | None = None,
-        span_label: str = "") -> str:
+        span_label: str = "", xspan: tuple[float, float] | None = None) -> str:
     """A chart of `series` with their bands; `vlines` (x, colour) dotted, `span` shaded (named
     `span_label` in the legend); the y range also spans the values `also` (a figure's panels
-    share their y axis)."""
-    xs = np.concatenate([s.x for s in series])
+    share their y axis), the x range `xspan` (else, with `xticks`, columns padded by half)."""
+    xs = np.concatenate([s.x for s in series] + [np.asarray(xspan or (), dtype=float)])
     ys = np.concatenate([np.concatenate([s.y, s.low, s.high]) for s in series] + [np.asarray(
         also if also is not None else [], dtype=float)])
-    ax = Axes(xs, ys, steps=steps, logy=logy, xpad=0.5 if xticks else 0.0)
+    ax = Axes(xs, ys, steps=steps, logy=logy, xpad=0.5 if xticks and xspan is None else 0.0)
     body = [f'<rect x="{LEFT}" y="{TOP}" width="{WIDTH}" height="{HEIGHT}" fill="none" stroke="#dde2e8"/>']
     for value, text in ax.yticks():
         y = float(ax.py(value))
@@ -285,3 +285,36 @@ def dots(spec: PlotSpec, metrics: Values) -> str | None:
     logy = all(s.y[0] > 0 for s in series)
     return svg(series, steps=False, logy=logy, xlabel="", ylabel=spec.xlabel,
                xticks=[(float(i), label) for i, label in enumerate(labels)])
+
+
+def study_chart(values: list, targets: np.ndarray, *, space: dict, best: int, xlabel: str,
+                ylabel: str) -> str:
+    """A tuning study's trials on one hyperparameter: each trial's target (its mean over the
+    tuning seeds) against the trial's value; trials that reached the target on no seed sit on
+    the top edge in red, the chosen trial (index `best`) is black. The axis follows the search
+    space: log for log_uniform, one column per value for choice."""
+    (kind, bounds), = space.items()
+    if kind == "choice":
+        x = np.array([float(bounds.index(v)) if v in bounds else math.nan for v in values])
+        ticks, span = [(float(i), str(v)) for i, v in enumerate(bounds)], None
+    elif kind == "log_uniform":
+        x = np.log10(np.asarray(values, dtype=float))
+        span = (math.log10(bounds[0]), math.log10(bounds[1]))
+        ticks = [(float(k), tick_text(10.0 ** k)) for k in range(math.ceil(span[0] - 1e-9),
+                                                                 math.floor(span[1] + 1e-9) + 1)]
+    else:
+        x = np.asarray(values, dtype=float)
+        span = (float(bounds[0]), float(bounds[1]))
+        ticks = [(t, tick_text(t)) for t in nice_ticks(*span)]
+    y = np.asarray(targets, dtype=float)
+    reached = np.isfinite(y)
+    top = float(y[reached].max()) * 1.1 if reached.any() and y[reached].max() > 0 else 1.0
+    y = np.where(reached, y, top)
+    chosen = np.arange(len(y)) == best
+    nan = np.full(len(y), math.nan)
+    series = [Series(label, x[mask], y[mask], nan[mask], nan[mask], colour, dots=True)
+              for label, mask, colour in (("reached", reached & ~chosen, "#1f77b4"),
+                                          ("not reached", ~reached & ~chosen, "#d62728"),
+                                          ("chosen", chosen, "#000000")) if mask.any()]
+    return svg(series, steps=False, logy=False, xlabel=xlabel, ylabel=ylabel, xticks=ticks,
+               also=np.array([top]), xspan=span)
