@@ -101,3 +101,47 @@ def seed_batching(task: str):
 
 for _task in TASKS:
     setattr(SpeedRatios, f"track_seed_batching_{_task.replace('-', '_')}", seed_batching(_task))
+
+
+TRIAL_TASKS = ("deep-linear-modes", "teacher-student", "mode-connectivity")
+TRIALS = 8
+
+
+def trial_batching_ratio(name: str) -> float:
+    """A study's TRIALS trials of `name` batched over one at a time (speed.trial_medians, the
+    Adam baseline, smoke sizes, SPEEDUP_STEPS steps); NaN where the commit cannot batch trials."""
+    speed, _ = speed_helpers()
+    if not hasattr(speed, "trial_medians"):
+        return math.nan
+    trainer = baseline_trainer(configured(name, "smoke", SPEEDUP_STEPS, 2))
+    task, entry, prof = trainer.task, trainer.entry, trainer.profile
+    speed.trial_medians(configured(name, "smoke", 5, 2), entry, prof,
+                        speed.trial_plans(task, entry, 2), 1)  # load kernels once
+    single, batch, _ = speed.trial_medians(task, entry, prof, speed.trial_plans(task, entry, TRIALS),
+                                           REPEATS)
+    return batch / single
+
+
+class TrialRatios:
+    """`ldbench tune`'s trial batching at this commit: batched / one-at-a-time wall time of a
+    study's trials per task (lower is better)."""
+
+    timeout = 1200
+
+    def setup_cache(self):
+        from suite import registry
+
+        return {name: trial_batching_ratio(name) for name in TRIAL_TASKS if name in registry.all_tasks()}
+
+
+def trial_batching(task: str):
+    def track(self, values):
+        return finite(values.get(task, math.nan))
+
+    track.unit = "batched / one-at-a-time time (1 / speed-up)"
+    track.__doc__ = f"{task}: {TRIALS} trials of a study batched over one at a time."
+    return track
+
+
+for _task in TRIAL_TASKS:
+    setattr(TrialRatios, f"track_trial_batching_{_task.replace('-', '_')}", trial_batching(_task))

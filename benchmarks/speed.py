@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                      # standard-tier models, 200 steps, 8 seeds
     python benchmarks/speed.py --suite              # also time the whole standard tier, 5 seeds
+    python benchmarks/speed.py --trials 16          # a study's trials: one at a time vs batched
 
 For every task in the registry: the wall time of training `--seeds` seeds one by one
 (`Task.run` per seed, the `--seed-batch 1` path) and batched (`suite.batched.train_seeds`, the
@@ -95,6 +96,45 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def trial_plans(task: Task, entry: Entry, n: int) -> list[runner.Plan]:
+    """`n` trials of a study on one tuning seed: the entry's learning rate times 10^[-1, 1]."""
+    lr = float(entry.hparams_for(task.name)["lr"])
+    return [runner.Plan(task, 1_000_000, {"hparams": {"lr": lr * 10 ** (-1 + 2 * i / max(n - 1, 1))}})
+            for i in range(n)]
+
+
+def trial_medians(task: Task, entry: Entry, prof: profiles.Profile, plans: list[runner.Plan],
+                  repeats: int) -> tuple[float, float, str]:
+    """Median wall times of the trials one at a time and as one batch (`ldbench tune
+    --trial-batch 1` and `auto`), interleaved, each with a fresh trainer as a study's groups
+    have; and how the batch ran (its execution record's mode and optimizer)."""
+    quiet = lambda _: None  # noqa: E731 - a refused batch shows in `how`
+    singles, batches, how = [], [], ""
+    for _ in range(repeats):
+        singles.append(timed(lambda: [runner.execute_batch([p], Trainer(task, entry, prof), quiet)
+                                      for p in plans]))
+        start = time.perf_counter()
+        outcomes = runner.execute_batch(plans, Trainer(task, entry, prof), quiet)
+        batches.append(time.perf_counter() - start)
+        execution = outcomes[0][0].execution
+        how = f"{execution['mode']}, {execution.get('optimizer', execution.get('networks', ''))}"
+    return statistics.median(singles), statistics.median(batches), how
+
+
+def print_trials(names: list[str], entry: Entry, prof: profiles.Profile, args) -> None:
+    print(f"\ntrial batching: {args.trials} trials of {entry.name} (lr × 10^[-1, 1]) on one "
+          f"tuning seed, one at a time and as one batch:")
+    rows = []
+    for name in names:
+        task = configured(name, args.tier, args.steps or None, args.evals or None)
+        single, batch, how = trial_medians(task, entry, prof, trial_plans(task, entry, args.trials),
+                                           args.repeats)
+        rows.append([name, how, f"{single:.2f}", f"{batch:.2f}", f"{single / batch:.1f}×"])
+        print(f"  {name}: {single:.2f} s one at a time, {batch:.2f} s batched", flush=True)
+    print(tabulate(rows, headers=["task", "batch", "one at a time (s)", "batched (s)", "speed-up"],
+                   tablefmt="github"))
+
+
 # The tasks of the first suite, whose standard tier must take <= 3 minutes (issue 13); the
 # whole suite (every task in the registry) must take <= 5 minutes.
 FIRST_FIVE = ("deep-linear-modes", "teacher-student", "shared-representation", "modular-addition",
@@ -136,6 +176,8 @@ def main() -> None:
     parser.add_argument("--tasks", default="", help="comma-separated (default: all)")
     parser.add_argument("--suite", action="store_true",
                         help="also time the whole standard tier with 5 seeds, batched")
+    parser.add_argument("--trials", type=int, default=0,
+                        help="only time N trials of a study per task, one at a time and batched")
     args = parser.parse_args()
 
     prof = profiles.load(args.profile)
@@ -149,6 +191,9 @@ def main() -> None:
     print(f"{args.tier} tier, {args.steps or 'tier'} steps, {args.evals or 'tier'} evaluations, "
           f"{args.seeds} seeds, entry {entry.name}, median of {args.repeats}\n")
 
+    if args.trials:
+        print_trials(names, entry, prof, args)
+        return
     headers = ["task", "execution", "one by one (s)", "batched (s)", "speed-up"]
     rows, timings = [], {}
     for name in names:

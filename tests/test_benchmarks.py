@@ -78,3 +78,20 @@ def test_speed_tracks_are_lower_is_better_ratios_with_units(monkeypatch):
         monkeypatch.setattr(bench_speed, name, value)
     assert 0 < bench_speed.batching_ratio("deep-linear-modes") < math.inf
     assert 0 < bench_speed.matmul_shortfall(["deep-linear-modes"]) < math.inf
+
+
+def test_trial_batching_tracks_are_finite_ratios(monkeypatch):
+    """asv's tracks of a study's trial batching: one per task, NaN without a value, a finite
+    positive ratio from a tiny measurement (no timing is asserted)."""
+    import math
+
+    from benchmarks import bench_speed
+
+    tracks = [getattr(bench_speed.TrialRatios, n) for n in dir(bench_speed.TrialRatios)
+              if n.startswith("track_")]
+    assert len(tracks) == len(bench_speed.TRIAL_TASKS)
+    assert all(math.isnan(t(bench_speed.TrialRatios(), {})) for t in tracks)
+    for name, value in (("SPEEDUP_STEPS", 3), ("REPEATS", 1), ("TRIALS", 2)):
+        monkeypatch.setattr(bench_speed, name, value)
+    for task in ("deep-linear-modes", "mode-connectivity"):
+        assert 0 < bench_speed.trial_batching_ratio(task) < math.inf
