@@ -74,8 +74,9 @@ def execute(plan: Plan, trainer: Trainer, note: str | None = None
     """
     procedure = not batched.batchable(plan.task)
     execution: dict[str, Any] = {"mode": "one-by-one"}
-    if procedure:
-        networks = "side by side" if trainer.batch_lanes else "one by one"
+    if procedure:  # a closure or create_graph entry's networks step one after another
+        together = trainer.batch_lanes and not (trainer.entry.closure or trainer.entry.create_graph)
+        networks = "side by side" if together else "one by one"
         execution = {"mode": "procedure", "seeds": [plan.seed], "networks": networks}
     if note:
         execution["note"] = note

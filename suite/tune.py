@@ -93,9 +93,16 @@ def plans_for(entry: Entry, task_name: str, spec: dict, hparams: dict[str, Any],
     point's hyperparameters are the plans' overrides, which `runner.plan_entry` lays over the
     entry's own)."""
     tier, profile = spec["tier"], spec["profile"]
-    plans = runner.make_plans([task_name], seeds, tier, spec["sets"], {task_name: hparams})
+    plans = runner.make_plans([task_name], seeds, tier, task_sets(spec, task_name), {task_name: hparams})
     return [(p, runner.run_id(entry=entry, entry_hash=entry.hash, task=p.task, seed=p.seed,
                               tier=tier, profile=profile, overrides=p.overrides)) for p in plans]
+
+
+def task_sets(spec: dict, task: str) -> list[str]:
+    """The study's `--set` pairs that apply to `task`, as `task.key=value`: a bare key may belong
+    to another of its tasks, and `other.key` names one (both are checked against all of them)."""
+    resolved = registry.split_overrides(spec.get("sets", []), list(spec["tasks"]))[task]
+    return [f"{task}.{key}={value}" for key, value in resolved.items()]
 
 
 def study_spec(entry: Entry, tasks: list[str], *, budget: int, design_seed: int, tuning_seeds: int,
@@ -272,7 +279,7 @@ def show(folder: Path) -> tuple[pd.DataFrame, dict]:
     for task, info in spec["tasks"].items():
         for index, point in enumerate(info["points"]):
             plans = runner.make_plans([task], spec["tuning_seeds"], spec["tier"],
-                                      spec.get("sets", []), {task: point})
+                                      task_sets(spec, task), {task: point})
             ids = tuple(runner.run_id(entry=entry_stub, entry_hash=spec["entry_hash"], task=p.task,
                                       seed=p.seed, tier=spec["tier"], profile=spec["profile"],
                                       overrides=p.overrides) for p in plans)

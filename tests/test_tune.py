@@ -290,3 +290,19 @@ def test_the_tuned_view_entry_pages_chart_each_hyperparameter(tmp_path):
     broken = tmp_path / "tuned.json"
     broken.write_text(json.dumps({"tuned": written["tuned"]}))
     assert build.study_section(broken) == [] and build.study_section(None) == []
+
+
+def test_a_study_takes_sets_for_one_of_its_tasks_and_keys_only_some_tasks_have(make_entry, tmp_path):
+    """`--set mode-connectivity.spawn_steps=...` and `--set alphas=5` (only mode-connectivity has
+    it) are checked against all the study's tasks, and each task's trials take their own."""
+    sets = FAST + ["mode-connectivity.spawn_steps=[0, 20]", "alphas=5"]
+    out = tune.tune(make_entry(hparams=SEARCH), budget=2, tasks=["deep-linear-modes", "mode-connectivity"],
+                    eval_seeds=1, sets=sets, out=tmp_path / "study", progress=False)
+    runs = pd.read_parquet(out / tune.TRIALS / "runs.parquet").drop_duplicates("run_id")
+    overrides = {t: {k: v for k, v in json.loads(o).items() if k != "hparams"}
+                 for t, o in zip(runs.task, runs.overrides, strict=True)}
+    assert overrides["mode-connectivity"] == {"steps": 60, "evals": 10, "spawn_steps": [0, 20], "alphas": 5}
+    assert overrides["deep-linear-modes"] == {"steps": 60, "evals": 10}
+    bad = CliRunner().invoke(main, ["tune", str(make_entry(hparams=SEARCH)), "--budget", "2", "--tasks",
+                                    "deep-linear-modes", "--set", "alphas=5", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code != 0 and "--set 'alphas=5'" in bad.output and "Traceback" not in bad.output
