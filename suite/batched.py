@@ -493,14 +493,8 @@ class SeedBatch:
             unstack_state(self.shared, optimizers, [lane.model for lane in self.lanes], self.stacks)
 
     def execution(self) -> dict[str, Any]:
-        """How the lanes ran; a batch of runs with their own entries (trials) lists each run's
-        hyperparameters for this task."""
         optimizer = "per-seed" if self.shared is None else "merged" if self.merged else "stacked"
-        found = {"mode": "batched", "seeds": [lane.seed for lane in self.lanes], "optimizer": optimizer}
-        if any(lane.owner is not None for lane in self.lanes):
-            found["hparams"] = [lane.owner.entry.hparams_for(self.task.name) if lane.owner else None
-                                for lane in self.lanes]
-        return found
+        return {"mode": "batched", "seeds": [lane.seed for lane in self.lanes], "optimizer": optimizer}
 
     def stacked_batch(self, lanes: list[Lane], batches: list[Any]) -> tuple[Any, Any]:
         if self.fixed is not None:

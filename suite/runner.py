@@ -150,8 +150,9 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
             trajs = task.run_seeds(seeds, trainer, runs if own else None)
             for traj in trajs:
                 traj.execution = {"mode": "procedure", "seeds": seeds, "networks": "side by side"}
-                if own:  # a study's trials, as batched.SeedBatch.execution records them
-                    traj.execution["hparams"] = [e.hparams_for(task.name) for e in entries]
+        if own:  # a study's trials: each run's hyperparameters for this task, in batch order
+            for traj in trajs:
+                traj.execution["hparams"] = [e.hparams_for(task.name) for e in entries]
     except EntryError:
         raise
     except (EntryCodeError, NotApplicable):  # each seed records its own outcome, as alone
