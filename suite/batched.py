@@ -36,7 +36,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from suite import seeding
-from suite.loop import BatchingUnsupported, Lane, Trainer, Trajectory, plain_steps
+from suite.loop import BatchingUnsupported, Lane, Trainer, Trajectory, one_thread, plain_steps
 from suite.task import Task
 
 # torch optimizers whose update of each parameter entry depends only on that entry's gradient
@@ -507,7 +507,8 @@ class SeedBatch:
         return stack_batches(per_row)
 
     def __call__(self, trainer: Trainer, lanes: list[Lane], batches: list[Any], step: int) -> list[bool]:
-        batch, dims = self.stacked_batch(lanes, batches)
+        with one_thread():  # copies of small tensors: see loop.one_thread
+            batch, dims = self.stacked_batch(lanes, batches)
         key = (signature(batch), tuple((n, s.shape, s.dtype) for n, s in self.stacks.items()))
         if key not in self.traced:
             self.traced[key] = gradient_function(self.seed_loss, self.stacks, batch, dims)

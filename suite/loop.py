@@ -381,7 +381,8 @@ class Trainer:
         host = seeding.host_rng_states() if len(lanes) > 1 else None
         active = list(lanes)
         for step in range(start + 1, end + 1):
-            batches = [self.task.sample_batch(lane.data, step, lane.stream) for lane in active]
+            with one_thread():
+                batches = [self.task.sample_batch(lane.data, step, lane.stream) for lane in active]
             finite = step_function(self, active, batches, step)
             for lane, ok in zip(active, finite, strict=True):
                 if not ok:
@@ -398,6 +399,26 @@ class Trainer:
                 for lane in (lane for lane in active if lane.observed):
                     lane.traj.record(step, self.observe_lane(lane))
         check_host_rngs(host)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread for the duration (drawing batches).
+
+    Drawing is serial (each lane's one generator) and its ops are small: with two threads,
+    every op pays for waking the idle one (up to 3× the op's own time), which is all the
+    second thread would add. The numbers are the same on any thread count for the suite's
+    tasks (tests/test_batched.py checks every task's batches bit for bit).
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def check_host_rngs(before: tuple | None) -> tuple | None:

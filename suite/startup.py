@@ -1,19 +1,21 @@
 """OpenMP's wait policy, chosen from the hardware profile before torch loads (no torch import here).
 
-OMP_WAIT_POLICY is read once, when torch's OpenMP runtime (libgomp) loads with torch; setting it
-later does nothing. So `import suite`, which every `ldbench` command and every `suite.*` module
-runs before torch, picks the profile cheaply (a TOML read) and sets the variable:
+How torch's idle OpenMP threads wait for work is read once, when its OpenMP runtime (libgomp)
+loads with torch, from two variables: OMP_WAIT_POLICY (PASSIVE sleeps at once, ACTIVE spins
+until work comes) and GOMP_SPINCOUNT (spin that many times, then sleep; it overrides the
+policy). Setting them later does nothing. So `import suite`, which every `ldbench` command and
+every `suite.*` module runs before torch, picks the profile cheaply (a TOML read) and sets them:
 
-1. OMP_WAIT_POLICY already in the environment is left alone (a profile that disagrees refuses
-   in `Profile.check`, rather than running with another policy than it pins);
+1. if either variable is already in the environment, both are left alone (a profile that
+   disagrees refuses in `Profile.check`, rather than running with another policy than it pins);
 2. else the policy of the profile named by LDBENCH_PROFILE;
 3. else of the profile named by `--profile NAME` or `--profile=NAME` on the command line (any
    program's: `ldbench run`, `python benchmarks/speed.py`; a value that names no profile file
    is ignored, so other programs' `--profile` flags are harmless);
 4. else of the default profile, cpu-2core.
 
-If torch was imported before suite, nothing is set: the policy torch started with is recorded,
-and a profile pinning another one refuses to run.
+If torch was imported before suite, nothing is set: the variables torch started with are
+recorded, and a profile pinning other values refuses to run.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from pathlib import Path
 
 PROFILES = Path(__file__).parent / "profiles"
 DEFAULT_PROFILE = "cpu-2core"
-POLICIES = ("passive", "active")
-VARIABLE = "OMP_WAIT_POLICY"
+# passive: sleep at once; active: spin until work comes; spin: spin omp_spin_count times, then sleep.
+POLICIES = ("passive", "active", "spin")
+VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 PROFILE_VARIABLE = "LDBENCH_PROFILE"
 
-# The value of OMP_WAIT_POLICY torch loaded with, when torch was imported before suite
-# ("" = unset); None when suite set the variable first (then the environment says it).
-preloaded: str | None = None
+# The variables torch loaded with (upper case, "" = unset), when torch was imported before
+# suite; None when suite set them first (then the environment says it).
+preloaded: dict[str, str] | None = None
 
 
 def profile_name(argv: Sequence[str], environ: Mapping[str, str], folder: Path | None = None) -> str:
@@ -48,31 +51,55 @@ def profile_name(argv: Sequence[str], environ: Mapping[str, str], folder: Path |
     return DEFAULT_PROFILE
 
 
-def profile_policy(name: str, folder: Path | None = None) -> str | None:
-    """The `omp_wait_policy` of profile `name`, or None if it has no valid one (load() says why)."""
+def valid_spin_count(policy: object, count: object) -> bool:
+    """A spin count belongs to the spin policy alone, and is a positive integer there."""
+    if policy != "spin":
+        return count is None
+    return isinstance(count, int) and not isinstance(count, bool) and count > 0
+
+
+def policy_environment(policy: str, spin_count: int | None = None) -> dict[str, str]:
+    """The value of each OpenMP variable under `policy` ("" = must be unset)."""
+    if policy == "spin":
+        return {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": str(spin_count)}
+    return {"OMP_WAIT_POLICY": policy.upper(), "GOMP_SPINCOUNT": ""}
+
+
+def profile_environment(name: str, folder: Path | None = None) -> dict[str, str] | None:
+    """The OpenMP variables of profile `name`, or None if it has no valid policy (load() says why)."""
     folder = folder or PROFILES
     try:
-        value = tomllib.loads((folder / f"{name}.toml").read_text(encoding="utf-8")).get("omp_wait_policy")
+        raw = tomllib.loads((folder / f"{name}.toml").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return value if value in POLICIES else None
+    policy, count = raw.get("omp_wait_policy"), raw.get("omp_spin_count")
+    if policy not in POLICIES or not valid_spin_count(policy, count):
+        return None
+    return policy_environment(policy, count)
 
 
 def choose(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None,
            folder: Path | None = None) -> None:
-    """Set OMP_WAIT_POLICY for this process's profile before torch loads (see the module docstring)."""
+    """Set the OpenMP variables of this process's profile before torch loads (see the module docstring)."""
     global preloaded
     environ = os.environ if environ is None else environ
     if "torch" in sys.modules:
-        preloaded = environ.get(VARIABLE, "")
+        preloaded = {v: environ.get(v, "").strip().upper() for v in VARIABLES}
         return
-    policy = profile_policy(profile_name(sys.argv if argv is None else argv, environ, folder), folder)
-    if policy is not None:
-        environ.setdefault(VARIABLE, policy.upper())
+    if any(v in environ for v in VARIABLES):
+        return
+    wanted = profile_environment(profile_name(sys.argv if argv is None else argv, environ, folder), folder)
+    environ.update({k: v for k, v in (wanted or {}).items() if v})
 
 
-def torch_started_with() -> str:
-    """OMP_WAIT_POLICY as torch's OpenMP read it, upper case ("" = unset: libgomp's default, a
-    short spin then sleep), as far as this process can tell."""
-    value = preloaded if preloaded is not None else os.environ.get(VARIABLE, "")
-    return value.strip().upper()
+def torch_started_with() -> dict[str, str]:
+    """The OpenMP variables as torch's OpenMP read them, upper case ("" = unset), as far as this
+    process can tell."""
+    if preloaded is not None:
+        return dict(preloaded)
+    return {v: os.environ.get(v, "").strip().upper() for v in VARIABLES}
+
+
+def describe(variables: Mapping[str, str]) -> str:
+    """`OMP_WAIT_POLICY=PASSIVE`, `GOMP_SPINCOUNT=10000`, ...: the variables that are set, or "both unset"."""
+    return " ".join(f"{k}={v}" for k, v in variables.items() if v) or "both unset"

@@ -12,7 +12,7 @@ import torch
 
 from suite import batched, profiles, registry, runner, seeding
 from suite.entry import load_entry
-from suite.loop import Trainer
+from suite.loop import Trainer, one_thread
 from suite.task import PLOT_KINDS, ConfigError, Plot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,6 +124,29 @@ def test_global_rng_is_untouched_by_data_model_and_batches(name, tier):
     assert isinstance(model, torch.nn.Module)
     assert torch.equal(torch.random.get_rng_state(), before), \
         f"{name}: make_data/make_model/sample_batch drew from torch's global RNG"
+
+
+@pytest.mark.parametrize("name,tier", CASES)
+def test_batches_are_the_same_on_one_thread_as_on_the_profiles(name, tier, trainer_for):
+    """Batches are drawn on one thread (loop.one_thread: it is faster), which must not change
+    them: every element bit for bit against the profile's threads, over several steps."""
+    task = registry.make_task(name, tier)
+    trainer_for(task)  # applies cpu-2core: 2 threads
+    assert torch.get_num_threads() == 2
+    data = task.make_data(0)
+
+    def draw() -> list:
+        gen = seeding.generator(0, "batches")
+        return [task.sample_batch(data, step, gen) for step in (1, 2, 3)]
+
+    several = draw()
+    with one_thread():
+        assert torch.get_num_threads() == 1
+        one = draw()
+    assert torch.get_num_threads() == 2
+    for a, b in zip(torch.utils._pytree.tree_leaves(several), torch.utils._pytree.tree_leaves(one),
+                    strict=True):
+        assert not isinstance(a, torch.Tensor) or torch.equal(a, b), f"{name}: a batch differs"
 
 
 @pytest.mark.parametrize("name,tier", CASES)

@@ -23,41 +23,67 @@ tf32 = false
 """
 
 
-def write_profile(folder: Path, name: str, policy: str | None) -> Path:
+def write_profile(folder: Path, name: str, policy: str | None, count: object = None) -> Path:
     line = f'omp_wait_policy = "{policy}"\n' if policy is not None else ""
+    line += f"omp_spin_count = {count}\n" if count is not None else ""
     (folder / f"{name}.toml").write_text(PROFILE + line)
     return folder
 
 
+def wanted(prof: profiles.Profile) -> dict[str, str]:
+    return startup.policy_environment(prof.omp_wait_policy, prof.omp_spin_count)
+
+
 def test_every_profile_pins_a_valid_wait_policy():
     for name in profiles.available():
-        assert profiles.load(name).omp_wait_policy in startup.POLICIES
+        prof = profiles.load(name)
+        assert prof.omp_wait_policy in startup.POLICIES
+        assert startup.valid_spin_count(prof.omp_wait_policy, prof.omp_spin_count)
 
 
-@pytest.mark.parametrize("policy, message", [("spin", "omp_wait_policy must be"),
-                                             (None, "malformed profile")])
-def test_a_profile_without_a_valid_wait_policy_is_refused(tmp_path, monkeypatch, policy, message):
-    monkeypatch.setattr(profiles, "HERE", write_profile(tmp_path, "odd", policy))
+@pytest.mark.parametrize("policy, count, message", [
+    ("sleepy", None, "omp_wait_policy must be one of"), (None, None, "malformed profile"),
+    ("spin", None, "omp_spin_count must be a positive integer"),
+    ("spin", 0, "omp_spin_count must be"), ("spin", "true", "omp_spin_count must be"),
+    ("spin", '"1000"', "omp_spin_count must be"), ("passive", 1000, "absent otherwise")])
+def test_a_profile_without_a_valid_wait_policy_is_refused(tmp_path, monkeypatch, policy, count,
+                                                          message):
+    monkeypatch.setattr(profiles, "HERE", write_profile(tmp_path, "odd", policy, count))
     with pytest.raises(profiles.ProfileError, match=message):
         profiles.load("odd")
+    assert startup.profile_environment("odd", tmp_path) is None
+
+
+def test_each_policy_sets_one_variable_and_needs_the_other_unset():
+    assert startup.policy_environment("passive") == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": ""}
+    assert startup.policy_environment("active") == {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": ""}
+    assert startup.policy_environment("spin", 300) == {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "300"}
+    assert startup.describe(startup.policy_environment("spin", 300)) == "GOMP_SPINCOUNT=300"
+    assert startup.describe({"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": ""}) == "both unset"
 
 
 def test_the_fingerprint_records_the_profiles_and_the_processs_wait_policy():
     prof = profiles.load("cpu-2core")
     found = profiles.fingerprint(prof, REPO)
     assert json.loads(found["profile"])["omp_wait_policy"] == prof.omp_wait_policy
-    assert found["omp_wait_policy"] == prof.omp_wait_policy.upper()  # conftest imported suite first
+    assert json.loads(found["profile"])["omp_spin_count"] == prof.omp_spin_count
+    assert found["omp_wait_policy"] == startup.describe(wanted(prof))  # conftest imported suite first
 
 
-def test_a_profile_refuses_a_process_whose_torch_started_with_another_policy(monkeypatch):
+@pytest.mark.parametrize("started", [{"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": ""},
+                                     {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": ""},
+                                     {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "77"},
+                                     {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "77"}])
+def test_a_profile_refuses_a_process_whose_torch_started_with_another_policy(monkeypatch, started):
     prof = profiles.load("cpu-2core")
-    other = next(p for p in startup.POLICIES if p != prof.omp_wait_policy).upper()
-    monkeypatch.setattr(startup, "preloaded", other)  # as if torch had been imported before suite
+    if started == wanted(prof):
+        return
+    monkeypatch.setattr(startup, "preloaded", started)  # as if torch had been imported before suite
     with pytest.raises(profiles.ProfileError) as err:
         prof.check()
     text = str(err.value)
-    assert "\n" not in text and f"OMP_WAIT_POLICY={prof.omp_wait_policy.upper()}" in text
-    assert f"started with OMP_WAIT_POLICY={other}" in text and "imported before suite" in text
+    assert "\n" not in text and f"pins {startup.describe(wanted(prof))}" in text
+    assert f"started with {startup.describe(started)}" in text and "imported before suite" in text
 
 
 def test_the_profile_is_named_by_the_environment_then_the_command_line_then_the_default(tmp_path):
@@ -67,8 +93,8 @@ def test_the_profile_is_named_by_the_environment_then_the_command_line_then_the_
     assert startup.profile_name(["x", "--profile=spin"], {}, folder) == "spin"
     assert startup.profile_name(argv, {"LDBENCH_PROFILE": "other"}, folder) == "other"
     assert startup.profile_name(["pytest", "--profile", "tests/"], {}, folder) == startup.DEFAULT_PROFILE
-    assert startup.profile_policy("spin", folder) == "active"
-    assert startup.profile_policy("missing", folder) is None
+    assert startup.profile_environment("spin", folder) == startup.policy_environment("active")
+    assert startup.profile_environment("missing", folder) is None
 
 
 STANDALONE = """
@@ -77,40 +103,48 @@ spec = importlib.util.spec_from_file_location("startup", sys.argv[1])
 startup = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(startup)
 startup.choose(sys.argv[3:], folder=__import__("pathlib").Path(sys.argv[2]))
-seen = os.environ.get("OMP_WAIT_POLICY", "")
+seen = startup.describe({v: os.environ.get(v, "") for v in startup.VARIABLES})
 assert "torch" not in sys.modules
 import torch
-print(seen, startup.torch_started_with())
+print(seen, startup.describe(startup.torch_started_with()))
 """
+OWN = {k: v for k, v in os.environ.items() if k not in (*startup.VARIABLES, "LDBENCH_PROFILE")}
 
 
-@pytest.mark.parametrize("env, expected", [({}, "ACTIVE"), ({"OMP_WAIT_POLICY": "PASSIVE"}, "PASSIVE")])
-def test_a_new_process_sets_its_profiles_policy_before_torch_loads(tmp_path, env, expected):
-    """The profile's policy is in os.environ before torch is imported; one set by hand stays."""
-    folder = write_profile(tmp_path, "spin", "active")
-    environ = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "LDBENCH_PROFILE")}
+@pytest.mark.parametrize("policy, count, env, expected", [
+    ("active", None, {}, "OMP_WAIT_POLICY=ACTIVE"),
+    ("spin", 500, {}, "GOMP_SPINCOUNT=500"),
+    ("active", None, {"OMP_WAIT_POLICY": "PASSIVE"}, "OMP_WAIT_POLICY=PASSIVE"),
+    ("spin", 500, {"OMP_WAIT_POLICY": "PASSIVE"}, "OMP_WAIT_POLICY=PASSIVE"),
+    ("passive", None, {"GOMP_SPINCOUNT": "9"}, "GOMP_SPINCOUNT=9")])
+def test_a_new_process_sets_its_profiles_policy_before_torch_loads(tmp_path, policy, count, env,
+                                                                   expected):
+    """The profile's variables are in os.environ before torch is imported; either variable set
+    by hand leaves both alone (the profile then refuses to run, see above)."""
+    folder = write_profile(tmp_path, "mine", policy, count)
     out = subprocess.run(
         [sys.executable, "-c", STANDALONE, str(REPO / "suite" / "startup.py"), str(folder),
-         "--profile", "spin"], env={**environ, **env}, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [expected, expected]
+         "--profile", "mine"], env={**OWN, **env}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"{expected} {expected}"
 
 
 def test_importing_suite_sets_the_named_profiles_policy_before_torch():
-    code = "import os, sys, suite; print('torch' in sys.modules, os.environ['OMP_WAIT_POLICY'])"
-    environ = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "LDBENCH_PROFILE")}
+    code = ("import os, sys, suite; from suite import startup; print('torch' in sys.modules, "
+            "startup.describe({v: os.environ.get(v, '') for v in startup.VARIABLES}))")
     out = subprocess.run([sys.executable, "-c", code, "--profile", "cpu-2core"], cwd=REPO,
-                         env={**environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                         env={**OWN, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
                          check=True)
-    assert out.stdout.split() == ["False", profiles.load("cpu-2core").omp_wait_policy.upper()]
+    assert out.stdout.split() == ["False", startup.describe(wanted(profiles.load("cpu-2core")))]
 
 
 def test_ldbench_run_refuses_a_profile_it_cannot_honour_in_one_line(tmp_path):
-    wanted = profiles.load("cpu-2core").omp_wait_policy.upper()
-    other = next(p for p in startup.POLICIES if p.upper() != wanted).upper()
+    pinned = wanted(profiles.load("cpu-2core"))
+    other = next(e for e in (startup.policy_environment("passive"), startup.policy_environment("active"))
+                 if e != pinned)
     out = subprocess.run(
         [sys.executable, "-m", "suite", "run", "baselines/sgd", "--tasks", "deep-linear-modes",
          "--profile", "cpu-2core", "--out", str(tmp_path / "out"), "--quiet"], cwd=REPO,
-        env={**os.environ, "OMP_WAIT_POLICY": other, "PYTHONPATH": str(REPO)},
+        env={**OWN, **{k: v for k, v in other.items() if v}, "PYTHONPATH": str(REPO)},
         capture_output=True, text=True)
     assert out.returncode == 2 and not (tmp_path / "out").exists()
-    assert out.stderr.count("\n") == 1 and f"pins OMP_WAIT_POLICY={wanted}" in out.stderr
+    assert out.stderr.count("\n") == 1 and f"pins {startup.describe(pinned)}" in out.stderr

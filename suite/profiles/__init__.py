@@ -30,11 +30,13 @@ class Profile:
 
     description: one line, shown on the leaderboard. device: "cpu" or "cuda". threads: torch's
     intra-op threads. dtype: "float32" or "float64". deterministic: torch's deterministic
-    algorithms. tf32: TF32 matmuls on CUDA. omp_wait_policy: "passive" or "active", how
-    torch's idle OpenMP threads wait for work (OMP_WAIT_POLICY): "active" spins, which is
-    faster on cores that nothing else uses and many times slower on shared ones; "passive"
-    sleeps. It is set before torch loads (`suite/startup.py`); a process whose torch started
-    with another policy refuses the profile (`check`).
+    algorithms. tf32: TF32 matmuls on CUDA. omp_wait_policy: how torch's idle OpenMP threads
+    wait for work: "passive" sleeps at once (OMP_WAIT_POLICY=PASSIVE), "active" spins until
+    work comes (ACTIVE: faster on cores nothing else uses, many times slower on shared ones),
+    "spin" spins `omp_spin_count` times and then sleeps (GOMP_SPINCOUNT; the profile's one
+    optional field, required with "spin" alone). They are set before torch loads
+    (`suite/startup.py`); a process whose torch started with other values refuses the profile
+    (`check`).
     """
 
     name: str
@@ -45,6 +47,7 @@ class Profile:
     deterministic: bool
     tf32: bool
     omp_wait_policy: str
+    omp_spin_count: int | None = None
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -66,16 +69,18 @@ class Profile:
             )
 
     def check_wait_policy(self) -> None:
-        """Refuse the profile if torch's OpenMP started with another OMP_WAIT_POLICY than it pins."""
-        started, wanted = startup.torch_started_with(), self.omp_wait_policy.upper()
+        """Refuse the profile if torch's OpenMP started with other wait variables than it pins."""
+        started = startup.torch_started_with()
+        wanted = startup.policy_environment(self.omp_wait_policy, self.omp_spin_count)
         if started == wanted:
             return
         before = " (torch was imported before suite)" if startup.preloaded is not None else ""
+        unset = " and ".join(k for k, v in wanted.items() if not v)
         raise ProfileError(
-            f"profile {self.name!r} pins OMP_WAIT_POLICY={wanted}, but torch started with "
-            f"{'OMP_WAIT_POLICY=' + started if started else 'it unset'}{before} and reads it only "
-            f"when it loads: start a new process with OMP_WAIT_POLICY={wanted} or LDBENCH_PROFILE="
-            f"{self.name}, or with --profile {self.name} on its command line and no OMP_WAIT_POLICY"
+            f"profile {self.name!r} pins {startup.describe(wanted)} ({unset} unset), but torch "
+            f"started with {startup.describe(started)}{before} and reads them only when it loads: "
+            f"start a new process with LDBENCH_PROFILE={self.name}, or with --profile {self.name} "
+            f"on its command line, and neither {' nor '.join(startup.VARIABLES)} set"
         )
 
     def apply(self) -> None:
@@ -107,8 +112,12 @@ def load(name: str) -> Profile:
     if profile.dtype not in DTYPES or profile.device not in ("cpu", "cuda"):
         raise ProfileError(f"{files[name]}: dtype must be in {list(DTYPES)}, device cpu or cuda")
     if profile.omp_wait_policy not in startup.POLICIES:
-        raise ProfileError(f"{files[name]}: omp_wait_policy must be \"passive\" or \"active\", "
-                           f"not {profile.omp_wait_policy!r}")
+        raise ProfileError(f"{files[name]}: omp_wait_policy must be one of "
+                           f"{', '.join(map(repr, startup.POLICIES))}, not {profile.omp_wait_policy!r}")
+    if not startup.valid_spin_count(profile.omp_wait_policy, profile.omp_spin_count):
+        raise ProfileError(f"{files[name]}: omp_spin_count must be a positive integer with "
+                           f"omp_wait_policy = \"spin\" and absent otherwise, not "
+                           f"{profile.omp_spin_count!r} with {profile.omp_wait_policy!r}")
     return profile
 
 
@@ -138,7 +147,7 @@ def fingerprint(profile: Profile, entry_path: Path) -> dict[str, str]:
     device = torch.cuda.get_device_name() if profile.device == "cuda" else cpu_model()
     return {
         "profile": json.dumps(asdict(profile), sort_keys=True),
-        "omp_wait_policy": startup.torch_started_with() or "unset",  # what torch's OpenMP read
+        "omp_wait_policy": startup.describe(startup.torch_started_with()),  # what OpenMP read
         "cpu_model": cpu_model(),
         "cpu_count": str(os.cpu_count()),
         "device_name": device,
