@@ -408,7 +408,7 @@ def one_thread() -> Iterator[None]:
     Drawing is serial (each lane's one generator) and its ops are small: with two threads,
     every op pays for waking the idle one (up to 3× the op's own time), which is all the
     second thread would add. The numbers are the same on any thread count for the suite's
-    tasks (tests/test_batched.py checks every task's batches bit for bit).
+    tasks (tests/test_conformance.py checks every task's batches bit for bit).
     """
     threads = torch.get_num_threads()
     if threads == 1:

@@ -247,7 +247,9 @@ class Task:
             interface also defines probe(data) -> (input, expected output shape): the first
             forward every architecture entry's model is checked with before training.
         sample_batch(data, step, generator) -> batch: minibatch or fresh samples for one step
-            (default: the full data, i.e. full-batch training).
+            (default: the full data, i.e. full-batch training). It runs on one thread
+            (loop.one_thread), so its batches must not depend on the thread count: the
+            conformance suite compares them bit for bit against the profile's threads.
         run(seed, trainer) -> Trajectory: a special procedure (spawning children, two
             networks...) built from `trainer`'s pieces. Override only when one training run per
             seed does not describe the task; the default is one model, one optimizer, `steps`.
