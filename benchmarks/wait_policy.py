@@ -84,7 +84,7 @@ def busy(processes: int) -> Iterator[None]:
 
 def measure(args: argparse.Namespace, extra: int) -> dict[str, list[float]]:
     """Seconds per policy, `args.repeats` each, alternating (which goes first alternates too)."""
-    policies = args.policies.split(",")
+    policies = args.policies
     times: dict[str, list[float]] = {p: [] for p in policies}
     with busy(extra):
         for i in range(args.repeats):
@@ -107,9 +107,9 @@ def main() -> None:
     parser.add_argument("--conditions", default="quiet,contended", help="quiet, contended or both")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
-    policies = args.policies.split(",")
+    policies = args.policies = args.policies.split(",")
     for spec in policies:
-        parsed(spec)
+        parsed(spec)  # refuse a malformed policy before any run
     print(f"{args.entry}, {args.tier} tier, tasks {args.tasks}, {args.seeds} seeds, "
           f"median of {args.repeats}")
     rows = []
