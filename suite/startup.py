@@ -84,7 +84,7 @@ def choose(argv: Sequence[str] | None = None, environ: dict[str, str] | None = N
     global preloaded
     environ = os.environ if environ is None else environ
     if "torch" in sys.modules:
-        preloaded = {v: environ.get(v, "").strip().upper() for v in VARIABLES}
+        preloaded = read_variables(environ)
         return
     if any(v in environ for v in VARIABLES):
         return
@@ -95,9 +95,12 @@ def choose(argv: Sequence[str] | None = None, environ: dict[str, str] | None = N
 def torch_started_with() -> dict[str, str]:
     """The OpenMP variables as torch's OpenMP read them, upper case ("" = unset), as far as this
     process can tell."""
-    if preloaded is not None:
-        return dict(preloaded)
-    return {v: os.environ.get(v, "").strip().upper() for v in VARIABLES}
+    return dict(preloaded) if preloaded is not None else read_variables(os.environ)
+
+
+def read_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """Each OpenMP variable in `environ`, upper case ("" = unset)."""
+    return {v: environ.get(v, "").strip().upper() for v in VARIABLES}
 
 
 def describe(variables: Mapping[str, str]) -> str:
