@@ -141,27 +141,37 @@ FIRST_FIVE = ("deep-linear-modes", "teacher-student", "shared-representation", "
               "mode-connectivity")
 
 
-def suite_seconds(entry: str, seeds: int, seed_batch: str) -> tuple[float, dict[str, float]]:
-    """Wall time of `ldbench run ENTRY --tier standard --seeds N` into a throwaway folder, and
-    each task's share (the summed wall time of its runs, as recorded in its results)."""
+def suite_seconds(entry: str, seeds: int, seed_batch: str, profile: str, tasks: list[str] | None = None,
+                  workers: int | None = None) -> tuple[float, dict[str, float]]:
+    """Wall time of `ldbench run ENTRY --tier standard --seeds N` into a throwaway folder (with
+    the profile's workers, as the command runs it), and each task's share (the summed wall time
+    of its runs, as recorded in its results)."""
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        runs = runner.run_suite(entry, seeds=seeds, tier="standard", out=out, progress=False,
-                                seed_batch=seed_batch)
+        runs = runner.run_suite(entry, tasks=tasks, seeds=seeds, tier="standard", out=out,
+                                progress=False, seed_batch=seed_batch, profile=profile, workers=workers)
         total = time.perf_counter() - start
     per_run = runs.drop_duplicates("run_id")
     return total, per_run.groupby("task")["wall_time_s"].sum().to_dict()
 
 
-def print_suite(entry: Entry, seeds: int) -> None:
-    total, tasks = suite_seconds(str(entry.path), seeds, "auto")
+def print_suite(entry: Entry, seeds: int, prof: profiles.Profile) -> None:
+    """The whole standard tier, then the first five tasks by themselves, each as `ldbench run`
+    runs it on the profile (`workers` runs at a time), and once more in one process."""
+    how = f"{prof.workers} workers" if prof.workers > 1 else "in one process"
+    total, tasks = suite_seconds(str(entry.path), seeds, "auto", prof.name)
     rows = [[name, f"{sec:.1f}", "*" if name in FIRST_FIVE else ""] for name, sec in
             sorted(tasks.items(), key=lambda kv: -kv[1])]
-    print(f"\nwhole standard tier, {seeds} seeds, {entry.name}, --seed-batch auto (* first five):")
+    print(f"\nwhole standard tier, {seeds} seeds, {entry.name}, --seed-batch auto, {how} "
+          "(seconds of run time per task; * first five):")
     print(tabulate(rows, headers=["task", "seconds", ""], tablefmt="github"))
-    five = sum(sec for name, sec in tasks.items() if name in FIRST_FIVE)
-    print(f"first five tasks: {five / 60:.2f} min (target <= 3); whole suite, {len(tasks)} tasks: "
-          f"{total / 60:.2f} min wall (target <= 5)")
+    five, _ = suite_seconds(str(entry.path), seeds, "auto", prof.name, tasks=list(FIRST_FIVE))
+    print(f"first five tasks: {five / 60:.2f} min wall (target <= 3); whole suite, {len(tasks)} "
+          f"tasks: {total / 60:.2f} min wall (target <= 5); {how}")
+    if prof.workers > 1:
+        alone, _ = suite_seconds(str(entry.path), seeds, "auto", prof.name, workers=0)
+        print(f"whole suite in one process (--workers 0): {alone / 60:.2f} min wall "
+              f"({alone / total:.2f}x the time with {how})")
 
 
 def main() -> None:
@@ -226,7 +236,7 @@ def main() -> None:
                   "(wall time includes data, evaluation and optimizer)")
 
     if args.suite:
-        print_suite(entry, 5)
+        print_suite(entry, 5, prof)
 
 
 if __name__ == "__main__":

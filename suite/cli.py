@@ -42,8 +42,9 @@ class Group(click.Group):
 def cluster_options(func):
     """--workers, --scheduler and --time-limit: Dask execution (suite/cluster.py), issue 12."""
     for option in reversed([
-        click.option("--workers", default=0, type=click.IntRange(0), metavar="N",
-                     help="Run on a Dask LocalCluster of N worker processes (0: in this process)."),
+        click.option("--workers", default=None, type=click.IntRange(0), metavar="N",
+                     help="Run on a Dask LocalCluster of N worker processes (0: in this process; "
+                          "default: the profile's workers)."),
         click.option("--scheduler", default=None, metavar="ADDRESS",
                      help="Run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786)."),
         click.option("--time-limit", default=None, type=click.FloatRange(min=0, min_open=True),
@@ -93,8 +94,8 @@ def tasks() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--seed-batch", default="auto", show_default=True, metavar="auto|1|N",
               help="Train the seeds of a task as one batched computation: auto = all of them, "
-                   "N = up to N at a time, 1 = one by one. Tasks with their own procedure "
-                   "(overriding Task.run) always run seed by seed.")
+                   "N = up to N at a time, 1 = one by one. A task with its own procedure "
+                   "batches only if it implements Task.run_seeds (mode-connectivity does).")
 @cluster_options
 def run(entry_dir, task_list, seeds, tier, profile, sets, hparams, out, quiet, seed_batch,
         workers, scheduler, time_limit) -> None:

@@ -260,7 +260,7 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
               tier: str = "smoke", profile: str = "cpu-2core", sets: list[str] | None = None,
               out: str | Path | None = None, progress: bool = True,
               seed_batch: int | str = "auto", hparams: list[str] | None = None,
-              workers: int = 0, scheduler: str | None = None,
+              workers: int | None = 0, scheduler: str | None = None,
               time_limit: float | None = None) -> pd.DataFrame:
     """Run every selected task for seeds 0..seeds-1 and return the run table of all of them.
 
@@ -269,7 +269,8 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
     `seed_batch`: "auto" trains all seeds of a task as one batched computation (see
     `suite.batched`), N at most N seeds together, 1 one by one. `sets` override tier config
     values and `hparams` the entry's hyperparameters (`key=value` or `task.key=value` each).
-    `workers`/`scheduler`: run the batches on a Dask cluster (suite.cluster); `time_limit`:
+    `workers`/`scheduler`: run the batches on a Dask cluster (suite.cluster); `workers=None`:
+    the profile's `workers`, where there are at least two groups of runs; `time_limit`:
     seconds per run, past which a run is recorded with status "timeout".
     """
     entry = load_entry(entry_dir)
@@ -288,16 +289,19 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
     ids = [run_id(entry=entry, entry_hash=digest, task=p.task, seed=p.seed, tier=tier,
                   profile=profile, overrides=p.overrides) for p in plans]
     todo = [(p, rid) for p, rid in zip(plans, ids, strict=True) if rid not in done]
+    groups = group_plans(todo, size, entry)
+    if workers is None:  # the profile's, where there is more than one group to spread
+        workers = prof.workers if prof.workers > 1 and len(groups) > 1 else 0
     if workers or scheduler:  # issue 12: the same groups, on a Dask cluster
         from suite import cluster
 
-        jobs = [cluster.Job(entry, group) for group in group_plans(todo, size, entry)]
+        jobs = [cluster.Job(entry, group) for group in groups]
         cluster.run_jobs(jobs, out=out, tier=tier, profile=profile, workers=workers,
                          scheduler=scheduler, time_limit=time_limit, progress=progress)
-        todo = []
+        todo, groups = [], []
     total = sum(p.task.optimizer_steps() for p, _ in todo)
     with tqdm(total=total, unit="step", disable=not progress or not todo, dynamic_ncols=True) as bar:
-        for group in group_plans(todo, size, entry):
+        for group in groups:
             batch = [plan for plan, _ in group]
             bar.set_description(f"{batch[0].task.name} seed {','.join(str(p.seed) for p in batch)}")
             rows = run_group(group, entry, prof, tier=tier, profile=profile, fingerprint=fingerprint,

@@ -213,13 +213,14 @@ def best_trials(table: pd.DataFrame, tier: str) -> dict[str, int]:
 
 def tune(entry_dir: str | Path, *, budget: int, tasks: list[str] | None = None, tier: str = "smoke",
          profile: str = "cpu-2core", design_seed: int = 0, tuning_seeds: int = 1, eval_seeds: int = 2,
-         out: str | Path | None = None, workers: int = 0, scheduler: str | None = None,
+         out: str | Path | None = None, workers: int | None = 0, scheduler: str | None = None,
          time_limit: float | None = None, sets: list[str] | None = None, progress: bool = True,
          trial_batch: int | str = "auto") -> Path:
     """Run (or resume) a study and its evaluation; return the study folder.
 
     `trial_batch`: how many of a task's trial runs train as one batch ("auto": all of them;
-    see runner.parse_seed_batch); the evaluation runs batch all seeds of a task.
+    see runner.parse_seed_batch); the evaluation runs batch all seeds of a task. `workers=None`:
+    the profile's `workers` when the study has at least two tasks (runner.run_suite).
     """
     entry = load_entry(entry_dir)
     size = runner.parse_seed_batch(trial_batch, "--trial-batch")
@@ -232,6 +233,8 @@ def tune(entry_dir: str | Path, *, budget: int, tasks: list[str] | None = None, 
     spec = study_spec(entry, tasks, budget=budget, design_seed=design_seed, tuning_seeds=tuning_seeds,
                       eval_seeds=eval_seeds, tier=tier, profile=profile, sets=list(sets or []))
     open_study(out, spec)
+    if workers is None:
+        workers = prof.workers if prof.workers > 1 and len(tasks) > 1 else 0
     with cluster.session(workers, scheduler) as client:  # one cluster for trials and evaluation
         return run_study(entry, out, spec, tasks, prof, client=client, time_limit=time_limit,
                          progress=progress, trial_batch=size)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from suite import cluster, runner
+from suite import cluster, profiles, runner
 from suite.profiles import ProfileError
 
 FAST = ["steps=60", "evals=10"]
@@ -246,3 +246,31 @@ def test_unreachable_scheduler_is_one_line(make_entry):
                                        "--scheduler", "tcp://127.0.0.1:9", "--quiet"])
     assert result.exit_code == 1 and "cannot connect" in result.output
     assert "Traceback" not in result.output
+
+
+def test_local_workers_keep_glibcs_adaptive_malloc(monkeypatch):
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which made every step's
+    multi-MB temporaries be mapped and faulted in anew (modular-addition 2x slower); ldbench's
+    LocalCluster leaves it unset and keeps Dask's other variables."""
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with cluster.connect(1, None) as client:
+        names = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")
+        seen = client.run(lambda: {k: os.environ.get(k) for k in names})
+    assert list(seen.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}]
+
+
+def test_without_workers_a_run_takes_the_profiles_when_it_has_two_groups(make_entry, tmp_path,
+                                                                         monkeypatch):
+    """cpu-2core trains two runs at a time (`workers = 2`): two groups go to a local cluster of
+    two workers, and the numbers are those of one process; one group stays in the process."""
+    assert profiles.load("cpu-2core").workers == 2
+    calls, real = [], cluster.run_jobs
+    monkeypatch.setattr(cluster, "run_jobs", lambda jobs, **kw: calls.append((len(jobs), kw["workers"]))
+                        or real(jobs, **kw))
+    entry = make_entry()
+    run(entry, tmp_path / "profile", seeds=2, workers=None)
+    run(entry, tmp_path / "one", tasks=TASKS[:1], workers=None)
+    assert calls == [(2, 2)]
+    run(entry, tmp_path / "local", seeds=2, workers=0)
+    pd.testing.assert_series_equal(sorted_table(tmp_path / "local" / "runs.parquet").value,
+                                   sorted_table(tmp_path / "profile" / "runs.parquet").value)

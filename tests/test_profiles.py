@@ -20,6 +20,7 @@ threads = 1
 dtype = "float32"
 deterministic = true
 tf32 = false
+workers = 1
 """
 
 
@@ -52,6 +53,17 @@ def test_a_profile_without_a_valid_wait_policy_is_refused(tmp_path, monkeypatch,
     with pytest.raises(profiles.ProfileError, match=message):
         profiles.load("odd")
     assert startup.profile_environment("odd", tmp_path) is None
+
+
+@pytest.mark.parametrize("workers", ["0", "-2", "1.5", '"2"', "true"])
+def test_a_profile_without_a_positive_whole_number_of_workers_is_refused(tmp_path, monkeypatch,
+                                                                          workers):
+    write_profile(tmp_path, "odd", "passive")
+    path = tmp_path / "odd.toml"
+    path.write_text(path.read_text().replace("workers = 1", f"workers = {workers}"))
+    monkeypatch.setattr(profiles, "HERE", tmp_path)
+    with pytest.raises(profiles.ProfileError, match="workers must be a positive integer"):
+        profiles.load("odd")
 
 
 def test_each_policy_sets_one_variable_and_needs_the_other_unset():

@@ -36,7 +36,10 @@ class Profile:
     "spin" spins `omp_spin_count` times and then sleeps (GOMP_SPINCOUNT; the profile's one
     optional field, required with "spin" alone). They are set before torch loads
     (`suite/startup.py`); a process whose torch started with other values refuses the profile
-    (`check`).
+    (`check`). workers: how many runs the profile trains at a time (`ldbench run` without
+    --workers): 1 in the ldbench process; N > 1 in a local Dask cluster of N worker processes,
+    each with `threads` threads, when there are at least two groups of runs. The numbers do not
+    depend on it (a worker computes exactly what the ldbench process would), only the wall time.
     """
 
     name: str
@@ -47,6 +50,7 @@ class Profile:
     deterministic: bool
     tf32: bool
     omp_wait_policy: str
+    workers: int
     omp_spin_count: int | None = None
 
     @property
@@ -114,6 +118,9 @@ def load(name: str) -> Profile:
     if profile.omp_wait_policy not in startup.POLICIES:
         raise ProfileError(f"{files[name]}: omp_wait_policy must be one of "
                            f"{', '.join(map(repr, startup.POLICIES))}, not {profile.omp_wait_policy!r}")
+    if type(profile.workers) is not int or profile.workers < 1:
+        raise ProfileError(f"{files[name]}: workers must be a positive integer (1: runs train in the "
+                           f"ldbench process), not {profile.workers!r}")
     if not startup.valid_spin_count(profile.omp_wait_policy, profile.omp_spin_count):
         raise ProfileError(f"{files[name]}: omp_spin_count must be a positive integer with "
                            f"omp_wait_policy = \"spin\" and absent otherwise, not "
