@@ -290,8 +290,8 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
                   profile=profile, overrides=p.overrides) for p in plans]
     todo = [(p, rid) for p, rid in zip(plans, ids, strict=True) if rid not in done]
     groups = group_plans(todo, size, entry)
-    if workers is None:  # the profile's, where there is more than one group to spread
-        workers = prof.workers if prof.workers > 1 and len(groups) > 1 else 0
+    if workers is None:
+        workers = prof.workers_for(len(groups))
     if workers or scheduler:  # issue 12: the same groups, on a Dask cluster
         from suite import cluster
 

@@ -233,8 +233,8 @@ def tune(entry_dir: str | Path, *, budget: int, tasks: list[str] | None = None, 
     spec = study_spec(entry, tasks, budget=budget, design_seed=design_seed, tuning_seeds=tuning_seeds,
                       eval_seeds=eval_seeds, tier=tier, profile=profile, sets=list(sets or []))
     open_study(out, spec)
-    if workers is None:
-        workers = prof.workers if prof.workers > 1 and len(tasks) > 1 else 0
+    if workers is None:  # counted in tasks: a study of one task stays in the process
+        workers = prof.workers_for(len(tasks))
     with cluster.session(workers, scheduler) as client:  # one cluster for trials and evaluation
         return run_study(entry, out, spec, tasks, prof, client=client, time_limit=time_limit,
                          progress=progress, trial_batch=size)

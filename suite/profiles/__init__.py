@@ -53,6 +53,11 @@ class Profile:
     workers: int
     omp_spin_count: int | None = None
 
+    def workers_for(self, groups: int) -> int:
+        """Worker processes for `groups` groups of runs: the profile's `workers` where there are
+        at least two groups to spread over them, else 0 (in the ldbench process)."""
+        return self.workers if self.workers > 1 and groups > 1 else 0
+
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
