@@ -301,6 +301,34 @@ def test_a_rebuild_from_the_same_results_is_byte_identical(site, tmp_path):
             assert (site / "leaderboard" / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes(), rel
 
 
+def test_long_tables_show_their_top_rows_and_link_a_page_with_every_row(site, tmp_path, monkeypatch):
+    """index.html shows the first TOP rows of a table and links a page of its own with all of
+    them (in the same order, the same table id); tables that fit have no page, and the pages
+    of tables that shrank below TOP are removed on the next build."""
+    full = (site / "leaderboard" / "index.html").read_text()  # TOP > entries: every row
+    monkeypatch.setattr(build, "TOP", 3)
+    out = tmp_path / "lb"
+    build_site([site / "submissions"], out)
+    html = (out / "index.html").read_text()
+    for task in ("overall", "teacher-student", "mode-connectivity"):
+        ident = f"{SECTION}-optimizer-{task}" + ("" if task == "overall" else "-table")
+        every = table_entries(full[full.index(f'id="{ident}"'):])
+        top = table_entries(html[html.index(f'id="{ident}"'):])
+        assert len(every) > 3 and top == every[:3], task  # (partial has no mode-connectivity)
+        page = out / "tables" / f"{SECTION}-optimizer-{task}.html"
+        assert f'<a href="tables/{page.name}">All {len(every)} entries' in html
+        text = page.read_text()
+        assert table_entries(text[text.index(f'id="{ident}"'):]) == every, task
+        assert 'href="../entries/alpha.html"' in text and 'href="../index.html#' in text
+        assert f'data-table="{ident}' in text  # the filter box is on the full page
+    assert f'data-table="{SECTION}-optimizer-overall"' not in html  # not on the truncated one
+    assert not list((out / "tables").glob(f"{SECTION}-architecture-*"))  # 3 entries: they fit
+    monkeypatch.setattr(build, "TOP", 25)
+    build_site([site / "submissions"], out)
+    assert not list((out / "tables").glob("*.html"))
+    assert (out / "index.html").read_text() == full
+
+
 def curves(names: list[str], entries=("a", "b")) -> pd.DataFrame:
     rows = [(e, seed, step, name, 1.0 / (1 + step)) for e in entries for seed in (0, 1)
             for step in (0, 1, 10, 100) for name in names]
