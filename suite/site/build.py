@@ -104,12 +104,16 @@ def cell_td(cell: dict) -> markupsafe.Markup:
                              f'{rank}{esc(cell["text"])}{detail}</td>')
 
 
+RECIPE_BADGE = ' <span class="badge recipe" title="its own model and optimizer">recipe</span>'
+
+
 def entry_td(row: dict, root: str) -> markupsafe.Markup:
     """A task table's entry cell: the name, linked to its page, and its badges."""
     esc, name = markupsafe.escape, markupsafe.escape(row["entry"])
-    badges = ' <span class="badge recipe" title="its own model and optimizer">recipe</span>' * bool(row["recipe"])
+    badges = RECIPE_BADGE if row["recipe"] else ""
     if row["failed"]:
-        badges += f' <span class="badge failed" title="{esc(row["failed_why"])}">failed {esc(row["failed"])}</span>'
+        why, failed = esc(row["failed_why"]), esc(row["failed"])
+        badges += f' <span class="badge failed" title="{why}">failed {failed}</span>'
     if row["na"]:
         badges += f' <span class="badge na" title="{esc(row["na"])}">n/a</span>'
     return markupsafe.Markup(f'<td data-sort="{name}"><a href="{esc(root)}entries/{name}.html">{name}</a>'
