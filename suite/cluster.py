@@ -11,6 +11,7 @@ appended are done, the others run again.
 from __future__ import annotations
 
 import functools
+import logging
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,9 +86,12 @@ def connect(workers: int, scheduler: str | None) -> Iterator:
         with client:
             yield client
         return
+    # silence_logs: a run's failure reaches the client, which says it in one line; the workers'
+    # own log of it (a traceback through ldbench) and the nannies' shutdown warnings are noise.
     with dask.config.set({SPAWN_ENVIRON: spawn_environ()}), \
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                         dashboard_address=":0") as cluster, Client(cluster) as client:
+                         dashboard_address=":0", silence_logs=logging.CRITICAL) as cluster, \
+            Client(cluster) as client:
         yield client
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import importlib.metadata
 import importlib.util
 import inspect
 import re
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from packaging.requirements import InvalidRequirement, Requirement
 from torch.optim.lr_scheduler import LRScheduler
 
 from suite.registry import all_tasks, did_you_mean, parse_value, split_pairs
@@ -71,7 +74,7 @@ class Entry:
         if self.track == "architecture":  # the task's reference optimizer: only the model differs
             return task.interface.reference_optimizer(list(model.parameters()))
         extra = (model,) if accepts_model(module.make_optimizer) else ()
-        with entry_call(self, "make_optimizer"):
+        with entry_call(self, "make_optimizer", hparams):
             optimizer = module.make_optimizer(list(model.parameters()), hparams, task, *extra)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise EntryError(
@@ -98,8 +101,9 @@ class Entry:
         """The entry's `make_model(task, hparams, generator)`: a Module, or None for a task it
         has no model for (recorded as not applicable)."""
         module = load_module(self)
-        with entry_call(self, "make_model"):
-            model = module.make_model(task, self.hparams_for(task.name), generator)
+        hparams = self.hparams_for(task.name)
+        with entry_call(self, "make_model", hparams):
+            model = module.make_model(task, hparams, generator)
         if model is not None and not isinstance(model, torch.nn.Module):
             raise EntryError(
                 f"{self.path / 'entry.py'}: make_model returned {type(model).__name__}, not a "
@@ -111,8 +115,9 @@ class Entry:
         module = load_module(self)
         if not callable(getattr(module, "make_schedule", None)):
             return None
-        with entry_call(self, "make_schedule"):
-            schedule = module.make_schedule(optimizer, self.hparams_for(task.name), task)
+        hparams = self.hparams_for(task.name)
+        with entry_call(self, "make_schedule", hparams):
+            schedule = module.make_schedule(optimizer, hparams, task)
         if not isinstance(schedule, LRScheduler) or schedule.optimizer is not optimizer:
             raise EntryError(
                 f"{self.path / 'entry.py'}: make_schedule returned {type(schedule).__name__}, not a "
@@ -261,13 +266,84 @@ def load_module(entry: Entry):
     try:
         spec.loader.exec_module(module)
     except Exception as err:
-        raise fail(path, f"failed to import ({type(err).__name__}: {err})", "fix the error") from err
+        fix = missing_module_fix(entry) if isinstance(err, ModuleNotFoundError) else "fix the error"
+        raise fail(path, f"failed to import ({type(err).__name__}: {err})", fix) from err
     if not any(callable(getattr(module, f, None)) for f in ("make_optimizer", "make_model")):
-        raise fail(path, "defines neither make_optimizer nor make_model",
+        defined = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        close = [m for f in FACTORIES for m in difflib.get_close_matches(f, defined, n=1, cutoff=0.8)]
+        hint = f" (it defines {close[0]!r}: a misspelling?)" if close else ""
+        raise fail(path, f"defines neither make_optimizer nor make_model{hint}",
                    "add def make_optimizer(params, hparams, task) "
                    "or def make_model(task, hparams, generator)")
     sys.modules[module_name] = module
     return module
+
+
+def missing_module_fix(entry: Entry) -> str:
+    """What to do about a module entry.py imports that is not installed."""
+    if entry.requirements:
+        listed = " ".join(f"'{r}'" for r in entry.requirements)
+        return (f"install the entry's requirements (pip install {listed}), and list the module's "
+                "package in entry.toml's requirements if it is not among them")
+    return "pip install the package it comes from, and list it in entry.toml's requirements"
+
+
+# The calls the harness makes, by factory: the arguments it passes (make_optimizer may take a
+# fourth, the model; see accepts_model).
+FACTORIES = {"make_optimizer": ("params", "hparams", "task"),
+             "make_model": ("task", "hparams", "generator"),
+             "make_schedule": ("optimizer", "hparams", "task")}
+
+
+def check_runnable(entry: Entry) -> None:
+    """Refuse, before any run (or cluster) starts, an entry that cannot run here: a declared
+    requirement not installed or in another version, entry.py failing to import, or a factory
+    that cannot be called with the harness's arguments. Each is one EntryError line."""
+    check_requirements(entry)
+    module = load_module(entry)
+    for name, args in FACTORIES.items():
+        factory = getattr(module, name, None)
+        if callable(factory):
+            check_signature(entry, name, factory, args)
+
+
+def check_requirements(entry: Entry) -> None:
+    """Each requirement in entry.toml (those whose environment marker holds) is installed, in
+    a version it allows: results must come from the code the manifest names."""
+    manifest = entry.path / "entry.toml"
+    for text in entry.requirements:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement as err:
+            raise fail(manifest, f"requirement {text!r} cannot be parsed ({err})",
+                       'write a name and version range, e.g. "lion-pytorch>=0.2"') from None
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            installed = importlib.metadata.version(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            raise fail(manifest, f"requirement {text!r} is not installed", f"pip install '{text}'") from None
+        if not req.specifier.contains(installed, prereleases=True):
+            raise fail(manifest, f"requirement {text!r} is not met: {req.name} {installed} is installed",
+                       f"pip install '{text}'")
+
+
+def check_signature(entry: Entry, name: str, factory, args: tuple[str, ...]) -> None:
+    """`factory` takes the harness's positional arguments `args` (make_optimizer: and the model,
+    where it asks for it)."""
+    if name == "make_optimizer" and accepts_model(factory):
+        args = (*args, "model")
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return  # a builtin or C callable: nothing to check before calling it
+    try:
+        signature.bind(*args)
+    except TypeError:
+        code = getattr(factory, "__code__", None)
+        where = f"{code.co_filename}:{code.co_firstlineno}" if code else str(entry.path / "entry.py")
+        raise EntryError(f"{where}: {name}{signature} cannot be called as {name}({', '.join(args)}); "
+                         f"define def {name}({', '.join(args[:3])})") from None
 
 
 def entry_files(folder: Path) -> list[Path]:
@@ -302,29 +378,65 @@ class EntryCodeError(RuntimeError):
     """An exception raised inside the entry's own code: the entry's failure, not the harness's."""
 
 
-def entry_code_error(err: BaseException, entry_dir: Path, call: str) -> EntryCodeError:
-    """One line naming the entry's file and line (the last frame inside its folder) and the error.
+def entry_code_error(err: BaseException, entry: Entry, call: str,
+                     hparams: dict[str, Any] | None = None) -> EntryCodeError:
+    """One line naming the entry's file and line (the last frame inside its folder) and the error,
+    with the likely fix of a common mistake (`code_hint`).
 
     Without a frame in the entry folder (a library optimizer raising on its own), the last
     frame of the call is named instead.
     """
     frames = traceback.extract_tb(err.__traceback__)
-    root = entry_dir.resolve()
+    root = entry.path.resolve()
     inside = [f for f in frames if Path(f.filename).resolve().is_relative_to(root)]
     frame = (inside or frames or [None])[-1]
     where = f" at {frame.filename}:{frame.lineno} ({frame.name})" if frame else ""
-    return EntryCodeError(f"the entry's {call} failed{where}: {type(err).__name__}: {err}")
+    return EntryCodeError(f"the entry's {call} failed{where}: {type(err).__name__}: {err}"
+                          f"{code_hint(err, entry, call, hparams)}")
+
+
+def code_hint(err: BaseException, entry: Entry, call: str, hparams: dict[str, Any] | None) -> str:
+    """'; ' and what probably fixes `err`, for mistakes third-party code makes easy; else ''.
+
+    `hparams`: the hyperparameters a factory was given (None for other calls)."""
+    text, top = str(err), "at the top level of entry.toml"
+    key = err.args[0] if isinstance(err, KeyError) and err.args else None
+    if hparams is not None and isinstance(key, str) and key not in hparams:
+        close = difflib.get_close_matches(key, list(hparams), n=1)
+        found = f"; did you mean {close[0]!r}?" if close else f"; it has {sorted(hparams) or 'none'}"
+        return (f"; the task's hparams have no {key!r} (set it in entry.toml's [hparams.default] "
+                f"or [hparams.TASK]){found}")
+    quoted = [f"{k} = {v!r}" for k, v in (hparams or {}).items() if isinstance(v, str) and is_number(v)]
+    if isinstance(err, TypeError) and quoted:
+        return f"; entry.toml gives {quoted[0]}, a string: write the number without quotes"
+    if call == "optimizer.step" and not entry.closure and "closure" in text.lower():
+        return f"; if the optimizer's step needs a closure (SAM, LBFGS), add `closure = true` {top}"
+    if call == "optimizer.step" and not entry.create_graph and "does not require grad" in text:
+        return (f"; if the optimizer takes Hessian-vector products (AdaHessian, Sophia), add "
+                f"`create_graph = true` {top}")
+    return ""
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @contextmanager
-def entry_call(entry: Entry, call: str) -> Iterator[None]:
-    """Run entry code: an exception it raises becomes an EntryCodeError pointing at its line."""
+def entry_call(entry: Entry, call: str, hparams: dict[str, Any] | None = None) -> Iterator[None]:
+    """Run entry code: an exception it raises becomes an EntryCodeError pointing at its line.
+    `hparams`: those a factory is given (they name the fix of a missing or quoted one)."""
     try:
         yield
     except (EntryError, EntryCodeError):
         raise
     except Exception as err:
-        raise entry_code_error(err, entry.path, call) from err
+        raise entry_code_error(err, entry, call, hparams) from err
+
+
 # -- search spaces (`ldbench tune`, issue 12) ----------------------------------------------------
 
 SEARCH_KINDS = ("log_uniform", "uniform", "choice")

@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from suite import batched, profiles, registry, results, seeding
-from suite.entry import Entry, EntryCodeError, EntryError, load_entry, split_hparams
+from suite.entry import Entry, EntryCodeError, EntryError, check_runnable, load_entry, split_hparams
 from suite.loop import BatchingUnsupported, NotApplicable, Trainer, Trajectory
 from suite.task import Task
 
@@ -274,6 +274,7 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
     seconds per run, past which a run is recorded with status "timeout".
     """
     entry = load_entry(entry_dir)
+    check_runnable(entry)  # before any run, and before a cluster starts
     prof = profiles.load(profile)
     size = parse_seed_batch(seed_batch)
     prof.apply()

@@ -29,7 +29,7 @@ from scipy.stats import qmc
 from tqdm.auto import tqdm
 
 from suite import cluster, profiles, registry, results, runner, seeding
-from suite.entry import Entry, EntryError, load_entry
+from suite.entry import Entry, EntryError, check_runnable, load_entry
 
 TUNING_SEED_BASE = 1_000_000  # far above any evaluation seed count
 STUDY_FILE, TUNED_FILE = "study.json", "tuned.json"
@@ -223,6 +223,7 @@ def tune(entry_dir: str | Path, *, budget: int, tasks: list[str] | None = None, 
     the profile's `workers` when the study has at least two tasks (runner.run_suite).
     """
     entry = load_entry(entry_dir)
+    check_runnable(entry)  # before any trial, and before a cluster starts
     size = runner.parse_seed_batch(trial_batch, "--trial-batch")
     prof = profiles.load(profile)
     prof.apply()

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from suite import batched, cluster, profiles, registry, results, runner
-from suite.entry import load_entry
+from suite.entry import check_runnable, load_entry
 from suite.loop import Trainer
 
 # The profiles are deterministic, so a rerun on the same kind of machine matches to the last
@@ -96,6 +96,7 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
     """
     folder = Path(folder)
     entry = load_entry(folder)
+    check_runnable(entry)  # before any re-run, and before a cluster starts
     prof = profiles.load(profile)
     where = folder / "results" / profile / tier
     submitted = results.read_table(where / results.RUNS_FILE)

@@ -52,3 +52,112 @@ def test_a_bug_of_ldbench_keeps_its_traceback(monkeypatch):
     result = CliRunner().invoke(main, ["tasks"])
     assert result.exit_code == 1 and isinstance(result.exception, KeyError)
     assert "error:" not in result.output  # not dressed up as the user's mistake
+
+
+# -- an entry that cannot run here is refused before any run starts, in one line ----------------
+
+MISSPELT = """
+import torch
+
+def make_optimiser(params, hparams, task):
+    return torch.optim.SGD(params, lr=hparams["lr"])
+"""
+TWO_ARGS = """
+import torch
+
+def make_optimizer(params, lr):
+    return torch.optim.SGD(params, lr=lr)
+"""
+LAZY_IMPORT = """
+import ldbench_no_such_package
+
+def make_optimizer(params, hparams, task):
+    return None
+"""
+
+
+@pytest.mark.parametrize("code, extra, expected", [
+    (MISSPELT, "", ["defines neither make_optimizer nor make_model (it defines 'make_optimiser'"]),
+    (TWO_ARGS, "", ["entry.py:4: make_optimizer(params, lr) cannot be called as make_optimizer(params, "
+                    "hparams, task); define def make_optimizer(params, hparams, task)"]),
+    (LAZY_IMPORT, "", ["No module named 'ldbench_no_such_package'", "list it in entry.toml's requirements"]),
+    (LAZY_IMPORT, 'requirements = ["ldbench-no-such-package>=1"]',
+     ["requirement 'ldbench-no-such-package>=1' is not installed; pip install 'ldbench-no-such-package>=1'"]),
+    (None, 'requirements = ["numpy>=999"]', ["requirement 'numpy>=999' is not met: numpy ", "is installed"]),
+    (None, 'requirements = ["numpy>=1; python_version < \'3\'"]', []),  # a marker that does not hold
+], ids=["misspelt-factory", "signature", "missing-module", "requirement-missing", "requirement-version",
+        "marker"])
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_an_entry_that_cannot_run_here_is_refused_before_any_run(make_entry, tmp_path, code, extra, expected,
+                                                                  workers, monkeypatch):
+    """Checked in the command's process, before a cluster starts: with --workers 2 no worker
+    logs a traceback, and nothing is written."""
+    from suite import cluster
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a cluster started for an entry that cannot run")
+    monkeypatch.setattr(cluster, "connect", no_cluster)
+    folder = make_entry("probe", **({"code": code} if code else {}), extra=extra)
+    out = tmp_path / "out"
+    args = ["run", str(folder), "--tasks", "deep-linear-modes,teacher-student", "--seeds", "2",
+            "--quiet", "--out", str(out), "--workers", workers]
+    if not expected:  # runs as usual (in the process here: the cluster is the check above)
+        assert CliRunner().invoke(main, [*args[:-1], "0"]).exit_code == 0
+        return
+    line = one_error_line(CliRunner().invoke(main, args))
+    assert all(part in line for part in expected), line
+    assert not out.exists()
+
+
+KEYED = """
+import torch
+
+def make_optimizer(params, hparams, task):
+    return torch.optim.SGD(params, lr=hparams["lr"])
+"""
+CLOSURE = """
+import torch
+
+class NeedsClosure(torch.optim.SGD):
+    def step(self, closure=None):
+        if closure is None:  # as pytorch_optimizer's SAM: the closure is optional in the signature
+            raise RuntimeError("SAM requires closure.")
+        return super().step(closure)
+
+def make_optimizer(params, hparams, task):
+    return NeedsClosure(params, lr=hparams["lr"])
+"""
+HESSIAN = """
+import torch
+
+class NeedsGraph(torch.optim.SGD):
+    def step(self, closure=None):
+        for group in self.param_groups:  # a Hessian-vector product, as SophiaH takes
+            grads = [p.grad for p in group["params"]]
+            torch.autograd.grad(grads, group["params"], grads)
+        return super().step(closure)
+
+def make_optimizer(params, hparams, task):
+    return NeedsGraph(params, lr=hparams["lr"])
+"""
+
+
+@pytest.mark.parametrize("code, hparams, expected", [
+    (KEYED, "[hparams.default]\nlearning_rate = 0.01\n",
+     "the task's hparams have no 'lr' (set it in entry.toml's [hparams.default] or [hparams.TASK]); "
+     "it has ['learning_rate']"),
+    (KEYED, "[hparams.default]\nlrr = 0.01\n", "did you mean 'lrr'?"),
+    (KEYED, '[hparams.default]\nlr = "1e-2"\n', "entry.toml gives lr = '1e-2', a string: write the number"),
+    (CLOSURE, "[hparams.default]\nlr = 0.01\n", "add `closure = true` at the top level of entry.toml"),
+    (HESSIAN, "[hparams.default]\nlr = 0.01\n", "add `create_graph = true` at the top level of entry.toml"),
+], ids=["hparam-missing", "hparam-misspelt", "hparam-quoted", "closure", "create-graph"])
+def test_common_mistakes_in_entry_code_name_their_fix(make_entry, tmp_path, code, hparams, expected):
+    """Runs that fail record the error, naming the line and the likely fix."""
+    folder = make_entry("probe", code=code, hparams=hparams)
+    result = CliRunner().invoke(main, ["run", str(folder), "--tasks", "deep-linear-modes", "--quiet",
+                                       "--out", str(tmp_path / "out")])
+    runs, _ = results.read_results(tmp_path / "out")
+    assert set(runs["status"]) == {"error"}, result.output
+    assert all(expected in e for e in runs["error"]), runs["error"].iloc[0]
+    first = runs["error"].iloc[0]
+    assert f"{folder}/entry.py:" in first or "entry's optimizer.step failed at" in first
