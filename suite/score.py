@@ -100,8 +100,9 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
             studies: str | Path = STUDIES) -> Inputs:
     """Read every entry's manifest and `tier` results under `roots`, without importing any code.
 
-    Rows that cannot be compared are left out with a warning: unknown tasks or profiles, stale
-    task versions, runs with --set or --hparam overrides, and results of another entry.
+    Rows that cannot be compared are left out with a warning: runs of older files of the entry
+    (stale), unknown tasks or profiles, stale task versions, runs with --set or --hparam
+    overrides, and results of another entry.
 
     With a `budget`, the *tuned view*: instead of its results, each entry's evaluation runs of
     its `ldbench tune` study at that budget (`studies/ENTRY/PROFILE/TIER/budget-N/eval/`), the
@@ -143,6 +144,13 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
             "(missing values, unknown profile or task, stale task version, --set or --hparam overrides, "
             "or another entry's rows); "
             "`ldbench validate` names each problem")
+    # Runs of older files of the entry measure other code than it has now (`show` marks them stale).
+    stale = keep & (runs["entry_hash"] != runs["_entry"].map({n: e.hash for n, e in inputs.entries.items()}))
+    for i, dropped in runs.loc[stale].groupby("_file")["run_id"]:
+        inputs.warnings.append(
+            f"{paths[i]}: left out {dropped.nunique()} runs made with older files of the entry (it "
+            "changed since they ran); rerun `ldbench run` on it to replace them")
+    keep &= ~stale
     runs = runs[keep]
     # A run without a result has none, whatever values its rows keep (validate refuses those).
     runs.loc[runs["status"] != "ok", "value"] = np.nan

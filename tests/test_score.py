@@ -179,6 +179,18 @@ def test_stale_and_overridden_rows_are_left_out_with_a_warning(tmp_path, two_tas
     assert len(inputs.warnings) == 1 and "stale task version" in inputs.warnings[0]
 
 
+def test_runs_of_older_entry_files_are_left_out_with_a_warning(tmp_path, two_tasks):
+    """After the entry's code changes, its earlier runs measure code it no longer has: scored
+    with the new ones they would mix two entries under one name."""
+    folder = synthetic_entry(tmp_path / "subs", "probe", rng=np.random.default_rng(0), tasks=two_tasks)
+    assert len(score.collect([tmp_path / "subs"], tasks=two_tasks).runs)
+    (folder / "entry.py").write_text((folder / "entry.py").read_text() + "\n# changed\n")
+    inputs = score.collect([tmp_path / "subs"], tasks=two_tasks)
+    assert inputs.runs.empty and len(inputs.warnings) == 1
+    assert "runs made with older files of the entry" in inputs.warnings[0]
+    assert "rerun `ldbench run`" in inputs.warnings[0]
+
+
 def test_score_command_writes_parquet_with_the_inputs_digest(tmp_path, two_tasks, monkeypatch):
     monkeypatch.setattr(registry, "all_tasks", lambda: two_tasks)
     for name, speed in (("alpha", 1.0), ("beta", 1.5)):
