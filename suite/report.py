@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 from pathlib import Path
@@ -11,7 +12,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from suite import interval, registry
-from suite.task import Metric
+from suite.task import Metric, Task
 
 ARROWS = {"min": "↓", "max": "↑"}
 # Runs pool into one row only when everything that makes their numbers comparable is equal:
@@ -120,9 +121,41 @@ def render(runs: pd.DataFrame, fmt: str = "simple", current: dict[str, str] | No
         if info["stale"]:
             title += " · STALE: the entry's files have changed since these runs"
         body = group.drop(columns=[*heads, "hparams"])
+        mine = runs[(runs["entry"] == info["entry"]) & (runs["entry_hash"] == info["entry_hash"])
+                    & (runs["tier"] == info["tier"]) & (runs["profile"] == info["profile"])
+                    & (runs["overrides"].fillna("{}") == info["overrides"])]
+        notes = "".join(f"\nn/a {note}" for note in not_applicable_notes(mine))
         blocks.append(title + "\n" + tabulate(body, headers="keys", tablefmt=fmt,
-                                              showindex=False, disable_numparse=True))
+                                              showindex=False, disable_numparse=True) + notes)
     return "\n\n".join(blocks)
+
+
+def not_applicable_notes(runs: pd.DataFrame) -> list[str]:
+    """Why tasks or metrics do not apply to the entry's model: for a whole task, the task's own
+    words (recorded as the run's error); for single metrics, the model method they read."""
+    notes = []
+    whole = runs[runs["status"] == "not-applicable"].drop_duplicates("task")
+    for task, error in zip(whole["task"], whole["error"].fillna(""), strict=True):
+        notes.append(f"{task}: {error or 'the task cannot run this model'}")
+    partly = runs[(runs["status"] == "ok") & ~applicable_mask(runs)]
+    for task, rows in partly.groupby("task", sort=False):
+        try:
+            cls = registry.task_class(task)
+        except registry.RegistryError:
+            continue
+        reasons: dict[str, list[str]] = {}
+        for metric in sorted(set(rows["metric"])):
+            reasons.setdefault(na_reason(cls, metric), []).append(metric)
+        notes += [f"{task}: {', '.join(metrics)}: {reason}" for reason, metrics in reasons.items()]
+    return notes
+
+
+def na_reason(cls: type[Task], metric: str) -> str:
+    """Why `metric` does not apply to an entry's model, from the task's model interface."""
+    for method, names in cls.interface.optional if cls.interface else ():
+        if any(fnmatch.fnmatchcase(metric, pattern) for pattern in names):
+            return f"not applicable: the model has no {method}(), which this metric reads"
+    return "not applicable to this entry's model"
 
 
 def entry_folder(results_dir: str | Path) -> Path | None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from suite import registry, runner, score, validate
+from suite import registry, report, runner, score, validate
 from suite.init import from_generator
 from suite.task import ModelInterface
 
@@ -162,6 +162,11 @@ def test_not_applicable_tasks_and_metrics_flow_through_validate_and_score(make_e
     assert off == {"kq_diagonal", "kq_homogeneous", "ov_last_entry", "ov_zero_sum"}
     assert icr.loc[icr["applicable"], "value"].notna().all()
     assert not runs.loc[runs["task"] != "in-context-regression", "applicable"].any()
+    # `ldbench run` and `show` say why under the summary, a task's own words or the method read
+    text = report.render(runs)
+    assert "\nn/a deep-linear-modes: " + reasons["deep-linear-modes"] in text
+    assert "\nn/a in-context-regression: kq_diagonal, kq_homogeneous, ov_last_entry, ov_zero_sum: not " \
+           "applicable: the model has no patterns(), which this metric reads" in text
     # validate accepts the NaN of metrics that do not apply, and not-applicable runs count
     problems = validate.validate_submission(entry, tier="smoke", min_seeds=2, incomplete=[])
     assert not [p for p in problems if "overrides" not in p and "--set" not in p], problems

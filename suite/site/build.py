@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import itertools
 import json
@@ -26,7 +25,7 @@ from tabulate import tabulate
 
 from suite import interval, profiles, registry, results
 from suite.entry import NAME_PATTERN, Entry
-from suite.report import ARROWS, format_number
+from suite.report import ARROWS, format_number, na_reason
 from suite.score import TAU_MAX, TRACKS, Inputs
 from suite.site import small
 from suite.site.plots import LINES, seed_means, split_curves, task_plots
@@ -234,14 +233,6 @@ def run_notes(runs: pd.DataFrame) -> dict[tuple, dict[str, dict]]:
             note["failed"] += 1
             note["why"] = note["why"] or (status if status == "diverged" else error or status)
     return notes
-
-
-def na_reason(cls: type[Task], metric: str) -> str:
-    """Why `metric` does not apply to an entry's model, from the task's model interface."""
-    for method, names in cls.interface.optional if cls.interface else ():
-        if any(fnmatch.fnmatchcase(metric, pattern) for pattern in names):
-            return f"not applicable: the model has no {method}(), which this metric reads"
-    return "not applicable to this entry's model"
 
 
 def listing(names: list[str]) -> dict:
