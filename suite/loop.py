@@ -284,8 +284,10 @@ class Trainer:
             raise ModelError(
                 f"{self.entry.path / 'entry.py'}: make_model drew from a global RNG (torch's, numpy's "
                 "or Python's; nn.Linear and most torch modules do when built); draw only from the "
-                "`generator` argument: build modules with device='meta', then .to_empty() and "
-                "initialise them with torch.nn.init.*(..., generator=generator)")
+                "`generator` argument: wrap the construction in "
+                "suite.init.from_generator(lambda: ..., generator), or build modules with "
+                "device='meta', then .to_empty() and initialise them with "
+                "torch.nn.init.*(..., generator=generator)")
         if model is None:
             raise NotApplicable(f"the entry's make_model returned None for {self.task.name} "
                                 "(it has no model for this task)")
