@@ -101,6 +101,11 @@ def run(entry_dir, task_list, seeds, tier, profile, sets, hparams, out, quiet, s
         workers, scheduler, time_limit) -> None:
     """Run ENTRY_DIR on the suite, write Parquet results and print a summary table."""
     names = [t.strip() for t in task_list.split(",") if t.strip()] or None
+    name = load_entry(entry_dir).name
+    if Path(entry_dir).resolve().name != name:  # validate refuses it: say so before the runs
+        click.secho(f"note: {Path(entry_dir) / 'entry.toml'} names the entry {name!r} but its folder is "
+                    f"{Path(entry_dir).resolve().name!r}; `ldbench validate` refuses that: rename one",
+                    fg="yellow", err=True)
     runs = runner.run_suite(entry_dir, tasks=names, seeds=seeds, tier=tier, profile=profile,
                             sets=list(sets), hparams=list(hparams), out=out,
                             progress=not quiet, seed_batch=seed_batch, workers=workers,

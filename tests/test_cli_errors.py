@@ -161,3 +161,15 @@ def test_common_mistakes_in_entry_code_name_their_fix(make_entry, tmp_path, code
     assert all(expected in e for e in runs["error"]), runs["error"].iloc[0]
     first = runs["error"].iloc[0]
     assert f"{folder}/entry.py:" in first or "entry's optimizer.step failed at" in first
+
+
+def test_run_notes_an_entry_named_unlike_its_folder(tmp_path):
+    """validate refuses it; run says so first, and runs."""
+    from conftest import write_entry
+
+    folder = write_entry(tmp_path / "my-folder", name="other-name")
+    result = CliRunner().invoke(main, ["run", str(folder), "--tasks", "deep-linear-modes", "--quiet",
+                                       "--set", "steps=20", "--set", "evals=2",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "names the entry 'other-name' but its folder is 'my-folder'" in result.output
