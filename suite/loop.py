@@ -306,12 +306,15 @@ class Trainer:
         with torch.no_grad(), self.model_code(seed, network, "the model's forward"):
             out = model(x)
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-        if shape != tuple(expected) or not out.is_floating_point():
+        # The profile's dtype too: a forward computing in another one (a .double() inside)
+        # would give numbers of another precision than every other entry on the profile.
+        dtype = self.profile.torch_dtype
+        if shape != tuple(expected) or out.dtype != dtype:
             got = (f"{out.dtype} {shape}" if shape is not None else type(out).__name__)
             raise ModelError(
                 f"{self.entry.path / 'entry.py'}: on {self.task.name}, the model maps "
                 f"{interface.inputs}, here {tuple(x.shape)}, to {interface.outputs}: expected "
-                f"shape {tuple(expected)}, got {got}")
+                f"{dtype} of shape {tuple(expected)} (the profile's dtype), got {got}")
 
     def model_code(self, seed: int, network: str = "main", call: str = "the model's forward"):
         """Around a forward of the model: the entry's code on the architecture track (its

@@ -33,19 +33,22 @@ from torch import nn
 from suite.init import from_generator
 
 class Net(nn.Module):
-    def __init__(self, p, out):
+    def __init__(self, p, out, double=False):
         super().__init__()
         self.embed = nn.Embedding(p, 16)
         self.mlp = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, out))
+        self.double_out = double
 
     def forward(self, pairs):
-        return self.mlp(self.embed(pairs).flatten(1))
+        out = self.mlp(self.embed(pairs).flatten(1))
+        return out.double() if self.double_out else out
 
 def make_model(task, hparams, generator):
     if task.name != "modular-addition":
         return None
     p = task.config["p"]
-    return from_generator(lambda: Net(p, p + hparams.get("extra_outputs", 0)), generator)
+    return from_generator(lambda: Net(p, p + hparams.get("extra_outputs", 0), hparams.get("double", False)),
+                          generator)
 """
 
 GLOBAL_RNG = """
@@ -137,13 +140,18 @@ def test_global_rng_in_make_model_is_refused(make_entry, tmp_path):
     assert "\n" not in message  # one line: the entry's mistake, not ldbench's traceback
 
 
-def test_a_wrong_output_shape_names_the_expected_one(make_entry, tmp_path):
-    entry = make_entry("wide", code=SMALL_MLP, hparams="[hparams.default]\nextra_outputs = 1\n")
+@pytest.mark.parametrize("hparam, got", [("extra_outputs = 1", "torch.float32 (8, {})"),
+                                         ("double = true", "torch.float64 (8, {})")])
+def test_a_wrong_output_shape_or_dtype_names_the_expected_one(make_entry, tmp_path, hparam, got):
+    """float64 out of a float32 profile: the forward computes at another precision than every
+    other entry's on that profile."""
+    entry = make_entry("wide", code=SMALL_MLP, hparams=f"[hparams.default]\n{hparam}\n")
     runs = run(entry, tmp_path, ["modular-addition"], seeds=1)
     p = registry.make_task("modular-addition", "smoke").config["p"]
     message = runs["error"].iloc[0]
     assert set(runs["status"]) == {"error"}
-    assert f"expected shape (8, {p}), got torch.float32 (8, {p + 1})" in message
+    got = got.format(p + 1 if "extra" in hparam else p)
+    assert f"expected torch.float32 of shape (8, {p}) (the profile's dtype), got {got}" in message
     assert "float (N, p): logits of (a + b) mod p" in message
 
 
