@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import inspect
+import os
 import re
 import sys
 import tomllib
@@ -369,7 +370,9 @@ def entry_hash(folder: str | Path) -> str:
         data = path.read_bytes()
         if path == folder / "entry.toml":
             data = without_search(data)
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        # os.fsencode: the name's bytes as on disk, also where they are not UTF-8 (validate
+        # refuses such names; score and show still hash the folder)
+        digest.update(os.fsencode(path.relative_to(folder).as_posix()) + b"\0")
         digest.update(data + b"\0")
     return digest.hexdigest()
 

@@ -279,11 +279,20 @@ def null_problems(path: Path, table: pd.DataFrame, columns: list[str]) -> list[s
             ] if empty else []
 
 
+def clip(text: str, limit: int) -> str:
+    """The first line of untrusted `text`, at most `limit` characters, cut between words."""
+    first = text.splitlines()[0] if text else ""
+    if len(first) <= limit:
+        return first
+    cut = first[:limit].rsplit(" ", 1)[0] if " " in first[:limit] else first[:limit]
+    return cut + " …"
+
+
 def mismatch(path: Path, runs: pd.DataFrame, column: str, want: str, fix: str) -> list[str]:
     found = sorted({str(v) for v in runs[column] if str(v) != want})
     if not found:
         return []
-    shown = ", ".join(repr(v[:40]) for v in found[:3]) + (" ..." if len(found) > 3 else "")
+    shown = ", ".join(repr(clip(v, 64)) for v in found[:3]) + (" ..." if len(found) > 3 else "")
     return [line(path, f"column {column} holds {shown}, expected {want!r}", fix)]
 
 
@@ -417,7 +426,7 @@ def task_problems(path: Path, rows: pd.DataFrame, task: Task, entry: Entry, dige
     errors = sorted((seed, str(error)) for seed, _, status, error in runs.values() if status == "error")
     if errors:
         problems.append(line(path, f"{where}: seeds {[s for s, _ in errors]} failed with an error "
-                             f"({errors[0][1][:80]!r})", "fix the entry and " + again))
+                             f"({clip(errors[0][1], 240)!r})", "fix the entry and " + again))
     done = {seed for seed, _, status, _ in runs.values() if status in results.DONE_STATUSES}
     if len(done) < min_seeds:
         problems.append(line(path, f"{where}: {len(done)} seeds with a result, {min_seeds} required",
