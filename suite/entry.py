@@ -194,7 +194,11 @@ def load_entry(folder: str | Path) -> Entry:
     folder = Path(folder)
     manifest = folder / "entry.toml"
     if not folder.is_dir():
-        raise fail(folder, "is not a directory", "pass the path of an entry folder")
+        parent = folder.parent if folder.parent.is_dir() else None
+        near = [p.name for p in parent.iterdir() if (p / "entry.toml").is_file()] if parent else []
+        close = difflib.get_close_matches(folder.name, near, n=1)
+        hint = f"; did you mean {folder.parent / close[0]}?" if close else ""
+        raise fail(folder, "is not a directory", f"pass the path of an entry folder{hint}")
     if not manifest.is_file():
         raise fail(manifest, "is missing", "every entry folder needs an entry.toml manifest")
     if not (folder / "entry.py").is_file():

@@ -36,7 +36,8 @@ _SPEC = r"(?:===|==|!=|<=|>=|~=|<|>)\s*[A-Za-z0-9.*+!_-]+"
 REQUIREMENT = re.compile(rf"^\s*{_NAME}\s*(?:\[\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\])?\s*"
                          rf"(?:{_SPEC}(?:\s*,\s*{_SPEC})*)?\s*$")
 # Marks the line of a task without runs: the entry is incomplete (it predates the task).
-INCOMPLETE = " (the entry is incomplete: e.g. the task is newer than its results)"
+INCOMPLETE = (" (the entry is incomplete: it never ran this task, e.g. a run with --tasks, or a task "
+              "newer than its results)")
 # Run-table columns every check reads; value may be NaN (no result) and a few are optional.
 NOT_NULL = [c for c in results.RUN_SCHEMA.names
             if c not in ("value", "diverged_step", "error", "git_commit", "wall_time_s", "config",

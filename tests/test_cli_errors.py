@@ -37,6 +37,8 @@ def test_a_full_disk_is_one_line_and_keeps_earlier_results(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("args, expected", [
     (["run", "baselines/nope"], "is not a directory"),
+    (["run", "baselines/adamm"], "is not a directory; pass the path of an entry folder; did you mean "
+                                 "baselines/adam?"),
     (["run", "baselines/sgd", "--tasks", "deep-linear-mode"], "did you mean"),
     (["run", "baselines/sgd", "--profile", "cpu-3core"], "cpu-3core"),
     (["show", "tests"], "no runs.parquet found"),
