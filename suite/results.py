@@ -10,7 +10,7 @@ Appending writes only the new run's parts (O(1) in the runs already stored), eac
 file that is fsynced and renamed, so a killed writer leaves no torn file and concurrent writers
 never overwrite each other's runs. Reads union the compacted tables with the parts; a part wins
 over a compacted row of the same run id. `compact` folds the parts into the compacted tables
-under an exclusive file lock (one compaction at a time per machine) and deletes only the parts
+under an exclusive lock on the folder (one compaction at a time) and deletes only the parts
 it merged, and only if they were not rewritten meanwhile.
 """
 
@@ -375,8 +375,29 @@ def check_writable(folder: Path) -> None:
 
 @contextlib.contextmanager
 def locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on `folder` for this machine. The lock file lives in the temp folder, not
-    in the results, so that the committed layout holds nothing but the two tables."""
+    """An exclusive lock on the results folder itself (flock on the directory): every process
+    that can see the folder takes the same lock, whatever its user, temp folder or the path it
+    reaches the folder by, and the committed layout holds nothing but the two tables. (A lock
+    file under $TMPDIR, as before, let writers with other temp folders compact at the same
+    time and lose runs.) Where a file system cannot lock a directory (NFS emulates flock with
+    write locks), a lock file in this machine's temp folder is the fallback."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            with machine_lock(folder):
+                yield
+            return
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def machine_lock(folder: Path) -> Iterator[None]:
+    """A lock file for `folder` in this machine's temp folder (one compaction at a time among
+    the processes that share that temp folder)."""
     key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:24]
     lock_dir = Path(tempfile.gettempdir()) / "ldbench-locks"
     if not lock_dir.is_dir():
@@ -385,10 +406,7 @@ def locked(folder: Path) -> Iterator[None]:
             lock_dir.chmod(0o1777)
     with open(lock_dir / f"{key}.lock", "a") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        yield
 
 
 def compact(folder: str | Path) -> int:

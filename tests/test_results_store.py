@@ -109,6 +109,34 @@ def write_seeds(folder: str, seeds: list[int], writer: str) -> None:
     results.compact(folder)
 
 
+def write_and_compact(folder: str, ids: list[int], tmpdir: str) -> None:
+    """A writer compacting after every append, with its own temp folder (another user, another
+    container on the same disk): the compaction lock must still be the same one."""
+    os.environ["TMPDIR"] = tmpdir
+    for i in ids:
+        results.append_run(results.Path(folder), *rows(f"run{i}", i))
+        results.compact(folder)
+
+
+def test_writers_with_different_temp_folders_lose_no_run(tmp_path):
+    """Four writers, half of each one's runs shared with the next, compacting all the time."""
+    folder = tmp_path / "results"
+    ctx = multiprocessing.get_context("spawn")
+    procs = []
+    for w in range(4):
+        (tmp_path / f"tmp{w}").mkdir()
+        ids, tmpdir = list(range(w * 15, w * 15 + 30)), str(tmp_path / f"tmp{w}")
+        procs.append(ctx.Process(target=write_and_compact, args=(str(folder), ids, tmpdir)))
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+        assert proc.exitcode == 0
+    runs, curves = results.read_results(folder)
+    assert sorted(runs["run_id"].unique()) == sorted(f"run{i}" for i in range(75))
+    assert (runs.groupby("run_id").size() == 2).all() and curves["run_id"].nunique() == 75
+
+
 def test_two_processes_writing_one_folder_lose_no_run(tmp_path):
     """Overlapping seeds (4..11 written by both): every run present exactly once afterwards."""
     ctx = multiprocessing.get_context("spawn")
@@ -125,4 +153,19 @@ def test_two_processes_writing_one_folder_lose_no_run(tmp_path):
     assert sorted(per_run.index) == sorted(f"run{s}" for s in range(16))
     assert (per_run == 2).all() and (runs.groupby("run_id")["error"].nunique() == 1).all()
     assert (curves.groupby("run_id").size() == 3).all() and curves["run_id"].nunique() == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.parquet", "runs.parquet"]
+
+
+def test_compaction_locks_a_temp_file_where_the_folder_cannot_be_locked(tmp_path, monkeypatch):
+    """NFS emulates flock with write locks, which a directory cannot take."""
+    real, locked = results.fcntl.flock, []
+
+    def flock(fd, op):
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(9, "Bad file descriptor")
+        locked.append(fd)
+        return real(fd, op)
+    monkeypatch.setattr(results.fcntl, "flock", flock)
+    results.append_run(tmp_path, *rows("run0", 0))
+    assert results.compact(tmp_path) == 1 and locked
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.parquet", "runs.parquet"]
