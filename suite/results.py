@@ -250,6 +250,12 @@ def check_size(path: Path, meta: pq.FileMetaData | None, max_rows: int | None, m
 
 # ---- parts: one run per file ------------------------------------------------------------------
 
+def plain_file(path: Path) -> bool:
+    """A regular file that is not a symlink: what is read from results others submit (a symlink
+    may point at /dev/zero, a FIFO blocks a read, a folder named like a table is not one)."""
+    return not path.is_symlink() and path.is_file()
+
+
 def part_name(run_id: str, table: str) -> str:
     """`<run_id>.runs.parquet`; ids that are not plain file names are hashed."""
     key = run_id if _SAFE_ID.match(run_id) else hashlib.sha256(run_id.encode()).hexdigest()[:32]
@@ -315,6 +321,9 @@ def read_folder(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             curves.append(pair[1])
     for name, out in ((RUNS_FILE, runs), (CURVES_FILE, curves)):
         path = folder / name
+        if (path.exists() or path.is_symlink()) and not plain_file(path):
+            raise ResultsError(f"{path}: not a plain file (a symlink, folder or special file); "
+                               "delete it and rerun `ldbench run`")
         if path.is_file():  # a run's curves come from its part when it has one, as its rows do
             fresh = set().union(*(set(r["run_id"]) for r in out))
             table = read_table(path)

@@ -65,8 +65,14 @@ def entry_folders(roots: list[str | Path]) -> list[Path]:
 
 
 def tier_files(folder: Path, tier: str) -> list[Path]:
-    """The Parquet tables of `folder`'s results for `tier`, every profile."""
-    return sorted((folder / "results").glob(f"*/{tier}/*.parquet"))
+    """The Parquet tables of `folder`'s results for `tier`, every profile (plain files only)."""
+    return [p for p in sorted((folder / "results").glob(f"*/{tier}/*.parquet")) if results.plain_file(p)]
+
+
+def file_bytes(path: Path) -> bytes:
+    """A manifest's or table's bytes for the digest; a marker for what is not a plain file (a
+    symlink to /dev/zero or a FIFO in a pull request must not hang the scorer)."""
+    return path.read_bytes() if results.plain_file(path) else b"\0not a plain file\0"
 
 
 def inputs_digest(folders: list[Path], tier: str, tasks: dict[str, type[Task]],
@@ -83,11 +89,11 @@ def inputs_digest(folders: list[Path], tier: str, tasks: dict[str, type[Task]],
     for folder in folders:
         for path in [folder / "entry.toml", *tier_files(folder, tier)]:
             name = f"{folder.parent.name}/{folder.name}/{path.relative_to(folder).as_posix()}"
-            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+            digest.update(os.fsencode(name) + b"\0" + file_bytes(path) + b"\0")
         if budget is not None:  # the tuned view: the entry's studies at that budget
             for path in sorted((studies / folder.name).glob(f"*/{tier}/budget-{budget}/**/*")):
-                if path.is_file() and (path.suffix == ".parquet" or path.name == TUNED_FILE):
-                    digest.update(path.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+                if results.plain_file(path) and (path.suffix == ".parquet" or path.name == TUNED_FILE):
+                    digest.update(os.fsencode(path.as_posix()) + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
@@ -179,6 +185,10 @@ def entry_files(folders: list[Path], inputs: Inputs, tier: str, budget: int | No
             events.append(f"skipped {folder}: the name {entry.name!r} is already taken by "
                           f"{inputs.entries[entry.name].path}")
             continue
+        found = sorted((folder / "results").glob(f"*/{tier}/*.parquet"))
+        odd = [p for p in found if not results.plain_file(p)]
+        events += [f"skipped {p}: not a plain file (a symlink, folder or special file); results are "
+                   "plain Parquet files written by `ldbench run`" for p in odd]
         files = result_files(folder, entry.name, tier, budget, studies)
         if budget is not None and not files:
             continue  # no study at this budget: not in the tuned view
@@ -226,7 +236,8 @@ def result_files(folder: Path, name: str, tier: str, budget: int | None,
     """(runs file, its profile) of an entry: its results, or its studies' evaluations."""
     if budget is None:
         return [(p, p.parent.parent.name)
-                for p in sorted((folder / "results").glob(f"*/{tier}/{results.RUNS_FILE}"))]
+                for p in sorted((folder / "results").glob(f"*/{tier}/{results.RUNS_FILE}"))
+                if results.plain_file(p)]
     found = sorted((studies / name).glob(f"*/{tier}/budget-{budget}/eval/{results.RUNS_FILE}"))
     return [(p, p.parent.parent.parent.parent.name) for p in found]
 

@@ -191,6 +191,30 @@ def test_runs_of_older_entry_files_are_left_out_with_a_warning(tmp_path, two_tas
     assert "rerun `ldbench run`" in inputs.warnings[0]
 
 
+@pytest.mark.parametrize("kind", ["symlink-to-dev-zero", "fifo", "folder"])
+def test_a_table_that_is_not_a_plain_file_is_skipped_with_a_warning(tmp_path, two_tasks, kind):
+    """A pull request can commit a symlink (to /dev/zero: reading never ends); a FIFO blocks a
+    read. score skips them by name, and show refuses them in one line, instead of hanging."""
+    import os
+    import signal
+
+    folder = synthetic_entry(tmp_path / "subs", "probe", rng=np.random.default_rng(0), tasks=two_tasks)
+    table = folder / "results/cpu-2core/standard/runs.parquet"
+    table.unlink()
+    {"symlink-to-dev-zero": lambda: table.symlink_to("/dev/zero"), "fifo": lambda: os.mkfifo(table),
+     "folder": table.mkdir}[kind]()
+    signal.alarm(60)  # a regression hangs: fail instead
+    try:
+        inputs = score.collect([tmp_path / "subs"], tasks=two_tasks)
+        digest = score.inputs_digest([folder], "standard", two_tasks)
+        with pytest.raises(results.ResultsError, match="not a plain file"):
+            results.read_results(table.parent)
+    finally:
+        signal.alarm(0)
+    assert inputs.runs.empty and digest
+    assert any(f"skipped {table}: not a plain file" in w for w in inputs.warnings), inputs.warnings
+
+
 def test_score_command_writes_parquet_with_the_inputs_digest(tmp_path, two_tasks, monkeypatch):
     monkeypatch.setattr(registry, "all_tasks", lambda: two_tasks)
     for name, speed in (("alpha", 1.0), ("beta", 1.5)):
