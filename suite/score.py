@@ -157,6 +157,9 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
             f"{paths[i]}: left out {dropped.nunique()} runs made with older files of the entry (it "
             "changed since they ran); rerun `ldbench run` on it to replace them")
     keep &= ~stale
+    for i, reason in contradictions(runs[keep]).items():
+        inputs.warnings.append(f"skipped {paths[i]}: {reason}; `ldbench validate` names each problem")
+        keep &= runs["_file"] != i
     runs = runs[keep]
     # A run without a result has none, whatever values its rows keep (validate refuses those).
     runs.loc[runs["status"] != "ok", "value"] = np.nan
@@ -281,6 +284,28 @@ def usable(runs: pd.DataFrame, tier: str, tasks: dict[str, type[Task]]) -> pd.Se
             & (runs["profile"] == runs["_profile"]) & runs["profile"].isin(list(profiles.available()))
             & (runs["overrides"].astype(str).str.strip() == "{}")
             & (runs["task"].map(versions) == runs["task_version"]))
+
+
+KNOWN_STATUSES = ("ok", "diverged", "error", "not-applicable", "timeout")
+
+
+def contradictions(runs: pd.DataFrame) -> dict[int, str]:
+    """Files (by `_file`) whose rows contradict themselves, and how: a metric of a run given
+    twice, two runs of one seed of a task, an unknown status. validate refuses such files (and
+    checks more: values against each metric's declaration); score leaves each whole file out
+    rather than guess which rows to trust (a duplicated row would otherwise move a mean and
+    still count as one seed)."""
+    found: dict[int, str] = {}
+    checks = [
+        (runs.duplicated(["_file", "run_id", "metric"], keep=False), "a run's metric appears twice"),
+        (runs.drop_duplicates(["_file", "run_id"]).duplicated(["_file", "task", "seed"], keep=False)
+         .reindex(runs.index, fill_value=False), "two runs of one seed of a task"),
+        (~runs["status"].isin(KNOWN_STATUSES), f"a run status that is not one of {list(KNOWN_STATUSES)}"),
+    ]
+    for mask, reason in checks:
+        for i in runs.loc[mask, "_file"].unique():
+            found.setdefault(int(i), reason)
+    return found
 
 
 def provenance(runs: pd.DataFrame) -> pd.DataFrame:

@@ -215,6 +215,32 @@ def test_a_table_that_is_not_a_plain_file_is_skipped_with_a_warning(tmp_path, tw
     assert any(f"skipped {table}: not a plain file" in w for w in inputs.warnings), inputs.warnings
 
 
+@pytest.mark.parametrize("damage, reason", [
+    ("duplicate-row", "a run's metric appears twice"),
+    ("duplicate-seed", "two runs of one seed of a task"),
+    ("status", "a run status that is not one of"),
+])
+def test_a_table_that_contradicts_itself_is_left_out_whole(tmp_path, two_tasks, damage, reason):
+    """A duplicated run (values halved) would move the mean and still count as one seed."""
+    rng = np.random.default_rng(0)
+    folder = synthetic_entry(tmp_path / "subs", "probe", rng=rng, tasks=two_tasks)
+    synthetic_entry(tmp_path / "subs", "other", rng=rng, tasks=two_tasks)
+    path = folder / "results/cpu-2core/standard/runs.parquet"
+    runs = pd.read_parquet(path)
+    first = runs[runs["run_id"] == runs["run_id"].iloc[0]].assign(value=lambda r: r["value"] / 2)
+    if damage == "duplicate-seed":
+        first = first.assign(run_id="f" * 16)
+    if damage == "status":
+        runs.loc[runs["run_id"] == runs["run_id"].iloc[0], "status"] = "okay"
+        first = first.iloc[:0]
+    results.write_atomic(results.to_table(pd.concat([runs, first]), results.RUN_SCHEMA, results.RUNS_FILE),
+                         path)
+    inputs = score.collect([tmp_path / "subs"], tasks=two_tasks)
+    assert set(inputs.runs["entry"]) == {"other"}
+    assert inputs.warnings == [f"skipped {path}: {reason}" + inputs.warnings[0].split(reason)[1]]
+    assert inputs.warnings[0].endswith("`ldbench validate` names each problem")
+
+
 def test_score_command_writes_parquet_with_the_inputs_digest(tmp_path, two_tasks, monkeypatch):
     monkeypatch.setattr(registry, "all_tasks", lambda: two_tasks)
     for name, speed in (("alpha", 1.0), ("beta", 1.5)):
