@@ -364,6 +364,13 @@ def done_run_ids(folder: Path) -> set[str]:
     if not folder.is_dir():
         return set()
     runs, _ = read_folder(folder)
+    if (folder / RUNS_FILE).is_file() and not (folder / CURVES_FILE).exists():
+        # curves.parquet deleted (it was unreadable, and the message said so): the compacted
+        # runs have no curves, so they are redone, and the rerun writes both tables again
+        # (the same numbers: runs are deterministic). Runs still in parts keep their curves.
+        compacted = set(read_table(folder / RUNS_FILE)["run_id"])
+        fresh = {rid for pair in complete_parts(folder) for rid in read_table(pair[0])["run_id"]}
+        runs = runs[~runs["run_id"].isin(compacted - fresh)]
     return set(runs.loc[runs["status"].isin(DONE_STATUSES), "run_id"]) if len(runs) else set()
 
 
@@ -431,6 +438,8 @@ def compact(folder: str | Path) -> int:
         clean_stale(folder)
         parts = complete_parts(folder)
         if not parts:
+            with contextlib.suppress(OSError):  # an empty parts/ an interrupted run left behind
+                (folder / PARTS_DIR).rmdir()
             return 0
         seen = {p: signature(p) for pair in parts for p in pair}
         runs, curves = read_folder(folder)

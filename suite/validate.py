@@ -238,12 +238,22 @@ def read(path: Path) -> tuple[pd.DataFrame | None, list[str]]:
         return None, [text if ";" in text else f"{text}; regenerate it with `ldbench run`"]
 
 
+def parts_problem(parts: Path, rerun: str) -> str:
+    """What a parts/ folder left in a tier folder holds, and what removes it."""
+    if results.complete_parts(parts.parent):
+        return line(parts, "holds runs not yet compacted into runs.parquet and curves.parquet",
+                    f"rerun `{rerun}`, which compacts them at its end")
+    if parts.is_dir() and any(parts.iterdir()):  # a run killed between its curves and runs files
+        return line(parts, "holds only curves of runs that never finished (interrupted between "
+                    "their two files); no run is lost", f"delete {parts}")
+    return line(parts, "is an empty folder left by an interrupted run", f"delete {parts}")
+
+
 def tier_problems(where: Path, entry: Entry, *, tier: str, profile: str, min_seeds: int,
                   tasks: dict[str, type[Task]], rerun: str, complete: bool = True) -> list[str]:
     """Problems of one tier folder; `complete`: it must also cover the suite with enough seeds."""
     expected = {results.RUNS_FILE, results.CURVES_FILE}
-    problems = [line(p, "holds runs not yet compacted into runs.parquet and curves.parquet",
-                     f"rerun `{rerun}`, which compacts them at its end") if p.name == results.PARTS_DIR
+    problems = [parts_problem(p, rerun) if p.name == results.PARTS_DIR
                 else line(p, "is not a results table", "remove it")
                 for p in sorted(where.iterdir()) if p.name not in expected]
     runs, bad_runs = read(where / results.RUNS_FILE)

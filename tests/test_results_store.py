@@ -169,3 +169,15 @@ def test_compaction_locks_a_temp_file_where_the_folder_cannot_be_locked(tmp_path
     results.append_run(tmp_path, *rows("run0", 0))
     assert results.compact(tmp_path) == 1 and locked
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.parquet", "runs.parquet"]
+
+
+def test_runs_whose_curves_file_was_deleted_are_redone(tmp_path):
+    """An unreadable curves.parquet says: delete it and rerun. The rerun must then redo the
+    compacted runs (their curves are gone), not skip them and leave a folder validate refuses."""
+    for seed in (0, 1):
+        results.append_run(tmp_path, *rows(f"run{seed}", seed))
+    results.compact(tmp_path)
+    assert results.done_run_ids(tmp_path) == {"run0", "run1"}
+    (tmp_path / results.CURVES_FILE).unlink()
+    results.append_run(tmp_path, *rows("run2", 2))  # a run stored since, in its parts, keeps its curves
+    assert results.done_run_ids(tmp_path) == {"run2"}

@@ -185,6 +185,23 @@ def test_parts_not_yet_compacted_are_named_with_the_fix(sub):
     assert results.compact(sub / WHERE) == 1 and problems(sub) == []
 
 
+def test_what_an_interrupted_run_leaves_in_parts_is_named_with_a_fix_that_works(sub):
+    """Killed between a run's curves file and its runs file, or while writing the first one: no
+    run is lost, and the fix is to delete what is left (an empty parts/ goes at the next run)."""
+    runs, curves = results.read_folder(sub / WHERE)
+    parts = sub / WHERE / results.PARTS_DIR
+    parts.mkdir()
+    assert any("parts: is an empty folder left by an interrupted run; delete" in p for p in problems(sub))
+    results.compact(sub / WHERE)  # what every `ldbench run` does at its end
+    assert not parts.exists() and problems(sub) == []
+    rid = runs["run_id"].iloc[0]
+    results.append_run(sub / WHERE, runs[runs["run_id"] == rid], curves[curves["run_id"] == rid])
+    (parts / results.part_name(rid, results.RUNS_FILE)).unlink()  # killed before the runs file
+    found = [p for p in problems(sub) if "parts:" in p]
+    assert len(found) == 1 and "holds only curves of runs that never finished" in found[0]
+    assert found[0].endswith(f"delete {parts}")
+
+
 @pytest.mark.parametrize("text", ["torch", "torch>=2", "Torch == 2.0", "torch[cuda]", "ldbench>=0"])
 def test_requirements_naming_pinned_packages_are_refused(text):
     found = requirement_problems(Path("entry.toml"), [text])
