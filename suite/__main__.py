@@ -1,5 +1,5 @@
 """`python -m suite ...` runs the `ldbench` command line (the same as the installed script)."""
 
-from suite.cli import main
+from suite.console import main
 
 main()

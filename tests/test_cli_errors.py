@@ -175,3 +175,27 @@ def test_run_notes_an_entry_named_unlike_its_folder(tmp_path):
                                        "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "names the entry 'other-name' but its folder is 'my-folder'" in result.output
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.5])
+def test_ctrl_c_while_the_command_loads_ends_in_one_word(tmp_path, delay):
+    """Within the first seconds torch is loading: a KeyboardInterrupt there printed a traceback,
+    or aborted the interpreter from inside torch's C++ extension loading."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, "-m", "suite", "run", "baselines/sgd", "--tier", "smoke",
+                             "--out", str(tmp_path / "out")], cwd=REPO, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and out.strip().splitlines()[-1] == "Aborted!", out
+    assert "Traceback" not in out and "terminate called" not in out
