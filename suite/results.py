@@ -147,7 +147,7 @@ def write_atomic(table: pa.Table, path: Path) -> None:
                            "another --out folder") from None
     try:
         with os.fdopen(fd, "wb") as handle:
-            pq.write_table(table, handle)
+            pq.write_table(table, handle, write_page_checksum=True)  # reads verify each page
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared and committed
@@ -189,7 +189,11 @@ def read_capped(path: Path) -> pd.DataFrame:
 def read_arrow(path: Path, *, max_rows: int | None = None, max_bytes: int | None = None) -> pa.Table:
     """`read_table`'s checks, returning the Arrow table (schema metadata kept)."""
     try:
-        parquet = pq.ParquetFile(path)
+        with open(path, "rb") as handle:  # Parquet needs only the footer's magic; a file has both
+            if handle.read(4) != b"PAR1":
+                raise OSError("Parquet magic bytes not found at the start")
+        # Page checksums (written since they were introduced) catch a byte flipped in the data.
+        parquet = pq.ParquetFile(path, page_checksum_verification=True)
         schema = parquet.schema_arrow
     except (pa.ArrowException, OSError) as err:
         raise ResultsError(f"{path}: not a readable Parquet file ({one_line(err)}); delete it and "

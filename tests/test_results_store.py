@@ -181,3 +181,40 @@ def test_runs_whose_curves_file_was_deleted_are_redone(tmp_path):
     (tmp_path / results.CURVES_FILE).unlink()
     results.append_run(tmp_path, *rows("run2", 2))  # a run stored since, in its parts, keeps its curves
     assert results.done_run_ids(tmp_path) == {"run2"}
+
+
+def silently_changed(path: Path, data: bytes, start: int, end: int) -> int:
+    """An offset in [start, end) where one flipped bit still decodes, to other numbers, when
+    page checksums are not verified (snappy passes most literal bytes through)."""
+    clean = pq.read_table(path)
+    for at in range(start, end):
+        bad = bytearray(data)
+        bad[at] ^= 0x10
+        path.write_bytes(bytes(bad))
+        try:
+            if not pq.ParquetFile(path, page_checksum_verification=False).read().equals(clean):
+                return at
+        except Exception:  # noqa: BLE001 - this flip is caught anyway; try the next byte
+            continue
+    raise AssertionError("no silent flip found")
+
+
+@pytest.mark.parametrize("where", ["value-data", "header-magic"])
+def test_a_flipped_byte_is_caught_not_read_as_another_number(tmp_path, where):
+    """Page checksums (written with every table) catch a byte flipped inside the data that
+    would otherwise read as another number; the first four bytes are checked too (Parquet
+    itself reads only the footer's)."""
+    runs, curves = rows("run0", 0)
+    curves = pd.concat([curves.assign(step=range(k * 3, k * 3 + 3), value=k * 0.37) for k in range(200)])
+    path = tmp_path / results.CURVES_FILE
+    results.write_atomic(results.to_table(curves, results.CURVE_SCHEMA, results.CURVES_FILE), path)
+    column = pq.ParquetFile(path).metadata.row_group(0).column(results.CURVE_SCHEMA.names.index("value"))
+    data = path.read_bytes()
+    begin = column.data_page_offset
+    at = 0 if where == "header-magic" else silently_changed(path, data, begin + 20,
+                                                              begin + column.total_compressed_size)
+    bad = bytearray(data)
+    bad[at] ^= 0x10
+    path.write_bytes(bytes(bad))
+    with pytest.raises(ResultsError, match="curves.parquet: (not a readable Parquet file|corrupt content)"):
+        results.read_table(path)
