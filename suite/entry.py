@@ -407,6 +407,8 @@ def code_hint(err: BaseException, entry: Entry, call: str, hparams: dict[str, An
 
     `hparams`: the hyperparameters a factory was given (None for other calls)."""
     text, top = str(err), "at the top level of entry.toml"
+    if isinstance(err, ModuleNotFoundError):  # imported inside a factory or the model's code
+        return "; " + missing_module_fix(entry)
     key = err.args[0] if isinstance(err, KeyError) and err.args else None
     if hparams is not None and isinstance(key, str) and key not in hparams:
         close = difflib.get_close_matches(key, list(hparams), n=1)

@@ -150,9 +150,13 @@ def make_optimizer(params, hparams, task):
      "it has ['learning_rate']"),
     (KEYED, "[hparams.default]\nlrr = 0.01\n", "did you mean 'lrr'?"),
     (KEYED, '[hparams.default]\nlr = "1e-2"\n', "entry.toml gives lr = '1e-2', a string: write the number"),
+    (KEYED.replace("import torch", "import torch\n\ndef unused():\n    import ldbench_no_such_package")
+     .replace("    return torch", "    import ldbench_no_such_package\n    return torch"),
+     "[hparams.default]\nlr = 0.01\n", "ModuleNotFoundError: No module named 'ldbench_no_such_package'; "
+     "pip install the package it comes from, and list it in entry.toml's requirements"),
     (CLOSURE, "[hparams.default]\nlr = 0.01\n", "add `closure = true` at the top level of entry.toml"),
     (HESSIAN, "[hparams.default]\nlr = 0.01\n", "add `create_graph = true` at the top level of entry.toml"),
-], ids=["hparam-missing", "hparam-misspelt", "hparam-quoted", "closure", "create-graph"])
+], ids=["hparam-missing", "hparam-misspelt", "hparam-quoted", "import-inside", "closure", "create-graph"])
 def test_common_mistakes_in_entry_code_name_their_fix(make_entry, tmp_path, code, hparams, expected):
     """Runs that fail record the error, naming the line and the likely fix."""
     folder = make_entry("probe", code=code, hparams=hparams)
