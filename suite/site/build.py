@@ -259,6 +259,7 @@ def overall_rows(rows: list[dict], families: list[str], expected: set[str]) -> l
             "score": "—" if not math.isfinite(r["score"]) else f"{r['score']:.3f}",
             "score_sort": r["score"] if math.isfinite(r["score"]) else -1.0,
             "solved": f"{int(r['solved'])}/{int(r['tasks'])}", "na": na.get(entry, 0),
+            "solved_sort": r["solved"] / r["tasks"] if r["tasks"] else -1.0,
             "incomplete": ", ".join(missing) if missing else "",
             "families": [family_cell(fam.get((f, entry))) for f in families]})
     return sorted(shown, key=lambda r: (r["rank"] is None, r["rank"] or 0, -r["score_sort"], r["entry"]))
