@@ -19,7 +19,8 @@ from suite import interval, profiles, registry, results
 from suite.entry import Entry, EntryError, load_entry
 from suite.task import Task
 
-SCORE_VERSION = 4  # raise when a change below alters scores: it invalidates built leaderboards
+SCORE_VERSION = 5  # raise when a change below alters scores: it invalidates built leaderboards
+# (5: step counts of in-context-regression clipped at 0; stale and self-contradicting runs left out)
 TAU_MAX = 4.0  # performance profiles are integrated over τ ∈ [1, TAU_MAX] (AlgoPerf uses 4)
 ROOTS = ("baselines", "submissions")
 SCORES_FILE = "scores.parquet"

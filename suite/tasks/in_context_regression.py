@@ -208,7 +208,8 @@ class InContextRegression(Task):
         return {("" if k == 1 else f"_{k}x"): k * self.config["context"] for k in LENGTHS}
 
     def metrics(self) -> dict[str, Metric]:
-        steps = dict(unit="steps", steps_to_target=True, role="ranked", resolution=1.0)
+        steps = dict(unit="steps", steps_to_target=True, role="ranked", resolution=1.0,
+                     bounds=(0.0, math.inf))  # a step count: its interval is clipped at 0
         pattern = dict(role="diagnostic", resolution=1e-4, bounds=(0.0, 1.0))
         out = {f"excess_loss{s}": Metric("min", f"final loss on held-out prompts with {n} context "
                                          "pairs minus the exact Bayes-optimal loss", role="ranked",
