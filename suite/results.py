@@ -98,7 +98,9 @@ CURVE_SCHEMA = pa.schema([
 SCHEMAS = {RUNS_FILE: RUN_SCHEMA, CURVES_FILE: CURVE_SCHEMA}
 # Columns added after schema version 1 was first written: older files lack them.
 ADDED_COLUMNS = {RUNS_FILE: ("execution", "track", "applicable")}
-# A rerun skips these; "error" and "timeout" runs are retried.
+# Every status a run is recorded with; a rerun skips DONE_STATUSES ("error" and "timeout" runs
+# are retried).
+STATUSES = ("ok", "diverged", "not-applicable", "error", "timeout")
 DONE_STATUSES = ("ok", "diverged", "not-applicable")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TMP = re.compile(r"^\..+\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")

@@ -287,9 +287,6 @@ def usable(runs: pd.DataFrame, tier: str, tasks: dict[str, type[Task]]) -> pd.Se
             & (runs["task"].map(versions) == runs["task_version"]))
 
 
-KNOWN_STATUSES = ("ok", "diverged", "error", "not-applicable", "timeout")
-
-
 def contradictions(runs: pd.DataFrame) -> dict[int, str]:
     """Files (by `_file`) whose rows contradict themselves, and how: a metric of a run given
     twice, two runs of one seed of a task, an unknown status. validate refuses such files (and
@@ -301,7 +298,7 @@ def contradictions(runs: pd.DataFrame) -> dict[int, str]:
         (runs.duplicated(["_file", "run_id", "metric"], keep=False), "a run's metric appears twice"),
         (runs.drop_duplicates(["_file", "run_id"]).duplicated(["_file", "task", "seed"], keep=False)
          .reindex(runs.index, fill_value=False), "two runs of one seed of a task"),
-        (~runs["status"].isin(KNOWN_STATUSES), f"a run status that is not one of {list(KNOWN_STATUSES)}"),
+        (~runs["status"].isin(results.STATUSES), f"a run status that is not one of {list(results.STATUSES)}"),
     ]
     for mask, reason in checks:
         for i in runs.loc[mask, "_file"].unique():
