@@ -321,6 +321,9 @@ def test_long_tables_show_their_top_rows_and_link_a_page_with_every_row(site, tm
         assert table_entries(text[text.index(f'id="{ident}"'):]) == every, task
         assert 'href="../entries/alpha.html"' in text and 'href="../index.html#' in text
         assert f'data-table="{ident}' in text  # the filter box is on the full page
+        if task == "mode-connectivity":  # and every entry without runs of the task
+            assert re.search(r'No runs of mode-connectivity on this track.*href="../entries/partial.html"',
+                             text, re.S)
     assert f'data-table="{SECTION}-optimizer-overall"' not in html  # not on the truncated one
     assert not list((out / "tables").glob(f"{SECTION}-architecture-*"))  # 3 entries: they fit
     monkeypatch.setattr(build, "TOP", 25)

@@ -327,6 +327,7 @@ def task_section(name: str, cls: type[Task], rows: list[dict], declared: dict, *
         "diagnostics": [header(m, metrics_[m]) for m in diagnostics],
         "rows": table, "entries": entries, "specs": declared["plots"], "bounds": declared["bounds"],
         "not_applicable": sorted(whole_na), "incomplete": listing(sorted(members - set(entries))),
+        "without": sorted(members - set(entries)),  # every incomplete entry, for the full table page
     }
 
 
