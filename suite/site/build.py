@@ -303,6 +303,7 @@ def task_section(name: str, cls: type[Task], rows: list[dict], declared: dict, *
         return (*late, entry) if t is None else (False, t["ratio"], t["time_to_target"], entry)
 
     entries = sorted((e for (e,) in per_entry), key=order)
+    without = sorted(members - set(entries))  # the track's entries with no runs of the task
     table = []
     for entry in entries:
         note = notes.get(entry, NO_NOTE)
@@ -326,8 +327,8 @@ def task_section(name: str, cls: type[Task], rows: list[dict], declared: dict, *
         "metrics": [header(m, metrics_[m]) for m in ranked],
         "diagnostics": [header(m, metrics_[m]) for m in diagnostics],
         "rows": table, "entries": entries, "specs": declared["plots"], "bounds": declared["bounds"],
-        "not_applicable": sorted(whole_na), "incomplete": listing(sorted(members - set(entries))),
-        "without": sorted(members - set(entries)),  # every incomplete entry, for the full table page
+        "not_applicable": sorted(whole_na), "incomplete": listing(without),
+        "without": without,  # every incomplete entry, for the full table page
     }
 
 
