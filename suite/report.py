@@ -152,9 +152,13 @@ def not_applicable_notes(runs: pd.DataFrame) -> list[str]:
 
 def na_reason(cls: type[Task], metric: str) -> str:
     """Why `metric` does not apply to an entry's model, from the task's model interface."""
-    for method, names in cls.interface.optional if cls.interface else ():
+    interface = cls.interface
+    for method, names in interface.optional if interface else ():
         if any(fnmatch.fnmatchcase(metric, pattern) for pattern in names):
             return f"not applicable: the model has no {method}(), which this metric reads"
+    for reason, names in interface.unsupported if interface else ():
+        if any(fnmatch.fnmatchcase(metric, pattern) for pattern in names):
+            return f"not applicable: {reason}"
     return "not applicable to this entry's model"
 
 

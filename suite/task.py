@@ -137,6 +137,9 @@ class ModelInterface:
         and its runs are recorded as not applicable, naming the method.
     optional: (method, metrics that read it) pairs; a model without the method runs the task
         and those metrics are recorded as not applicable.
+    unsupported: (reason, metrics) pairs for what no method can express (e.g. a weight layout
+        the metrics permute): the task's `inapplicable` decides which models lack it, and the
+        reason is what `ldbench run`, `show` and the site say about those metrics.
     optimizer: (name in REFERENCE_OPTIMIZERS, keyword arguments): the reference optimizer an
         architecture entry without `make_optimizer` trains with, so that only the
         architecture differs from the task's reference model.
@@ -147,6 +150,7 @@ class ModelInterface:
     optimizer: tuple[str, tuple[tuple[str, Any], ...]]
     requires: tuple[str, ...] = ()
     optional: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    unsupported: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.optimizer[0] not in REFERENCE_OPTIMIZERS:
@@ -162,6 +166,11 @@ class ModelInterface:
         (`optional` may name metrics by fnmatch patterns, e.g. "attention_step/*")."""
         patterns = [p for method, names in self.optional
                     if not callable(getattr(model, method, None)) for p in names]
+        return tuple(m for m in metrics if any(fnmatch.fnmatchcase(m, p) for p in patterns))
+
+    def unsupported_metrics(self, metrics: list[str]) -> tuple[str, ...]:
+        """Those of `metrics` that `unsupported` names (fnmatch patterns)."""
+        patterns = [p for _, names in self.unsupported for p in names]
         return tuple(m for m in metrics if any(fnmatch.fnmatchcase(m, p) for p in patterns))
 
     def reference_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

@@ -1,5 +1,7 @@
 """Architecture entries: make_model, the tasks' model interfaces, tracks and "not applicable"."""
 
+import fnmatch
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -223,6 +225,32 @@ def test_every_interface_declares_a_probe_matching_its_reference_model():
         assert not cls.interface.missing(model), name
         assert not cls.interface.not_applicable(model, list(task.metrics())), name
         assert not task.inapplicable(model), name
+
+
+def test_every_declared_metric_pattern_names_a_metric_on_every_tier():
+    """A pattern in `optional` or `unsupported` that matches nothing is a typo: the metrics it
+    meant would be recorded without a reason."""
+    for name, cls in registry.all_tasks().items():
+        if cls.interface is None:
+            continue
+        pairs = [*cls.interface.optional, *cls.interface.unsupported]
+        for tier, config in cls.tiers.items():
+            metrics = list(cls(config).metrics())
+            for _, patterns in pairs:
+                for pattern in patterns:
+                    assert any(fnmatch.fnmatchcase(m, pattern) for m in metrics), (name, tier, pattern)
+
+
+def test_mode_connectivity_names_why_matching_and_llfc_do_not_apply_to_other_layouts():
+    task = registry.make_task("mode-connectivity", "smoke")
+    other = torch.nn.Sequential(torch.nn.Linear(task.config["dim"], 5), torch.nn.Tanh(),
+                                torch.nn.Linear(5, task.config["classes"]))
+    off = task.inapplicable(other)
+    assert set(off) == {"loss_barrier/matched", "error_barrier/matched",
+                        *(f"{k}/layer_{l}" for l in task.llfc_layers for k in ("llfc", "llfc_baseline"))}
+    for metric in off:
+        assert "reference layout" in report.na_reason(type(task), metric)
+    assert report.na_reason(type(task), "test_error") == "not applicable to this entry's model"
 
 
 def test_a_third_party_style_model_runs_where_the_task_accepts_it(make_entry, tmp_path):

@@ -158,7 +158,10 @@ class ModeConnectivity(Task):
     target = "stable_spawn_step"
     interface = ModelInterface(
         inputs="float (N, d): inputs", outputs="float (N, C): class logits",
-        optimizer=("sgd", (("lr", 0.07), ("momentum", 0.9))))
+        optimizer=("sgd", (("lr", 0.07), ("momentum", 0.9))),
+        unsupported=(("weight matching and LLFC permute and read the hidden units of the "
+                      "reference layout ([Linear, ReLU] × depth, Linear), which this model does "
+                      "not have", ("*_barrier/matched", "llfc/layer_*", "llfc_baseline/layer_*")),))
     tiers = {
         "smoke": dict(steps=300, evals=12, dim=8, clusters=32, classes=4, cluster_std=0.3,
                       n_train=512, n_test=512, width=32, depth=2, batch_size=32,
@@ -307,8 +310,7 @@ class ModeConnectivity(Task):
         read hidden features): other models get the barriers without them."""
         if self.snapshot(model).mlp is not None:
             return ()
-        return (*(f"{kind}_barrier/matched" for kind in ("loss", "error")),
-                *(f"{name}/layer_{l}" for l in self.llfc_layers for name in ("llfc", "llfc_baseline")))
+        return self.interface.unsupported_metrics(list(self.metrics()))
 
     def probe(self, data):
         x = data["x_train"][:8]  # (8, d)
