@@ -8,8 +8,10 @@ Protocol (also in submissions/README.md):
 - the best trial per task is chosen by the task's target (a steps-to-target metric): first the
   most tuning seeds that reached the target (a run that diverged, failed or timed out did not),
   then the best mean over those seeds (values within the metric's resolution are equal), then
-  the lowest trial index (the earlier design point);
-- the best point is run on the evaluation seeds; tuned.json holds it with the provenance.
+  the lowest trial index (the earlier design point). When no trial reached the target on any
+  tuning seed, the study has no evidence for any point: the entry's own hyperparameters are
+  kept for that task (best_trial null in tuned.json), not an arbitrary design point;
+- the chosen point is run on the evaluation seeds; tuned.json holds it with the provenance.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ TUNING_SEED_BASE = 1_000_000  # far above any evaluation seed count
 STUDY_FILE, TUNED_FILE = "study.json", "tuned.json"
 TRIALS, EVAL = "trials", "eval"
 FINISHED = ("ok", "diverged", "timeout")  # a trial with one of these statuses is not rerun
+KEPT = "no trial reached the target on any tuning seed: the entry's own hyperparameters"
 
 
 @dataclass(frozen=True)
@@ -197,10 +200,14 @@ def trial_table(trials: list[Trial], runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def best_trials(table: pd.DataFrame, tier: str) -> dict[str, int]:
-    """The best trial index per task (see the module docstring for the rule)."""
-    best = {}
+def best_trials(table: pd.DataFrame, tier: str) -> dict[str, int | None]:
+    """The best trial index per task, None where no trial reached the target on any tuning
+    seed (see the module docstring for the rule)."""
+    best: dict[str, int | None] = {}
     for task, part in table.groupby("task", sort=False):
+        if part["reached"].max() == 0:
+            best[task] = None
+            continue
         task_obj = registry.make_task(task, tier)
         spec = task_obj.metrics()[task_obj.target]
         sign = 1.0 if spec.direction == "min" else -1.0
@@ -254,7 +261,8 @@ def run_study(entry: Entry, out: Path, spec: dict, tasks: list[str], prof: profi
     table = trial_table(trials, results.read_results(out / TRIALS)[0])
     best = best_trials(table, tier)
     by_index = {(t.task, t.index): t for t in trials}
-    tuned = {task: by_index[task, best[task]].hparams for task in tasks}
+    tuned = {task: entry.hparams_for(task) if best[task] is None else by_index[task, best[task]].hparams
+             for task in tasks}
     done = results.done_run_ids(out / EVAL)
     todo = [p for task in tasks for p in plans_for(entry, task, spec, tuned[task], spec["eval_seeds"])
             if p[1] not in done]
@@ -264,6 +272,7 @@ def run_study(entry: Entry, out: Path, spec: dict, tasks: list[str], prof: profi
     provenance["tasks"] = {task: {"space": spec["tasks"][task]["space"],
                                   "space_hash": spec["tasks"][task]["space_hash"],
                                   "best_trial": best[task],
+                                  "chosen": KEPT if best[task] is None else "best trial",
                                   "trials": table[table["task"] == task].to_dict("records")}
                            for task in tasks}
     write_json(out / TUNED_FILE, {"tuned": tuned, "provenance": provenance})

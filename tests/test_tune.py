@@ -79,7 +79,26 @@ def test_best_trial_most_seeds_reached_then_mean_within_resolution_then_index():
     task = "deep-linear-modes"  # steps_to_all_modes, lower is better
     rows = [(task, 0, 1, 10.0), (task, 1, 2, 500.0), (task, 2, 2, 300.0), (task, 3, 2, 300.0)]
     assert tune.best_trials(table(rows), "smoke") == {task: 2}
-    assert tune.best_trials(table([(task, 0, 0, math.inf), (task, 1, 0, math.inf)]), "smoke") == {task: 0}
+    # No trial reached the target: no evidence for any point, so none is chosen (not trial 0).
+    assert tune.best_trials(table([(task, 0, 0, math.inf), (task, 1, 0, math.inf)]), "smoke") == {task: None}
+
+
+def test_a_study_where_no_trial_reaches_the_target_keeps_the_entrys_hyperparameters(make_entry, tmp_path):
+    """Three trials of 2 steps cannot reach the target: the evaluation runs the entry's own
+    hyperparameters, tuned.json says so, and the tuned view scores those runs."""
+    entry = make_entry(hparams=SEARCH)
+    out = tune.tune(entry, budget=3, tasks=["deep-linear-modes"], design_seed=1, eval_seeds=1,
+                    sets=["deep-linear-modes.steps=2", "deep-linear-modes.evals=2"], out=tmp_path / "s",
+                    progress=False)
+    written = json.loads((out / tune.TUNED_FILE).read_text())
+    info = written["provenance"]["tasks"]["deep-linear-modes"]
+    assert max(t["reached"] for t in info["trials"]) == 0
+    assert info["best_trial"] is None and info["chosen"] == tune.KEPT
+    assert written["tuned"]["deep-linear-modes"] == load_entry(entry).hparams_for("deep-linear-modes")
+    evals = pd.read_parquet(out / tune.EVAL / "runs.parquet")
+    assert all(json.loads(o)["hparams"] == written["tuned"]["deep-linear-modes"] for o in evals.overrides)
+    table, tuned = tune.show(out)
+    assert not (table["best"] == "*").any() and tuned == written["tuned"]
 
 
 def study(entry, out, tasks=("deep-linear-modes",), **kwargs):
@@ -148,10 +167,13 @@ def test_trials_batched_match_each_trial_run_by_itself(make_entry, tmp_path):
 
 
 def test_tuned_point_is_the_best_trial_and_its_evaluation_runs_on_the_evaluation_seeds(make_entry, tmp_path):
-    out = study(make_entry(hparams=SEARCH), tmp_path / "study")
+    # Design seed 0 puts the largest rate (0.07) second: in 200 steps only it reaches the target.
+    out = tune.tune(make_entry(hparams=SEARCH), budget=3, tasks=["deep-linear-modes"], design_seed=0,
+                    eval_seeds=2, sets=["steps=200", "evals=10"], out=tmp_path / "study", progress=False)
     written = json.loads((out / tune.TUNED_FILE).read_text())
     trials = pd.DataFrame(written["provenance"]["tasks"]["deep-linear-modes"]["trials"])
     best = written["provenance"]["tasks"]["deep-linear-modes"]["best_trial"]
+    assert trials.reached.max() > 0 and best != 0
     reached = trials[trials.reached == trials.reached.max()]
     assert best == int(reached.sort_values(["target_mean", "trial"]).trial.iloc[0])
     assert written["tuned"]["deep-linear-modes"] == json.loads(trials.hparams[best])
