@@ -34,7 +34,7 @@ from suite.task import Task
 
 TEMPLATES = Path(__file__).parent / "templates"
 TOP = 25  # rows per table on index.html and in README.md; longer tables get a page of their own
-WORKERS = 4  # processes drawing the plots and writing the entry pages (at most one per core)
+WORKERS = 4  # processes writing the entry pages (at most one per core)
 PAGES_PER_JOB = 50  # entry pages a worker writes per job
 LEFT_OUT_NAMES = 12  # entries a plot's caption names as left out; the rest are counted
 TRACK_TEXT = {  # heading and what differs between the entries of a track
@@ -419,7 +419,7 @@ def sections(inputs: Inputs, rows: list[dict], tasks: dict[str, type[Task]],
              declared: dict[str, dict[str, dict]]) -> tuple[list[dict], list[tuple]]:
     """One section per (profile, tier, track): overall ranking, family scores and task tables of
     the track's entries (the optimizer track first); and per task table, (its section, its
-    plots' file prefix, `plot_job`): the plots are drawn later, by `workers`."""
+    plots' file prefix, `plot_job`): the plots are drawn later."""
     found, jobs, cache = [], [], {}
     for (profile, tier), whole in sorted(group_by(rows, "profile", "tier").items()):
         expected = {r["task"] for r in whole if r["level"] == "metric"}  # as score's `complete`
@@ -611,7 +611,8 @@ def entry_plots(specs: list[PlotSpec], curves: small.Curves | None, metrics: sma
         elif curves is None:
             svg = None
         elif spec.kind == "path":
-            svg = small.along_path(spec, {n: tuple(c[1:, -1]) for n, c in curves.items()})
+            svg = small.along_path(spec, {n: tuple(curves[n][1:, -1].tolist()) for n in spec.names()
+                                          if n in curves})
         else:
             svg = small.over_steps(spec, curves, metrics)
         if svg is not None:
@@ -683,19 +684,18 @@ def build(inputs: Inputs, scores: pd.DataFrame, out: str | Path, *,
     declared = {tier: declarations(tasks, tier) for tier in {r["tier"] for r in rows}}
     expected = {key: {r["task"] for r in part if r["level"] == "metric"}
                 for key, part in group_by(rows, "profile", "tier").items()}
-    site, jobs = sections(inputs, rows, tasks, notes, declared)
     env = environment()
     common = {"digest": inputs.digest, "tau_max": TAU_MAX}
     per_entry = group_by(rows, "entry")
     pages = Pages(inputs, per_entry, tasks, env, common, out, notes, declared, expected)
     names = [name for (name,) in sorted(per_entry)  # names safe as file names
              if name in inputs.entries and NAME_PATTERN.match(name)]
-    with workers(plots=[job for _, _, job in jobs], pages=pages.write) as submit:
-        drawn = [submit("plots", i) for i in range(len(jobs))]
+    with workers(pages=pages.write) as submit:  # the workers start on the pages at once
         paths = [submit("pages", names[i:i + PAGES_PER_JOB]) for i in range(0, len(names), PAGES_PER_JOB)]
-        written.update(full_tables(site, env, common, out))  # meanwhile, here
-        for (sec, key, _), plots in zip(jobs, drawn, strict=True):
-            sec["plots"] = shown_plots(plots(), sec, key, out, written)
+        site, jobs = sections(inputs, rows, tasks, notes, declared)  # meanwhile, here
+        written.update(full_tables(site, env, common, out))
+        for sec, key, job in jobs:
+            sec["plots"] = shown_plots(task_plots(*job), sec, key, out, written)
         for done in paths:
             written.update(done())
     tuned_views = sorted(p.parent.name for p in out.glob("tuned-budget-*/index.html"))
@@ -779,17 +779,17 @@ WORK: dict = {}
 
 
 def run_work(kind: str, what):
-    """In a worker: draw plot job number `what`, or write the pages of the entries `what`."""
-    return task_plots(*WORK["plots"][what]) if kind == "plots" else WORK["pages"](what)
+    """In a worker: `WORK[kind](what)`, e.g. write the pages of the entries `what`."""
+    return WORK[kind](what)
 
 
 @contextmanager
 def workers(**work) -> Iterator:
-    """`submit(kind, what)` starts `run_work(kind, what)` and returns what waits for its result.
+    """`submit(kind, what)` starts `work[kind](what)` and returns what waits for its result.
 
-    The plots (matplotlib: about a second each, whatever the number of entries) and the entry
-    pages (each reads its entry's curves and draws them) run in forked processes, one per core
-    up to WORKERS. With one core, or without fork, they run here, when waited for.
+    The entry pages (each reads its entry's curves and draws them) are written by forked
+    processes, one per core up to WORKERS, while this process writes the rest of the site.
+    With one core, or without fork, they run here, when waited for.
     """
     WORK.clear()
     WORK.update(work)
