@@ -38,6 +38,15 @@ def test_speed_script_prints_the_ratio_and_the_flop_rates(name):
     assert "MFLOP per seed-step" in out and "of the matmul rate" in out
 
 
+def test_threads_script_prints_both_paths_on_one_and_two_threads():
+    out = subprocess.run(
+        [sys.executable, "benchmarks/threads.py", "--tier", "smoke", "--steps", "5", "--evals", "2",
+         "--seeds", "2", "--repeats", "1", "--tasks", "deep-linear-modes"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "| deep-linear-modes" in out and "one by one: 2 / 1" in out
+    assert "| bmm (8,16,16)" in out and "2 threads (µs)" in out
+
+
 def test_the_benchmarked_tasks_read_from_source_are_the_registered_tasks_and_targets():
     from benchmarks.common import checkout_tasks
     from suite import registry
