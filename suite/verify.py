@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +131,28 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
             checks.append(Check(run.task, int(run.seed), name, value, float(metrics.get(name, math.nan)),
                                 str(run.status), status, spec.resolution or 0.0))
     return checks
+
+
+def profile_changes(folder: str | Path, *, tier: str, profile: str) -> list[str]:
+    """How the profile the submitted runs recorded (in their fingerprints) differs from the
+    profile file now, one line per field: a profile that changed since (cpu-2core went from two
+    threads to one) computes the same values up to float rounding, not to the last bit."""
+    now = asdict(profiles.load(profile))
+    try:
+        runs = results.read_table(Path(folder) / "results" / profile / tier / results.RUNS_FILE)
+    except results.ResultsError:
+        return []  # verify_submission says what is wrong with the file
+    changed: dict[str, set[str]] = {}
+    for text in set(runs["fingerprint"].astype(str)):
+        try:
+            recorded = json.loads(json.loads(text)["profile"])
+        except (ValueError, KeyError, TypeError):
+            continue  # an older fingerprint without the profile: nothing to compare
+        for field in ("threads", "dtype", "deterministic", "tf32", "device"):
+            if field in recorded and recorded[field] != now[field]:
+                changed.setdefault(field, set()).add(json.dumps(recorded[field]))
+    return [f"the submitted runs were made with {field} = {' or '.join(sorted(values))}; {profile} "
+            f"now pins {json.dumps(now[field])}" for field, values in sorted(changed.items())]
 
 
 def config_of(overrides: str | None) -> dict:

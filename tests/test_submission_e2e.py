@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import textwrap
@@ -14,7 +15,7 @@ from suite import registry, results, runner, score
 from suite.cli import main
 from suite.site import build
 from suite.validate import validate_submission
-from suite.verify import verify_submission
+from suite.verify import profile_changes, verify_submission
 
 pytest.importorskip("lion_pytorch", reason="lion-pytorch is in the dev extra: pip install -e '.[dev]'")
 
@@ -79,6 +80,28 @@ def test_verify_reproduces_the_runs_and_catches_a_doctored_value(submitted, tmp_
     result = CliRunner().invoke(main, ["verify", str(copy), "--tier", "smoke", "--runs", "1",
                                        "--pick-seed", "3"])
     assert result.exit_code == 1 and "MISMATCH" in result.output and "final_loss" in result.output
+
+
+def test_verify_notes_runs_made_with_another_profile_configuration(submitted, tmp_path):
+    """Runs recorded with two threads (cpu-2core before it pinned one) verify within the
+    tolerance, with a note saying why the last bits may differ."""
+    folder, _ = submitted
+    assert profile_changes(folder, tier="smoke", profile="cpu-2core") == []
+    copy = tmp_path / "lion"
+    shutil.copytree(folder, copy)
+    path = copy / "results/cpu-2core/smoke/runs.parquet"
+    runs = results.read_table(path)
+    fingerprint = json.loads(runs["fingerprint"].iloc[0])
+    fingerprint["profile"] = json.dumps({**json.loads(fingerprint["profile"]), "threads": 2}, sort_keys=True)
+    runs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
+    results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), path)
+    assert profile_changes(copy, tier="smoke", profile="cpu-2core") == [
+        "the submitted runs were made with threads = 2; cpu-2core now pins 1"]
+    result = CliRunner().invoke(main, ["verify", str(copy), "--tier", "smoke", "--runs", "1",
+                                       "--pick-seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "note: the submitted runs were made with threads = 2" in result.output
+    assert profile_changes(tmp_path / "nowhere", tier="smoke", profile="cpu-2core") == []
 
 
 def test_it_scores_and_appears_on_the_page(submitted, tmp_path):
