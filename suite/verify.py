@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from suite import batched, cluster, profiles, registry, results, runner
 from suite.entry import check_runnable, load_entry
@@ -110,8 +111,7 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
     picked = list(pick_runs(submitted, k, pick_seed).itertuples(index=False))
     keys = {}
     for run in picked:  # one re-run per recorded batch, however many of its runs were picked
-        seeds, batch_lanes = recorded_execution(run, submitted)
-        keys.setdefault((run.task, run.overrides, tuple(seeds), batch_lanes), None)
+        keys.setdefault(batch_key(run, submitted), None)
     with cluster.session(workers, scheduler) as client:
         if client is None:
             prof.apply()
@@ -122,8 +122,7 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
             outcomes = {key: future.result() for key, future in futures.items()}
     checks = []
     for run in picked:
-        seeds, batch_lanes = recorded_execution(run, submitted)
-        status, metrics = outcomes[run.task, run.overrides, tuple(seeds), batch_lanes][int(run.seed)]
+        status, metrics = outcomes[batch_key(run, submitted)][int(run.seed)]
         rows = submitted[submitted["run_id"] == run.run_id].set_index("metric")
         task = registry.make_task(run.task, tier, config_of(run.overrides))
         for name, spec in task.metrics().items():
@@ -131,6 +130,27 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
             checks.append(Check(run.task, int(run.seed), name, value, float(metrics.get(name, math.nan)),
                                 str(run.status), status, spec.resolution or 0.0))
     return checks
+
+
+def batch_key(run, submitted: pd.DataFrame) -> tuple:
+    """What one re-run reproduces: (task, overrides, seeds, networks batched, threads)."""
+    seeds, batch_lanes = recorded_execution(run, submitted)
+    return run.task, run.overrides, tuple(seeds), batch_lanes, recorded_threads(run.fingerprint)
+
+
+def recorded_threads(fingerprint: str) -> int | None:
+    """The intra-op threads a run's fingerprint records (None if it records none).
+
+    A run is re-run on them, as it was made: the thread count can change a reduction's order,
+    and over thousands of steps a chaotic metric amplifies that last bit (cpu-2core's runs made
+    with two threads before it pinned one moved by up to 9% on one seed's mode-connectivity
+    barriers when re-made with one).
+    """
+    try:
+        threads = json.loads(json.loads(fingerprint)["profile"])["threads"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else None
 
 
 def profile_changes(folder: str | Path, *, tier: str, profile: str) -> list[str]:
@@ -152,7 +172,9 @@ def profile_changes(folder: str | Path, *, tier: str, profile: str) -> list[str]
             if field in recorded and recorded[field] != now[field]:
                 changed.setdefault(field, set()).add(json.dumps(recorded[field]))
     return [f"the submitted runs were made with {field} = {' or '.join(sorted(values))}; {profile} "
-            f"now pins {json.dumps(now[field])}" for field, values in sorted(changed.items())]
+            f"now pins {json.dumps(now[field])}" + (": they are re-run on the threads they recorded"
+                                                   if field == "threads" else "")
+            for field, values in sorted(changed.items())]
 
 
 def config_of(overrides: str | None) -> dict:
@@ -161,9 +183,10 @@ def config_of(overrides: str | None) -> dict:
 
 
 def rerun(folder: Path, key: tuple, *, tier: str, profile: str) -> dict[int, tuple[str, dict]]:
-    """Re-run one recorded batch (task, overrides, seeds, networks batched): per seed, the
-    status and metrics. Runs here or on a Dask worker (which applies the profile itself)."""
-    task_name, overrides, seeds, batch_lanes = key
+    """Re-run one recorded batch (task, overrides, seeds, networks batched, threads): per
+    seed, the status and metrics. Runs here or on a Dask worker (which applies the profile
+    itself), on the threads the runs recorded (recorded_threads)."""
+    task_name, overrides, seeds, batch_lanes, threads = key
     prof = profiles.load(profile)
     prof.apply()
     entry = load_entry(folder)
@@ -172,5 +195,10 @@ def rerun(folder: Path, key: tuple, *, tier: str, profile: str) -> dict[int, tup
     plans = [runner.Plan(task, seed, json.loads(overrides or "{}")) for seed in seeds]
     trainer = Trainer(task, tuned, prof)
     trainer.batch_lanes = batch_lanes
-    outcomes = runner.execute_batch(plans, trainer, notes=lambda _: None)
+    if threads is not None and prof.device == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        outcomes = runner.execute_batch(plans, trainer, notes=lambda _: None)
+    finally:
+        torch.set_num_threads(prof.threads)
     return {seed: (traj.status, metrics) for seed, (traj, metrics, _) in zip(seeds, outcomes, strict=True)}

@@ -9,13 +9,14 @@ import textwrap
 
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
-from suite import registry, results, runner, score
+from suite import registry, results, runner, score, verify
 from suite.cli import main
 from suite.site import build
 from suite.validate import validate_submission
-from suite.verify import profile_changes, verify_submission
+from suite.verify import profile_changes, recorded_threads, verify_submission
 
 pytest.importorskip("lion_pytorch", reason="lion-pytorch is in the dev extra: pip install -e '.[dev]'")
 
@@ -82,9 +83,9 @@ def test_verify_reproduces_the_runs_and_catches_a_doctored_value(submitted, tmp_
     assert result.exit_code == 1 and "MISMATCH" in result.output and "final_loss" in result.output
 
 
-def test_verify_notes_runs_made_with_another_profile_configuration(submitted, tmp_path):
-    """Runs recorded with two threads (cpu-2core before it pinned one) verify within the
-    tolerance, with a note saying why the last bits may differ."""
+def test_verify_reruns_runs_on_the_threads_they_recorded_with_a_note(submitted, tmp_path, monkeypatch):
+    """Runs recorded with two threads (cpu-2core before it pinned one) are re-run on two, as
+    they were made, and verify says so."""
     folder, _ = submitted
     assert profile_changes(folder, tier="smoke", profile="cpu-2core") == []
     copy = tmp_path / "lion"
@@ -96,11 +97,18 @@ def test_verify_notes_runs_made_with_another_profile_configuration(submitted, tm
     runs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
     results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), path)
     assert profile_changes(copy, tier="smoke", profile="cpu-2core") == [
-        "the submitted runs were made with threads = 2; cpu-2core now pins 1"]
+        "the submitted runs were made with threads = 2; cpu-2core now pins 1: they are re-run on "
+        "the threads they recorded"]
+    seen = []
+    real = verify.runner.execute_batch
+    monkeypatch.setattr(verify.runner, "execute_batch",
+                        lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
     result = CliRunner().invoke(main, ["verify", str(copy), "--tier", "smoke", "--runs", "1",
                                        "--pick-seed", "3"])
     assert result.exit_code == 0, result.output
     assert "note: the submitted runs were made with threads = 2" in result.output
+    assert seen == [2]
+    assert recorded_threads(runs["fingerprint"].iloc[0]) == 2 and recorded_threads("{}") is None
     assert profile_changes(tmp_path / "nowhere", tier="smoke", profile="cpu-2core") == []
 
 
