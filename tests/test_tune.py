@@ -299,15 +299,22 @@ def test_the_tuned_view_entry_pages_chart_each_hyperparameter(tmp_path):
     page = (tmp_path / "entries" / "adam.html").read_text()
     section = page[page.index("<h2>Tuning study</h2>"):]
     written = json.loads((studies / "adam/cpu-2core/smoke/budget-16/tuned.json").read_text())
+    kept = {task for task, info in written["provenance"]["tasks"].items() if info["best_trial"] is None}
+    assert kept == {"modular-addition", "teacher-student"}  # no trial reached their targets
     for task, info in written["provenance"]["tasks"].items():
         part = section[section.index(f"<h3>{task} · target"):]
-        charts = re.findall(r"<svg.*?</svg>", part[:part.index("</details>")], re.S)
+        part = part[:part.index("</details>")]
+        charts = re.findall(r"<svg.*?</svg>", part, re.S)
         assert len(charts) == len(info["space"]) == 3  # lr, beta1, beta2
         for chart in charts:
             dots = re.findall(r'<circle [^>]*fill="(#\w+)"', chart)
-            assert len(dots) == 16 and dots.count("#000000") == 1
+            assert len(dots) == 16 and dots.count("#000000") == (task not in kept)
         chosen = re.search(r'<tr class="best"><td class="num">(\d+) \(chosen\)', part)
-        assert chosen and int(chosen.group(1)) == info["best_trial"]
+        if task in kept:
+            assert chosen is None and "the entry&#39;s own hyperparameters were kept" in part
+            assert written["tuned"][task] == load_entry(REPO / "baselines" / "adam").hparams_for(task)
+        else:
+            assert chosen and int(chosen.group(1)) == info["best_trial"]
     # A tuned.json without its trials: the section is absent, the build goes on.
     broken = tmp_path / "tuned.json"
     broken.write_text(json.dumps({"tuned": written["tuned"]}))

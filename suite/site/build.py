@@ -518,7 +518,9 @@ def study_section(tuned_file: Path | None) -> list[dict]:
 
 
 def study_task(task: str, info: dict) -> dict:
-    trials, best, space = info["trials"], int(info["best_trial"]), info["space"]
+    trials, space = info["trials"], info["space"]
+    # null: no trial reached the target, and the study kept the entry's own hyperparameters
+    best = None if info["best_trial"] is None else int(info["best_trial"])
     points = [json.loads(t["hparams"]) for t in trials]
     targets = np.array([float(t["target_mean"]) for t in trials])
     target = trials[0]["target"] if trials else ""
@@ -531,7 +533,8 @@ def study_task(task: str, info: dict) -> dict:
              "target": format_number(float(t["target_mean"])) if math.isfinite(float(t["target_mean"]))
              else "not reached", "reached": f"{t['reached']}/{t['seeds']}", "statuses": t["statuses"]}
             for t, p in zip(trials, points, strict=True)]
-    return {"task": task, "target": target, "charts": charts, "rows": rows}
+    kept = info.get("chosen", "") if best is None else ""
+    return {"task": task, "target": target, "charts": charts, "rows": rows, "kept": kept}
 
 
 def score_text(row: dict) -> str:

@@ -293,7 +293,7 @@ def dots(spec: PlotSpec, metrics: Values) -> str | None:
                xticks=[(float(i), label) for i, label in enumerate(labels)])
 
 
-def study_chart(values: list, targets: np.ndarray, *, space: dict, best: int, xlabel: str,
+def study_chart(values: list, targets: np.ndarray, *, space: dict, best: int | None, xlabel: str,
                 ylabel: str) -> str:
     """A tuning study's trials on one hyperparameter: each trial's target (its mean over the
     tuning seeds) against the trial's value; trials that reached the target on no seed sit on
