@@ -338,7 +338,12 @@ def render_study(folder: Path, fmt: str) -> str:
     if tuned:
         text += "\n\ntuned: " + json.dumps(tuned, sort_keys=True)
     if (folder / tune.EVAL / results.RUNS_FILE).is_file():
-        text += "\n\nevaluation seeds:\n" + report.render(results.read_results(folder / tune.EVAL)[0], fmt)
+        runs = results.read_results(folder / tune.EVAL)[0]
+        chosen = tune.chosen_evaluations(runs, tuned)
+        left = runs["run_id"].nunique() - chosen["run_id"].nunique()
+        text += "\n\nevaluation seeds of the chosen points:\n" + report.render(chosen, fmt)
+        if left:
+            text += f"\n({left} evaluation runs of points chosen before are left out)"
     return text
 
 

@@ -279,6 +279,14 @@ def run_study(entry: Entry, out: Path, spec: dict, tasks: list[str], prof: profi
     return out
 
 
+def chosen_evaluations(runs: pd.DataFrame, tuned: dict[str, dict]) -> pd.DataFrame:
+    """The evaluation runs of each task's chosen point (an earlier choice's runs stay in the
+    folder when a study is re-chosen, e.g. under a new rule; they are not its result)."""
+    def chosen(task: str, overrides: str) -> bool:
+        return json.loads(overrides or "{}").get("hparams", {}) == tuned.get(task, {})
+    return runs[[chosen(t, o) for t, o in zip(runs["task"], runs["overrides"], strict=True)]]
+
+
 def is_study(folder: Path) -> bool:
     return (Path(folder) / STUDY_FILE).is_file()
 

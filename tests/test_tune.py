@@ -101,6 +101,13 @@ def test_a_study_where_no_trial_reaches_the_target_keeps_the_entrys_hyperparamet
     assert not (table["best"] == "*").any() and tuned == written["tuned"]
 
 
+def test_only_the_chosen_points_evaluations_are_a_studys_result():
+    runs = pd.DataFrame({"run_id": ["a", "b", "c", "d"], "task": ["t", "t", "u", "u"],
+                         "overrides": ['{"hparams": {"lr": 0.1}}', '{"hparams": {"lr": 0.2}}',
+                                       "{}", '{"hparams": {"lr": 0.3}}']})
+    assert list(tune.chosen_evaluations(runs, {"t": {"lr": 0.2}, "u": {}})["run_id"]) == ["b", "c"]
+
+
 def study(entry, out, tasks=("deep-linear-modes",), **kwargs):
     return tune.tune(entry, budget=3, tasks=list(tasks), design_seed=1, eval_seeds=2,
                      sets=FAST, out=out, progress=False, **kwargs)
