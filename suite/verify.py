@@ -138,6 +138,15 @@ def batch_key(run, submitted: pd.DataFrame) -> tuple:
     return run.task, run.overrides, tuple(seeds), batch_lanes, recorded_threads(run.fingerprint)
 
 
+def recorded_profile(fingerprint: str) -> dict:
+    """The profile fields a run's fingerprint records ({} if it records none)."""
+    try:
+        recorded = json.loads(json.loads(fingerprint)["profile"])
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
 def recorded_threads(fingerprint: str) -> int | None:
     """The intra-op threads a run's fingerprint records (None if it records none).
 
@@ -146,17 +155,14 @@ def recorded_threads(fingerprint: str) -> int | None:
     with two threads before it pinned one moved by up to 9% on one seed's mode-connectivity
     barriers when re-made with one).
     """
-    try:
-        threads = json.loads(json.loads(fingerprint)["profile"])["threads"]
-    except (ValueError, KeyError, TypeError):
-        return None
+    threads = recorded_profile(fingerprint).get("threads")
     return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else None
 
 
 def profile_changes(folder: str | Path, *, tier: str, profile: str) -> list[str]:
     """How the profile the submitted runs recorded (in their fingerprints) differs from the
-    profile file now, one line per field: a profile that changed since (cpu-2core went from two
-    threads to one) computes the same values up to float rounding, not to the last bit."""
+    profile file now, one line per field (cpu-2core went from two threads to one: such runs
+    are re-run on the threads they recorded)."""
     now = asdict(profiles.load(profile))
     try:
         runs = results.read_table(Path(folder) / "results" / profile / tier / results.RUNS_FILE)
@@ -164,10 +170,7 @@ def profile_changes(folder: str | Path, *, tier: str, profile: str) -> list[str]
         return []  # verify_submission says what is wrong with the file
     changed: dict[str, set[str]] = {}
     for text in set(runs["fingerprint"].astype(str)):
-        try:
-            recorded = json.loads(json.loads(text)["profile"])
-        except (ValueError, KeyError, TypeError):
-            continue  # an older fingerprint without the profile: nothing to compare
+        recorded = recorded_profile(text)
         for field in ("threads", "dtype", "deterministic", "tf32", "device"):
             if field in recorded and recorded[field] != now[field]:
                 changed.setdefault(field, set()).add(json.dumps(recorded[field]))
