@@ -10,6 +10,7 @@ from scipy import stats
 from suite import compare
 from suite.cli import main
 from suite.task import Metric
+from tests.conftest import REPO
 
 STEPS = Metric("min", "steps to a target", steps_to_target=True, resolution=0.5)
 FRACTION = Metric("max", "a fraction", bounds=(0.0, 1.0))
@@ -78,3 +79,19 @@ def test_compare_refuses_mixed_tiers_in_one_line(make_entry, tmp_path):
     result = CliRunner().invoke(main, ["compare", str(slow), str(tmp_path / "slow")])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert len(runs) and "error:" in result.output
+
+
+def test_rows_follow_the_registry_and_each_tasks_metrics_whatever_the_files_order():
+    """The runs files hold tasks in the order their runs finished (on Dask workers, any)."""
+    from suite import registry
+
+    cols = compare.columns([REPO / "baselines" / "sgd", REPO / "baselines" / "adam"], tier="standard",
+                           profile="cpu-2core")
+    shuffled = [compare.Column(c.label, c.runs.sample(frac=1.0, random_state=0), c.curves) for c in cols]
+    rows = compare.table(shuffled)
+    order = list(registry.all_tasks())
+    assert [t for t in order if t in set(rows["task"])] == list(dict.fromkeys(rows["task"]))
+    for task, part in rows.groupby("task", sort=False):
+        declared = list(registry.make_task(task, "standard").metrics())
+        assert list(part["metric"]) == [m for m in declared if m in set(part["metric"])]
+    assert rows.reset_index(drop=True).equals(compare.table(cols).reset_index(drop=True))
