@@ -139,14 +139,14 @@ def table(cols: list[Column]) -> pd.DataFrame:
                      **{k: report.describe(v["value"].to_numpy(np.float64), bounds, applies[k])
                         if len(v) else "—" for k, v in picked.items()},
                      "better": verdict(present, spec, direction) if len(present) > 1 else ""})
-    rows.sort(key=lambda row: row_order(row, declared))
+    tasks = list(registry.all_tasks())
+    rows.sort(key=lambda row: row_order(row, tasks, declared))
     return pd.DataFrame(rows)
 
 
-def row_order(row: dict, declared: dict[str, dict[str, Metric]]) -> tuple:
+def row_order(row: dict, tasks: list[str], declared: dict[str, dict[str, Metric]]) -> tuple:
     """Tasks in the registry's order and metrics in their task's, whatever order the runs
     files hold them in (it follows which runs finished first)."""
-    tasks = list(registry.all_tasks())
     metrics = list(declared.get(row["task"], {}))
     return (tasks.index(row["task"]) if row["task"] in tasks else len(tasks), row["task"],
             metrics.index(row["metric"]) if row["metric"] in metrics else len(metrics))
