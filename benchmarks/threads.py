@@ -30,19 +30,15 @@ from benchmarks.common import configured
 from benchmarks.speed import batched_seconds, one_by_one_seconds, timed
 from suite import profiles, registry
 from suite.entry import load_entry
-from suite.loop import Trainer
+from suite.loop import Trainer, torch_threads
 
 THREADS = (1, 2)
 
 
 def on_threads(threads: int, fn, *args) -> float:
     """Wall time of fn(*args) with torch on `threads` intra-op threads (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return fn(*args)
-    finally:
-        torch.set_num_threads(before)
 
 
 def task_row(name: str, entry, prof: profiles.Profile, args) -> list[str]:

@@ -415,15 +415,22 @@ def one_thread() -> Iterator[None]:
     second thread would add. The numbers are the same on any thread count for the suite's
     tasks (tests/test_conformance.py checks every task's batches bit for bit).
     """
-    threads = torch.get_num_threads()
-    if threads == 1:
+    with torch_threads(1):
+        yield
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch on `threads` intra-op threads for the duration, then back to what it had."""
+    before = torch.get_num_threads()
+    if threads == before:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def check_host_rngs(before: tuple | None) -> tuple | None:

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from suite import batched, cluster, profiles, registry, results, runner
 from suite.entry import check_runnable, load_entry
-from suite.loop import Trainer
+from suite.loop import Trainer, torch_threads
 
 # The profiles are deterministic, so a rerun on the same kind of machine matches to the last
 # bit; another CPU model or BLAS may differ in the last digits, which a steps-to-target value
@@ -198,10 +197,6 @@ def rerun(folder: Path, key: tuple, *, tier: str, profile: str) -> dict[int, tup
     plans = [runner.Plan(task, seed, json.loads(overrides or "{}")) for seed in seeds]
     trainer = Trainer(task, tuned, prof)
     trainer.batch_lanes = batch_lanes
-    if threads is not None and prof.device == "cpu":
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads if threads is not None and prof.device == "cpu" else prof.threads):
         outcomes = runner.execute_batch(plans, trainer, notes=lambda _: None)
-    finally:
-        torch.set_num_threads(prof.threads)
     return {seed: (traj.status, metrics) for seed, (traj, metrics, _) in zip(seeds, outcomes, strict=True)}
