@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import secrets
 import sys
+import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from tabulate import tabulate
@@ -274,34 +276,57 @@ def leaderboard_build(tier, roots, out, tuned) -> None:
 @leaderboard.command("check")
 @leaderboard_options
 def leaderboard_check(tier, roots, out, tuned) -> None:
-    """Fail when the built leaderboard in OUT is stale relative to the results. Runs no entry code."""
-    from suite.site import build
-
+    """Fail when the built leaderboard in OUT is not what `score` and `leaderboard build` would
+    write now: its inputs' digest is stale, or a rebuild differs (results or code changed).
+    Runs no entry code."""
+    rebuild = (f"ldbench score --tier {tier} --tuned {tuned} && ldbench leaderboard build "
+               f"--tier {tier} --tuned {tuned}" if tuned else "ldbench score && ldbench leaderboard build")
     if tuned:
         inputs, out = view(roots, tier, out, tuned)
         path = out / score_mod.SCORES_FILE
         if not path.is_file() or score_mod.read_scores(path)[1] != inputs.digest:
-            click.secho(f"error: {out}/ is stale or missing; run `ldbench score --tier {tier} --tuned "
-                        f"{tuned} && ldbench leaderboard build --tier {tier} --tuned {tuned}`",
-                        fg="red", err=True)
-            sys.exit(1)
-        click.echo(f"ok: {out}/ is up to date with the studies (inputs {inputs.digest[:12]})")
-        return
+            fail(f"{out}/ is stale or missing; run `{rebuild}`")
+        stale = rebuilt_differences(inputs, score_mod.read_scores(path)[0], out)
+    else:
+        if not score_mod.has_results(list(roots), tier):
+            click.echo(f"no committed {tier}-tier results under {', '.join(roots)} yet: nothing to check")
+            return
+        from suite.site import build
 
-    if not score_mod.has_results(list(roots), tier):
-        click.echo(f"no committed {tier}-tier results under {', '.join(roots)} yet: nothing to check")
-        return
-    want = score_mod.inputs_digest(score_mod.entry_folders(list(roots)), tier, registry.all_tasks())
-    path = Path(out) / score_mod.SCORES_FILE
-    found = {score_mod.SCORES_FILE: score_mod.read_scores(path)[1] if path.is_file() else "",
-             **build.recorded_digests(Path(out))}
-    stale = sorted(name for name, digest in found.items() if digest != want)
+        want = score_mod.inputs_digest(score_mod.entry_folders(list(roots)), tier, registry.all_tasks())
+        path, out = Path(out) / score_mod.SCORES_FILE, Path(out)
+        found = {score_mod.SCORES_FILE: score_mod.read_scores(path)[1] if path.is_file() else "",
+                 **build.recorded_digests(out)}
+        stale = sorted(name for name, digest in found.items() if digest != want)
+        if stale:
+            fail(f"{out}/: {', '.join(stale)} are stale or missing relative to the committed "
+                 f"results (inputs {want[:12]}); run `{rebuild}` and commit {out}/")
+        scores, inputs = score_mod.scored_inputs(list(roots), out, tier=tier)
+        stale = rebuilt_differences(inputs, scores, out)
     if stale:
-        click.secho(f"error: {out}/: {', '.join(stale)} are stale or missing relative to the "
-                    f"committed results (inputs {want[:12]}); run `ldbench score && ldbench "
-                    f"leaderboard build` and commit {out}/", fg="red", err=True)
-        sys.exit(1)
-    click.echo(f"ok: {out}/ is up to date with the results (inputs {want[:12]})")
+        shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+        fail(f"{out}/: {shown} differ from what this ldbench builds from the same results (its "
+             f"code or wording changed since); run `{rebuild}` and commit {out}/")
+    click.echo(f"ok: {out}/ is up to date with the results and this ldbench (inputs "
+               f"{inputs.digest[:12]}; rebuilt and compared byte for byte)")
+
+
+def rebuilt_differences(inputs: score_mod.Inputs, scores, out: Path) -> list[str]:
+    """scores.parquet, if scoring the inputs now gives other scores, and the site's files that a
+    rebuild would change."""
+    from suite.site import build
+
+    with tempfile.TemporaryDirectory(prefix="ldbench-check-") as tmp:
+        path = Path(tmp) / score_mod.SCORES_FILE
+        score_mod.write_scores(score_mod.score(inputs), path, inputs.digest)
+        rescored = score_mod.read_scores(path)[0]
+    stale = [] if rescored.equals(scores) else [score_mod.SCORES_FILE]
+    return stale + build.differences(inputs, scores, out)
+
+
+def fail(message: str) -> NoReturn:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(1)
 
 
 # -- compare, tune and Dask execution (issue 12) --------------------------------------------------

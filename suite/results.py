@@ -334,7 +334,26 @@ def read_folder(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             fresh = set().union(*(set(r["run_id"]) for r in out))
             table = read_table(path)
             out.insert(0, table[~table["run_id"].isin(fresh)])
-    return concat(runs, RUN_SCHEMA), concat(curves, CURVE_SCHEMA)
+    return without_superseded(concat(runs, RUN_SCHEMA), concat(curves, CURVE_SCHEMA))
+
+
+# A run is the same run at another task version when these agree (its id also hashes the version).
+RUN_KEY = ["entry", "task", "seed", "tier", "profile", "overrides"]
+
+
+def without_superseded(runs: pd.DataFrame, curves: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Drop runs that a run of a later version of their task replaces (same `RUN_KEY`).
+
+    After a task's version is raised, `ldbench run ENTRY --tasks TASK` into the same folder
+    re-runs its seeds at the new version; the old rows could never be scored again, and keeping
+    them would leave the folder failing validation. `compact` writes the folder without them.
+    """
+    if runs.empty or not runs[["task", "task_version"]].drop_duplicates()["task"].duplicated().any():
+        return runs, curves  # one version per task: nothing to replace (the common case, cheap)
+    latest = runs.groupby(RUN_KEY, dropna=False)["task_version"].transform("max")
+    old = set(runs.loc[runs["task_version"] < latest, "run_id"])
+    keep_runs, keep_curves = ~runs["run_id"].isin(old), ~curves["run_id"].isin(old)
+    return runs[keep_runs].reset_index(drop=True), curves[keep_curves].reset_index(drop=True)
 
 
 def concat(frames: list[pd.DataFrame], schema: pa.Schema) -> pd.DataFrame:

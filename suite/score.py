@@ -54,6 +54,7 @@ class Inputs:
     digest: str = ""
     view: str = ""  # what a tuned view compares (empty for the main leaderboard)
     tuned_files: dict[str, Path] = field(default_factory=dict)  # the tuned view: each entry's tuned.json
+    untuned: list[str] = field(default_factory=list)  # the tuned view: entries without a study
 
 
 def entry_folders(roots: list[str | Path]) -> list[Path]:
@@ -140,6 +141,9 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
                        f"{budget} trials per task (a scrambled Halton design over the entry's "
                        f"declared search space, tuning seeds disjoint from the evaluation seeds); "
                        f"the rows are the chosen point's runs on the evaluation seeds.")
+        if inputs.untuned:
+            inputs.view += (f" Not shown, having no study at this budget: {', '.join(inputs.untuned)} "
+                            f"(`ldbench tune ENTRY --budget {budget} --tier {tier} --seeds 5`).")
     if not tables:
         return inputs
     runs = pa.concat_tables(tables).drop_columns(UNREAD).to_pandas()
@@ -195,6 +199,7 @@ def entry_files(folders: list[Path], inputs: Inputs, tier: str, budget: int | No
                    "plain Parquet files written by `ldbench run`" for p in odd]
         files = result_files(folder, entry.name, tier, budget, studies)
         if budget is not None and not files:
+            inputs.untuned.append(entry.name)
             continue  # no study at this budget: not in the tuned view
         if budget is not None:  # its pages show the hyperparameters the study chose
             inputs.tuned_files[entry.name] = files[0][0].parent.parent / TUNED_FILE

@@ -398,7 +398,8 @@ def coverage_problems(path: Path, runs: pd.DataFrame, entry: Entry, digest: str,
         stale = sorted({int(v) for v in rows["task_version"]} - {cls.version})
         if stale:
             problems.append(line(path, f"task {name!r} ran at version {stale}, the suite's is "
-                                 f"{cls.version} (stale results)", f"delete {path.parent} and {again}"))
+                                 f"{cls.version} (stale results)",
+                                 f"{again}: its runs at version {cls.version} replace the stale ones"))
             continue
         problems += task_problems(path, rows, cls(cls.tiers[tier]), entry, digest, tier=tier,
                                   profile=profile, min_seeds=min_seeds, again=again,

@@ -148,17 +148,29 @@ def test_summarize_wires_the_metrics_from_hand_built_curves():
     # 0.3 and 0.01 vs the 0.02 threshold: stable from spawn step 25 on.
     assert metrics["stable_spawn_step"] == 25.0
     assert task.metrics()["stable_spawn_step"].steps_to_target
+    # The same barriers, but spawn step 25's child at α = 1 ends above trained_error = 0.5:
+    # it did not learn, so the first stable spawn step with trained children is 300.
+    assert task.config["trained_error"] == 0.5
+    curves[path_name("spawn_25", "error", 1.0)] = np.array([np.nan, np.nan, 0.51])
+    assert task.summarize(steps, curves, None)["stable_spawn_step"] == 300.0
 
 
-def test_stable_spawn_step_is_the_first_stable_spawn_or_inf():
-    k = [0, 5, 50]
-    assert stable_spawn_step(spawn_steps=k, error_barriers=[0.0, 0.3, 0.0], threshold=0.02) == 0.0
-    assert stable_spawn_step(spawn_steps=k, error_barriers=[0.1, 0.03, 0.019],
-                             threshold=0.02) == 50.0
-    assert stable_spawn_step(spawn_steps=k, error_barriers=[0.1, 0.02, 0.5],
-                             threshold=0.02) == math.inf  # "below" is strict
-    assert stable_spawn_step(spawn_steps=k, error_barriers=[np.nan, np.nan, np.nan],
-                             threshold=0.02) == math.inf  # no result is never stable
+def test_stable_spawn_step_is_the_first_stable_spawn_of_trained_children_or_inf():
+    k, trained = [0, 5, 50], [0.01, 0.01, 0.01]
+
+    def first(barriers, errors=trained):
+        return stable_spawn_step(spawn_steps=k, error_barriers=barriers, child_errors=errors,
+                                 threshold=0.02, trained_error=0.1)
+
+    assert first([0.0, 0.3, 0.0]) == 0.0
+    assert first([0.1, 0.03, 0.019]) == 50.0
+    assert first([0.1, 0.02, 0.5]) == math.inf  # "below" is strict
+    assert first([np.nan, np.nan, np.nan]) == math.inf  # no result is never stable
+    # Children that did not learn are trivially connected: they never count (the version-1
+    # defect: L-BFGS children at 0.16-0.75 test error reached the target at step 0).
+    assert first([0.0, 0.0, 0.0], [0.6, 0.1, 0.01]) == 5.0  # "at most" is inclusive
+    assert first([0.0, 0.0, 0.0], [0.6, 0.11, 0.3]) == math.inf
+    assert first([0.0, 0.0, 0.0], [np.nan, 0.5, 0.01]) == 50.0
 
 
 def test_data_and_models_come_from_their_own_streams():

@@ -53,6 +53,29 @@ def test_compact_folds_parts_and_a_later_part_wins(tmp_path):
     assert len(results.read_results(tmp_path)[0]) == 4
 
 
+def test_a_run_at_a_later_task_version_replaces_the_stale_one(tmp_path):
+    """After a task's version is raised, re-running its seeds into the folder replaces the old
+    version's runs (which could never be scored again); other seeds and tasks stay."""
+    def versioned(run_id, seed, version, task="t"):
+        runs, curves = rows(run_id, seed)
+        return runs.assign(task_version=version, task=task), curves.assign(task=task)
+
+    results.append_run(tmp_path, *versioned("v1s0", 0, 1))
+    results.append_run(tmp_path, *versioned("v1s1", 1, 1))
+    results.append_run(tmp_path, *versioned("u1s0", 0, 1, task="u"))
+    results.compact(tmp_path)
+    results.append_run(tmp_path, *versioned("v2s0", 0, 2))  # seed 0 re-run at version 2
+    for _ in range(2):  # the same before and after compaction
+        runs, curves = results.read_results(tmp_path)
+        assert sorted(set(runs["run_id"])) == ["u1s0", "v1s1", "v2s0"]
+        assert sorted(set(curves["run_id"])) == ["u1s0", "v1s1", "v2s0"]
+        results.compact(tmp_path)
+    # Another override or tier is another run: nothing replaces it.
+    other, other_curves = versioned("v1s0-set", 0, 1)
+    results.append_run(tmp_path, other.assign(overrides='{"steps": 5}'), other_curves)
+    assert "v1s0-set" in set(results.read_results(tmp_path)[0]["run_id"])
+
+
 def test_a_curves_part_without_its_runs_part_is_not_a_run(tmp_path):
     """A writer killed between its two files: the run is not done and is redone."""
     results.append_run(tmp_path, *rows("r0", 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import re
 import select
@@ -206,6 +207,26 @@ def test_every_plot_shows_every_entry_of_its_track_or_names_those_left_out(site)
     assert "Mode strength curves" not in page  # deep-linear-modes does not apply to it
 
 
+def test_entry_pages_state_each_targets_median_and_ratio(site):
+    """What the family score takes from a task is on the entry's page: the target's median
+    steps over seeds and its ratio to the best entry's, from the scores table."""
+    scores_, _ = score.read_scores(site / "leaderboard" / score.SCORES_FILE)
+    targets = scores_[(scores_["level"] == "metric") & scores_["target"].fillna(False)
+                      & (scores_["track"] == "optimizer")]
+    checked = 0
+    for entry in ("alpha", "slow", "flaky"):
+        page = (site / "leaderboard" / "entries" / f"{entry}.html").read_text()
+        for r in targets[targets["entry"] == entry].itertuples():
+            if math.isfinite(r.time_to_target):
+                text = (f"Target {r.metric}: median over seeds {r.time_to_target:,.0f} steps, "
+                        f"{r.ratio:.2f}× the steps of the best entry")
+            else:
+                text = f"Target {r.metric}: not reached by at least half the seeds"
+            assert text in page, (entry, text)
+            checked += 1
+    assert checked == 3 * len(registry.all_tasks())
+
+
 def test_curves_carry_the_tables_interval_as_a_band(site):
     out = site / "leaderboard"
     html = (out / "index.html").read_text()
@@ -380,6 +401,7 @@ def test_leaderboard_check_fails_when_results_change(site, tmp_path):
     assert built.exit_code == 0, built.output
     checked = runner.invoke(main, ["leaderboard", "check", *roots, *out])
     assert checked.exit_code == 0 and "up to date" in checked.output
+    assert "byte for byte" in checked.output
     # New results without a rebuild: stale.
     copy = tmp_path / "subs"
     shutil.copytree(site / "submissions", copy)
@@ -393,6 +415,36 @@ def test_leaderboard_check_fails_when_results_change(site, tmp_path):
     assert rebuild.exit_code == 2 and "run `ldbench score` first" in rebuild.output
     empty = runner.invoke(main, ["leaderboard", "check", "--root", str(tmp_path / "none"), *out])
     assert empty.exit_code == 0 and "nothing to check" in empty.output
+
+
+def test_leaderboard_check_rebuilds_and_compares(site, tmp_path, monkeypatch):
+    """Same results, other code: a rebuild differs, and check names the files (the digest alone
+    missed a profile's description changing)."""
+    roots, out = ["--root", str(site / "submissions")], ["--out", str(tmp_path / "lb")]
+    runner = CliRunner()
+    for command in (["score"], ["leaderboard", "build"]):
+        assert runner.invoke(main, [*command, *roots, *out]).exit_code == 0
+    check = ["leaderboard", "check", *roots, *out]
+    assert runner.invoke(main, check).exit_code == 0
+    # Wording changed in the code: index.html and README.md would be written differently.
+    monkeypatch.setitem(build.TRACK_TEXT, "optimizer", ("Optimizer track", "Reworded."))
+    reworded = runner.invoke(main, check)
+    assert reworded.exit_code == 1 and "index.html" in reworded.output
+    assert "differ from what this ldbench builds" in reworded.output
+    monkeypatch.undo()
+    # A page edited by hand, a stray page, and scores altered under the right digest.
+    page = tmp_path / "lb/entries/alpha.html"
+    page.write_text(page.read_text() + "<!-- edited -->")
+    (tmp_path / "lb/entries/ghost.html").write_text("stray")
+    path = tmp_path / "lb" / score.SCORES_FILE
+    scores, digest = score.read_scores(path)
+    scores.loc[scores["score"].notna().idxmax(), "score"] += 0.01
+    score.write_scores(scores, path, digest)
+    edited = runner.invoke(main, check)
+    assert edited.exit_code == 1, edited.output
+    named = edited.output.split("error: ")[1]
+    for name in ("entries/alpha.html", "entries/ghost.html", score.SCORES_FILE):
+        assert name in named
 
 
 # -- headless Chromium over the DevTools protocol (a pipe: no extra Python packages) ---------------

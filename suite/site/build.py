@@ -561,9 +561,24 @@ def entry_task(task: str, cls: type[Task], rows: list[dict], declared: dict, not
                       "na": "" if r["applicable"] else na or (f"not applicable: {note['na']}" if note["na"]
                                                               else na_reason(cls, r["metric"]))})
     values = {r["metric"]: (r["mean"], r["ci_low"], r["ci_high"]) for r in rows if r["applicable"]}
-    return {"task": task, "metrics": shown, "na": na, "failed": f"{note['failed']}/{rows[0]['seeds']}"
+    return {"task": task, "metrics": shown, "na": na, "target": target_text(rows),
+            "failed": f"{note['failed']}/{rows[0]['seeds']}"
             if note["failed"] else "", "failed_why": note["why"],
             "plots": [] if na else entry_plots(declared["plots"], means, values)}
+
+
+def target_text(rows: list[dict]) -> str:
+    """What the family score takes from this task: the target's median steps over seeds and its
+    ratio to the best entry's ('' if the target does not apply)."""
+    row = next((r for r in rows if r["target"] and r["applicable"]), None)
+    if row is None:
+        return ""
+    time = row["time_to_target"]
+    if not math.isfinite(time):
+        return (f"Target {row['metric']}: not reached by at least half the seeds (median over "
+                "seeds), so this task counts as unsolved in the family score.")
+    return (f"Target {row['metric']}: median over seeds {steps_text(time)} steps, "
+            f"{ratio_text(row['ratio'])} the steps of the best entry (the ratio the family score uses).")
 
 
 def curve_table(inputs: Inputs, entry: str, profile: str) -> pa.Table | None:
@@ -676,9 +691,9 @@ def md_entry(row: dict) -> str:
 # -- the build ---------------------------------------------------------------------------------
 
 def build(inputs: Inputs, scores: pd.DataFrame, out: str | Path, *,
-          tasks: dict[str, type[Task]] | None = None) -> list[Path]:
+          tasks: dict[str, type[Task]] | None = None, tuned_views: list[str] | None = None) -> list[Path]:
     """Write index.html, tables/*.html, entries/*.html, plots/*.svg and README.md under `out`;
-    return the files."""
+    return the files. index.html links the tuned views built under `out` (or `tuned_views`)."""
     out = Path(out)
     tasks = tasks if tasks is not None else registry.all_tasks()
     written: set[Path] = set()
@@ -701,17 +716,38 @@ def build(inputs: Inputs, scores: pd.DataFrame, out: str | Path, *,
             sec["plots"] = shown_plots(task_plots(*job), sec, key, out, written)
         for done in paths:
             written.update(done())
-    tuned_views = sorted(p.parent.name for p in out.glob("tuned-budget-*/index.html"))
+    if tuned_views is None:
+        tuned_views = sorted(p.parent.name for p in out.glob("tuned-budget-*/index.html"))
     write_text(out / "index.html", env.get_template("index.html.j2").render(
         sections=site, entries=sorted(inputs.entries), root="", view=inputs.view,
         tuned_views=tuned_views, top=TOP, **common))
     written.add(out / "index.html")
     write_text(out / "README.md", markdown(site, inputs.digest))
     written.add(out / "README.md")
-    for stale in [*out.glob("entries/*.html"), *out.glob("plots/*.svg"), *out.glob("tables/*.html")]:
+    for stale in site_files(out):
         if stale not in written:  # an entry or plot that is gone since the last build
             stale.unlink()
     return sorted(written)
+
+
+def site_files(out: Path) -> list[Path]:
+    """The files a build writes under `out` (a tuned view's subfolder is not among them)."""
+    return [path for name in ("index.html", "README.md") if (path := out / name).is_file()] + [
+        *out.glob("entries/*.html"), *out.glob("plots/*.svg"), *out.glob("tables/*.html")]
+
+
+def differences(inputs: Inputs, scores: pd.DataFrame, out: Path) -> list[str]:
+    """The files under `out` (relative paths) that a build from `inputs` and `scores` would now
+    write differently, write where there is none, or delete: none when the site is what this
+    ldbench builds. It builds into a temp folder and compares byte for byte, so a change of
+    code or wording (a task's description, a profile's) is caught, not only of results."""
+    out = Path(out)
+    views = sorted(p.parent.name for p in out.glob("tuned-budget-*/index.html"))
+    with tempfile.TemporaryDirectory(prefix="ldbench-check-") as tmp:
+        fresh = {p.relative_to(tmp): p.read_bytes() for p in build(inputs, scores, tmp, tuned_views=views)}
+    have = {p.relative_to(out): p for p in site_files(out)}
+    differ = [name for name, data in fresh.items() if name not in have or have[name].read_bytes() != data]
+    return sorted(str(name) for name in [*differ, *(set(have) - set(fresh))])
 
 
 def full_tables(site: list[dict], env: jinja2.Environment, common: dict, out: Path) -> list[Path]:
