@@ -320,7 +320,7 @@ def rebuilt_differences(inputs: score_mod.Inputs, scores, out: Path) -> list[str
         path = Path(tmp) / score_mod.SCORES_FILE
         score_mod.write_scores(score_mod.score(inputs), path, inputs.digest)
         rescored = score_mod.read_scores(path)[0]
-    stale = [] if rescored.equals(scores) else [score_mod.SCORES_FILE]
+    stale = [] if score_mod.same_scores(rescored, scores) else [score_mod.SCORES_FILE]
     return stale + build.differences(inputs, scores, out)
 
 

@@ -650,6 +650,22 @@ def write_scores(table: pd.DataFrame, path: Path, digest: str) -> None:
     results.write_atomic(arrow.replace_schema_metadata(meta), path)
 
 
+def same_scores(a: pd.DataFrame, b: pd.DataFrame, rtol: float = 1e-9) -> bool:
+    """Whether two scores tables agree: the same rows and labels, and numbers equal up to
+    `rtol` (another scipy or numpy may move a t quantile or a sum by an ulp)."""
+    if list(a.columns) != list(b.columns) or len(a) != len(b):
+        return False
+    for col in a.columns:
+        x, y = a[col], b[col]
+        if pd.api.types.is_float_dtype(x.dtype) and pd.api.types.is_float_dtype(y.dtype):
+            if not np.allclose(x.to_numpy(float, na_value=np.nan), y.to_numpy(float, na_value=np.nan),
+                               rtol=rtol, atol=0.0, equal_nan=True):
+                return False
+        elif not x.equals(y):
+            return False
+    return True
+
+
 def read_scores(path: Path) -> tuple[pd.DataFrame, str]:
     """The scores table and the digest of the inputs it was computed from."""
     if not path.is_file():

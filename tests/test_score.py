@@ -255,3 +255,18 @@ def test_score_command_writes_parquet_with_the_inputs_digest(tmp_path, two_tasks
     CliRunner().invoke(main, ["score", "--root", str(tmp_path / "subs"), "--out", str(tmp_path / "lb2")])
     again, _ = score.read_scores(tmp_path / "lb2" / score.SCORES_FILE)
     pd.testing.assert_frame_equal(table, again)
+
+
+def test_same_scores_allows_an_ulp_and_nothing_more():
+    """`leaderboard check` re-scores and compares with this: another scipy may move a t quantile
+    by an ulp, which must not fail CI; a real change of a number or a label must."""
+    table = pd.DataFrame({"entry": ["a", "b", "c"], "mean": [0.5, np.inf, np.nan],
+                          "rank": pd.array([1, 2, pd.NA], dtype="Int64")})
+    assert score.same_scores(table, table.copy())
+    nudged = table.assign(mean=table["mean"] * (1 + 1e-13))
+    assert score.same_scores(table, nudged)
+    assert not score.same_scores(table, table.assign(mean=[0.5 + 1e-6, np.inf, np.nan]))
+    assert not score.same_scores(table, table.assign(mean=[0.5, 1.0, np.nan]))  # inf vs finite
+    assert not score.same_scores(table, table.assign(entry=["a", "b", "d"]))
+    assert not score.same_scores(table, table.assign(rank=pd.array([1, 1, pd.NA], dtype="Int64")))
+    assert not score.same_scores(table, table.iloc[:2])
