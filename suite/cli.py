@@ -357,6 +357,9 @@ def render_study(folder: Path, fmt: str) -> str:
 
     table, tuned = tune.show(folder)
     table = table.assign(target_mean=table["target_mean"].map(report.format_number))
+    if "tie_break" in table:  # only tasks that declare one have it: blank for the others
+        means = table["tie_break_mean"].map(lambda v: report.format_number(v) if v == v else "")
+        table = table.assign(tie_break=table["tie_break"].fillna(""), tie_break_mean=means)
     text = tabulate(table.drop(columns=["target"]), headers="keys", tablefmt=fmt, showindex=False,
                     disable_numparse=True)
     text = f"study {folder} · target per task: {dict(zip(table.task, table.target, strict=True))}\n{text}"

@@ -226,6 +226,9 @@ class Task:
             must have the same keys; "steps" (optimizer steps) and "evals" (number of
             log-spaced evaluation steps) are read by the harness.
         target: name of the steps-to-target metric the scorer ranks entries by (role "ranked").
+        tie_break: optional name of a ranked metric that decides between tuning trials whose
+            targets tie (`ldbench tune`), for a target with few distinct values (None: the
+            earlier design point wins a tie).
         invalid_configs: config overrides that check_config must reject (the conformance suite
             tries each, besides steps=0).
         quick_config: overrides of the smoke tier for a run of a few seconds (the conformance
@@ -274,6 +277,7 @@ class Task:
     description: ClassVar[str]
     tiers: ClassVar[dict[str, dict[str, Any]]]
     target: ClassVar[str]
+    tie_break: ClassVar[str | None] = None
     invalid_configs: ClassVar[tuple[dict[str, Any], ...]] = ()
     interface: ClassVar[ModelInterface | None] = None
     quick_config: ClassVar[dict[str, Any]] = {"steps": 20, "evals": 5}

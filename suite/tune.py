@@ -7,8 +7,10 @@ Protocol (also in submissions/README.md):
   seeds 0..n-1 that `ldbench run` and the leaderboard use;
 - the best trial per task is chosen by the task's target (a steps-to-target metric): first the
   most tuning seeds that reached the target (a run that diverged, failed or timed out did not),
-  then the best mean over those seeds (values within the metric's resolution are equal), then
-  the lowest trial index (the earlier design point). When no trial reached the target on any
+  then the best mean over those seeds (values within the metric's resolution are equal), then,
+  for a task that declares a `tie_break` metric (mode-connectivity: test_error), its best mean
+  over the same seeds (within its resolution), then the lowest trial index (the earlier design
+  point). When no trial reached the target on any
   tuning seed, the study has no evidence for any point: the entry's own hyperparameters are
   kept for that task (best_trial null in tuned.json), not an arbitrary design point;
 - the chosen point is run on the evaluation seeds; tuned.json holds it with the provenance.
@@ -188,15 +190,22 @@ def trial_table(trials: list[Trial], runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for trial in trials:
         cls = registry.task_class(trial.task)
-        part = runs[runs["run_id"].isin(trial.run_ids) & (runs["metric"] == cls.target)]
+        mine = runs[runs["run_id"].isin(trial.run_ids)]
+        part = mine[mine["metric"] == cls.target]
         values = part["value"].to_numpy(np.float64)
-        reached = values[np.isfinite(values)]
+        reached = np.isfinite(values)
         statuses = part["status"].value_counts().to_dict()
-        rows.append({"task": trial.task, "trial": trial.index,
-                     "hparams": json.dumps(trial.hparams, sort_keys=True), "target": cls.target,
-                     "reached": len(reached), "seeds": len(trial.run_ids), "done": len(part),
-                     "target_mean": float(reached.mean()) if len(reached) else math.inf,
-                     "statuses": ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))})
+        row = {"task": trial.task, "trial": trial.index,
+               "hparams": json.dumps(trial.hparams, sort_keys=True), "target": cls.target,
+               "reached": int(reached.sum()), "seeds": len(trial.run_ids), "done": len(part),
+               "target_mean": float(values[reached].mean()) if reached.any() else math.inf,
+               "statuses": ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))}
+        if cls.tie_break:  # over the seeds that reached the target, as target_mean
+            seeds = set(part.loc[reached, "run_id"])
+            ties = mine.loc[(mine["metric"] == cls.tie_break) & mine["run_id"].isin(seeds), "value"]
+            row["tie_break"] = cls.tie_break
+            row["tie_break_mean"] = float(ties.mean()) if len(ties) else math.nan
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -209,13 +218,19 @@ def best_trials(table: pd.DataFrame, tier: str) -> dict[str, int | None]:
             best[task] = None
             continue
         task_obj = registry.make_task(task, tier)
-        spec = task_obj.metrics()[task_obj.target]
-        sign = 1.0 if spec.direction == "min" else -1.0
-        top = part[part["reached"] == part["reached"].max()]
-        score = sign * top["target_mean"]
-        tied = top[score <= score.min() + (spec.resolution or 0.0)]
+        tied = part[part["reached"] == part["reached"].max()]
+        tied = best_within(tied, "target_mean", task_obj.metrics()[task_obj.target])
+        if task_obj.tie_break and "tie_break_mean" in tied and tied["tie_break_mean"].notna().any():
+            tied = best_within(tied, "tie_break_mean", task_obj.metrics()[task_obj.tie_break])
         best[task] = int(tied["trial"].min())
     return best
+
+
+def best_within(trials: pd.DataFrame, column: str, spec) -> pd.DataFrame:
+    """The trials whose `column` is the best by the metric's direction, or within its resolution
+    of it (NaN is never the best)."""
+    score = (1.0 if spec.direction == "min" else -1.0) * trials[column]
+    return trials[score <= score.min() + (spec.resolution or 0.0)]
 
 
 def tune(entry_dir: str | Path, *, budget: int, tasks: list[str] | None = None, tier: str = "smoke",

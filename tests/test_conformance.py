@@ -69,6 +69,9 @@ def test_target_is_a_ranked_steps_to_target_metric(name, tier):
     spec = task.metrics().get(task.target)
     assert spec is not None, f"{name}: target {task.target!r} is not among its metrics"
     assert spec.steps_to_target and spec.role == "ranked"
+    if task.tie_break is not None:  # the tuner's second criterion: ranked, and not the target
+        tie = task.metrics().get(task.tie_break)
+        assert tie is not None and tie.role == "ranked" and task.tie_break != task.target, name
 
 
 @pytest.mark.parametrize("name,tier", CASES)

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from scipy.stats import qmc
 
-from suite import profiles, runner, seeding, tune
+from suite import profiles, registry, runner, seeding, tune
 from suite.cli import main
 from suite.entry import EntryError, entry_hash, load_entry
 from suite.loop import Trainer
@@ -81,6 +81,38 @@ def test_best_trial_most_seeds_reached_then_mean_within_resolution_then_index():
     assert tune.best_trials(table(rows), "smoke") == {task: 2}
     # No trial reached the target: no evidence for any point, so none is chosen (not trial 0).
     assert tune.best_trials(table([(task, 0, 0, math.inf), (task, 1, 0, math.inf)]), "smoke") == {task: None}
+
+
+def test_a_declared_tie_break_decides_between_trials_whose_targets_tie():
+    """mode-connectivity's target takes few values (spawn steps), so many trials tie at step 0:
+    its declared tie-break, test_error, picks the best-trained among them (within its
+    resolution, 1/n_test, trials are still equal and the earlier one wins)."""
+    task = "mode-connectivity"
+    cls = registry.task_class(task)
+    assert cls.tie_break == "test_error"
+    one_point = 1 / cls.tiers["standard"]["n_test"]
+    rows = [(task, 0, 1, 5.0, 0.001), (task, 1, 1, 0.0, 0.030), (task, 2, 1, 0.0, 0.012),
+            (task, 3, 1, 0.0, 0.012 + one_point / 2), (task, 4, 0, math.inf, math.nan)]
+    frame = pd.DataFrame(rows, columns=["task", "trial", "reached", "target_mean", "tie_break_mean"])
+    assert tune.best_trials(frame, "standard") == {task: 2}
+    frame.loc[frame["trial"] == 3, "tie_break_mean"] = 0.012 - 2 * one_point
+    assert tune.best_trials(frame, "standard") == {task: 3}
+    # A task without a tie-break: the earlier design point, whatever else its runs measured.
+    other = "deep-linear-modes"
+    assert registry.task_class(other).tie_break is None
+    assert tune.best_trials(table([(other, 0, 1, 10.0), (other, 1, 1, 10.0)]), "smoke") == {other: 0}
+
+
+def test_trial_table_averages_the_tie_break_over_the_seeds_that_reached_the_target():
+    task = "mode-connectivity"
+    trial = tune.Trial(task, 0, {"lr": 0.1}, ("r0", "r1", "r2"))
+    runs = pd.DataFrame([(rid, m, v, "ok") for rid, target, err in
+                         (("r0", 0.0, 0.02), ("r1", 5.0, 0.04), ("r2", math.inf, 0.60))
+                         for m, v in (("stable_spawn_step", target), ("test_error", err))],
+                        columns=["run_id", "metric", "value", "status"])
+    row = tune.trial_table([trial], runs).iloc[0]
+    assert row["reached"] == 2 and row["target_mean"] == 2.5
+    assert row["tie_break"] == "test_error" and row["tie_break_mean"] == pytest.approx(0.03)
 
 
 def test_a_study_where_no_trial_reaches_the_target_keeps_the_entrys_hyperparameters(make_entry, tmp_path):

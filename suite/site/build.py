@@ -531,10 +531,17 @@ def study_task(task: str, info: dict) -> dict:
              "hparams": ", ".join(f"{k} = {format_number(v) if isinstance(v, float) else v}"
                                   for k, v in sorted(p.items())),
              "target": format_number(float(t["target_mean"])) if math.isfinite(float(t["target_mean"]))
-             else "not reached", "reached": f"{t['reached']}/{t['seeds']}", "statuses": t["statuses"]}
+             else "not reached", "reached": f"{t['reached']}/{t['seeds']}", "statuses": t["statuses"],
+             "tie": tie_text(t.get("tie_break_mean"))}
             for t, p in zip(trials, points, strict=True)]
     kept = info.get("chosen", "") if best is None else ""
-    return {"task": task, "target": target, "charts": charts, "rows": rows, "kept": kept}
+    tie_break = trials[0].get("tie_break", "") if trials else ""  # the task's declared second criterion
+    return {"task": task, "target": target, "charts": charts, "rows": rows, "kept": kept,
+            "tie_break": tie_break}
+
+
+def tie_text(value) -> str:
+    return "—" if value is None or not math.isfinite(float(value)) else format_number(float(value))
 
 
 def score_text(row: dict) -> str:

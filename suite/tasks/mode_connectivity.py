@@ -159,6 +159,9 @@ class ModeConnectivity(Task):
         "against the interpolated features (LLFC, Zhou et al. 2023)."
     )
     target = "stable_spawn_step"
+    # Spawn steps are a short list, so many tuning trials tie on the target (often at step 0):
+    # among them the tuner takes the best-trained networks, not the earliest design point.
+    tie_break = "test_error"
     interface = ModelInterface(
         inputs="float (N, d): inputs", outputs="float (N, C): class logits",
         optimizer=("sgd", (("lr", 0.07), ("momentum", 0.9))),
