@@ -10,9 +10,9 @@ Protocol (also in submissions/README.md):
   then the best mean over those seeds (values within the metric's resolution are equal), then,
   for a task that declares a `tie_break` metric (mode-connectivity: test_error), its best mean
   over the same seeds (within its resolution), then the lowest trial index (the earlier design
-  point). When no trial reached the target on any
-  tuning seed, the study has no evidence for any point: the entry's own hyperparameters are
-  kept for that task (best_trial null in tuned.json), not an arbitrary design point;
+  point). When no trial reached the target on any tuning seed, the study has no evidence for
+  any point: the entry's own hyperparameters are kept for that task (best_trial null in
+  tuned.json), not an arbitrary design point;
 - the chosen point is run on the evaluation seeds; tuned.json holds it with the provenance.
 """
 

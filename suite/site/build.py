@@ -724,7 +724,7 @@ def build(inputs: Inputs, scores: pd.DataFrame, out: str | Path, *,
         for done in paths:
             written.update(done())
     if tuned_views is None:
-        tuned_views = sorted(p.parent.name for p in out.glob("tuned-budget-*/index.html"))
+        tuned_views = tuned_views_under(out)
     write_text(out / "index.html", env.get_template("index.html.j2").render(
         sections=site, entries=sorted(inputs.entries), root="", view=inputs.view,
         tuned_views=tuned_views, top=TOP, **common))
@@ -735,6 +735,11 @@ def build(inputs: Inputs, scores: pd.DataFrame, out: str | Path, *,
         if stale not in written:  # an entry or plot that is gone since the last build
             stale.unlink()
     return sorted(written)
+
+
+def tuned_views_under(out: Path) -> list[str]:
+    """The tuned views built under `out` (tuned-budget-N folders with an index.html)."""
+    return sorted(p.parent.name for p in out.glob("tuned-budget-*/index.html"))
 
 
 def site_files(out: Path) -> list[Path]:
@@ -749,9 +754,9 @@ def differences(inputs: Inputs, scores: pd.DataFrame, out: Path) -> list[str]:
     ldbench builds. It builds into a temp folder and compares byte for byte, so a change of
     code or wording (a task's description, a profile's) is caught, not only of results."""
     out = Path(out)
-    views = sorted(p.parent.name for p in out.glob("tuned-budget-*/index.html"))
     with tempfile.TemporaryDirectory(prefix="ldbench-check-") as tmp:
-        fresh = {p.relative_to(tmp): p.read_bytes() for p in build(inputs, scores, tmp, tuned_views=views)}
+        built = build(inputs, scores, tmp, tuned_views=tuned_views_under(out))
+        fresh = {p.relative_to(tmp): p.read_bytes() for p in built}
     have = {p.relative_to(out): p for p in site_files(out)}
     differ = [name for name, data in fresh.items() if name not in have or have[name].read_bytes() != data]
     return sorted(str(name) for name in [*differ, *(set(have) - set(fresh))])
