@@ -284,9 +284,10 @@ def leaderboard_check(tier, roots, out, tuned) -> None:
     if tuned:
         inputs, out = view(roots, tier, out, tuned)
         path = out / score_mod.SCORES_FILE
-        if not path.is_file() or score_mod.read_scores(path)[1] != inputs.digest:
+        scores, digest = score_mod.read_scores(path) if path.is_file() else (None, "")
+        if digest != inputs.digest:
             fail(f"{out}/ is stale or missing; run `{rebuild}`")
-        stale = rebuilt_differences(inputs, score_mod.read_scores(path)[0], out)
+        stale = rebuilt_differences(inputs, scores, out)
     else:
         if not score_mod.has_results(list(roots), tier):
             click.echo(f"no committed {tier}-tier results under {', '.join(roots)} yet: nothing to check")

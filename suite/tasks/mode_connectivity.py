@@ -130,7 +130,7 @@ class ModeConnectivity(Task):
     Networks that do not train at all are trivially connected (every barrier near 0), so a
     spawn step counts towards the target only if both its children learned: their final test
     errors are at most the tier's `trained_error` (version 2; version 1 counted any spawn step,
-    and L-BFGS children stuck at 0.16-0.75 error, chance being 0.75, reached the target at step
+    and L-BFGS children stuck at 0.12-0.75 error, chance being 0.75, reached the target at step
     0). `test_error`, which such a run loses, is also ranked beside the barriers. Diagnostic:
     `llfc_baseline/*` are the reference distances the LLFC values are read against, and the
     barriers between independent networks before matching are the reference the matched
