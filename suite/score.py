@@ -199,7 +199,7 @@ def entry_files(folders: list[Path], inputs: Inputs, tier: str, budget: int | No
                    "plain Parquet files written by `ldbench run`" for p in odd]
         files = result_files(folder, entry.name, tier, budget, studies)
         if budget is not None and not files:
-            inputs.untuned.append(entry.name)
+            inputs.untuned.append(entry.name if entry.search else f"{entry.name} (no search space)")
             continue  # no study at this budget: not in the tuned view
         if budget is not None:  # its pages show the hyperparameters the study chose
             inputs.tuned_files[entry.name] = files[0][0].parent.parent / TUNED_FILE
