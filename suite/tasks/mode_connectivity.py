@@ -530,19 +530,19 @@ class ModeConnectivity(Task):
         for l in self.llfc_layers:
             for name in (f"llfc/layer_{l}", f"llfc_baseline/layer_{l}"):
                 out[name] = float(curves[name][-1]) if name in curves else math.nan
-        ends = [curves[path_name("independent", "error", a)][-1] for a in (0.0, 1.0)]
-        out["test_error"] = float(np.mean(ends))
+        out["test_error"] = float(np.mean(end_errors(curves, "independent")))
         out["stable_spawn_step"] = stable_spawn_step(
             spawn_steps=self.spawn_steps,
             error_barriers=[out[f"error_barrier/spawn_{k}"] for k in self.spawn_steps],
-            child_errors=[self.child_error(curves, f"spawn_{k}") for k in self.spawn_steps],
+            child_errors=[max(end_errors(curves, f"spawn_{k}")) for k in self.spawn_steps],
             threshold=self.config["barrier_threshold"],
             trained_error=self.config["trained_error"])
         return out
 
-    def child_error(self, curves, pair: str) -> float:
-        """The larger final test error of a pair's two networks: the path's ends, α = 0 and 1."""
-        return max(float(curves[path_name(pair, "error", a)][-1]) for a in (0.0, 1.0))
+
+def end_errors(curves, pair: str) -> list[float]:
+    """The final test errors of a pair's two networks: its path's ends, α = 0 and 1."""
+    return [float(curves[path_name(pair, "error", a)][-1]) for a in (0.0, 1.0)]
 
 
 def stable_spawn_step(*, spawn_steps: list[int], error_barriers: list[float],
