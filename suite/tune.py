@@ -290,8 +290,24 @@ def run_study(entry: Entry, out: Path, spec: dict, tasks: list[str], prof: profi
                                   "chosen": KEPT if best[task] is None else "best trial",
                                   "trials": table[table["task"] == task].to_dict("records")}
                            for task in tasks}
-    write_json(out / TUNED_FILE, {"tuned": tuned, "provenance": provenance})
+    written = {"tuned": tuned, "provenance": provenance}
+    write_json(out / TUNED_FILE, with_other_tasks(out / TUNED_FILE, written))
     return out
+
+
+def with_other_tasks(path: Path, written: dict) -> dict:
+    """tuned.json's content, keeping the choices an earlier run of the study (`path`) made for
+    tasks this one did not tune: a study tuned a task at a time (`--tasks`) holds them all."""
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+        kept = {t: (before["tuned"][t], before["provenance"]["tasks"][t]) for t in before["tuned"]
+                if t not in written["tuned"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return written  # none yet (or unreadable: this run's choices are what there is)
+    tuned = {**{t: hp for t, (hp, _) in kept.items()}, **written["tuned"]}
+    tasks = {**{t: info for t, (_, info) in kept.items()}, **written["provenance"]["tasks"]}
+    return {"tuned": dict(sorted(tuned.items())),
+            "provenance": {**written["provenance"], "tasks": dict(sorted(tasks.items()))}}
 
 
 def chosen_evaluations(runs: pd.DataFrame, tuned: dict[str, dict]) -> pd.DataFrame:

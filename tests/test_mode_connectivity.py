@@ -152,7 +152,26 @@ def test_summarize_wires_the_metrics_from_hand_built_curves():
     # it did not learn, so the first stable spawn step with trained children is 300.
     assert task.config["trained_error"] == 0.5
     curves[path_name("spawn_25", "error", 1.0)] = np.array([np.nan, np.nan, 0.51])
-    assert task.summarize(steps, curves, None)["stable_spawn_step"] == 300.0
+    untrained = task.summarize(steps, curves, None)
+    assert untrained["stable_spawn_step"] == 300.0
+    # Every measurement between two networks that did not both learn is undefined (version 3),
+    # the pair's own only; at exactly trained_error a network counts as trained.
+    assert np.isnan(untrained["loss_barrier/spawn_25"]) and np.isnan(untrained["error_barrier/spawn_25"])
+    assert {k: v for k, v in untrained.items() if "spawn_25" not in k} == {
+        k: v for k, v in metrics.items() if "spawn_25" not in k and k != "stable_spawn_step"} | {
+        "stable_spawn_step": 300.0}
+    assert all(np.isnan(v) for k, v in untrained.items() if "spawn_25" in k)
+    curves[path_name("spawn_25", "error", 1.0)] = np.array([np.nan, np.nan, 0.5])
+    assert math.isfinite(task.summarize(steps, curves, None)["error_barrier/spawn_25"])
+    # Matched network B untrained: the matched barriers and the LLFC distances are undefined,
+    # the independent pair's barriers too (the same two networks), test_error is still reported.
+    for pair, end in (("matched", np.nan), ("independent", 0.9)):
+        curves[path_name(pair, "error", 1.0)] = np.array([np.nan, np.nan, end])
+    lost = task.summarize(steps, curves, None)
+    gone = [k for k in lost if "matched" in k or "independent" in k or k.startswith("llfc")]
+    assert len(gone) == 4 + 2 * len(task.llfc_layers) and all(np.isnan(lost[k]) for k in gone)
+    assert lost["test_error"] == pytest.approx((0.2 + 0.9) / 2)
+    assert lost["stable_spawn_step"] == 25.0
 
 
 def test_stable_spawn_step_is_the_first_stable_spawn_of_trained_children_or_inf():

@@ -226,6 +226,23 @@ def test_tuned_point_is_the_best_trial_and_its_evaluation_runs_on_the_evaluation
     assert svg.read_text().startswith("<?xml") and ">lr<" in svg.read_text()
 
 
+def test_tuning_one_task_again_keeps_the_studys_other_choices(make_entry, tmp_path):
+    """`ldbench tune --tasks B` on a study that tuned A writes tuned.json with both (it held
+    only B's choice before, and the tuned view lost A until A was tuned again)."""
+    entry, out = make_entry(hparams=SEARCH), tmp_path / "study"
+    study(entry, out, tasks=("deep-linear-modes", "teacher-student"))
+    both = json.loads((out / tune.TUNED_FILE).read_text())
+    study(entry, out, tasks=("teacher-student",))  # every run done: chosen again, the same
+    again = json.loads((out / tune.TUNED_FILE).read_text())
+    assert again == both and list(again["tuned"]) == ["deep-linear-modes", "teacher-student"]
+    (out / tune.TUNED_FILE).write_text(json.dumps({"tuned": {}, "provenance": {"tasks": {}}}))
+    study(entry, out, tasks=("teacher-student",))
+    only = json.loads((out / tune.TUNED_FILE).read_text())  # nothing else chosen before
+    assert only["tuned"] == {"teacher-student": both["tuned"]["teacher-student"]}
+    assert only["provenance"]["tasks"] == {"teacher-student": both["provenance"]["tasks"]["teacher-student"]}
+    assert tune.show(out)[1] == only["tuned"]
+
+
 def test_a_changed_study_is_refused_in_one_line(make_entry, tmp_path):
     entry, out = make_entry(hparams=SEARCH), tmp_path / "study"
     study(entry, out)

@@ -131,7 +131,12 @@ class ModeConnectivity(Task):
     spawn step counts towards the target only if both its children learned: their final test
     errors are at most the tier's `trained_error` (version 2; version 1 counted any spawn step,
     and L-BFGS children stuck at 0.12-0.75 error, chance being 0.75, reached the target at step
-    0). `test_error`, which such a run loses, is also ranked beside the barriers. Diagnostic:
+    0). `test_error`, which such a run loses, is also ranked beside the barriers. For the same
+    reason every measurement between two networks (a pair's loss and error barriers, the
+    matched pair's LLFC distances) is undefined (NaN, "no result" in the tables, so it ranks
+    after every entry that has one) in a seed where either network ends above `trained_error`
+    (version 3; under version 2 the L-BFGS baseline, whose networks end at 0.16-0.46 test
+    error, had spawn barriers of 0 to 0.08 and ranked first on most of them). Diagnostic:
     `llfc_baseline/*` are the reference distances the LLFC values are read against, and the
     barriers between independent networks before matching are the reference the matched
     barriers are read against (both shown, never ranked).
@@ -146,7 +151,7 @@ class ModeConnectivity(Task):
     """
 
     name = "mode-connectivity"
-    version = 2
+    version = 3
     family = "linear-connectivity"
     description = (
         "A ReLU MLP classifies a Gaussian mixture whose clusters carry random labels, trained "
@@ -229,6 +234,8 @@ class ModeConnectivity(Task):
     def metrics(self) -> dict[str, Metric]:
         out = {}
         one_point = 1.0 / self.config["n_test"]
+        untrained = (f"; undefined (no result) in a seed where either network ends above "
+                     f"{self.config['trained_error']:g} test error")
         for pair in self.pairs:
             if pair.startswith("spawn_"):
                 what = f"two children spawned at step {pair.removeprefix('spawn_')}"
@@ -238,21 +245,21 @@ class ModeConnectivity(Task):
                 what = "two independent networks after weight matching"
             role = "diagnostic" if pair == "independent" else "ranked"
             out[f"loss_barrier/{pair}"] = Metric(
-                "min", f"max over α of test loss above the chord, between {what}", "nats",
-                role=role, resolution=RES_LOSS, bounds=(0.0, math.inf))
+                "min", f"max over α of test loss above the chord, between {what}{untrained}",
+                "nats", role=role, resolution=RES_LOSS, bounds=(0.0, math.inf), undefined_ok=True)
             out[f"error_barrier/{pair}"] = Metric(
-                "min", f"max over α of test error above the chord, between {what}", "fraction",
-                role=role, resolution=one_point, bounds=(0.0, 1.0))
+                "min", f"max over α of test error above the chord, between {what}{untrained}",
+                "fraction", role=role, resolution=one_point, bounds=(0.0, 1.0), undefined_ok=True)
         for l in self.llfc_layers:
             where = "the logits" if l == self.config["depth"] else f"hidden layer {l}'s pre-activations"
             out[f"llfc/layer_{l}"] = Metric(
                 "min", f"1 − cos(F_α, (F_A + F_B)/2) of {where} at α = 0.5, matched pair, "
-                "averaged over test samples (LLFC holds when ≪ llfc_baseline)", role="ranked",
-                resolution=RES_LLFC, bounds=(0.0, 2.0))
+                f"averaged over test samples (LLFC holds when ≪ llfc_baseline){untrained}",
+                role="ranked", resolution=RES_LLFC, bounds=(0.0, 2.0), undefined_ok=True)
             out[f"llfc_baseline/layer_{l}"] = Metric(
                 "min", f"1 − cos(F_A, F_B) of {where}, matched pair, averaged over test "
-                f"samples: the distance llfc/layer_{l} is compared with", role="diagnostic",
-                resolution=RES_LLFC, bounds=(0.0, 2.0))
+                f"samples: the distance llfc/layer_{l} is compared with{untrained}",
+                role="diagnostic", resolution=RES_LLFC, bounds=(0.0, 2.0), undefined_ok=True)
         out["test_error"] = Metric("min", "mean final test error of the two independent networks",
                                    "fraction", role="ranked", resolution=one_point, bounds=(0.0, 1.0))
         out["stable_spawn_step"] = Metric(
@@ -522,14 +529,13 @@ class ModeConnectivity(Task):
         out = {}
         for pair in self.pairs:
             for kind in ("loss", "error"):
-                if path_name(pair, kind, 0.0) not in curves:  # not measured: not applicable
-                    out[f"{kind}_barrier/{pair}"] = math.nan
-                    continue
-                values = [curves[path_name(pair, kind, a)][-1] for a in alphas]
-                out[f"{kind}_barrier/{pair}"] = barrier(values=values, alphas=alphas)
+                # Undefined where not measured (not applicable) or a network did not learn.
+                out[f"{kind}_barrier/{pair}"] = math.nan if not self.trained(curves, pair) else barrier(
+                    values=[curves[path_name(pair, kind, a)][-1] for a in alphas], alphas=alphas)
         for l in self.llfc_layers:
             for name in (f"llfc/layer_{l}", f"llfc_baseline/layer_{l}"):
-                out[name] = float(curves[name][-1]) if name in curves else math.nan
+                defined = name in curves and self.trained(curves, "matched")
+                out[name] = float(curves[name][-1]) if defined else math.nan
         out["test_error"] = float(np.mean(end_errors(curves, "independent")))
         out["stable_spawn_step"] = stable_spawn_step(
             spawn_steps=self.spawn_steps,
@@ -538,6 +544,12 @@ class ModeConnectivity(Task):
             threshold=self.config["barrier_threshold"],
             trained_error=self.config["trained_error"])
         return out
+
+    def trained(self, curves, pair: str) -> bool:
+        """Whether `pair` was measured and both its networks end at test error at most the
+        tier's trained_error (a measurement between them means something only then)."""
+        measured = path_name(pair, "error", 0.0) in curves
+        return measured and all(e <= self.config["trained_error"] for e in end_errors(curves, pair))
 
 
 def end_errors(curves, pair: str) -> list[float]:
