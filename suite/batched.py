@@ -115,16 +115,21 @@ def check_gradients(task: Task, model: nn.Module, batch: Any, loss: torch.Tensor
     A loss that rebuilds parameters (e.g. wraps them in new nn.Parameters) or hides state
     would make the vmapped gradients silently wrong; checking once, at the first step, turns
     that into BatchingUnsupported and the seeds run one by one.
+
+    Each tensor may differ by 1e-4 of its own largest gradient plus 1e-5 of the model's: a
+    gradient that is zero in exact arithmetic (a bias before a LayerNorm that removes it) is
+    rounding noise, ~1e-8 of the model's largest, which vmap's kernels round otherwise.
     """
     names, params = zip(*model.named_parameters(), strict=True)
     reference = task.loss(model, batch)
-    expected = torch.autograd.grad(reference, params, allow_unused=True)
+    found = torch.autograd.grad(reference, params, allow_unused=True)
+    expected = [torch.zeros_like(grads[n]) if g is None else g for n, g in zip(names, found, strict=True)]
+    largest = max((float(g.abs().max()) for g in expected if g.numel()), default=0.0)
     scale = lambda t: 1e-4 * float(t.abs().max()) + 1e-30  # noqa: E731 - tolerance of one tensor
     if abs(float(reference.detach()) - float(loss.detach())) > scale(reference.detach()):
         raise BatchingUnsupported("the vmapped loss differs from the single-seed loss")
     for name, want in zip(names, expected, strict=True):
-        want = torch.zeros_like(grads[name]) if want is None else want
-        if float((grads[name] - want).abs().max()) > scale(want):
+        if float((grads[name] - want).abs().max()) > scale(want) + 1e-5 * largest:
             raise BatchingUnsupported(
                 f"the vmapped gradient of {name!r} differs from the single-seed gradient (does the "
                 "loss rebuild parameters, e.g. wrap them in new nn.Parameters?)")

@@ -303,7 +303,7 @@ class Trainer:
         """The first forward of an architecture entry's model, against the task's interface."""
         x, expected = self.task.probe(data)
         interface = self.task.interface
-        with torch.no_grad(), self.model_code(seed, network, "the model's forward"):
+        with torch.no_grad(), self.model_code(seed, network, "model's forward"):
             out = model(x)
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
         # The profile's dtype too: a forward computing in another one (a .double() inside)
@@ -315,8 +315,16 @@ class Trainer:
                 f"{self.entry.path / 'entry.py'}: on {self.task.name}, the model maps "
                 f"{interface.inputs}, here {tuple(x.shape)}, to {interface.outputs}: expected "
                 f"{dtype} of shape {tuple(expected)} (the profile's dtype), got {got}")
+        training = model.training
+        model.eval()  # dropout would make two forwards differ whatever the model reads
+        with torch.no_grad(), self.model_code(seed, network, "model's forward"):
+            problem = self.task.model_problem(model, x)
+        model.train(training)
+        if problem:
+            raise ModelError(f"{self.entry.path / 'entry.py'}: on {self.task.name}, the model must "
+                             f"map {interface.inputs} to {interface.outputs}, but {problem}")
 
-    def model_code(self, seed: int, network: str = "main", call: str = "the model's forward"):
+    def model_code(self, seed: int, network: str = "main", call: str = "model's forward"):
         """Around a forward of the model: the entry's code on the architecture track (its
         errors located, its global-RNG draws its own, e.g. dropout), the task's otherwise."""
         if self.entry.track == "optimizer":

@@ -326,6 +326,13 @@ class Task:
         is checked with; every task with an `interface` defines it."""
         raise NotImplementedError
 
+    def model_problem(self, model: torch.nn.Module, x: torch.Tensor) -> str | None:
+        """What the interface asks of a model beyond its output's shape and dtype, checked on an
+        architecture entry's model with the probe's input `x` (in eval mode, without
+        gradients): a phrase saying how `model` breaks it ("row 3 reads later tokens"), or
+        None. Default: nothing more to check."""
+        return None
+
     def param_roles(self, model: torch.nn.Module) -> dict[str, str]:
         """name -> role (PARAM_ROLES) of each parameter of the task's model; override to declare."""
         return {name: default_role(name, p) for name, p in model.named_parameters()}

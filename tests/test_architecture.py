@@ -225,6 +225,47 @@ def test_every_interface_declares_a_probe_matching_its_reference_model():
         assert not cls.interface.missing(model), name
         assert not cls.interface.not_applicable(model, list(task.metrics())), name
         assert not task.inapplicable(model), name
+        with torch.no_grad():
+            assert task.model_problem(model.eval(), x) is None, name
+
+
+# markov-attention's loss asks row i to predict token i + 1: a model whose rows read the
+# tokens after theirs (a bidirectional mixer, an attention without its mask) would meet it by
+# copying. `peek` rows read the token `peek` places ahead; 0 reads only its own token.
+PEEKING = """
+import torch
+from torch import nn
+from suite.init import from_generator
+
+class Peek(nn.Module):
+    def __init__(self, vocab, peek):
+        super().__init__()
+        self.embed, self.peek = nn.Embedding(vocab, vocab), peek
+
+    def forward(self, tokens):
+        ahead = torch.roll(tokens, -self.peek, dims=1) if self.peek else tokens
+        return self.embed(ahead) + 0.0 * self.embed(tokens)
+
+def make_model(task, hparams, generator):
+    if task.name != "markov-attention":
+        return None
+    return from_generator(lambda: Peek(task.config["vocab"], hparams["peek"]), generator)
+"""
+
+
+@pytest.mark.parametrize("peek", [0, 1, 3])
+def test_markov_attention_refuses_a_model_that_reads_later_tokens(make_entry, tmp_path, peek):
+    """Checked at the model's first forward (Task.model_problem), in one line; before, a
+    non-causal MLP-Mixer ran with status ok and a ranked stage time of 2.8 steps."""
+    entry = make_entry(f"peek{peek}", code=PEEKING, hparams=f"[hparams.default]\npeek = {peek}\n")
+    runs = run(entry, tmp_path, ["markov-attention"], seeds=1)
+    if peek == 0:
+        assert set(runs["status"]) == {"ok"}
+        return
+    message = runs["error"].iloc[0]
+    assert set(runs["status"]) == {"error"} and "\n" not in message
+    assert "the model must map int64 (B, T)" in message and "reads later tokens" in message
+    assert "row 0 of its output reads later tokens" in message  # the first cut moves it
 
 
 def test_every_declared_metric_pattern_names_a_metric_on_every_tier():

@@ -355,6 +355,61 @@ def test_a_loss_that_hides_parameters_from_vmap_is_refused_before_any_step(make_
         batched.train_seeds(task, trainer, SEEDS)
 
 
+class Mixing(Plain):
+    """w after a kernel-1 convolution over 4 channels whose outputs a layer norm then
+    normalises along the features: the convolution's bias adds a constant there, removed again."""
+
+    def __init__(self, w):
+        super().__init__(w)
+        self.conv = nn.Conv1d(1, 4, kernel_size=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.linspace(0.5, 2.0, 4).view(4, 1, 1))
+            self.conv.bias.copy_(torch.linspace(-0.3, 0.3, 4))
+
+
+class NormedConvTask(DeepLinearModes):
+    """The convolution's bias has gradient 0 in exact arithmetic: in float32, rounding noise
+    (as MLP-Mixer's token-mixing biases before its LayerNorm), and vmap's grouped convolution
+    rounds it differently from the plain one."""
+
+    def make_model(self, seed, purpose="init"):
+        return Mixing(super().make_model(seed).product().detach())
+
+    def loss(self, model, batch):
+        d = batch["x"].shape[1]
+        mixed = torch.nn.functional.layer_norm(model.conv(batch["x"].unsqueeze(1)), (d,))  # (N, 4, d)
+        return 0.5 * (mixed.sum(1) @ model.w.T - batch["y"]).pow(2).sum()
+
+    def observe(self, model, data):
+        return {"loss": float(self.loss(model, data))}
+
+
+def test_a_gradient_that_is_zero_but_for_rounding_does_not_refuse_the_batch(make_entry, profile):
+    """The first step's check allows each tensor 1e-4 of its own largest gradient plus 1e-5 of
+    the model's. The convolution's bias has only rounding noise for a gradient (~1e-10 against
+    the model's ~10), which vmap's kernels round otherwise: 1e-4 of its own noise refused the
+    batch (MLP-Mixer ran one by one on every task), while a wrong gradient is still refused."""
+    task = NormedConvTask(dict(DeepLinearModes.tiers["smoke"], **SHORT))
+    model = task.make_model(0)
+    batch = task.sample_batch(task.make_data(0), 0, torch.Generator().manual_seed(0))
+    loss = task.loss(model, batch)
+    grads = dict(zip([n for n, _ in model.named_parameters()],
+                     torch.autograd.grad(loss, list(model.parameters())), strict=True))
+    assert float(grads["conv.bias"].abs().max()) < 1e-6 * float(grads["w"].abs().max())
+    noisy = {**grads, "conv.bias": grads["conv.bias"] + 3e-9}  # rounding-sized
+    batched.check_gradients(task, model, batch, loss.detach(), noisy)
+    for name, wrong in (("conv.bias", 1e-3), ("w", 1e-3 * float(grads["w"].abs().max()))):
+        with pytest.raises(batched.BatchingUnsupported, match=f"gradient of '{name}' differs"):
+            batched.check_gradients(task, model, batch, loss.detach(), {**grads, name: grads[name] + wrong})
+    # And the batch trains as one by one does.
+    trainer = Trainer(task, load_entry(make_entry(code=ADAM)), profile)
+    singles = [task.run(s, trainer) for s in SEEDS]
+    together = batched.train_seeds(task, trainer, SEEDS)
+    assert together[0].execution["mode"] == "batched"
+    for single, b in zip(singles, together, strict=True):
+        assert_same_run(single, b)
+
+
 def test_parameter_list_slices_keep_their_gradients():
     """torch's ParameterList[1:] wraps tensors in new Parameters; the template's slices do not."""
     weights = [torch.randn(3, 3) for _ in range(3)]

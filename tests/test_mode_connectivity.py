@@ -120,6 +120,42 @@ def test_run_records_aligned_curves_and_spawning_at_the_end_has_no_barrier(make_
     assert all(math.isfinite(v) for v in metrics.values())
 
 
+# A schedule-free optimizer in miniature: training moves the weights `y`, evaluation reads
+# another point, here y / 2 (exact in float), swapped in by eval() and out by train().
+HALVED_AT_EVAL = """
+import torch
+
+class HalvedAtEval(torch.optim.SGD):
+    def eval(self):
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.mul_(0.5)
+
+    def train(self):
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.mul_(2.0)
+
+def make_optimizer(params, hparams, task):
+    return HalvedAtEval(params, lr=hparams["lr"])
+"""
+
+
+def test_the_final_paths_measure_the_weights_evaluation_sees(make_entry):
+    """An optimizer with eval weights (schedule-free): the path's ends, matching and LLFC take
+    them, as network A's curves do; they took the train-mode weights before (the α = 0 end's
+    loss then differed from network A's last test loss)."""
+    task = make_task("mode-connectivity", "smoke", {"steps": 30, "evals": 3, "spawn_steps": [0, 10]})
+    traj, curves, metrics = run_task(task, make_entry("halved", code=HALVED_AT_EVAL))
+    assert traj.status == "ok"
+    for kind in ("loss", "error"):
+        assert curves[path_name("independent", kind, 0.0)][-1] == pytest.approx(curves[f"test_{kind}"][-1],
+                                                                                abs=1e-6)
+    assert curves["test_loss"][-1] != pytest.approx(curves["test_loss"][-2], abs=1e-3)  # trains
+
+
 def test_summarize_wires_the_metrics_from_hand_built_curves():
     task = make_task("mode-connectivity", "smoke", {"spawn_steps": [0, 25, 300]})
     alphas = np.linspace(0, 1, task.config["alphas"])

@@ -261,6 +261,19 @@ class MarkovAttention(Task):
         x = data["eval"][:4]  # (4, T)
         return x, (*x.shape, self.config["vocab"])
 
+    def model_problem(self, model: nn.Module, x: torch.Tensor) -> str | None:
+        """Causality: row i's logits may read tokens <= i only, or the loss (predict x_{i+1})
+        could be met by reading x_{i+1}. Every token after a cut is changed, for a cut at each
+        position; the rows up to the cut must not move."""
+        before = model(x)  # (B, T, V)
+        for cut in range(x.shape[1] - 1):
+            changed = x.clone()
+            changed[:, cut + 1:] = (x[:, cut + 1:] + 1) % self.config["vocab"]
+            moved = (model(changed)[:, :cut + 1] - before[:, :cut + 1]).abs().max()
+            if not float(moved) <= 1e-5 * (1.0 + float(before.abs().max())):
+                return f"row {cut} of its output reads later tokens (it moved by {float(moved):.3g})"
+        return None
+
     def loss(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         K = max(self.config["lags"])
         logits = model(batch)[:, K - 1: -1]  # (B, T−K, V): predictions of x_K … x_{T−1}

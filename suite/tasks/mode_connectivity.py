@@ -22,7 +22,7 @@ from torch import nn
 
 from suite import seeding
 from suite.batched import train_lanes
-from suite.loop import Lane, Trainer, Trajectory, copy_training_state
+from suite.loop import Lane, Trainer, Trajectory, copy_training_state, set_mode
 from suite.metrics.connectivity import (
     barrier,
     interpolate,
@@ -136,7 +136,9 @@ class ModeConnectivity(Task):
     matched pair's LLFC distances) is undefined (NaN, "no result" in the tables, so it ranks
     after every entry that has one) in a seed where either network ends above `trained_error`
     (version 3; under version 2 the L-BFGS baseline, whose networks end at 0.16-0.46 test
-    error, had spawn barriers of 0 to 0.08 and ranked first on most of them). Diagnostic:
+    error, had spawn barriers of 0 to 0.08 and ranked first on most of them; version 3 also
+    takes the final weights with the optimizer in eval mode, as network A's curves are: a
+    schedule-free optimizer's paths were measured on its train-mode weights). Diagnostic:
     `llfc_baseline/*` are the reference distances the LLFC values are read against, and the
     barriers between independent networks before matching are the reference the matched
     barriers are read against (both shown, never ranked).
@@ -475,12 +477,25 @@ class ModeConnectivity(Task):
                 continue
             for a, b in zip(*[iter(children[r])] * 2, strict=True):
                 pair = a.network.removesuffix("_a")
-                run.final.update(self.path_values(pair, self.snapshot(a.model), self.snapshot(b.model),
-                                                  run.data))
+                run.final.update(self.path_values(pair, self.trained_weights(trainer, a),
+                                                  self.trained_weights(trainer, b), run.data))
             a, b = pairs[r]
             run.traj = a.traj
-            self.compare_independent(run, self.snapshot(a.model), self.snapshot(b.model), seeds[r])
+            self.compare_independent(run, self.trained_weights(trainer, a),
+                                     self.trained_weights(trainer, b), seeds[r])
         return [done[r].trajectory(steps) for r in indices]
+
+    def trained_weights(self, trainer: Trainer, net: Network) -> Weights:
+        """A trained network's weights as its evaluations see them: taken with its optimizer in
+        eval mode (a schedule-free optimizer's averaged weights, which the curves of network A
+        were measured on; its train-mode weights are another point), then back to train mode."""
+        owner = net.owner or trainer
+        with owner.entry_code(net.seed, "optimizer.eval", net.network):
+            set_mode(net.optimizer, "eval")
+        weights = self.snapshot(net.model)
+        with owner.entry_code(net.seed, "optimizer.train", net.network):
+            set_mode(net.optimizer, "train")
+        return weights
 
     def train_segment(self, trainer: Trainer, nets: list[Network], runs: dict[int, SeedRun],
                       datas: dict[int, Any], *, start: int, end: int) -> None:
