@@ -36,7 +36,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from suite import seeding
-from suite.loop import BatchingUnsupported, Lane, Trainer, Trajectory, one_thread, plain_steps
+from suite.loop import BatchingUnsupported, Lane, Trainer, Trajectory, copy_model, one_thread, plain_steps
 from suite.task import Task
 
 # torch optimizers whose update of each parameter entry depends only on that entry's gradient
@@ -94,7 +94,7 @@ class SliceableParameterList(nn.ParameterList):
 
 def loss_template(task: Task, model: nn.Module) -> SeedLoss:
     """A copy of one seed's model, wrapped for functional_call, with sliceable ParameterLists."""
-    template = copy.deepcopy(model)
+    template = copy_model(model)
     for module in template.modules():
         if type(module) is nn.ParameterList:
             module.__class__ = SliceableParameterList
@@ -102,8 +102,15 @@ def loss_template(task: Task, model: nn.Module) -> SeedLoss:
 
 
 def seed_loss_function(template: SeedLoss):
-    """(stacked-parameter rows by name, batch) -> one seed's loss: what vmap maps over seeds."""
+    """(stacked-parameter rows by name, batch) -> one seed's loss: what vmap maps over seeds.
+
+    The Python attributes of the model's parameters (muP's `infshape`, which its layers read in
+    forward) are set on the tensors swapped in, which would not have them."""
+    extras = {n: dict(vars(p)) for n, p in template.model.named_parameters() if vars(p)}
+
     def seed_loss(flat: dict[str, torch.Tensor], batch) -> torch.Tensor:
+        for name, attributes in extras.items():
+            vars(flat[name]).update(attributes)
         return functional_call(template, {f"model.{n}": t for n, t in flat.items()}, (batch,))
     return seed_loss
 

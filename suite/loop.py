@@ -162,24 +162,44 @@ def copy_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer
 
     Every attribute is copied: `Optimizer.__getstate__` keeps only the state dict, so a plain
     deepcopy (or load_state_dict) would silently reset state an optimizer keeps in its own
-    attributes. The step wrapper an LRScheduler installs on its optimizer points at the
-    original (a weak reference), so the copy's is installed anew for the copy.
+    attributes; the same holds for an optimizer that a wrapper holds (Lookahead's inner one,
+    SAM's base optimizer), copied the same way, and for the model's parameters' own attributes.
+    The step wrapper an LRScheduler installs on its optimizer points at the original (a weak
+    reference), so the copy's is installed anew.
     """
     memo: dict[int, Any] = {}
-    model = copy.deepcopy(model, memo)
-    copies = []
-    for obj in (optimizer, schedule):
-        if obj is None:
-            copies.append(None)
-            continue
-        new = object.__new__(type(obj))
-        memo[id(obj)] = new
-        attrs = {k: v for k, v in vars(obj).items() if not getattr(v, "_wrapped_by_lr_sched", False)}
-        new.__dict__.update(copy.deepcopy(attrs, memo))
-        copies.append(new)
-    if "step" in vars(optimizer) and getattr(optimizer.step, "_wrapped_by_lr_sched", False):
-        copies[0].step = counted_step(copies[0])
-    return model, copies[0], copies[1]
+    copied = copy_model(model, memo)
+    return copied, attribute_copy(optimizer, memo), attribute_copy(schedule, memo)
+
+
+def copy_model(model: torch.nn.Module, memo: dict[int, Any] | None = None) -> torch.nn.Module:
+    """copy.deepcopy(model), its parameters' Python attributes included (muP's `infshape`,
+    which its layers read in forward): Parameter.__deepcopy__ drops them."""
+    memo = {} if memo is None else memo
+    copied = copy.deepcopy(model, memo)
+    for old, new in zip(model.parameters(), copied.parameters(), strict=True):
+        new.__dict__.update(copy.deepcopy(vars(old), memo))
+    return copied
+
+
+def attribute_copy(obj: Any, memo: dict[int, Any]) -> Any:
+    """`obj` (an optimizer or schedule, or None) copied attribute by attribute into `memo`'s
+    object graph, the optimizers and schedules among its attributes first."""
+    if obj is None or id(obj) in memo:
+        return memo.get(id(obj))
+    new = object.__new__(type(obj))
+    memo[id(obj)] = new
+    attrs = {k: v for k, v in vars(obj).items() if not getattr(v, "_wrapped_by_lr_sched", False)}
+    for value in attrs.values():  # a wrapper's inner optimizer, directly or in a list or dict
+        items = value.values() if isinstance(value, dict) else (
+            value if isinstance(value, list | tuple) else [value])
+        for item in items:
+            if isinstance(item, torch.optim.Optimizer | LRScheduler):
+                attribute_copy(item, memo)
+    new.__dict__.update(copy.deepcopy(attrs, memo))
+    if "step" in vars(obj) and getattr(obj.step, "_wrapped_by_lr_sched", False):
+        new.step = counted_step(new)
+    return new
 
 
 def counted_step(optimizer: torch.optim.Optimizer) -> Callable:

@@ -337,6 +337,55 @@ def test_mode_connectivity_barriers_for_any_architecture(make_entry, tmp_path):
     assert np.isfinite(spawn["value"]).all() and (spawn["value"] >= 0).all()
 
 
+# A readout that reads a Python attribute of its weight in forward, as muP's MuReadout reads
+# `infshape` (set by set_base_shapes): copies of the model (the batch's template, a spawned
+# child) and the tensors swapped in (vmap, a path's interpolated weights) must carry it.
+ATTRIBUTED = """
+import torch
+from torch import nn
+from suite.init import from_generator
+
+class Readout(nn.Linear):
+    def forward(self, x):
+        assert hasattr(self.weight, "width_mult"), "call set_width_mult first"
+        return super().forward(x) / self.weight.width_mult
+
+class Net(nn.Module):
+    def __init__(self, d, classes):
+        super().__init__()
+        self.hidden, self.readout = nn.Linear(d, 32), Readout(32, classes)
+
+    def features(self, x):
+        return torch.relu(self.hidden(x))
+
+    def forward(self, x):
+        return self.readout(self.features(x))
+
+def make_model(task, hparams, generator):
+    if task.name not in ("mode-connectivity", "fine-grained-collapse"):
+        return None
+    classes = task.config.get("classes") or task.config["fine_classes"] // 2
+    def build():
+        net = Net(task.config["dim"], classes)
+        net.readout.weight.width_mult = 2.0
+        return net
+    return from_generator(build, generator)
+"""
+
+
+def test_parameters_keep_their_python_attributes_in_copies_batches_and_paths(make_entry, tmp_path):
+    entry = make_entry("attributed", code=ATTRIBUTED, hparams="")
+    sets = ["steps=40", "evals=4", "mode-connectivity.spawn_steps=[0,10]", "mode-connectivity.alphas=5"]
+    tasks = ["mode-connectivity", "fine-grained-collapse"]
+    together = run(entry, tmp_path, tasks, sets=sets)
+    alone = run(entry, tmp_path, tasks, sets=sets, seed_batch="1", name="alone")
+    assert set(together["status"]) == set(alone["status"]) == {"ok"}
+    executions = together.drop_duplicates("task").set_index("task")["execution"]
+    assert '"mode": "batched"' in executions["fine-grained-collapse"]
+    assert '"networks": "side by side"' in executions["mode-connectivity"]
+    np.testing.assert_allclose(values(together), values(alone), rtol=1e-3, atol=1e-5)
+
+
 DROPOUT = SMALL_MLP.replace("nn.ReLU(), nn.Linear(64, out)", "nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, out)")
 
 

@@ -164,6 +164,63 @@ def test_the_entry_sees_a_read_only_view_of_the_task(make_entry, tmp_path):
     assert runs["error"].iloc[0].startswith("the entry's make_optimizer failed at ")
 
 
+# A Lookahead-style wrapper around an optimizer that keeps state in its own attributes (as
+# pytorch-optimizer's Lookahead(Lamb(...)) does with Lamb's pre_norm): the inner one was copied by
+# plain deepcopy, which keeps only its state dict, so a spawned child lost the attributes.
+WRAPPED = """
+import torch
+
+class Inner(torch.optim.SGD):
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.velocity = None  # state kept in a Python attribute
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        params = [p for g in self.param_groups for p in g["params"]]
+        if self.velocity is None:
+            self.velocity = [torch.zeros_like(p) for p in params]
+        for p, v in zip(params, self.velocity):
+            v.mul_(0.9).add_(p.grad)
+            p.add_(v, alpha=-self.param_groups[0]["lr"])
+
+class Wrapper(torch.optim.Optimizer):
+    def __init__(self, inner):
+        self.optimizer, self.param_groups, self.defaults, self.state = inner, inner.param_groups, {}, {}
+        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}  # as Lookahead's
+        self.slow = [p.detach().clone() for g in inner.param_groups for p in g["params"]]
+        self.calls = 0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.optimizer.step()
+        self.calls += 1
+        if self.calls % 5 == 0:  # pull the fast weights half-way back to the slow ones
+            for p, s in zip([p for g in self.param_groups for p in g["params"]], self.slow):
+                s.add_(p - s, alpha=0.5)
+                p.copy_(s)
+
+def make_optimizer(params, hparams, task):
+    return Wrapper(Inner(params, lr=hparams["lr"]))
+"""
+
+
+def test_a_child_of_a_wrapped_optimizer_continues_as_its_parent_would_have(make_entry, profile):
+    task = registry.make_task("mode-connectivity", "smoke")
+    trainer = Trainer(task, load_entry(make_entry(code=WRAPPED)), profile)
+    data, parent = task.make_data(0), task.make_model(0)
+    opt, _ = trainer.make_optimizer(parent, seed=0)
+    trainer.train(parent, opt, data, seed=0, steps=12, purpose="p")
+    child, child_opt, _ = task.spawn(parent, opt, None)
+    inner = child_opt.optimizer
+    assert inner is not opt.optimizer and inner.velocity is not None
+    assert inner.param_groups[0]["params"][0] is next(child.parameters())  # the child's own
+    assert child_opt.param_groups is inner.param_groups and child_opt.calls == 12
+    for net, o in ((parent, opt), (child, child_opt)):
+        trainer.train(net, o, data, seed=0, steps=30, start=12, purpose="rest")
+    assert all(torch.equal(a, b) for a, b in zip(parent.parameters(), child.parameters(), strict=True))
+
+
 def test_a_child_continues_exactly_as_its_parent_would_have(make_entry, profile):
     """Spawned at step k and trained on the parent's own data order, a child reproduces the
     parent's trajectory, for an optimizer with attribute state and a schedule."""

@@ -154,10 +154,14 @@ def state_path_curve(*, model: nn.Module, state_a: dict[str, Tensor], state_b: d
     loss, error = np.empty(len(alphas)), np.empty(len(alphas))
     training = model.training
     model.eval()
+    # Parameters' Python attributes (muP's `infshape`, read in forward) go on the tensors swapped in.
+    extras = {n: vars(p) for n, p in model.named_parameters() if vars(p)}
     with torch.no_grad():
         for k, alpha in enumerate(alphas):
             state = {name: (1.0 - alpha) * a + alpha * state_b[name] if a.is_floating_point() else a
                      for name, a in state_a.items()}
+            for name, attributes in extras.items():
+                vars(state[name]).update(attributes)
             logits = torch.func.functional_call(model, state, (x,))  # (N, C)
             loss[k] = float(F.cross_entropy(logits, y))
             error[k] = float((logits.argmax(dim=1) != y).double().mean())
