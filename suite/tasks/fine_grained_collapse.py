@@ -92,7 +92,8 @@ class FineGrainedCollapse(Task):
     )
     target = "steps_to_recovery"
     interface = ModelInterface(
-        inputs="float (N, d): inputs", outputs="float (N, C): logits of the coarse classes",
+        inputs="float (N, d): inputs",
+        outputs="float (N, C): logits of the C = fine_classes / 2 coarse classes",
         optimizer=("adamw", (("lr", 1e-3), ("weight_decay", 0.01))), requires=("features",))
     # Tiers, by a small sweep with the AdamW baseline's default table (lr 1e-3, weight decay 0.01):
     # - fine means m_c ± 1.5 u_c around random coarse centres (a linearly separable coarse task):
