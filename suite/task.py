@@ -258,6 +258,8 @@ class Task:
             optimizer-only, every architecture entry's run is "not applicable". A task with an
             interface also defines probe(data) -> (input, expected output shape): the first
             forward every architecture entry's model is checked with before training.
+        model_problem(model, x) -> str | None: what the interface asks beyond shapes, checked
+            with the probe's input (markov-attention: causality); None when the model meets it.
         sample_batch(data, step, generator) -> batch: minibatch or fresh samples for one step
             (default: the full data, i.e. full-batch training). It runs on one thread
             (loop.one_thread), so its batches must not depend on the thread count: the
