@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import sys
 import tempfile
@@ -208,7 +209,11 @@ def verify_cmd(path, k, tier, profile, pick_seed, rtol, workers, scheduler) -> N
                     "results beyond the tolerance; rerun `ldbench run` on this profile and "
                     "resubmit", fg="red", err=True)
         sys.exit(1)
-    click.echo(f"ok: {len(checks)} metrics reproduced")
+    # NaN on both sides (a metric not applicable, undefined, or a failed run's) is reproduced,
+    # but no number was compared: say how many were.
+    compared = sum(not (math.isnan(c.submitted) and math.isnan(c.reproduced)) for c in checks)
+    click.echo(f"ok: {len(checks)} metrics reproduced ({compared} values, {len(checks) - compared} "
+               "without a value on both sides)")
 
 
 def leaderboard_options(func):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import textwrap
 
@@ -107,6 +108,10 @@ def test_verify_reruns_runs_on_the_threads_they_recorded_with_a_note(submitted, 
                                        "--pick-seed", "3"])
     assert result.exit_code == 0, result.output
     assert "note: the submitted runs were made with threads = 2" in result.output
+    # Values compared, and metrics that have none on either side (NaN), counted apart.
+    said = re.search(r"ok: (\d+) metrics reproduced \((\d+) values, (\d+) without a value on both sides\)",
+                     result.output)
+    assert said and int(said[1]) == int(said[2]) + int(said[3]) and int(said[2]) > 0
     assert seen == [2]
     assert recorded_threads(runs["fingerprint"].iloc[0]) == 2 and recorded_threads("{}") is None
     assert profile_changes(tmp_path / "nowhere", tier="smoke", profile="cpu-2core") == []
