@@ -188,29 +188,39 @@ def read_capped(path: Path) -> pd.DataFrame:
     return read_table(path, max_rows=MAX_ROWS.get(path.name), max_bytes=MAX_DECODED_BYTES)
 
 
-def read_arrow(path: Path, *, max_rows: int | None = None, max_bytes: int | None = None) -> pa.Table:
-    """`read_table`'s checks, returning the Arrow table (schema metadata kept)."""
+def read_arrow(path: Path, *, max_rows: int | None = None, max_bytes: int | None = None,
+               columns: list[str] | None = None, dictionary: tuple[str, ...] = ()) -> pa.Table:
+    """`read_table`'s checks, returning the Arrow table (schema metadata kept).
+
+    `columns`: decode only these (the schema is checked whole; the caps count the whole file).
+    `dictionary`: string columns to return dictionary-encoded, as Parquet stores them (a few
+    distinct names over thousands of rows: no per-row strings to decode, check or compare)."""
     try:
         with open(path, "rb") as handle:  # Parquet needs only the footer's magic; a file has both
             if handle.read(4) != b"PAR1":
                 raise OSError("Parquet magic bytes not found at the start")
         # Page checksums (written since they were introduced) catch a byte flipped in the data.
-        parquet = pq.ParquetFile(path, page_checksum_verification=True)
+        parquet = pq.ParquetFile(path, page_checksum_verification=True,
+                                 read_dictionary=list(dictionary) or None)
         schema = parquet.schema_arrow
     except (pa.ArrowException, OSError) as err:
         raise ResultsError(f"{path}: not a readable Parquet file ({one_line(err)}); delete it and "
                            "rerun `ldbench run`") from None
-    check_schema(path, schema)
+    stored = [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) and f.name in dictionary else f
+              for f in schema]  # the types as written, which check_schema expects
+    check_schema(path, pa.schema(stored, metadata=schema.metadata))
     check_size(path, parquet.metadata, max_rows, max_bytes)
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
     batches, rows, size = [], 0, 0
     try:  # batch by batch, so that a file whose metadata lies about its size stops at the cap
-        for batch in parquet.iter_batches(batch_size=65_536, use_threads=False):
+        for batch in parquet.iter_batches(batch_size=65_536, columns=columns, use_threads=False):
             rows, size = rows + batch.num_rows, size + batch.nbytes
             check_size(path, None, max_rows, max_bytes, rows=rows, size=size)
             batches.append(batch)
         table = pa.Table.from_batches(batches, schema=schema)
         table.validate(full=True)  # invalid UTF-8 in a string column, inconsistent offsets
-        return with_added_columns(table, expected_name(path.name))
+        return table if columns is not None else with_added_columns(table, expected_name(path.name))
     except (pa.ArrowException, OSError, UnicodeDecodeError) as err:
         raise ResultsError(f"{path}: corrupt content ({one_line(err)}); delete it and rerun "
                            "`ldbench run`") from None

@@ -708,6 +708,48 @@ def test_entry_page_curves_are_clipped_to_their_own_tasks_bounds():
     assert means["a"]["train_error"][1, 0] == means["b"]["train_error"][1, 0]
 
 
+def test_entry_page_means_match_a_pandas_groupby_and_scipys_t_interval():
+    """Seed means and intervals of many pages at once, against an independent computation per
+    (page, task, curve, step): finite values only, n < 3 without an interval, each task's own
+    bounds; undeclared curves and rows without a task are left out; plain or dictionary-encoded
+    columns, in one batch or several."""
+    from scipy import stats
+    rng = np.random.default_rng(7)
+    spec = registry.make_task("teacher-student", "smoke").plots()[0]
+    declared = {task: {"plots": [spec], "bounds": {"train_error": b, "test_error": b}}
+                for task, b in (("a", (0.0, 1.0)), ("b", (-np.inf, np.inf)))}
+    frames = []
+    for _ in range(3):
+        rows = [(task, seed, step, name, rng.choice([rng.uniform(0, 1.2), np.nan, np.inf], p=[0.8, 0.1, 0.1]))
+                for task in ("a", "b", "c") for seed in range(int(rng.integers(1, 6)))
+                for step in (0, 5, 50) for name in ("train_error", "test_error", "other")]
+        rows.append((None, 0, 0, "train_error", 0.5))
+        frames.append(pd.DataFrame(rows, columns=["task", "seed", "step", "metric", "value"]))
+    tables = [pa.Table.from_pandas(f, preserve_index=False) for f in frames]
+    tables[1] = pa.Table.from_batches(tables[1].to_batches(max_chunksize=40))  # several batches
+    tables[2] = tables[2].set_column(0, "task", tables[2].column("task").dictionary_encode())
+    means = build.page_means([*tables, None], declared)
+    assert means[3] == {}
+    for page, frame in enumerate(frames):
+        finite = frame[np.isfinite(frame["value"]) & frame["task"].isin(["a", "b"])
+                       & frame["metric"].isin(["train_error", "test_error"])]
+        expected = finite.groupby(["task", "metric", "step"])["value"].agg(["mean", "std", "count"])
+        shown = {(t, n) for t in ("a", "b") for n in ("train_error", "test_error")
+                 if ((frame["task"] == t) & (frame["metric"] == n)).any()}
+        assert {(t, n) for t, c in means[page].items() for n in c} == shown
+        for (task, name, step), (mean, sd, n) in expected.iterrows():
+            steps, got, low, high = means[page][task][name]
+            at = list(steps).index(step)
+            assert got[at] == pytest.approx(mean, rel=1e-12)
+            if n < 3:
+                assert np.isnan(low[at]) and np.isnan(high[at])
+                continue
+            half = stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)
+            lo, hi = declared[task]["bounds"][name]
+            assert low[at] == pytest.approx(max(mean - half, lo), rel=1e-12)
+            assert high[at] == pytest.approx(min(mean + half, hi), rel=1e-12)
+
+
 def test_index_dots_name_every_entry_and_span_a_fraction_of_a_decade_with_ticks():
     metrics = pd.DataFrame([(e, m, 300.0 + 10 * i, 280.0 + 10 * i, 330.0 + 10 * i)
                             for i, e in enumerate(("a", "b<"))

@@ -21,14 +21,15 @@ import markupsafe
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from tabulate import tabulate
 
 from suite import interval, profiles, registry, results
 from suite.entry import NAME_PATTERN, Entry
 from suite.report import ARROWS, format_number, na_reason
-from suite.score import TAU_MAX, TRACKS, Inputs
+from suite.score import TAU_MAX, TRACKS, Inputs, seed_statistics
 from suite.site import small
-from suite.site.plots import LINES, seed_means, split_curves, task_plots
+from suite.site.plots import LINES, task_plots
 from suite.task import Plot as PlotSpec
 from suite.task import Task
 
@@ -589,42 +590,70 @@ def target_text(rows: list[dict]) -> str:
 
 
 def curve_table(inputs: Inputs, entry: str, profile: str) -> pa.Table | None:
-    """An entry's curves on `profile` as Arrow, the columns the pages plot (read_curves' checks)."""
+    """An entry's curves on `profile` as Arrow, the columns the pages plot (read_curves' checks),
+    task and metric dictionary-encoded."""
     folder = inputs.results_dirs.get((entry, profile))
     path = folder / results.CURVES_FILE if folder else None
     try:
-        found = results.read_arrow(path, max_rows=results.MAX_ROWS[results.CURVES_FILE],
-                                   max_bytes=results.MAX_DECODED_BYTES) if path and path.is_file() else None
+        return results.read_arrow(path, max_rows=results.MAX_ROWS[results.CURVES_FILE],
+                                  max_bytes=results.MAX_DECODED_BYTES, columns=list(PAGE_COLUMNS),
+                                  dictionary=("task", "metric")) if path and path.is_file() else None
     except results.ResultsError:
         return None
-    return found.select(["task", "seed", "step", "metric", "value"]) if found is not None else None
+
+
+PAGE_COLUMNS = ("task", "step", "metric", "value")  # what an entry page's plots read of its curves
 
 
 def page_means(tables: list[pa.Table | None], declared: dict[str, dict]) -> list[dict[str, small.Curves]]:
     """Per curves table (an entry's, on one profile; None: none or unreadable), per task and plotted curve:
-    the seed means and bands (plots.seed_means, clipped to the task's own curve bounds) as a
-    (4, evaluations) array of step, mean, low, high. Many entries at once: per-entry pandas
-    calls cost more than the arithmetic."""
+    the seed means and bands (plots.seed_means' statistics, clipped to the task's own curve
+    bounds) as a (4, evaluations) array of step, mean, low, high. Many entries at once, on
+    integer keys from the tables' dictionaries: per-entry pandas calls cost more than the arithmetic."""
     out: list[dict[str, small.Curves]] = [{} for _ in tables]
-    found = [t.append_column("page", pa.array(np.full(len(t), i, np.int64)))
-             for i, t in enumerate(tables) if t is not None and len(t)]
-    if not found:
+    # One integer per declared (task, curve): a curve name may have other bounds in another task.
+    pairs = sorted({(t, n): d["bounds"].get(n, (-math.inf, math.inf))
+                    for t, d in declared.items() for spec in d["plots"] for n in spec.names()}.items())
+    index = {pair: i for i, (pair, _) in enumerate(pairs)}
+    parts = [page_rows(i, batch, index) for i, table in enumerate(tables) if table is not None
+             for batch in table.to_batches()]
+    if not parts:
         return out
-    curves = pa.concat_tables(found).replace_schema_metadata(None).to_pandas()  # one conversion
-    # One integer per (task, curve): a curve name may have other bounds in another task.
-    task, tasks = pd.factorize(curves["task"])
-    name, names = pd.factorize(curves["metric"])
-    tasks, names = tasks.tolist(), names.tolist()  # indexing an Arrow-backed Index costs ~10 µs
-    pairs = {(t, n): d["bounds"].get(n, (-math.inf, math.inf))
-             for t, d in declared.items() for spec in d["plots"] for n in spec.names()}
-    code = {i * len(names) + j: pairs[t, n] for i, t in enumerate(tasks)
-            for j, n in enumerate(names) if (t, n) in pairs}
-    curves["metric"] = task.astype(np.int64) * len(names) + name
-    means = seed_means(curves[curves["metric"].isin(list(code))], code, by="page")
-    for (page, pair), array in split_curves(means).items():
-        t, n = divmod(int(pair), len(names))
-        out[page].setdefault(tasks[t], {})[names[n]] = array
+    page, pair, step, value = (np.concatenate(column) for column in zip(*parts, strict=True))
+    if not len(page):
+        return out
+    first, span = int(step.min()), int(step.max()) - int(step.min()) + 1
+    keys, group = np.unique((page * len(pairs) + pair) * span + step - first, return_inverse=True)
+    stats = seed_statistics(group=group, values=value, n_groups=len(keys))
+    which, at = np.divmod(keys, span)
+    bounds = np.array([b for _, b in pairs], dtype=float).reshape(-1, 2)[which % len(pairs)]
+    low, high = interval.t_intervals(mean=stats["mean"], sd=stats["sd"], n=stats["n"],
+                                     bounds=(bounds[:, 0], bounds[:, 1]))
+    arrays = np.stack([at + first, stats["mean"].to_numpy(), low, high]).astype(float)
+    cuts = np.flatnonzero(which[1:] != which[:-1]) + 1
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(keys)], strict=True):
+        (task, name), _ = pairs[which[a] % len(pairs)]
+        out[which[a] // len(pairs)].setdefault(task, {})[name] = arrays[:, a:b]
     return out
+
+
+def page_rows(page: int, batch: pa.RecordBatch, index: dict[tuple[str, str], int]) -> tuple[np.ndarray, ...]:
+    """One batch of a curves table: its rows of declared curves with a step, as (page, pair
+    index, step, value) arrays."""
+    task, metric = (column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+                    for column in (batch.column("task"), batch.column("metric")))
+    names = metric.dictionary.to_pylist()
+    lookup = np.array([[index.get((t, n), -1) for n in names] for t in task.dictionary.to_pylist()],
+                      dtype=np.int64).reshape(len(task.dictionary), len(names))
+    known = (np.asarray(task.is_valid()) & np.asarray(metric.is_valid())
+             & np.asarray(batch.column("step").is_valid()))
+    pair = np.full(len(batch), -1, np.int64)
+    pair[known] = lookup[np.asarray(task.indices.fill_null(0))[known],
+                         np.asarray(metric.indices.fill_null(0))[known]]
+    keep = pair >= 0
+    step = np.asarray(batch.column("step").fill_null(0), dtype=np.int64)
+    value = np.asarray(batch.column("value").to_numpy(zero_copy_only=False), dtype=float)
+    return np.full(int(keep.sum()), page, np.int64), pair[keep], step[keep], value[keep]
 
 
 def entry_plots(specs: list[PlotSpec], curves: small.Curves | None, metrics: small.Values) -> list[dict]:

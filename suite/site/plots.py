@@ -94,14 +94,14 @@ def log_steps(ax) -> None:
     ax.set_xlabel("step")
 
 
-def seed_means(curves: pd.DataFrame, bounds: Bounds | None = None, by: str = "entry") -> pd.DataFrame:
-    """Mean over seeds of each (`by`, curve, step) and its interval (interval.METHOD, clipped
+def seed_means(curves: pd.DataFrame, bounds: Bounds | None = None) -> pd.DataFrame:
+    """Mean over seeds of each (entry, curve, step) and its interval (interval.METHOD, clipped
     to the curve's bounds, NaN below interval.MIN_SEEDS finite values), sorted by those keys:
-    columns entry (the `by` value), metric, step, value, low, high. (Integer keys and bincounts
-    rather than a pandas groupby: an entry's page computes this once per entry, by task.)"""
+    columns entry, metric, step, value, low, high. (Integer keys and bincounts rather than a
+    pandas groupby, which costs more than the arithmetic here.)"""
     if curves.empty:
         return pd.DataFrame({c: [] for c in ("entry", "metric", "step", "value", "low", "high")})
-    entry, entries = pd.factorize(curves[by], sort=True)
+    entry, entries = pd.factorize(curves["entry"], sort=True)
     name, names = pd.factorize(curves["metric"], sort=True)
     step = curves["step"].to_numpy(np.int64)
     span = int(step.max()) - int(step.min()) + 1
