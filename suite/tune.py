@@ -82,7 +82,8 @@ def write_json(path: Path, data: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True, default=str)
+            # allow_nan=False: strict JSON (no NaN or Infinity), which any JSON reader takes
+            json.dump(data, handle, indent=1, sort_keys=True, default=str, allow_nan=False)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
@@ -288,7 +289,8 @@ def run_study(entry: Entry, out: Path, spec: dict, tasks: list[str], prof: profi
                                   "space_hash": spec["tasks"][task]["space_hash"],
                                   "best_trial": best[task],
                                   "chosen": KEPT if best[task] is None else "best trial",
-                                  "trials": table[table["task"] == task].to_dict("records")}
+                                  "trials": [trial_record(r) for r in
+                                             table[table["task"] == task].to_dict("records")]}
                            for task in tasks}
     written = {"tuned": tuned, "provenance": provenance}
     write_json(out / TUNED_FILE, with_other_tasks(out / TUNED_FILE, written))
@@ -305,9 +307,23 @@ def with_other_tasks(path: Path, written: dict) -> dict:
     except (OSError, ValueError, KeyError, TypeError):
         return written  # none yet (or unreadable: this run's choices are what there is)
     tuned = {**{t: hp for t, (hp, _) in kept.items()}, **written["tuned"]}
+    kept = {t: (hp, {**info, "trials": [trial_record(r) for r in info.get("trials", [])]})
+            for t, (hp, info) in kept.items()}  # a file written before trials were strict JSON
     tasks = {**{t: info for t, (_, info) in kept.items()}, **written["provenance"]["tasks"]}
     return {"tuned": dict(sorted(tuned.items())),
             "provenance": {**written["provenance"], "tasks": dict(sorted(tasks.items()))}}
+
+
+def trial_record(row: dict) -> dict:
+    """A trial as tuned.json records it, strict JSON: its hyperparameters as an object, and null
+    for a target mean no tuning seed reached and for a tie break the task does not declare.
+    Also reads a record written before 2026-11-27 (hyperparameters as a JSON string, Infinity
+    and NaN)."""
+    def plain(key: str, value):
+        if key == "hparams" and isinstance(value, str):
+            return json.loads(value)
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+    return {key: plain(key, value) for key, value in row.items()}
 
 
 def chosen_evaluations(runs: pd.DataFrame, tuned: dict[str, dict]) -> pd.DataFrame:

@@ -25,6 +25,14 @@ lr = 0.01
 [search.default]  # tune's space
 lr = { log_uniform = [1e-3, 1e-1] }
 """
+SEARCH_SPACE = ("lr",)
+
+
+def strict_json(path):
+    """`path` parsed as strict JSON: NaN and Infinity (Python's extensions) are refused."""
+    def refuse(constant):
+        raise ValueError(f"{path}: {constant} is not JSON")
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
 
 
 def test_design_is_the_seeded_halton_sequence_mapped_onto_the_space():
@@ -122,9 +130,11 @@ def test_a_study_where_no_trial_reaches_the_target_keeps_the_entrys_hyperparamet
     out = tune.tune(entry, budget=3, tasks=["deep-linear-modes"], design_seed=1, eval_seeds=1,
                     sets=["deep-linear-modes.steps=2", "deep-linear-modes.evals=2"], out=tmp_path / "s",
                     progress=False)
-    written = json.loads((out / tune.TUNED_FILE).read_text())
+    written = strict_json(out / tune.TUNED_FILE)
     info = written["provenance"]["tasks"]["deep-linear-modes"]
     assert max(t["reached"] for t in info["trials"]) == 0
+    assert all(t["target_mean"] is None and t.get("tie_break") is None for t in info["trials"])
+    assert all(set(t["hparams"]) == set(SEARCH_SPACE) for t in info["trials"])  # objects, not text
     assert info["best_trial"] is None and info["chosen"] == tune.KEPT
     assert written["tuned"]["deep-linear-modes"] == load_entry(entry).hparams_for("deep-linear-modes")
     evals = pd.read_parquet(out / tune.EVAL / "runs.parquet")
@@ -215,7 +225,7 @@ def test_tuned_point_is_the_best_trial_and_its_evaluation_runs_on_the_evaluation
     assert trials.reached.max() > 0 and best != 0
     reached = trials[trials.reached == trials.reached.max()]
     assert best == int(reached.sort_values(["target_mean", "trial"]).trial.iloc[0])
-    assert written["tuned"]["deep-linear-modes"] == json.loads(trials.hparams[best])
+    assert written["tuned"]["deep-linear-modes"] == trials.hparams[best]
     evals = pd.read_parquet(out / tune.EVAL / "runs.parquet")
     assert sorted(evals.seed.unique()) == [0, 1]
     assert (evals.overrides.str.contains(json.dumps(written["tuned"]["deep-linear-modes"])[1:-1])).all()
@@ -235,6 +245,16 @@ def test_tuning_one_task_again_keeps_the_studys_other_choices(make_entry, tmp_pa
     study(entry, out, tasks=("teacher-student",))  # every run done: chosen again, the same
     again = json.loads((out / tune.TUNED_FILE).read_text())
     assert again == both and list(again["tuned"]) == ["deep-linear-modes", "teacher-student"]
+    # A file written before tuned.json was strict JSON: the kept task's trials are rewritten strict.
+    older = json.loads(json.dumps(both))
+    for t in older["provenance"]["tasks"]["deep-linear-modes"]["trials"]:
+        t.update(hparams=json.dumps(t["hparams"]),
+                 target_mean=math.inf if t["target_mean"] is None else t["target_mean"])
+    (out / tune.TUNED_FILE).write_text(json.dumps(older))
+    assert "Infinity" in (out / tune.TUNED_FILE).read_text() or not any(
+        t["target_mean"] is None for t in both["provenance"]["tasks"]["deep-linear-modes"]["trials"])
+    study(entry, out, tasks=("teacher-student",))
+    assert strict_json(out / tune.TUNED_FILE) == both
     (out / tune.TUNED_FILE).write_text(json.dumps({"tuned": {}, "provenance": {"tasks": {}}}))
     study(entry, out, tasks=("teacher-student",))
     only = json.loads((out / tune.TUNED_FILE).read_text())  # nothing else chosen before
@@ -267,6 +287,8 @@ def test_the_tuned_view_scores_the_studies_chosen_points_only(tmp_path):
     # The entries without a study are named, not silently missing.
     assert ("no study at this budget: adamw-cosine, lbfgs, mlp (no search space), transformer-1l"
             in inputs.view)
+    for path in studies.glob("*/*/*/budget-*/tuned.json"):  # any JSON reader takes them
+        strict_json(path)
     for name, entry in inputs.entries.items():
         tuned = json.loads((studies / name / "cpu-2core/smoke/budget-16/tuned.json").read_text())["tuned"]
         for task, values in tuned.items():
@@ -374,6 +396,17 @@ def test_the_tuned_view_entry_pages_chart_each_hyperparameter(tmp_path):
             assert written["tuned"][task] == load_entry(REPO / "baselines" / "adam").hparams_for(task)
         else:
             assert chosen and int(chosen.group(1)) == info["best_trial"]
+    # Only a task that declares a tie break has its column (a 'tie-break: nan' column was shown).
+    assert re.findall(r"tie-break: ([\w/]+)", section) == ["test_error"]
+    assert section.count("<h3>mode-connectivity · target") == 1
+    # A tuned.json written before it was strict JSON (hyperparameters as text, Infinity, NaN)
+    # gives the same section.
+    info = written["provenance"]["tasks"]["modular-addition"]
+    older = {**info, "trials": [{**t, "hparams": json.dumps(t["hparams"]),
+                                 "target_mean": math.inf if t["target_mean"] is None else t["target_mean"],
+                                 "tie_break": math.nan, "tie_break_mean": math.nan} for t in info["trials"]]}
+    assert "Infinity" in json.dumps(older)
+    assert str(build.study_task("modular-addition", older)) == str(build.study_task("modular-addition", info))
     # A tuned.json without its trials: the section is absent, the build goes on.
     broken = tmp_path / "tuned.json"
     broken.write_text(json.dumps({"tuned": written["tuned"]}))

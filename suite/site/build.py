@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tabulate import tabulate
 
-from suite import interval, profiles, registry, results
+from suite import interval, profiles, registry, results, tune
 from suite.entry import NAME_PATTERN, Entry
 from suite.report import ARROWS, format_number, na_reason
 from suite.score import TAU_MAX, TRACKS, Inputs, seed_statistics
@@ -522,8 +522,10 @@ def study_task(task: str, info: dict) -> dict:
     trials, space = info["trials"], info["space"]
     # null: no trial reached the target, and the study kept the entry's own hyperparameters
     best = None if info["best_trial"] is None else int(info["best_trial"])
-    points = [json.loads(t["hparams"]) for t in trials]
-    targets = np.array([float(t["target_mean"]) for t in trials])
+    trials = [tune.trial_record(t) for t in trials]  # a tuned.json written before it was strict JSON too
+    points = [t["hparams"] for t in trials]
+    # null: no tuning seed reached the target
+    targets = np.array([math.inf if t["target_mean"] is None else float(t["target_mean"]) for t in trials])
     target = trials[0]["target"] if trials else ""
     charts = [{"name": name, "svg": markupsafe.Markup(small.study_chart(
         [p.get(name) for p in points], targets, space=space[name], best=best, xlabel=name,
@@ -531,10 +533,10 @@ def study_task(task: str, info: dict) -> dict:
     rows = [{"trial": t["trial"], "best": t["trial"] == best,
              "hparams": ", ".join(f"{k} = {format_number(v) if isinstance(v, float) else v}"
                                   for k, v in sorted(p.items())),
-             "target": format_number(float(t["target_mean"])) if math.isfinite(float(t["target_mean"]))
-             else "not reached", "reached": f"{t['reached']}/{t['seeds']}", "statuses": t["statuses"],
+             "target": format_number(target_mean) if math.isfinite(target_mean) else "not reached",
+             "reached": f"{t['reached']}/{t['seeds']}", "statuses": t["statuses"],
              "tie": tie_text(t.get("tie_break_mean"))}
-            for t, p in zip(trials, points, strict=True)]
+            for t, p, target_mean in zip(trials, points, targets.tolist(), strict=True)]
     kept = info.get("chosen", "") if best is None else ""
     tie_break = trials[0].get("tie_break", "") if trials else ""  # the task's declared second criterion
     return {"task": task, "target": target, "charts": charts, "rows": rows, "kept": kept,
