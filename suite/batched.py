@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import traceback
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +38,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from suite import seeding
+from suite.entry import Entry, entry_code_error
 from suite.loop import BatchingUnsupported, Lane, Trainer, Trajectory, copy_model, one_thread, plain_steps
 from suite.task import Task
 
@@ -140,6 +143,22 @@ def check_gradients(task: Task, model: nn.Module, batch: Any, loss: torch.Tensor
             raise BatchingUnsupported(
                 f"the vmapped gradient of {name!r} differs from the single-seed gradient (does the "
                 "loss rebuild parameters, e.g. wrap them in new nn.Parameters?)")
+
+
+def vmap_failure(err: Exception, entry: Entry) -> BatchingUnsupported | None:
+    """Why the vmapped loss failed, where that is no fault of ldbench's (None otherwise: its own
+    bug keeps its traceback). The seeds then run one by one, where this may well work."""
+    if isinstance(err, RuntimeError) and "randomness" in str(err):
+        # Dropout and the like: each seed must draw from its own network's stream, which
+        # one vmapped call cannot give; one by one, each does (the entry's RNG is lent).
+        return BatchingUnsupported("the model draws random numbers in its forward (e.g. dropout), "
+                                   "which seeds trained together cannot each draw from their own stream")
+    root = entry.path.resolve()
+    if any(Path(f.filename).resolve().is_relative_to(root) for f in traceback.extract_tb(err.__traceback__)):
+        # The entry's model failed under torch.func (an op vmap cannot batch, .item(), code that
+        # needs nn.Parameters where functional_call passes tensors): one line naming its line.
+        return BatchingUnsupported(str(entry_code_error(err, entry, "model's forward under torch.func")))
+    return None
 
 
 def stack_parameters(models: list[nn.Module]) -> dict[str, torch.Tensor]:
@@ -522,18 +541,15 @@ class SeedBatch:
         with one_thread():  # copies of small tensors: see loop.one_thread
             batch, dims = self.stacked_batch(lanes, batches)
         key = (signature(batch), tuple((n, s.shape, s.dtype) for n, s in self.stacks.items()))
-        if key not in self.traced:
-            self.traced[key] = gradient_function(self.seed_loss, self.stacks, batch, dims)
         try:
+            if key not in self.traced:  # tracing runs the model's forward
+                self.traced[key] = gradient_function(self.seed_loss, self.stacks, batch, dims)
             grads, losses = self.traced[key](self.stacks, batch)  # name -> (S, ...); losses: (S,)
-        except RuntimeError as err:
-            if "randomness" not in str(err):
+        except Exception as err:
+            unsupported = vmap_failure(err, trainer.entry)
+            if unsupported is None:
                 raise
-            # Dropout and the like: each seed must draw from its own network's stream, which
-            # one vmapped call cannot give; one by one, each does (the entry's RNG is lent).
-            raise BatchingUnsupported("the model draws random numbers in its forward (e.g. "
-                                      "dropout), which seeds trained together cannot each "
-                                      "draw from their own stream") from None
+            raise unsupported from None
         rows = [self.row[id(lane)] for lane in lanes]
         finite = [bool(f) for f in torch.isfinite(losses[rows]).tolist()]
         live = [(lane, i, b) for lane, i, b, ok in zip(lanes, rows, batches, finite, strict=True) if ok]

@@ -115,9 +115,8 @@ def run(entry_dir, task_list, seeds, tier, profile, sets, hparams, out, quiet, s
                             scheduler=scheduler, time_limit=time_limit)
     click.echo(report.render(runs))
     errors = runs[runs["status"] == "error"].drop_duplicates("run_id")
-    for _, row in errors.iterrows():
-        click.secho(f"run {row['task']} seed {row['seed']} failed: {row['error']}", fg="red",
-                    err=True)
+    for line in report.failure_lines(errors):
+        click.secho(line, fg="red", err=True)
     if len(errors):
         sys.exit(1)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +170,24 @@ def entry_folder(results_dir: str | Path) -> Path | None:
         if (folder / "entry.toml").is_file():
             return folder
     return None
+
+
+NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def failure_lines(errors: pd.DataFrame) -> list[str]:
+    """One line per task and failure (rows with task, seed, error), naming the seeds it happened
+    in: a model a check refuses fails the same way on every seed, and one line says so. Messages
+    that differ only in their numbers (what a check measured) are one failure, quoted from the
+    first seed."""
+    found: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for task, seed, error in sorted(zip(errors["task"], errors["seed"], errors["error"].astype(str),
+                                        strict=True)):
+        found.setdefault((task, NUMBER.sub("#", error)), []).append((int(seed), error))
+    lines = []
+    for (task, _), failures in found.items():
+        seeds = [seed for seed, _ in failures]
+        which = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+        numbers = "" if len({e for _, e in failures}) == 1 else f" (the numbers are seed {seeds[0]}'s)"
+        lines.append(f"run {task} {which} failed: {failures[0][1]}{numbers}")
+    return lines

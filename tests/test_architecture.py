@@ -337,6 +337,34 @@ def test_mode_connectivity_barriers_for_any_architecture(make_entry, tmp_path):
     assert np.isfinite(spawn["value"]).all() and (spawn["value"] >= 0).all()
 
 
+# A model whose forward needs its own nn.Parameters: functional_call (a batch's vmapped loss,
+# a path's interpolated weights) passes plain tensors, and the forward raises.
+OWN_PARAMETERS = NORMED_MLP.replace("from torch import nn\n", """from torch import nn
+
+class Net(nn.Sequential):
+    def forward(self, x):
+        if not isinstance(self[0].weight, nn.Parameter):
+            raise RuntimeError("needs its own parameters")
+        return super().forward(x)
+""").replace("from_generator(lambda: nn.Sequential(", "from_generator(lambda: Net(")
+
+
+def test_an_entrys_forward_failing_on_swapped_weights_is_one_line_naming_its_line(make_entry, tmp_path):
+    """The batch is refused naming the entry's line (not with ldbench's traceback), the seeds
+    train one by one, and the path evaluation's failure is the entry's error, located."""
+    entry = make_entry("own", code=OWN_PARAMETERS, hparams="")
+    line = next(i for i, text in enumerate(OWN_PARAMETERS.splitlines(), 1) if "raise RuntimeError" in text)
+    runs = run(entry, tmp_path, ["mode-connectivity"],
+               sets=["steps=40", "evals=4", "spawn_steps=[0,10]", "alphas=5"])
+    assert set(runs["status"]) == {"error"}
+    where = f"{entry / 'entry.py'}:{line} (forward)"
+    failed = f"the entry's model's forward failed at {where}: RuntimeError: needs its own parameters"
+    assert set(runs["error"]) == {failed}
+    for execution in runs["execution"]:
+        assert f"model's forward under torch.func failed at {where}" in execution
+        assert "Traceback" not in execution
+
+
 # A readout that reads a Python attribute of its weight in forward, as muP's MuReadout reads
 # `infshape` (set by set_base_shapes): copies of the model (the batch's template, a spawned
 # child) and the tensors swapped in (vmap, a path's interpolated weights) must carry it.

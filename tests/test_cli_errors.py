@@ -203,3 +203,23 @@ def test_ctrl_c_while_the_command_loads_ends_in_one_word(tmp_path, delay):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1 and out.strip().splitlines()[-1] == "Aborted!", out
     assert "Traceback" not in out and "terminate called" not in out
+
+
+def test_a_failure_every_seed_shares_is_said_once_naming_the_seeds():
+    """A check that refuses the model refuses it on every seed, measuring other numbers each
+    time: one line per task and failure; a different failure keeps its own line."""
+    import pandas as pd
+
+    from suite.report import failure_lines
+
+    moved = "entry.py: row 0 of its output reads later tokens (it moved by {})"
+    errors = pd.DataFrame({"task": ["b", "a", "a", "a", "a"], "seed": [0, 2, 0, 1, 3],
+                           "error": [moved.format(0.5), moved.format(0.25), moved.format(0.132),
+                                     moved.format(1e-3), "entry.py: out of memory"]})
+    assert failure_lines(errors) == [
+        f"run a seeds 0, 1, 2 failed: {moved.format(0.132)} (the numbers are seed 0's)",
+        "run a seed 3 failed: entry.py: out of memory",
+        f"run b seed 0 failed: {moved.format(0.5)}"]
+    same = errors.assign(error="entry.py: bad")
+    assert failure_lines(same) == ["run a seeds 0, 1, 2, 3 failed: entry.py: bad",
+                                   "run b seed 0 failed: entry.py: bad"]

@@ -11,7 +11,10 @@ Reference optimizer: SGD lr 0.07, momentum 0.9 (the momentum baseline's table).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -385,15 +388,18 @@ class ModeConnectivity(Task):
         them included, so that the child continues exactly as the parent would have."""
         return copy_training_state(parent, parent_opt, parent_schedule)
 
-    def path_values(self, pair: str, a: Weights, b: Weights, data) -> dict[str, float]:
-        """Test loss and error along θ(α) = (1 − α)θ_A + αθ_B, one curve value per α."""
+    def path_values(self, pair: str, a: Weights, b: Weights, data, *,
+                    forward: Callable[[], ContextManager] = contextlib.nullcontext) -> dict[str, float]:
+        """Test loss and error along θ(α) = (1 − α)θ_A + αθ_B, one curve value per α.
+        `forward()`: the context of a call of the model's forward (Trainer.model_code)."""
         alphas = self.alpha_grid
         if a.mlp is not None:
             curve = path_curve(params_a=a.mlp, params_b=b.mlp, alphas=alphas,
                                x=data["x_test"], y=data["y_test"])
-        else:  # any architecture: interpolate its state by name
-            curve = state_path_curve(model=a.model, state_a=a.state, state_b=b.state,
-                                     alphas=alphas, x=data["x_test"], y=data["y_test"])
+        else:  # any architecture: interpolate its state by name; its forward is the entry's code
+            with forward():
+                curve = state_path_curve(model=a.model, state_a=a.state, state_b=b.state,
+                                         alphas=alphas, x=data["x_test"], y=data["y_test"])
         out = {}
         for kind in ("loss", "error"):
             out.update({path_name(pair, kind, a): v for a, v in zip(alphas, curve[kind], strict=True)})
@@ -478,11 +484,12 @@ class ModeConnectivity(Task):
             for a, b in zip(*[iter(children[r])] * 2, strict=True):
                 pair = a.network.removesuffix("_a")
                 run.final.update(self.path_values(pair, self.trained_weights(trainer, a),
-                                                  self.trained_weights(trainer, b), run.data))
+                                                  self.trained_weights(trainer, b), run.data,
+                                                  forward=forward_of(trainer, a)))
             a, b = pairs[r]
             run.traj = a.traj
-            self.compare_independent(run, self.trained_weights(trainer, a),
-                                     self.trained_weights(trainer, b), seeds[r])
+            self.compare_independent(run, self.trained_weights(trainer, a), self.trained_weights(trainer, b),
+                                     seeds[r], forward=forward_of(trainer, a))
         return [done[r].trajectory(steps) for r in indices]
 
     def trained_weights(self, trainer: Trainer, net: Network) -> Weights:
@@ -527,10 +534,11 @@ class ModeConnectivity(Task):
                        stream=seeding.generator(parent.seed, name, trainer.device), run=parent.run,
                        owner=parent.owner)
 
-    def compare_independent(self, run: SeedRun, a: Weights, b: Weights, seed: int) -> None:
+    def compare_independent(self, run: SeedRun, a: Weights, b: Weights, seed: int, *,
+                            forward: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
         """Barriers of the independent pair before and after weight matching, and LLFC (the
         last two for the reference layout only)."""
-        run.final.update(self.path_values("independent", a, b, run.data))
+        run.final.update(self.path_values("independent", a, b, run.data, forward=forward))
         if a.mlp is None:
             return
         perms = weight_matching(params_a=a.mlp, params_b=b.mlp,
@@ -565,6 +573,13 @@ class ModeConnectivity(Task):
         tier's trained_error (a measurement between them means something only then)."""
         measured = path_name(pair, "error", 0.0) in curves
         return measured and all(e <= self.config["trained_error"] for e in end_errors(curves, pair))
+
+
+def forward_of(trainer: Trainer, net: Network) -> Callable[[], ContextManager]:
+    """The context of a call of `net`'s model outside training (its run's Trainer.model_code):
+    on the architecture track, the entry's errors located and its own global-RNG state lent."""
+    owner = net.owner or trainer
+    return lambda: owner.model_code(net.seed, net.network)
 
 
 def end_errors(curves, pair: str) -> list[float]:
