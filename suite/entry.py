@@ -352,14 +352,13 @@ def check_signature(entry: Entry, name: str, factory, args: tuple[str, ...]) -> 
 
 
 def entry_files(folder: Path) -> list[Path]:
-    """The files that make up an entry (sorted), excluding results and caches."""
+    """The files that make up an entry (sorted), excluding results and caches. Symlinked folders
+    are not entered (as Path.rglob); a symlinked file counts with its target's content."""
     files = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if any(part in HASH_EXCLUDE for part in rel.parts) or not path.is_file():
-            continue
-        files.append(path)
-    return files
+    for root, folders, names in os.walk(folder):
+        folders[:] = [f for f in folders if f not in HASH_EXCLUDE]  # not into results/: its many files
+        files += [path for name in names if name not in HASH_EXCLUDE and (path := Path(root, name)).is_file()]
+    return sorted(files)
 
 
 def entry_hash(folder: str | Path) -> str:

@@ -76,3 +76,26 @@ def test_hash_covers_code_but_not_results(make_entry):
     assert entry_hash(folder) == before
     (folder / "entry.py").write_text((folder / "entry.py").read_text() + "\n# changed\n")
     assert entry_hash(folder) != before
+
+
+def test_entry_files_are_those_rglob_finds_outside_results_and_caches(tmp_path):
+    """The hashed files, listed without walking results/ (thousands of files): the same list as
+    Path.rglob filtered afterwards, with hidden files, spaces, symlinks and a FIFO around."""
+    import os
+
+    from suite.entry import HASH_EXCLUDE, entry_files
+
+    for rel, text in [("entry.py", "e"), ("B.py", "b"), (".hidden", "h"), ("a/.h2/z", "z"), ("a/b/c.py", "c"),
+                      ("a/b/results/x.py", "x"), ("a/__pycache__/y.pyc", "y"), ("results/r.parquet", "r"),
+                      ("a b/q", "q"), ("a-b", "q")]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    os.symlink(tmp_path / "a", tmp_path / "linkdir")
+    os.symlink(tmp_path / "entry.py", tmp_path / "linkfile")
+    os.symlink(tmp_path / "missing", tmp_path / "broken")
+    os.mkfifo(tmp_path / "fifo")
+    expected = [p for p in sorted(tmp_path.rglob("*"))
+                if not any(part in HASH_EXCLUDE for part in p.relative_to(tmp_path).parts) and p.is_file()]
+    assert entry_files(tmp_path) == expected
+    assert [p.relative_to(tmp_path).as_posix() for p in expected] == [
+        ".hidden", "B.py", "a/.h2/z", "a/b/c.py", "a b/q", "a-b", "entry.py", "linkfile"]
