@@ -616,8 +616,12 @@ def page_means(tables: list[pa.Table | None], declared: dict[str, dict]) -> list
     # One integer per declared (task, curve): a curve name may have other bounds in another task.
     pairs = sorted({(t, n): d["bounds"].get(n, (-math.inf, math.inf))
                     for t, d in declared.items() for spec in d["plots"] for n in spec.names()}.items())
-    index = {pair: i for i, (pair, _) in enumerate(pairs)}
-    parts = [page_rows(i, batch, index) for i, table in enumerate(tables) if table is not None
+    # (task, curve) -> pair index as a grid over positions; position -1 (not declared) -> -1
+    tasks, names = ({name: i for i, name in enumerate(sorted({k[j] for k, _ in pairs}))} for j in (0, 1))
+    grid = np.full((len(tasks) + 1, len(names) + 1), -1, np.int64)
+    for i, ((task, name), _) in enumerate(pairs):
+        grid[tasks[task], names[name]] = i
+    parts = [page_rows(i, batch, tasks, names, grid) for i, table in enumerate(tables) if table is not None
              for batch in table.to_batches()]
     if not parts:
         return out
@@ -639,19 +643,20 @@ def page_means(tables: list[pa.Table | None], declared: dict[str, dict]) -> list
     return out
 
 
-def page_rows(page: int, batch: pa.RecordBatch, index: dict[tuple[str, str], int]) -> tuple[np.ndarray, ...]:
+def page_rows(page: int, batch: pa.RecordBatch, tasks: dict[str, int], names: dict[str, int],
+              grid: np.ndarray) -> tuple[np.ndarray, ...]:
     """One batch of a curves table: its rows of declared curves with a step, as (page, pair
-    index, step, value) arrays."""
+    index, step, value) arrays. `grid[tasks[task], names[curve]]`: a declared pair's index."""
     task, metric = (column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
                     for column in (batch.column("task"), batch.column("metric")))
-    names = metric.dictionary.to_pylist()
-    lookup = np.array([[index.get((t, n), -1) for n in names] for t in task.dictionary.to_pylist()],
-                      dtype=np.int64).reshape(len(task.dictionary), len(names))
+    # each dictionary word's position (-1: undeclared), then each row's
+    at_task = np.array([tasks.get(t, -1) for t in task.dictionary.to_pylist()] + [-1], np.int64)
+    at_name = np.array([names.get(n, -1) for n in metric.dictionary.to_pylist()] + [-1], np.int64)
     known = (np.asarray(task.is_valid()) & np.asarray(metric.is_valid())
              & np.asarray(batch.column("step").is_valid()))
     pair = np.full(len(batch), -1, np.int64)
-    pair[known] = lookup[np.asarray(task.indices.fill_null(0))[known],
-                         np.asarray(metric.indices.fill_null(0))[known]]
+    pair[known] = grid[at_task[np.asarray(task.indices.fill_null(0))[known]],
+                       at_name[np.asarray(metric.indices.fill_null(0))[known]]]
     keep = pair >= 0
     step = np.asarray(batch.column("step").fill_null(0), dtype=np.int64)
     value = np.asarray(batch.column("value").to_numpy(zero_copy_only=False), dtype=float)
