@@ -273,7 +273,8 @@ def leaderboard_build(tier, roots, out, tuned) -> None:
 
     out = Path(out) / f"tuned-budget-{tuned}" if tuned else Path(out)
     scores, inputs = score_mod.scored_inputs(list(roots), out, tier=tier, budget=tuned)
-    files = build.build(inputs, scores, out)
+    files = build.build(inputs, scores, out, warn=lambda note: click.secho(f"warning: {note}", fg="yellow",
+                                                                           err=True))
     click.echo(f"wrote {len(files)} files to {out}/ (open {Path(out) / 'index.html'})")
 
 

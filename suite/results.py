@@ -239,6 +239,9 @@ def check_schema(path: Path, schema: pa.Schema) -> None:
             f"{path}: results schema version {version[:40]}, but this ldbench reads version "
             f"{SCHEMA_VERSION}; rerun with a matching ldbench or regenerate the results"
         )
+    twice = sorted({n for n in schema.names if schema.names.count(n) > 1})
+    if twice:  # a table keyed by name would take one of them, silently
+        raise ResultsError(f"{path}: columns {twice} appear more than once; regenerate it with `ldbench run`")
     expected = SCHEMAS.get(path.name) or SCHEMAS.get(part_kind(path.name) or "")
     if expected is not None:
         found = {f.name: f.type for f in schema}

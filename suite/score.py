@@ -255,11 +255,28 @@ def read_tuned(tuned_file: Path) -> dict[str, dict]:
     """A study's chosen hyperparameters per task (tuned.json)."""
     try:
         tuned = json.loads(tuned_file.read_text(encoding="utf-8"))["tuned"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise results.ResultsError(f"{tuned_file}: unreadable ({err}); rerun `ldbench tune`") from None
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise results.ResultsError(f"{tuned_file}: unreadable ({why}); rerun `ldbench tune`") from None
     if not isinstance(tuned, dict) or not all(isinstance(v, dict) for v in tuned.values()):
         raise results.ResultsError(f"{tuned_file}: 'tuned' is not a table per task; rerun `ldbench tune`")
+    odd = [f"{task}.{name} = {value!r}" for task, values in tuned.items() for name, value in values.items()
+           if not plain_hparam(value)]
+    if odd:  # no run was made with it: its task would silently have no rows
+        raise results.ResultsError(f"{tuned_file}: 'tuned' gives {odd[0]}, not a finite number, a "
+                                   "string or a boolean; rerun `ldbench tune`")
     return tuned
+
+
+def plain_hparam(value) -> bool:
+    """A value a hyperparameter can have (entry.toml's, or a search space's): a finite number
+    (as a float), a string or a boolean."""
+    if isinstance(value, bool | str):
+        return True
+    try:
+        return isinstance(value, int | float) and math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def tuned_rows(table: pa.Table, tuned_file: Path) -> pa.Table:

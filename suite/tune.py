@@ -304,11 +304,11 @@ def with_other_tasks(path: Path, written: dict) -> dict:
         before = json.loads(path.read_text(encoding="utf-8"))
         kept = {t: (before["tuned"][t], before["provenance"]["tasks"][t]) for t in before["tuned"]
                 if t not in written["tuned"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        kept = {t: (hp, {**info, "trials": [trial_record(r) for r in info.get("trials", [])]})
+                for t, (hp, info) in kept.items()}  # a file written before trials were strict JSON
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return written  # none yet (or unreadable: this run's choices are what there is)
     tuned = {**{t: hp for t, (hp, _) in kept.items()}, **written["tuned"]}
-    kept = {t: (hp, {**info, "trials": [trial_record(r) for r in info.get("trials", [])]})
-            for t, (hp, info) in kept.items()}  # a file written before trials were strict JSON
     tasks = {**{t: info for t, (_, info) in kept.items()}, **written["provenance"]["tasks"]}
     return {"tuned": dict(sorted(tuned.items())),
             "provenance": {**written["provenance"], "tasks": dict(sorted(tasks.items()))}}

@@ -68,3 +68,16 @@ def test_reading_some_columns_still_checks_the_whole_schema(tmp_path):
         path = curves_file(tmp_path, **bad)
         with pytest.raises(ResultsError, match=f"columns \\['{next(iter(bad))}'\\]"):
             read_arrow(path, columns=["task", "step", "metric", "value"], dictionary=("task", "metric"))
+
+
+def test_a_column_given_twice_is_refused_in_one_line(tmp_path):
+    """A table keyed by name would take one of the two; validate, score and build read through here."""
+    from suite.results import read_arrow
+    path = curves_file(tmp_path)
+    table = pq.read_table(path)
+    twice = table.append_column(pa.field("value", pa.float64()), table["value"]).replace_schema_metadata(
+        table.schema.metadata)
+    pq.write_table(twice, path)
+    for columns in (None, ["task", "step", "metric", "value"]):
+        with pytest.raises(ResultsError, match=r"columns \['value'\] appear more than once"):
+            read_arrow(path, columns=columns)

@@ -759,3 +759,63 @@ def test_index_dots_name_every_entry_and_span_a_fraction_of_a_decade_with_ticks(
     (plot,) = task_plots(specs, curves([]), metrics, ["a", "b<"])
     assert plot.shown == ("a", "b<") and ">a</text>" in plot.svg and ">b&lt;</text>" in plot.svg
     assert plot.svg.count("<circle") == 4 and len(re.findall(r">\d+</text>", plot.svg)) >= 2  # ticks
+
+
+def test_a_step_anywhere_in_int64_moves_no_other_curve():
+    """Steps near the ends of int64 in one table (a submitted file may hold any) leave the seed
+    means of every other table as they are alone, on the entry pages and the index plots."""
+    spec = registry.make_task("teacher-student", "smoke").plots()[0]
+    declared = {"a": {"plots": [spec], "bounds": {"train_error": (0.0, 1.0)}}}
+    good = pd.DataFrame([("a", s, step, "train_error", 0.1 * s + step / 100) for s in range(3)
+                         for step in (0, 10, 50)], columns=["task", "seed", "step", "metric", "value"])
+    for steps in ((2**62, 0, 5), (-(2**63), 2**63 - 1, 0)):
+        bad = good.assign(step=np.resize(np.array(steps, dtype=np.int64), len(good)))
+        alone, together = (build.page_means([pa.Table.from_pandas(f, preserve_index=False) for f in fs],
+                                            declared) for fs in ([good], [good, bad]))
+        np.testing.assert_array_equal(together[0]["a"]["train_error"], alone[0]["a"]["train_error"])
+        assert sorted(together[1]["a"]["train_error"][0]) == sorted({float(s) for s in steps})
+        both = pd.concat([good.assign(entry="good"), bad.assign(entry="bad")])
+        means = seed_means(both, {"train_error": (0.0, 1.0)})
+        pd.testing.assert_frame_equal(means[means["entry"] == "good"].reset_index(drop=True),
+                                      seed_means(good.assign(entry="good"), {"train_error": (0.0, 1.0)}))
+    nulls = good.astype({"step": "Int64"}).assign(entry="good")
+    nulls.loc[::4, "step"] = pd.NA  # a row without a step is no point of a curve
+    assert len(seed_means(nulls)) == len(seed_means(nulls.dropna(subset=["step"])))
+
+
+def test_charts_of_values_near_the_float_limits_draw_without_overflowing():
+    from suite.site import small
+    for logy in (False, True):
+        for values in ([1e308, 1.0, 2.0], [1e300, 1e-300, 1.0], [-1e308, 1e308, 0.5]):
+            nans = np.full(3, np.nan)
+            series = small.Series("a", np.array([0.0, 10.0, 100.0]), np.array(values), nans, nans, "#000000")
+            svg = small.svg([series], steps=True, logy=logy, xlabel="step", ylabel="y")
+            assert svg.startswith("<svg") and "nan" not in svg and len(svg) < 10_000
+
+
+def test_an_entry_whose_curves_cannot_be_read_says_so_and_shows_no_other_curves(site, tmp_path):
+    """A symlinked curves file (to another entry's) is not followed; an unreadable one is named,
+    on the entry's page and by the build, in one line each; the other pages keep their plots."""
+    subs = tmp_path / "submissions"
+    shutil.copytree(site / "submissions", subs, symlinks=True)
+    linked = subs / "alpha/results/cpu-2core/standard/curves.parquet"
+    linked.unlink()
+    linked.symlink_to(subs / "beta/results/cpu-2core/standard/curves.parquet")
+    torn = subs / "gamma/results/cpu-2core/standard/curves.parquet"
+    torn.write_bytes(torn.read_bytes()[: len(torn.read_bytes()) // 2])
+    inputs = score.collect([subs])
+    warned = []
+    build.build(inputs, score.score(inputs), tmp_path / "lb", warn=warned.append)
+    assert warned[0] == ("entry alpha on cpu-2core: no curves shown: its curves.parquet is not a plain file "
+                         "(a symlink, folder or special file)")
+    assert len(warned) == 2 and warned[1].startswith(
+        "entry gamma on cpu-2core: no curves shown: its curves.parquet is unreadable: "
+        "not a readable Parquet file (")
+    assert warned[1].endswith("delete it and rerun `ldbench run`") and str(torn) not in warned[1]
+    pages = {name: (tmp_path / "lb" / "entries" / f"{name}.html").read_text()
+             for name in ("alpha", "beta", "gamma")}
+    assert "No curves shown: its curves.parquet is not a plain file" in pages["alpha"]
+    assert "No curves shown: its curves.parquet is unreadable" in pages["gamma"]
+    assert "No curves shown" not in pages["beta"]
+    lines = lambda page: page.count("<path d=")  # noqa: E731 - curves drawn on a page
+    assert lines(pages["alpha"]) == lines(pages["gamma"]) == 0 < lines(pages["beta"])

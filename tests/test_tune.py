@@ -427,3 +427,35 @@ def test_a_study_takes_sets_for_one_of_its_tasks_and_keys_only_some_tasks_have(m
     bad = CliRunner().invoke(main, ["tune", str(make_entry(hparams=SEARCH)), "--budget", "2", "--tasks",
                                     "deep-linear-modes", "--set", "alphas=5", "--out", str(tmp_path / "bad")])
     assert bad.exit_code != 0 and "--set 'alphas=5'" in bad.output and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("tuned, problem", [
+    ('{"tuned": {"a": {"lr": NaN}}}', "'tuned' gives a.lr = nan, not a finite number"),
+    ('{"tuned": {"a": {"lr": 1e400}}}', "'tuned' gives a.lr = inf, not a finite number"),
+    ('{"tuned": {"a": {"lr": 1' + "0" * 400 + '}}}', "'tuned' gives a.lr = 1000"),
+    ('{"tuned": {"a": {"lr": {"x": [1]}}}}', "'tuned' gives a.lr = {'x': [1]}, not a finite number"),
+    ('{"tuned": ' + "[" * 100_000 + "]" * 100_000 + "}", "unreadable (nested too deeply)"),
+], ids=["nan", "overflow", "huge-int", "object", "nested"])
+def test_a_tuned_json_whose_choices_no_run_could_have_is_refused_in_one_line(tmp_path, tuned, problem):
+    """Its task would otherwise silently have no rows in the tuned view (no run equals NaN)."""
+    from suite import results, score
+    path = tmp_path / "tuned.json"
+    path.write_text(tuned)
+    with pytest.raises(results.ResultsError, match="rerun `ldbench tune`") as err:
+        score.read_tuned(path)
+    assert str(err.value).startswith(f"{path}: ") and problem in str(err.value) and "\n" not in str(err.value)
+    path.write_text('{"tuned": {"a": {"lr": 0.1, "nesterov": true, "kind": "x", "steps": 3}}}')
+    assert score.read_tuned(path) == {"a": {"lr": 0.1, "nesterov": True, "kind": "x", "steps": 3}}
+
+
+def test_a_study_section_with_numbers_beyond_float_is_absent_not_a_crash(tmp_path):
+    from suite.site import build
+    trial = {"trial": 0, "hparams": {"lr": 0.1}, "target": "t", "target_mean": 10**400, "reached": 1,
+             "seeds": 1, "statuses": "1 ok", "task": "a"}
+    for info in ({"best_trial": 1e400, "trials": [trial], "space": {"lr": {"uniform": [0, 1]}}},
+                 {"best_trial": 0, "trials": [trial], "space": {"lr": {"uniform": [0, 1]}}}):
+        path = tmp_path / "tuned.json"
+        path.write_text(json.dumps({"tuned": {}, "provenance": {"tasks": {"a": info}}}))
+        assert build.study_section(path) == []
+    path.write_text('{"provenance": {"tasks": ' + "[" * 100_000 + "]" * 100_000 + "}}")
+    assert build.study_section(path) == []

@@ -10,7 +10,7 @@ import multiprocessing
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -366,7 +366,7 @@ def read_curves(inputs: Inputs, entry: str, profile: str, cache: dict | None) ->
     folder = inputs.results_dirs.get(key)
     path = folder / results.CURVES_FILE if folder else None
     try:
-        found = results.read_capped(path) if path and path.is_file() else None
+        found = results.read_capped(path) if path and results.plain_file(path) else None
     except results.ResultsError:
         found = None
     if cache is not None:
@@ -475,9 +475,10 @@ def track_label(track: str, recipe: bool) -> str:
 
 def entry_page(entry: Entry, rows: list[dict], prov: list[dict], tasks: dict[str, type[Task]], *,
                notes: dict[tuple, dict[str, dict]], declared: dict[str, dict[str, dict]],
-               expected: dict[tuple, set[str]], means_of) -> dict:
+               expected: dict[tuple, set[str]], means_of, problem_of=lambda profile: "") -> dict:
     """The context of one entry's page: manifest, track, provenance per profile, its scores and
-    its own curves (`means_of(profile)`: per task, its plotted curves' seed means there)."""
+    its own curves (`means_of(profile)`: per task, its plotted curves' seed means there;
+    `problem_of(profile)`: why there are none, or '')."""
     shown = []
     for (profile, tier), part in sorted(group_by(rows, "profile", "tier").items()):
         metric_rows = group_by([r for r in part if r["level"] == "metric"], "task")
@@ -496,7 +497,7 @@ def entry_page(entry: Entry, rows: list[dict], prov: list[dict], tasks: dict[str
             "track": f"{part[0]['track']} track",
             "label": track_label(part[0]["track"], any(r["recipe"] for r in part)),
             "overall": score_text(overall[0]) if overall else "—",
-            "incomplete": ", ".join(missing),
+            "incomplete": ", ".join(missing), "curves_problem": problem_of(profile),
             "families": [(r["family"], score_text(r)) for r in part if r["level"] == "family"],
         })
     hparams = sorted(entry.hparams.items(), key=lambda kv: (kv[0] != "default", kv[0]))  # default first
@@ -514,7 +515,7 @@ def study_section(tuned_file: Path | None) -> list[dict]:
         provenance = json.loads(tuned_file.read_text(encoding="utf-8"))["provenance"]
         studied = provenance["tasks"]
         return [study_task(task, info) for task, info in studied.items()]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
         return []
 
 
@@ -591,17 +592,21 @@ def target_text(rows: list[dict]) -> str:
             f"{ratio_text(row['ratio'])} the steps of the best entry (the ratio the family score uses).")
 
 
-def curve_table(inputs: Inputs, entry: str, profile: str) -> pa.Table | None:
+def curve_table(inputs: Inputs, entry: str, profile: str) -> tuple[pa.Table | None, str]:
     """An entry's curves on `profile` as Arrow, the columns the pages plot (read_curves' checks),
-    task and metric dictionary-encoded."""
+    task and metric dictionary-encoded; or None and why (one line, without the file's path)."""
     folder = inputs.results_dirs.get((entry, profile))
     path = folder / results.CURVES_FILE if folder else None
+    if path is None or not (path.exists() or path.is_symlink()):
+        return None, f"its results hold no {results.CURVES_FILE}"
+    if not results.plain_file(path):
+        return None, f"its {results.CURVES_FILE} is not a plain file (a symlink, folder or special file)"
     try:
         return results.read_arrow(path, max_rows=results.MAX_ROWS[results.CURVES_FILE],
                                   max_bytes=results.MAX_DECODED_BYTES, columns=list(PAGE_COLUMNS),
-                                  dictionary=("task", "metric")) if path and path.is_file() else None
-    except results.ResultsError:
-        return None
+                                  dictionary=("task", "metric")), ""
+    except results.ResultsError as err:
+        return None, f"its {results.CURVES_FILE} is unreadable: {str(err).removeprefix(f'{path}: ')}"
 
 
 PAGE_COLUMNS = ("task", "step", "metric", "value")  # what an entry page's plots read of its curves
@@ -628,14 +633,15 @@ def page_means(tables: list[pa.Table | None], declared: dict[str, dict]) -> list
     page, pair, step, value = (np.concatenate(column) for column in zip(*parts, strict=True))
     if not len(page):
         return out
-    first, span = int(step.min()), int(step.max()) - int(step.min()) + 1
-    keys, group = np.unique((page * len(pairs) + pair) * span + step - first, return_inverse=True)
+    # Steps by rank, not value: keys cannot overflow, whatever int64 steps a file holds.
+    at_step, steps = pd.factorize(step, sort=True)
+    keys, group = np.unique((page * len(pairs) + pair) * len(steps) + at_step, return_inverse=True)
     stats = seed_statistics(group=group, values=value, n_groups=len(keys))
-    which, at = np.divmod(keys, span)
+    which, at = np.divmod(keys, len(steps))
     bounds = np.array([b for _, b in pairs], dtype=float).reshape(-1, 2)[which % len(pairs)]
     low, high = interval.t_intervals(mean=stats["mean"], sd=stats["sd"], n=stats["n"],
                                      bounds=(bounds[:, 0], bounds[:, 1]))
-    arrays = np.stack([at + first, stats["mean"].to_numpy(), low, high]).astype(float)
+    arrays = np.stack([np.asarray(steps)[at], stats["mean"].to_numpy(), low, high]).astype(float)
     cuts = np.flatnonzero(which[1:] != which[:-1]) + 1
     for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(keys)], strict=True):
         (task, name), _ = pairs[which[a] % len(pairs)]
@@ -734,9 +740,12 @@ def md_entry(row: dict) -> str:
 # -- the build ---------------------------------------------------------------------------------
 
 def build(inputs: Inputs, scores: pd.DataFrame, out: str | Path, *,
-          tasks: dict[str, type[Task]] | None = None, tuned_views: list[str] | None = None) -> list[Path]:
+          tasks: dict[str, type[Task]] | None = None, tuned_views: list[str] | None = None,
+          warn: Callable[[str], None] = lambda _: None) -> list[Path]:
     """Write index.html, tables/*.html, entries/*.html, plots/*.svg and README.md under `out`;
-    return the files. index.html links the tuned views built under `out` (or `tuned_views`)."""
+    return the files. index.html links the tuned views built under `out` (or `tuned_views`).
+    `warn`: told, in one line each, what the site shows less of than it could and why (an
+    entry's curves file unreadable: its page says so too)."""
     out = Path(out)
     tasks = tasks if tasks is not None else registry.all_tasks()
     written: set[Path] = set()
@@ -758,7 +767,10 @@ def build(inputs: Inputs, scores: pd.DataFrame, out: str | Path, *,
         for sec, key, job in jobs:
             sec["plots"] = shown_plots(task_plots(*job), sec, key, out, written)
         for done in paths:
-            written.update(done())
+            pages, problems = done()
+            written.update(pages)
+            for problem in problems:
+                warn(problem)
     if tuned_views is None:
         tuned_views = tuned_views_under(out)
     write_text(out / "index.html", env.get_template("index.html.j2").render(
@@ -836,29 +848,36 @@ class Pages:
         records_ = self.inputs.provenance.to_dict("records") if len(self.inputs.provenance) else []
         self.provenance = group_by(records_, "entry")
 
-    def write(self, names: list[str]) -> list[Path]:
+    def write(self, names: list[str]) -> tuple[list[Path], list[str]]:
+        """Write these entries' pages; return the files and why some show no curves."""
         page, written = self.env.get_template("entry.html.j2"), []
-        means = self.means(names)
+        means, problems = self.means(names)
         for name in names:
             path = self.out / "entries" / f"{name}.html"
             context = entry_page(
                 self.inputs.entries[name], self.per_entry[name,], self.provenance.get((name,), []),
                 self.tasks, notes=self.notes, declared=self.declared, expected=self.expected,
-                means_of=lambda profile, name=name: means.get((name, profile), {}))
+                means_of=lambda profile, name=name: means.get((name, profile), {}),
+                problem_of=lambda profile, name=name: problems.get((name, profile), ""))
             context["study"] = study_section(self.inputs.tuned_files.get(name))
             write_text(path, page.render(root="../", **context, **self.common))
             written.append(path)
-        return written
+        return written, [f"entry {e} on {p}: no curves shown: {why}"
+                         for (e, p), why in sorted(problems.items())]
 
-    def means(self, names: list[str]) -> dict[tuple[str, str], dict[str, small.Curves]]:
-        """Per (entry, profile) of these entries: per task, its plotted curves' seed means."""
-        out = {}
+    def means(self, names: list[str]) -> tuple[dict[tuple[str, str], dict[str, small.Curves]],
+                                               dict[tuple[str, str], str]]:
+        """Per (entry, profile) of these entries: per task, its plotted curves' seed means; and
+        why an (entry, profile) has none (its curves file missing or unreadable)."""
+        out, problems = {}, {}
         files = sorted({(r["tier"], name, r["profile"]) for name in names for r in self.per_entry[name,]})
         for tier, part in itertools.groupby(files, key=lambda f: f[0]):
             keys = [(entry, profile) for _, entry, profile in part]
-            tables = [curve_table(self.inputs, entry, profile) for entry, profile in keys]
-            out.update(zip(keys, page_means(tables, self.declared[tier]), strict=True))
-        return out
+            tables, whys = zip(*(curve_table(self.inputs, entry, profile) for entry, profile in keys),
+                               strict=True)
+            out.update(zip(keys, page_means(list(tables), self.declared[tier]), strict=True))
+            problems.update((key, why) for key, why in zip(keys, whys, strict=True) if why)
+        return out, problems
 
 
 # What the workers do, set by `workers` before they fork (so that nothing is pickled to them).

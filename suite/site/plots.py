@@ -99,23 +99,24 @@ def seed_means(curves: pd.DataFrame, bounds: Bounds | None = None) -> pd.DataFra
     to the curve's bounds, NaN below interval.MIN_SEEDS finite values), sorted by those keys:
     columns entry, metric, step, value, low, high. (Integer keys and bincounts rather than a
     pandas groupby, which costs more than the arithmetic here.)"""
+    curves = curves[curves[["entry", "metric", "step"]].notna().all(axis=1)]  # a row without them: none
     if curves.empty:
         return pd.DataFrame({c: [] for c in ("entry", "metric", "step", "value", "low", "high")})
     entry, entries = pd.factorize(curves["entry"], sort=True)
     name, names = pd.factorize(curves["metric"], sort=True)
-    step = curves["step"].to_numpy(np.int64)
-    span = int(step.max()) - int(step.min()) + 1
-    keys, group = np.unique((entry.astype(np.int64) * len(names) + name) * span + step - step.min(),
+    # Steps by rank, not value: keys cannot overflow, whatever int64 steps a file holds.
+    step, steps = pd.factorize(curves["step"].to_numpy(np.int64), sort=True)
+    keys, group = np.unique((entry.astype(np.int64) * len(names) + name) * len(steps) + step,
                             return_inverse=True)
     stats = seed_statistics(group=group, values=curves["value"].to_numpy(float), n_groups=len(keys))
-    pair, at = np.divmod(keys, span)
+    pair, at = np.divmod(keys, len(steps))
     which, curve = np.divmod(pair, len(names))
     bounds = bounds or {}
     low, high = (np.array([bounds.get(n, (-math.inf, math.inf))[i] for n in names], dtype=float)[curve]
                  for i in (0, 1))
     low, high = interval.t_intervals(mean=stats["mean"], sd=stats["sd"], n=stats["n"], bounds=(low, high))
     return pd.DataFrame({"entry": np.asarray(entries, dtype=object)[which],
-                         "metric": np.asarray(names, dtype=object)[curve], "step": at + step.min(),
+                         "metric": np.asarray(names, dtype=object)[curve], "step": np.asarray(steps)[at],
                          "value": stats["mean"].to_numpy(), "low": low, "high": high})
 
 

@@ -78,6 +78,9 @@ def tick_text(value: float) -> str:
     return f"{value:g}"
 
 
+HUGE = 1e300  # values beyond are not drawn: the axis arithmetic (range, padding, ticks) would overflow
+
+
 class Axes:
     """Maps data to pixels: x linear or log10(1 + step) (steps from 0), y linear or log10."""
 
@@ -98,11 +101,12 @@ class Axes:
         return np.log10(1.0 + np.maximum(x, 0.0)) if self.steps else x
 
     def fy(self, y) -> np.ndarray:
+        """y on the axis's scale; NaN (not drawn) where it has none, or beyond ±HUGE."""
         y = np.asarray(y, dtype=float)
-        if not self.logy:
-            return y
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(y > 0, np.log10(y), np.nan)
+            if not self.logy:
+                return np.where(np.abs(y) <= HUGE, y, np.nan)
+            return np.where((y > 0) & (y <= HUGE), np.log10(y), np.nan)
 
     def px(self, x) -> np.ndarray:
         return LEFT + (self.fx(x) - self.x0) / (self.x1 - self.x0) * WIDTH
@@ -118,14 +122,17 @@ class Axes:
 
     def yticks(self) -> list[tuple[float, str]]:
         if self.logy:  # decades, or 1-2-5 steps within less than two of them
-            ks = range(math.floor(self.y0), math.ceil(self.y1) + 1)
+            ks = range(max(math.floor(self.y0), -307), min(math.ceil(self.y1), 307) + 1)  # 10.0**k finite
+            ks = ks[::max(1, math.ceil(len(ks) / 30))]  # at most 30 decades labelled (a value of 1e-300...)
             steps = (1,) if len(ks) > 3 else (1, 2, 5)
             ticks = [m * 10.0 ** k for k in ks for m in steps]
             ticks = [t for t in ticks if self.y0 <= math.log10(t) <= self.y1]
             if len(ticks) < 2:  # within a fraction of a decade: round numbers, evenly spaced
-                ticks = [t for t in nice_ticks(10.0 ** self.y0, 10.0 ** self.y1) if t > 0]
-            return [(t, tick_text(t)) for t in ticks]
-        return [(t, tick_text(t)) for t in nice_ticks(self.y0, self.y1)]
+                low, high = 10.0 ** max(self.y0, -307), 10.0 ** min(self.y1, 307)
+                ticks = [t for t in nice_ticks(low, high) if t > 0]
+        else:
+            ticks = nice_ticks(self.y0, self.y1)
+        return [(t, tick_text(t)) for t in ticks if abs(t) <= HUGE]  # beyond: not on the axis
 
 
 def pixels(xs: np.ndarray, ys: np.ndarray) -> tuple[int, ...]:
