@@ -280,7 +280,7 @@ def tier_problems(where: Path, entry: Entry, *, tier: str, profile: str, min_see
                                       min_seeds=min_seeds, tasks=tasks, rerun=rerun,
                                       check_ids=not identity)
     if curves is not None:
-        problems += curve_problems(where / results.CURVES_FILE, curves, runs, entry)
+        problems += curve_problems(where / results.CURVES_FILE, curves, runs, entry, tier=tier)
     return problems
 
 
@@ -494,8 +494,16 @@ def metric_problems(path: Path, rows: pd.DataFrame, task: Task, *, where: str, a
     return problems
 
 
-def curve_problems(path: Path, curves: pd.DataFrame, runs: pd.DataFrame, entry: Entry) -> list[str]:
+def curve_problems(path: Path, curves: pd.DataFrame, runs: pd.DataFrame, entry: Entry, *,
+                   tier: str) -> list[str]:
     problems = mismatch(path, curves, "entry", entry.name, "curves must come from this entry")
+    for task, steps in curves.groupby("task")["step"]:  # evaluations happen at steps 0..steps
+        if task in registry.all_tasks():
+            last = registry.make_task(task, tier).config["steps"]
+            if steps.min() < 0 or steps.max() > last:
+                problems.append(line(path, f"{task}'s curves have steps outside [0, {last}] (the tier's "
+                                     f"steps), e.g. {steps[(steps < 0) | (steps > last)].iloc[0]}",
+                                     "regenerate with `ldbench run`"))
     orphans = set(curves["run_id"]) - set(runs["run_id"])
     if orphans:
         problems.append(line(path, f"{len(orphans)} runs have curves but no rows in runs.parquet",

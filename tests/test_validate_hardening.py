@@ -162,6 +162,16 @@ def test_duplicated_curve_rows_are_refused(sub):
     assert any("a curve has two rows for one run and step" in p for p in problems(sub))
 
 
+@pytest.mark.parametrize("step", [-1, 10**15, 2**62])
+def test_curve_steps_outside_the_tiers_steps_are_refused(sub, step):
+    """Evaluations happen at steps 0..steps; a step far outside once overflowed the site's keys."""
+    column = lambda t: t.column_names.index("step")  # noqa: E731
+    rewrite(sub, "curves", lambda t: t.set_column(column(t), "step", pa.array(
+        [step] + t["step"].to_pylist()[1:], pa.int64())))
+    found = [p for p in problems(sub) if "curves have steps outside [0, " in p]
+    assert len(found) == 1 and f"e.g. {step}" in found[0] and "regenerate with `ldbench run`" in found[0]
+
+
 def test_a_curve_name_holding_dollars_is_valid_text(sub):
     odd = "path/$\\frac{$/error@0.5"
     rewrite(sub, "curves", lambda t: t.set_column(t.column_names.index("metric"), "metric", pa.array(
