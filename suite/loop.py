@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parameter import is_lazy
 from torch.optim.lr_scheduler import LRScheduler
 
 from suite import seeding
@@ -320,7 +321,20 @@ class Trainer:
         return model
 
     def check_forward(self, model: torch.nn.Module, data, *, seed: int, network: str) -> None:
-        """The first forward of an architecture entry's model, against the task's interface."""
+        """The first forward of an architecture entry's model, against the task's interface.
+        The probes leave the model's buffers as they were (a BatchNorm's running statistics
+        would otherwise start training with the probe batch folded in)."""
+        kept = {name: b.detach().clone() for name, b in model.named_buffers() if not is_lazy(b)}
+        try:
+            self.probe_forward(model, data, seed=seed, network=network)
+        finally:
+            now = dict(model.named_buffers())
+            with torch.no_grad():
+                for name, value in kept.items():
+                    if name in now and now[name].shape == value.shape:
+                        now[name].copy_(value)
+
+    def probe_forward(self, model: torch.nn.Module, data, *, seed: int, network: str) -> None:
         x, expected = self.task.probe(data)
         interface = self.task.interface
         with torch.no_grad(), self.model_code(seed, network, "model's forward"):

@@ -425,3 +425,42 @@ def test_dropout_runs_one_by_one_with_each_networks_own_stream(make_entry, tmp_p
     alone = run(entry, tmp_path, ["modular-addition"], seeds=2, seed_batch=1, name="alone")
     assert all("draws random numbers in its forward" in e for e in auto["execution"])
     pd.testing.assert_series_equal(values(auto), values(alone), rtol=0, atol=0)
+
+
+BATCHNORM = """
+import torch
+from torch import nn
+from suite.init import from_generator
+
+class Net(nn.Module):
+    def __init__(self, d, classes):
+        super().__init__()
+        self.fc, self.bn = nn.Linear(d, 32), nn.BatchNorm1d(32, momentum=None)
+        self.out = nn.Linear(32, classes)
+
+    def features(self, x):
+        return torch.relu(self.bn(self.fc(x)))
+
+    def forward(self, x):
+        return self.out(self.features(x))
+
+def make_model(task, hparams, generator):
+    if task.name != "fine-grained-collapse":
+        return None
+    return from_generator(lambda: Net(task.config["dim"], task.config["fine_classes"] // 2), generator)
+"""
+
+
+def test_the_interface_probe_leaves_a_models_buffers_as_built(make_entry):
+    """The probe forward runs in train mode (as training will); a BatchNorm's running statistics
+    must not start training with the probe batch folded in (momentum=None: for the whole run)."""
+    from suite.entry import load_entry
+    from suite.loop import Trainer
+    from suite.profiles import load
+
+    task = registry.make_task("fine-grained-collapse", "smoke")
+    trainer = Trainer(task, load_entry(make_entry("bn", code=BATCHNORM, hparams="")), load("cpu-2core"))
+    model = trainer.make_model(0, task.make_data(0))
+    assert int(model.bn.num_batches_tracked) == 0 and model.training
+    assert torch.equal(model.bn.running_mean, torch.zeros(32))
+    assert torch.equal(model.bn.running_var, torch.ones(32))
