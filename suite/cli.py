@@ -188,16 +188,19 @@ def validate_cmd(paths, tier, min_seeds, manifest_only, complete) -> None:
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
               help="Re-run on a local Dask cluster of N worker processes (0: in this process).")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler to use.")
-def verify_cmd(path, k, tier, profile, pick_seed, rtol, workers, scheduler) -> None:
+@click.option("--results", "results_dir", default=None, type=click.Path(file_okay=False),
+              help="The runs to verify, where `ldbench run --out` wrote them (default: "
+                   "PATH/results/PROFILE/TIER).")
+def verify_cmd(path, k, tier, profile, pick_seed, rtol, workers, scheduler, results_dir) -> None:
     """Re-run K random runs of PATH here and compare metrics. EXECUTES the entry's code."""
     if pick_seed is None:
         pick_seed = secrets.randbelow(2**31)
     click.echo(f"re-running {k} runs of {path} ({profile}, {tier}), chosen with --pick-seed {pick_seed}; "
                f"tolerance |a - b| <= max(the metric's resolution, {verify.ATOL:g} + {rtol:g}·|a|)")
-    for change in verify.profile_changes(path, tier=tier, profile=profile):
+    for change in verify.profile_changes(path, tier=tier, profile=profile, results_dir=results_dir):
         click.echo(f"note: {change}")
     checks = verify.verify_submission(path, k=k, tier=tier, profile=profile, pick_seed=pick_seed,
-                                      workers=workers, scheduler=scheduler)
+                                      workers=workers, scheduler=scheduler, results_dir=results_dir)
     bad = [c for c in checks if not c.matches(rtol=rtol)]
     rows = [[c.task, c.seed, c.metric, c.submitted_status, c.reproduced_status, c.submitted,
              c.reproduced, "ok" if c.matches(rtol=rtol) else "MISMATCH"] for c in checks]

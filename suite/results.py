@@ -203,6 +203,8 @@ def read_arrow(path: Path, *, max_rows: int | None = None, max_bytes: int | None
         parquet = pq.ParquetFile(path, page_checksum_verification=True,
                                  read_dictionary=list(dictionary) or None)
         schema = parquet.schema_arrow
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: does not exist; `ldbench run` writes it") from None
     except (pa.ArrowException, OSError) as err:
         raise ResultsError(f"{path}: not a readable Parquet file ({one_line(err)}); delete it and "
                            "rerun `ldbench run`") from None

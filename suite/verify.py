@@ -85,10 +85,22 @@ def recorded_execution(run, submitted: pd.DataFrame) -> tuple[list[int], bool]:
     return [int(run.seed)], True
 
 
+def results_folder(folder: str | Path, *, tier: str, profile: str, given: str | Path | None = None) -> Path:
+    """Where the runs to verify are: `given` (results written with `ldbench run --out`), else
+    the entry's results/PROFILE/TIER; ResultsError, with the fix, where there are none."""
+    where = Path(given) if given is not None else Path(folder) / "results" / profile / tier
+    if not (where / results.RUNS_FILE).exists():
+        raise results.ResultsError(
+            f"{where}: holds no {results.RUNS_FILE}; run `ldbench run {folder} --tier {tier} --profile "
+            f"{profile}` first, or name the folder that `ldbench run --out` wrote with --results")
+    return where
+
+
 def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
                       profile: str = "cpu-2core", pick_seed: int = 0, workers: int = 0,
-                      scheduler: str | None = None) -> list[Check]:
-    """Re-run `k` random runs of `folder`'s results for (profile, tier); one Check per metric.
+                      scheduler: str | None = None, results_dir: str | Path | None = None) -> list[Check]:
+    """Re-run `k` random runs of `folder`'s results for (profile, tier) (or of the runs in
+    `results_dir`); one Check per metric.
 
     Each run is re-run the way it was executed (its seed batch, or by itself), so an honest
     result reproduces to the last bit on the same kind of machine. With `workers` (a local Dask
@@ -98,7 +110,7 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
     entry = load_entry(folder)
     check_runnable(entry)  # before any re-run, and before a cluster starts
     prof = profiles.load(profile)
-    where = folder / "results" / profile / tier
+    where = results_folder(folder, tier=tier, profile=profile, given=results_dir)
     submitted = results.read_table(where / results.RUNS_FILE)
     if submitted.empty:
         raise results.ResultsError(f"{where / results.RUNS_FILE}: holds no runs; run `ldbench run` first")
@@ -158,13 +170,15 @@ def recorded_threads(fingerprint: str) -> int | None:
     return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else None
 
 
-def profile_changes(folder: str | Path, *, tier: str, profile: str) -> list[str]:
+def profile_changes(folder: str | Path, *, tier: str, profile: str,
+                    results_dir: str | Path | None = None) -> list[str]:
     """How the profile the submitted runs recorded (in their fingerprints) differs from the
     profile file now, one line per field (cpu-2core went from two threads to one: such runs
     are re-run on the threads they recorded)."""
     now = asdict(profiles.load(profile))
     try:
-        runs = results.read_table(Path(folder) / "results" / profile / tier / results.RUNS_FILE)
+        where = results_folder(folder, tier=tier, profile=profile, given=results_dir)
+        runs = results.read_table(where / results.RUNS_FILE)
     except results.ResultsError:
         return []  # verify_submission says what is wrong with the file
     changed: dict[str, set[str]] = {}

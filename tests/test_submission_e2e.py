@@ -84,6 +84,20 @@ def test_verify_reproduces_the_runs_and_catches_a_doctored_value(submitted, tmp_
     assert result.exit_code == 1 and "MISMATCH" in result.output and "final_loss" in result.output
 
 
+def test_verify_takes_results_written_with_out_and_says_where_there_are_none(submitted, tmp_path):
+    folder, _ = submitted
+    code = tmp_path / "lion"  # the entry's files alone; its runs elsewhere, as `run --out` leaves them
+    shutil.copytree(folder, code, ignore=shutil.ignore_patterns("results"))
+    missing = CliRunner().invoke(main, ["verify", str(code), "--tier", "smoke", "--runs", "1"])
+    assert missing.exit_code != 0 and "Traceback" not in missing.output
+    assert (f"{code}/results/cpu-2core/smoke: holds no runs.parquet; run `ldbench run {code} --tier smoke "
+            "--profile cpu-2core` first, or name the folder that `ldbench run --out` wrote with --results"
+            in missing.output)
+    found = CliRunner().invoke(main, ["verify", str(code), "--tier", "smoke", "--runs", "1", "--pick-seed",
+                                      "2", "--results", str(folder / "results/cpu-2core/smoke")])
+    assert found.exit_code == 0 and "ok: " in found.output, found.output
+
+
 def test_verify_reruns_runs_on_the_threads_they_recorded_with_a_note(submitted, tmp_path, monkeypatch):
     """Runs recorded with two threads (cpu-2core before it pinned one) are re-run on two, as
     they were made, and verify says so."""
