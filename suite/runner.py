@@ -8,6 +8,7 @@ import math
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,18 @@ def group_plans(todo: list[tuple[Plan, str]], size: int | None, entry: Entry
     return groups
 
 
+def seed_by_seed(entry: Entry, plans: list[Plan]) -> str:
+    """A note when the entry's way of stepping keeps seeds of one task that could batch apart."""
+    if not (entry.closure or entry.create_graph):
+        return ""
+    seeds = Counter(p.task.name for p in plans if batched.seed_batchable(p.task))
+    if max(seeds.values(), default=0) < 2:
+        return ""
+    why = "steps with a closure (closure = true)" if entry.closure else \
+        "keeps the gradients' graph (create_graph = true)"
+    return f"note: {entry.name} {why}: each seed trains by itself, not batched with the others"
+
+
 def batches_with(a: Plan, b: Plan) -> bool:
     """Whether two plans may train in one batch: the same task configuration (their
     hyperparameters may differ: each run keeps its own entry, see execute_batch)."""
@@ -291,6 +304,8 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
                   profile=profile, overrides=p.overrides) for p in plans]
     todo = [(p, rid) for p, rid in zip(plans, ids, strict=True) if rid not in done]
     groups = group_plans(todo, size, entry)
+    if size != 1 and (note := seed_by_seed(entry, [p for p, _ in todo])):
+        tqdm.write(note, file=sys.stderr)
     if workers is None:
         workers = prof.workers_for(len(groups))
     if workers or scheduler:  # issue 12: the same groups, on a Dask cluster

@@ -124,15 +124,20 @@ def test_the_closure_is_called_exactly_when_asked(make_entry, profile, tmp_path)
         assert all((c is not None) == bool(flag) for c in received)
 
 
-def test_lbfgs_needs_the_flag_and_runs_with_it(make_entry, tmp_path):
+def test_lbfgs_needs_the_flag_and_runs_with_it(make_entry, tmp_path, capsys):
     with pytest.raises(EntryError, match="needs a closure; add `closure = true`"):
         runner.run_suite(make_entry("nolbfgs", code=LBFGS), tasks=["deep-linear-modes"],
                          out=tmp_path / "a", progress=False)
+    capsys.readouterr()
     runs = runner.run_suite(make_entry("lbfgs", code=LBFGS, extra="closure = true"),
                             tasks=["deep-linear-modes"], seeds=2, out=tmp_path / "b", progress=False,
                             sets=["steps=30"])
     assert set(runs["status"]) == {"ok"}
     assert set(runs["execution"]) == {'{"mode": "one-by-one"}'}
+    # Said once: the seeds could have trained together, and why they do not.
+    assert capsys.readouterr().err.splitlines() == [
+        "note: lbfgs steps with a closure (closure = true): each seed trains by itself, not batched "
+        "with the others"]
 
 
 def test_create_graph_lets_an_optimizer_take_hessian_vector_products(make_entry, tmp_path):
