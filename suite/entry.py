@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import inspect
+import math
 import os
 import re
 import sys
@@ -182,6 +183,9 @@ def split_hparams(pairs: list[str], entry: Entry, task_names: list[str]) -> dict
             number = isinstance(current, int) and not isinstance(current, bool)
             value = parse_value(text, 0.0 if number else current, key, "--hparam")
             per_task[task][key] = int(value) if number and value.is_integer() and "." not in text else value
+            if not recordable(per_task[task][key]):
+                raise EntryError(f"--hparam {key}={text}: not a finite number; runs record their "
+                                 "hyperparameters as JSON, which has no NaN or infinity")
     return per_task
 
 
@@ -247,6 +251,29 @@ def check_fields(manifest: Path, raw: dict[str, Any]) -> None:
 
 def check_hparams(manifest: Path, hparams: dict[str, Any]) -> None:
     check_tables(manifest, hparams, "hparams")
+    for table, values in hparams.items():
+        for key, value in values.items():
+            if not recordable(value):
+                raise fail(manifest, f"hparams.{table}.{key} = {value!r} is not a finite number",
+                           "every run records its hyperparameters as JSON, which has no NaN or "
+                           "infinity: write a large finite number (1e30) or leave it out")
+
+
+def recordable(value: Any) -> bool:
+    """A hyperparameter value JSON holds as it is: a string, a boolean, a finite number, or a
+    list or table of those (TOML's NaN and infinities are not)."""
+    if isinstance(value, bool | str):
+        return True
+    if isinstance(value, int | float):
+        try:
+            return math.isfinite(float(value))
+        except OverflowError:
+            return False
+    if isinstance(value, list):
+        return all(recordable(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and recordable(v) for k, v in value.items())
+    return False
 
 
 def check_tables(manifest: Path, tables: dict[str, Any], kind: str) -> None:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from suite import interval, profiles, registry, results
-from suite.entry import Entry, EntryError, load_entry
+from suite.entry import Entry, EntryError, load_entry, recordable
 from suite.task import Task
 
 SCORE_VERSION = 5  # raise when a change below alters scores: it invalidates built leaderboards
@@ -261,22 +261,11 @@ def read_tuned(tuned_file: Path) -> dict[str, dict]:
     if not isinstance(tuned, dict) or not all(isinstance(v, dict) for v in tuned.values()):
         raise results.ResultsError(f"{tuned_file}: 'tuned' is not a table per task; rerun `ldbench tune`")
     odd = [f"{task}.{name} = {value!r}" for task, values in tuned.items() for name, value in values.items()
-           if not plain_hparam(value)]
+           if not recordable(value)]
     if odd:  # no run was made with it: its task would silently have no rows
-        raise results.ResultsError(f"{tuned_file}: 'tuned' gives {odd[0]}, not a finite number, a "
-                                   "string or a boolean; rerun `ldbench tune`")
+        raise results.ResultsError(f"{tuned_file}: 'tuned' gives {odd[0]}, which no run can have recorded "
+                                   "(NaN, an infinity or a number beyond float); rerun `ldbench tune`")
     return tuned
-
-
-def plain_hparam(value) -> bool:
-    """A value a hyperparameter can have (entry.toml's, or a search space's): a finite number
-    (as a float), a string or a boolean."""
-    if isinstance(value, bool | str):
-        return True
-    try:
-        return isinstance(value, int | float) and math.isfinite(float(value))
-    except OverflowError:
-        return False
 
 
 def tuned_rows(table: pa.Table, tuned_file: Path) -> pa.Table:

@@ -99,3 +99,20 @@ def test_entry_files_are_those_rglob_finds_outside_results_and_caches(tmp_path):
     assert entry_files(tmp_path) == expected
     assert [p.relative_to(tmp_path).as_posix() for p in expected] == [
         ".hidden", "B.py", "a/.h2/z", "a/b/c.py", "a b/q", "a-b", "entry.py", "linkfile"]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "[0.9, inf]", "{ clip = nan }"])
+def test_a_hyperparameter_json_cannot_hold_is_refused_when_the_entry_loads(make_entry, value):
+    """Every run records its hyperparameters as JSON (and a study's tuned.json is strict JSON):
+    NaN and infinities would be written as non-JSON or crash the study at its end."""
+    folder = make_entry(hparams=f"[hparams.default]\nlr = 0.01\nclip = {value}\n")
+    with pytest.raises(EntryError, match=r"entry.toml: hparams.default.clip = .* is not a finite number; "
+                                         r"every run records its hyperparameters as JSON"):
+        load_entry(folder)
+
+
+def test_a_hyperparameter_override_json_cannot_hold_is_refused(make_entry):
+    from suite.entry import split_hparams
+    entry = load_entry(make_entry(hparams="[hparams.default]\nlr = 0.01\n"))
+    with pytest.raises(EntryError, match="--hparam lr=inf: not a finite number"):
+        split_hparams(["lr=inf"], entry, ["deep-linear-modes"])
