@@ -517,6 +517,9 @@ def check_range(manifest: Path, where: str, spec: Any) -> None:
     kind, values = next(iter(spec.items()))
     if not isinstance(values, list) or not values:
         raise fail(manifest, f"{where}: {kind} needs a non-empty list", example)
+    if not recordable(values):  # a trial's point is recorded as JSON with its runs
+        raise fail(manifest, f"{where}: {kind} holds NaN or an infinity, got {values}",
+                   "give finite numbers: every trial records its point as JSON")
     if kind == "choice":
         return
     numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)

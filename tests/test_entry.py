@@ -111,6 +111,14 @@ def test_a_hyperparameter_json_cannot_hold_is_refused_when_the_entry_loads(make_
         load_entry(folder)
 
 
+@pytest.mark.parametrize("space", ["{ uniform = [0, inf] }", "{ choice = [0.1, nan] }",
+                                   "{ log_uniform = [1e-3, inf] }"])
+def test_a_search_space_json_cannot_hold_is_refused(make_entry, space):
+    folder = make_entry(hparams=f"[hparams.default]\nlr = 0.01\n\n[search.default]\nlr = {space}\n")
+    with pytest.raises(EntryError, match=r"search.default.lr: \w+ holds NaN or an infinity"):
+        load_entry(folder)
+
+
 def test_a_hyperparameter_override_json_cannot_hold_is_refused(make_entry):
     from suite.entry import split_hparams
     entry = load_entry(make_entry(hparams="[hparams.default]\nlr = 0.01\n"))
