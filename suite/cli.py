@@ -260,7 +260,8 @@ def score_cmd(tier, roots, out, tuned) -> None:
             for r in overall.itertuples()]
     click.echo(tabulate(rows, headers=["profile", "track", "rank", "entry", "score", "solved"],
                         tablefmt="simple", disable_numparse=True))
-    click.echo(f"wrote {path} ({len(inputs.entries)} entries, {len(table)} rows)")
+    scored = table["entry"].nunique() if len(table) else 0
+    click.echo(f"wrote {path} ({scored} entries, {len(table)} rows)")
 
 
 @main.group()

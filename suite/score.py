@@ -19,7 +19,7 @@ from suite import interval, profiles, registry, results
 from suite.entry import Entry, EntryError, load_entry, recordable
 from suite.task import Task
 
-SCORE_VERSION = 5  # raise when a change below alters scores: it invalidates built leaderboards
+SCORE_VERSION = 6  # raise when a change below alters scores: it invalidates built leaderboards
 # (5: step counts of in-context-regression clipped at 0; stale and self-contradicting runs left out)
 TAU_MAX = 4.0  # performance profiles are integrated over τ ∈ [1, TAU_MAX] (AlgoPerf uses 4)
 ROOTS = ("baselines", "submissions")
@@ -198,6 +198,9 @@ def entry_files(folders: list[Path], inputs: Inputs, tier: str, budget: int | No
         events += [f"skipped {p}: not a plain file (a symlink, folder or special file); results are "
                    "plain Parquet files written by `ldbench run`" for p in odd]
         files = result_files(folder, entry.name, tier, budget, studies)
+        if budget is None and not files:
+            events.append(f"skipped {folder}: no {tier}-tier results, so it is not on this leaderboard; "
+                          f"`ldbench run {folder} --tier {tier} --seeds 5` makes them")
         if budget is not None and not files:
             inputs.untuned.append(entry.name if entry.search else f"{entry.name} (no search space)")
             continue  # no study at this budget: not in the tuned view
@@ -426,15 +429,15 @@ def ranks_with_ties(*, mean: np.ndarray, low: np.ndarray, high: np.ndarray, fail
     entirely better by more than the metric's resolution.
 
     Entries whose intervals overlap, or are closer than `resolution` (numerical noise), share
-    a rank. `failed` is the fraction of failed seeds; a missing interval (fewer than
-    interval.MIN_SEEDS finite values) is the point `mean`; no finite value never wins.
+    a rank. `failed` is the fraction of failed seeds. Without an interval (fewer than
+    interval.MIN_SEEDS finite values) an entry is neither clearly better nor clearly worse than
+    one with as many failures: two means of two seeds each say nothing clearly.
     """
     sign = 1.0 if direction == "min" else -1.0
     # Orient so that lower is better: the interval [lo, hi] of sign·value.
-    lo = np.where(np.isnan(low), mean, low) * sign
-    hi = np.where(np.isnan(high), mean, high) * sign
+    lo, hi = low * sign, high * sign
     lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
-    has = np.isfinite(mean)
+    has = np.isfinite(mean) & ~np.isnan(lo) & ~np.isnan(hi)
     fewer = failed[:, None] < failed[None, :]  # [i, j]: i failed less often than j
     disjoint = (hi[:, None] + resolution < lo[None, :]) & has[:, None] & has[None, :]
     better = fewer | ((failed[:, None] == failed[None, :]) & disjoint)
@@ -444,7 +447,9 @@ def ranks_with_ties(*, mean: np.ndarray, low: np.ndarray, high: np.ndarray, fail
 def time_to_target(values: np.ndarray) -> float:
     """Median steps-to-target over seeds; an unreached (inf) or missing (NaN) seed is a failure.
 
-    The median is +inf, i.e. the task is not solved, unless at least half the seeds reach it.
+    The median is +inf, i.e. the task is not solved, unless more than half the seeds reach it
+    (with an even number of seeds, half is not enough: the median then averages a finite time
+    and +inf).
     """
     values = np.asarray(values, dtype=np.float64)
     return float(np.median(np.where(np.isnan(values), np.inf, values))) if len(values) else math.inf

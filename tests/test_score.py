@@ -77,6 +77,19 @@ def test_ranks_tie_where_intervals_overlap_and_failures_rank_last():
     assert list(ranks) == [2, 2, 1]
 
 
+def test_without_an_interval_only_failures_rank():
+    """Fewer than 3 finite values give no interval (the cell says so): two such means are not
+    clearly apart however they differ (as `ldbench compare` says), and no entry is clearly
+    better than one without an interval; fewer failures still rank first."""
+    nan = np.full(4, np.nan)
+    ranks = score.ranks_with_ties(mean=np.array([0.3032, 0.3057, 5.0, 0.1]), low=nan, high=nan,
+                                  failed=np.array([0, 0, 0, 0.5]), direction="min")
+    assert list(ranks) == [1, 1, 1, 4]
+    mixed = score.ranks_with_ties(mean=np.array([1.0, 9.0]), low=np.array([0.9, np.nan]),
+                                  high=np.array([1.1, np.nan]), failed=np.zeros(2), direction="min")
+    assert list(mixed) == [1, 1]
+
+
 def test_values_within_the_resolution_tie():
     # Disjoint intervals closer than the resolution are numerical noise: a tie.
     kwargs = dict(mean=np.array([1.0, 1.1]), low=np.array([0.99, 1.09]), high=np.array([1.01, 1.11]),
@@ -166,6 +179,21 @@ def test_entries_are_compared_only_within_one_profile(tmp_path, two_tasks):
     assert set(zip(overall.profile, overall.entry, overall["rank"], strict=True)) == {
         ("cpu-2core", "cpu-fast", 1), ("cuda-1gpu", "gpu-slow", 1)}
     assert (overall.score == 1.0).all()
+
+
+def test_an_entry_without_results_at_the_tier_is_named_and_not_counted(tmp_path, two_tasks):
+    """A newcomer's entry with smoke-tier results only is not on the standard leaderboard:
+    score says so, and counts only the entries it scored."""
+    from suite.cli import main
+    synthetic_entry(tmp_path / "subs", "done", rng=np.random.default_rng(0), tasks=two_tasks)
+    fresh = synthetic_entry(tmp_path / "subs", "fresh", rng=np.random.default_rng(1), tasks=two_tasks)
+    (fresh / "results/cpu-2core/standard").rename(fresh / "results/cpu-2core/smoke")
+    result = CliRunner().invoke(main, ["score", "--root", str(tmp_path / "subs"),
+                                       "--out", str(tmp_path / "lb")])
+    assert result.exit_code == 0, result.output
+    assert (f"warning: skipped {fresh}: no standard-tier results, so it is not on this leaderboard; "
+            f"`ldbench run {fresh} --tier standard --seeds 5` makes them") in result.output
+    assert "(1 entries, " in result.output
 
 
 def test_stale_and_overridden_rows_are_left_out_with_a_warning(tmp_path, two_tasks):

@@ -586,8 +586,8 @@ def target_text(rows: list[dict]) -> str:
         return ""
     time = row["time_to_target"]
     if not math.isfinite(time):
-        return (f"Target {row['metric']}: not reached by at least half the seeds (median over "
-                "seeds), so this task counts as unsolved in the family score.")
+        return (f"Target {row['metric']}: reached by half the seeds or fewer (the median over seeds "
+                "is not reached), so this task counts as unsolved in the family score.")
     return (f"Target {row['metric']}: median over seeds {steps_text(time)} steps, "
             f"{ratio_text(row['ratio'])} the steps of the best entry (the ratio the family score uses).")
 
