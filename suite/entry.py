@@ -253,6 +253,9 @@ def check_hparams(manifest: Path, hparams: dict[str, Any]) -> None:
     check_tables(manifest, hparams, "hparams")
     for table, values in hparams.items():
         for key, value in values.items():
+            if isinstance(value, str) and is_number(value.strip()):  # TOML quotes make text
+                raise fail(manifest, f"hparams.{table}.{key} = {value!r} is a string",
+                           f"write the number without quotes: {key} = {value.strip()}")
             if not recordable(value):
                 raise fail(manifest, f"hparams.{table}.{key} = {value!r} is not a finite number",
                            "every run records its hyperparameters as JSON, which has no NaN or "
@@ -441,9 +444,6 @@ def code_hint(err: BaseException, entry: Entry, call: str, hparams: dict[str, An
         found = f"; did you mean {close[0]!r}?" if close else f"; it has {sorted(hparams) or 'none'}"
         return (f"; the task's hparams have no {key!r} (set it in entry.toml's [hparams.default] "
                 f"or [hparams.TASK]){found}")
-    quoted = [f"{k} = {v!r}" for k, v in (hparams or {}).items() if isinstance(v, str) and is_number(v)]
-    if isinstance(err, TypeError) and quoted:
-        return f"; entry.toml gives {quoted[0]}, a string: write the number without quotes"
     if call == "optimizer.step" and not entry.closure and "closure" in text.lower():
         return f"; if the optimizer's step needs a closure (SAM, LBFGS), add `closure = true` {top}"
     if call == "optimizer.step" and not entry.create_graph and "does not require grad" in text:
