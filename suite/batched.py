@@ -221,7 +221,7 @@ def group_names(optimizers: list[torch.optim.Optimizer], models: list[nn.Module]
     """The parameter names of each param group, or None unless every seed's optimizer is the
     same exact ELEMENTWISE class with groups of the same parameters (by name)."""
     cls = type(optimizers[0])
-    if cls not in ELEMENTWISE or any(type(o) is not cls for o in optimizers):
+    if cls not in ELEMENTWISE or any(type(o) is not cls or stepped_otherwise(o) for o in optimizers):
         return None
     names = [{id(p): n for n, p in m.named_parameters()} for m in models]
     found = [[names[0].get(id(p)) for p in g["params"]] for g in optimizers[0].param_groups]
@@ -230,6 +230,49 @@ def group_names(optimizers: list[torch.optim.Optimizer], models: list[nn.Module]
         if mine != found or any(None in params for params in mine):
             return None  # other groups, or a tensor that is not one of the model's parameters
     return found
+
+
+def stepped_otherwise(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer.step()` does more than its class's step: step hooks (its own or global
+    ones) or a method replaced on the instance, which a fresh instance over the stacks would not
+    run (a learning rate halved by a post-hook every 100 steps; gradients clipped by a pre-hook).
+    The seeds' own optimizers then step, each running its hooks."""
+    from torch.optim import optimizer as torch_optimizer
+    hooks = (optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks,
+             torch_optimizer._global_optimizer_pre_hooks, torch_optimizer._global_optimizer_post_hooks)
+    replaced = any(callable(v) and hasattr(type(optimizer), k) and not counted_by_schedule(optimizer, k, v)
+                   for k, v in vars(optimizer).items())
+    return any(hooks) or replaced
+
+
+def counted_by_schedule(optimizer: torch.optim.Optimizer, name: str, method) -> bool:
+    """Whether an instance attribute is the wrapper torch's LR schedulers put on `step` (it only
+    records that step was called) around the class's own step."""
+    return (name == "step" and getattr(method, "_wrapped_by_lr_sched", False)
+            and getattr(method, "__wrapped__", None) is type(optimizer).step)
+
+
+def hook_problem(models: list[nn.Module]) -> str:
+    """Why hooks on the seeds' models make a batch untrustworthy, or '': the vmapped loss runs
+    a template copy of the model and its gradients are assigned to the parameters, so forward
+    and backward hooks of a seed's modules and autograd hooks on its parameters (LOMO's fused
+    update, gradient noise or scaling) would not run as they do one by one."""
+    from torch.nn.modules import module as torch_module
+    for kind in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks"):
+        if getattr(torch_module, kind, None):
+            return f"a global module hook is registered (torch.nn.modules.module.{kind})"
+    for model in models:
+        for name, module in model.named_modules():
+            for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+                if getattr(module, kind, None):
+                    return (f"module {name or '(the model)'} has {kind.strip('_').replace('_', ' ')}, which "
+                            "the batch's vmapped forward and backward would not run for each seed")
+        for name, param in model.named_parameters():
+            if param._backward_hooks or getattr(param, "_post_accumulate_grad_hooks", None):
+                return (f"parameter {name!r} has an autograd hook (register_hook or "
+                        "register_post_accumulate_grad_hook), which the batch's gradients would not run")
+    return ""
 
 
 def hyperparameters(group: dict) -> dict:
@@ -481,6 +524,9 @@ class SeedBatch:
         if trainer.entry.closure or trainer.entry.create_graph:
             raise BatchingUnsupported("closure and create_graph entries step seed by seed")
         models = [lane.model for lane in lanes]
+        hooked = hook_problem(models)
+        if hooked:
+            raise BatchingUnsupported(hooked)
         hidden = tensor_attributes(models[0])
         if hidden:
             raise BatchingUnsupported(

@@ -446,6 +446,8 @@ def code_hint(err: BaseException, entry: Entry, call: str, hparams: dict[str, An
                 f"or [hparams.TASK]){found}")
     if call == "optimizer.step" and not entry.closure and "closure" in text.lower():
         return f"; if the optimizer's step needs a closure (SAM, LBFGS), add `closure = true` {top}"
+    if call == "optimizer.step" and "capturable" in text:
+        return "; capturable=True is for CUDA graphs: leave it out where the parameters are on the CPU"
     if call == "optimizer.step" and not entry.create_graph and "does not require grad" in text:
         return (f"; if the optimizer takes Hessian-vector products (AdaHessian, Sophia), add "
                 f"`create_graph = true` {top}")

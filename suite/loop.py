@@ -132,7 +132,8 @@ def plain_steps(trainer: Trainer, lanes: list[Lane], batches: list[Any], step: i
             # create_graph's reference cycle (parameter <-> gradient) is broken by the
             # zero_grad(set_to_none=True) that starts every step, so torch's warning is moot.
             warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph")
-            loss.backward(create_graph=create_graph)
+            with run.entry_rng(lane.seed, lane.network):  # the entry's autograd hooks may draw
+                loss.backward(create_graph=create_graph)
         with run.entry_code(lane.seed, "optimizer.step", lane.network):
             if trainer.entry.closure:
                 lane.optimizer.step(loss_closure(trainer, lane, batch, create_graph))

@@ -591,3 +591,119 @@ def test_mode_connectivity_trials_batch_in_its_procedure(kind, make_entry, profi
                                    atol=1e-6)
     first = next(iter(batch[0][0].curves))
     assert batch[0][0].curves[first] != batch[1][0].curves[first]
+
+
+# Third-party code that steps or differentiates through hooks (found by trying such code): a
+# batch would silently skip them, so it must not be the way these seeds train.
+STEP_HOOK = """
+import torch
+
+def make_optimizer(params, hparams, task):
+    opt = torch.optim.Adam(params, lr=0.01)
+    calls = [0]
+    def halve(optimizer, args, kwargs):  # the entry's own schedule, as a post-step hook
+        calls[0] += 1
+        if calls[0] % 10 == 0:
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.5
+    opt.register_step_post_hook(halve)
+    return opt
+"""
+PATCHED_STEP = """
+import torch
+
+def make_optimizer(params, hparams, task):
+    opt = torch.optim.SGD(params, lr=0.05)
+    inner, calls = opt.step, [0]
+    def step(closure=None):  # a step replaced on the instance
+        calls[0] += 1
+        if calls[0] % 10 == 0:
+            for group in opt.param_groups:
+                group["lr"] *= 0.5
+        return inner(closure)
+    opt.step = step
+    return opt
+"""
+LOMO = """
+import torch
+
+class LOMO(torch.optim.Optimizer):  # updates in post-accumulate-grad hooks; step does nothing
+    def __init__(self, params, lr):
+        params = list(params)
+        super().__init__(params, dict(lr=lr))
+        for p in params:
+            p.register_post_accumulate_grad_hook(self.update)
+
+    @torch.no_grad()
+    def update(self, p):
+        p.add_(p.grad, alpha=-self.param_groups[0]["lr"])
+        p.grad = None
+
+    def step(self, closure=None):
+        return None
+
+def make_optimizer(params, hparams, task):
+    return LOMO(params, lr=0.05)
+"""
+GRAD_HOOK = """
+import torch
+
+def make_optimizer(params, hparams, task):
+    params = list(params)
+    calls = [0]
+    def scale(grad):  # scales gradients after 10 backward passes, and adds noise from the global RNG
+        calls[0] += 1
+        return (grad if calls[0] <= 10 * len(params) else 0.5 * grad) + 1e-4 * torch.randn_like(grad)
+    for p in params:
+        p.register_hook(scale)
+    return torch.optim.SGD(params, lr=0.05)
+"""
+FORWARD_HOOK = """
+import torch
+
+class Scaled(torch.optim.SGD):  # reads the model's output through a forward hook
+    def __init__(self, params, model):
+        super().__init__(params, lr=0.05)
+        self.stat = 0.0
+        model.register_forward_hook(self.record)
+
+    def record(self, module, args, output):
+        self.stat = float(output.detach().pow(2).mean())
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            group["lr"] = 0.05 / (1.0 + self.stat)
+        return super().step(closure)
+
+def make_optimizer(params, hparams, task, model):
+    return Scaled(params, model)
+"""
+
+
+@pytest.mark.parametrize("code, refusal", [
+    (STEP_HOOK, None), (PATCHED_STEP, None),
+    (LOMO, "has an autograd hook (register_hook or register_post_accumulate_grad_hook)"),
+    (GRAD_HOOK, "has an autograd hook"), (FORWARD_HOOK, "module (the model) has forward hooks"),
+], ids=["step-hook", "patched-step", "lomo", "grad-hook", "forward-hook"])
+def test_hooks_run_as_one_by_one_or_the_batch_is_refused(code, refusal, make_entry, profile):
+    """Step hooks and a replaced step keep the seeds' own optimizers (never one fresh instance
+    over the stacks, which runs neither): the one-by-one run up to the vmapped gradients'
+    rounding. Hooks on the model or its parameters refuse the batch, naming them: the seeds then
+    run one by one, bit for bit (the global-RNG draws in a gradient hook included)."""
+    task = DeepLinearModes(dict(DeepLinearModes.tiers["smoke"], steps=40, evals=6))
+    plans = [runner.Plan(task, seed, {}) for seed in SEEDS]
+    trainer = Trainer(task, load_entry(make_entry(code=code, hparams="")), profile)
+    notes = []
+    outcomes = runner.execute_batch(plans, trainer, notes=notes.append)
+    if refusal is None:
+        assert notes == [] and outcomes[0][0].execution["optimizer"] == "per-seed"
+    else:
+        assert len(notes) == 1 and refusal in notes[0] and "Traceback" not in notes[0]
+    for plan, (traj, _, error) in zip(plans, outcomes, strict=True):
+        fresh = Trainer(task, load_entry(trainer.entry.path), profile)
+        reference = runner.execute(plan, fresh)[0]
+        assert error is None
+        if refusal is None:
+            assert_same_run(reference, traj)
+        else:
+            assert traj.curves == reference.curves
