@@ -21,6 +21,7 @@ recorded, and a profile pinning other values refuses to run.
 from __future__ import annotations
 
 import os
+import platform
 import sys
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -80,16 +81,41 @@ def profile_environment(name: str, folder: Path | None = None) -> dict[str, str]
 
 def choose(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None,
            folder: Path | None = None) -> None:
-    """Set the OpenMP variables of this process's profile before torch loads (see the module docstring)."""
+    """Set the OpenMP variables of this process's profile before torch loads (see the module
+    docstring), and the CPU kernels it pins (`capability_environment`)."""
     global preloaded
     environ = os.environ if environ is None else environ
     if "torch" in sys.modules:
         preloaded = read_variables(environ)
         return
+    name = profile_name(sys.argv if argv is None else argv, environ, folder)
+    if CAPABILITY_VARIABLE not in environ:
+        environ.update(capability_environment(name, folder))
     if any(v in environ for v in VARIABLES):
         return
-    wanted = profile_environment(profile_name(sys.argv if argv is None else argv, environ, folder), folder)
+    wanted = profile_environment(name, folder)
     environ.update({k: v for k, v in (wanted or {}).items() if v})
+
+
+# ATen picks its CPU kernels (AVX2, AVX-512...) from the machine when torch loads, unless this
+# variable names them. Kernels of another width sum in another order: a transformer's stage
+# times moved by up to 4% between an AVX-512 and an AVX2 machine on the same profile.
+CAPABILITY_VARIABLE = "ATEN_CPU_CAPABILITY"
+X86 = ("x86_64", "amd64", "i686", "i386")
+
+
+def capability_environment(name: str, folder: Path | None = None) -> dict[str, str]:
+    """{ATEN_CPU_CAPABILITY: the profile's cpu_capability} on an x86 machine, else {} (other
+    processors run their own kernels; Profile.check says which ran)."""
+    folder = folder or PROFILES
+    try:
+        raw = tomllib.loads((folder / f"{name}.toml").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    pinned = raw.get("cpu_capability")
+    if not isinstance(pinned, str) or platform.machine().lower() not in X86:
+        return {}
+    return {CAPABILITY_VARIABLE: pinned}
 
 
 def torch_started_with() -> dict[str, str]:

@@ -160,3 +160,35 @@ def test_ldbench_run_refuses_a_profile_it_cannot_honour_in_one_line(tmp_path):
         capture_output=True, text=True)
     assert out.returncode == 2 and not (tmp_path / "out").exists()
     assert out.stderr.count("\n") == 1 and f"pins {startup.describe(pinned)}" in out.stderr
+
+
+X86 = __import__("platform").machine().lower() in startup.X86
+
+
+@pytest.mark.skipif(not X86, reason="ATEN_CPU_CAPABILITY pins x86 kernels only")
+def test_a_new_process_runs_the_profiles_cpu_kernels_whatever_the_machine_has():
+    """AVX-512 machines would otherwise run other kernels than AVX2 ones (other sums, other
+    numbers); an ATEN_CPU_CAPABILITY set by hand is left alone, and the profile then refuses."""
+    code = "import suite, torch; print(torch.backends.cpu.get_cpu_capability())"
+    env = {k: v for k, v in OWN.items() if k != startup.CAPABILITY_VARIABLE}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == profiles.load("cpu-2core").cpu_capability.upper() == "AVX2"
+    code = ("import suite, torch; from suite import profiles\n"
+            "try:\n    profiles.load('cpu-2core').check()\n"
+            "except profiles.ProfileError as err:\n    print(err)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                         env={**env, "PYTHONPATH": str(REPO), startup.CAPABILITY_VARIABLE: "default"})
+    assert out.stdout.startswith("profile 'cpu-2core' pins ATen's AVX2 CPU kernels (the same numbers on "
+                                 "every x86 machine), but torch runs DEFAULT: start a new process")
+
+
+def test_the_cpu_kernels_are_pinned_on_x86_only_and_recorded(monkeypatch):
+    monkeypatch.setattr(startup.platform, "machine", lambda: "x86_64")
+    assert startup.capability_environment("cpu-2core") == {"ATEN_CPU_CAPABILITY": "avx2"}
+    assert startup.capability_environment("cuda-1gpu") == {}
+    monkeypatch.setattr(startup.platform, "machine", lambda: "arm64")
+    assert startup.capability_environment("cpu-2core") == {}
+    profiles.load("cpu-2core").check_cpu_capability()  # another processor: its own kernels, no refusal
+    found = profiles.fingerprint(profiles.load("cpu-2core"), REPO)
+    assert found["cpu_capability"] == __import__("torch").backends.cpu.get_cpu_capability()

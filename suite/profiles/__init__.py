@@ -18,6 +18,7 @@ from suite.registry import did_you_mean
 
 HERE = Path(__file__).parent
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+CAPABILITIES = ("default", "avx2", "avx512")  # ATEN_CPU_CAPABILITY's values on x86
 
 
 class ProfileError(RuntimeError):
@@ -40,6 +41,10 @@ class Profile:
     --workers): 1 in the ldbench process; N > 1 in a local Dask cluster of N worker processes,
     each with `threads` threads, when there are at least two groups of runs. The numbers do not
     depend on it (a worker computes exactly what the ldbench process would), only the wall time.
+    cpu_capability (optional): the vector instructions ATen's CPU kernels use on x86 ("avx2"),
+    pinned before torch loads (ATEN_CPU_CAPABILITY) so that machines with and without AVX-512
+    compute the same numbers; `check` refuses a process whose torch runs others. Processors that
+    are not x86 run their own kernels (recorded in the fingerprint).
     """
 
     name: str
@@ -52,6 +57,7 @@ class Profile:
     omp_wait_policy: str
     workers: int
     omp_spin_count: int | None = None
+    cpu_capability: str | None = None
 
     def workers_for(self, groups: int) -> int:
         """Worker processes for `groups` groups of runs: the profile's `workers` where there are
@@ -70,6 +76,7 @@ class Profile:
                 f"(torch {torch.__version__}); run with --profile cpu-2core instead"
             )
         self.check_wait_policy()
+        self.check_cpu_capability()
         cores = os.cpu_count() or 1
         if self.device == "cpu" and cores < self.threads:
             raise ProfileError(
@@ -91,6 +98,20 @@ class Profile:
             f"start a new process with LDBENCH_PROFILE={self.name}, or with --profile {self.name} "
             f"on its command line, and neither {' nor '.join(startup.VARIABLES)} set"
         )
+
+    def check_cpu_capability(self) -> None:
+        """Refuse the profile on x86 if torch's CPU kernels are not those it pins."""
+        if self.cpu_capability is None or platform.machine().lower() not in startup.X86:
+            return
+        running = torch.backends.cpu.get_cpu_capability()
+        if running.lower() == self.cpu_capability.lower():
+            return
+        raise ProfileError(
+            f"profile {self.name!r} pins ATen's {self.cpu_capability.upper()} CPU kernels (the same "
+            f"numbers on every x86 machine), but torch runs {running}: start a new process with "
+            f"LDBENCH_PROFILE={self.name}, or with --profile {self.name} on its command line, and "
+            f"{startup.CAPABILITY_VARIABLE} unset (a CPU without {self.cpu_capability.upper()} cannot "
+            "run this profile)")
 
     def apply(self) -> None:
         """Set torch's process-wide numerics for this profile (threads, determinism, TF32)."""
@@ -126,6 +147,9 @@ def load(name: str) -> Profile:
     if type(profile.workers) is not int or profile.workers < 1:
         raise ProfileError(f"{files[name]}: workers must be a positive integer (1: runs train in the "
                            f"ldbench process), not {profile.workers!r}")
+    if profile.cpu_capability not in (None, *CAPABILITIES):
+        raise ProfileError(f"{files[name]}: cpu_capability must be one of {list(CAPABILITIES)} or "
+                           f"absent, not {profile.cpu_capability!r}")
     if not startup.valid_spin_count(profile.omp_wait_policy, profile.omp_spin_count):
         raise ProfileError(f"{files[name]}: omp_spin_count must be a positive integer with "
                            f"omp_wait_policy = \"spin\" and absent otherwise, not "
@@ -161,6 +185,7 @@ def fingerprint(profile: Profile, entry_path: Path) -> dict[str, str]:
         "profile": json.dumps(asdict(profile), sort_keys=True),
         "omp_wait_policy": startup.describe(startup.torch_started_with()),  # what OpenMP read
         "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels ATen ran
         "cpu_count": str(os.cpu_count()),
         "device_name": device,
         "torch_version": torch.__version__,
