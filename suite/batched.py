@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import traceback
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,7 +36,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from suite import seeding
-from suite.entry import Entry, entry_code_error
+from suite.entry import Entry, entry_code_error, entry_frames
 from suite.loop import BatchingUnsupported, Lane, Trainer, Trajectory, copy_model, one_thread, plain_steps
 from suite.task import Task
 
@@ -153,8 +151,7 @@ def vmap_failure(err: Exception, entry: Entry) -> BatchingUnsupported | None:
         # one vmapped call cannot give; one by one, each does (the entry's RNG is lent).
         return BatchingUnsupported("the model draws random numbers in its forward (e.g. dropout), "
                                    "which seeds trained together cannot each draw from their own stream")
-    root = entry.path.resolve()
-    if any(Path(f.filename).resolve().is_relative_to(root) for f in traceback.extract_tb(err.__traceback__)):
+    if entry_frames(err, entry):
         # The entry's model failed under torch.func (an op vmap cannot batch, .item(), code that
         # needs nn.Parameters where functional_call passes tensors): one line naming its line.
         return BatchingUnsupported(str(entry_code_error(err, entry, "model's forward under torch.func")))

@@ -423,12 +423,17 @@ def entry_code_error(err: BaseException, entry: Entry, call: str,
     frame of the call is named instead.
     """
     frames = traceback.extract_tb(err.__traceback__)
-    root = entry.path.resolve()
-    inside = [f for f in frames if Path(f.filename).resolve().is_relative_to(root)]
-    frame = (inside or frames or [None])[-1]
+    frame = (entry_frames(err, entry) or frames or [None])[-1]
     where = f" at {frame.filename}:{frame.lineno} ({frame.name})" if frame else ""
     return EntryCodeError(f"the entry's {call} failed{where}: {type(err).__name__}: {err}"
                           f"{code_hint(err, entry, call, hparams)}")
+
+
+def entry_frames(err: BaseException, entry: Entry) -> list[traceback.FrameSummary]:
+    """The frames of `err`'s traceback in the entry's own files (its folder)."""
+    root = entry.path.resolve()
+    return [frame for frame in traceback.extract_tb(err.__traceback__)
+            if Path(frame.filename).resolve().is_relative_to(root)]
 
 
 def code_hint(err: BaseException, entry: Entry, call: str, hparams: dict[str, Any] | None) -> str:
