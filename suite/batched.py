@@ -560,6 +560,7 @@ class SeedBatch:
 
     def finish(self) -> None:
         """After the last step: the seeds' own optimizers take the stacked optimizer's state."""
+        self.refuse_late_hooks("during training")
         optimizers = [lane.optimizer for lane in self.lanes]
         if self.merged and self.shared is not None:
             finish_merged(self.shared, optimizers)
@@ -610,8 +611,22 @@ class SeedBatch:
                 self.step_seed(trainer, lane, i, grads)
             self.follow_rebinding()
         self.step_schedules(trainer, [lane for lane, _, _ in live])
+        if not self.checked and live:
+            self.refuse_late_hooks("during the first step")
         self.checked = self.checked or bool(live)
         return finite
+
+    def refuse_late_hooks(self, when: str) -> None:
+        """Hooks that the entry's code registered after the batch was built (lazily, inside its
+        first step or a schedule) would be skipped by the batch just the same: refuse it, and the
+        runner trains the seeds one by one. Checked after the first step and at the end, not at
+        every step: a step's cost must not grow with the model's size."""
+        hooked = hook_problem([lane.model for lane in self.lanes])
+        if hooked:
+            raise BatchingUnsupported(f"{hooked} (registered {when})")
+        if self.shared is not None and any(stepped_otherwise(lane.optimizer) for lane in self.lanes):
+            raise BatchingUnsupported(f"an optimizer step hook was registered {when}, which the "
+                                      "batch's one optimizer over the stacks would not run")
 
     def step_schedules(self, trainer: Trainer, live: list[Lane]) -> None:
         """Each seed's schedule steps its own optimizer's groups; the stacked optimizer takes

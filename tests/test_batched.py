@@ -679,12 +679,35 @@ def make_optimizer(params, hparams, task, model):
     return Scaled(params, model)
 """
 
+LAZY_LOMO = """
+import torch
+
+class LazyLOMO(torch.optim.SGD):  # registers its fused update's hooks inside its first step
+    def step(self, closure=None):
+        if not self.state.get("hooked"):
+            self.state["hooked"] = True
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.register_post_accumulate_grad_hook(self.update)
+            return super().step(closure)
+        return None
+
+    @torch.no_grad()
+    def update(self, p):
+        p.add_(p.grad, alpha=-0.5 * self.param_groups[0]["lr"])
+        p.grad = None
+
+def make_optimizer(params, hparams, task):
+    return LazyLOMO(params, lr=0.05)
+"""
+
 
 @pytest.mark.parametrize("code, refusal", [
     (STEP_HOOK, None), (PATCHED_STEP, None),
+    (LAZY_LOMO, "(registered during the first step)"),
     (LOMO, "has an autograd hook (register_hook or register_post_accumulate_grad_hook)"),
     (GRAD_HOOK, "has an autograd hook"), (FORWARD_HOOK, "module (the model) has forward hooks"),
-], ids=["step-hook", "patched-step", "lomo", "grad-hook", "forward-hook"])
+], ids=["step-hook", "patched-step", "lazy-lomo", "lomo", "grad-hook", "forward-hook"])
 def test_hooks_run_as_one_by_one_or_the_batch_is_refused(code, refusal, make_entry, profile):
     """Step hooks and a replaced step keep the seeds' own optimizers (never one fresh instance
     over the stacks, which runs neither): the one-by-one run up to the vmapped gradients'
