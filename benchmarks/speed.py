@@ -6,7 +6,8 @@
 
 For every task in the registry: the wall time of training `--seeds` seeds one by one
 (`Task.run` per seed, the `--seed-batch 1` path) and batched (`suite.batched.train_seeds`, the
-`--seed-batch auto` path), each the median of `--repeats` interleaved repeats, and their ratio.
+`--seed-batch N` path), each the median of `--repeats` interleaved repeats, and their ratio; and
+the ratio for `--seed-batch auto`, which runs the profile's `unbatched` tasks one by one.
 Then the FLOP/s the largest task's training achieves (forward + backward matmul FLOPs counted by
 torch's FlopCounterMode, times seeds and steps, over the wall time) against the FLOP/s of a
 dense float32 matmul measured in the same process.
@@ -204,7 +205,8 @@ def main() -> None:
     if args.trials:
         print_trials(names, entry, prof, args)
         return
-    headers = ["task", "execution", "one by one (s)", "batched (s)", "speed-up"]
+    headers = ["task", "--seed-batch auto", "one by one (s)", "batched (s)", "batched speed-up",
+               "auto speed-up"]
     rows, timings = [], {}
     for name in names:
         task = configured(name, args.tier, args.steps or None, args.evals or None)
@@ -213,9 +215,13 @@ def main() -> None:
         medians(warm, Trainer(warm, entry, prof), seeds[:2], 1)  # load kernels once
         single, batch = medians(task, trainer, seeds, args.repeats)
         timings[name] = (task, trainer, single, batch)
-        how = ("batched" if batched.batchable(task) else "networks side by side"
+        # What `ldbench run` does with these seeds: the profile's unbatched tasks run one by one.
+        auto = single if name in prof.unbatched else batch
+        how = ("one by one (profile)" if name in prof.unbatched else "batched"
+               if batched.batchable(task) else "networks side by side"
                if batched.seed_batchable(task) else "own procedure: seed by seed")
-        rows.append([name, how, f"{single:.2f}", f"{batch:.2f}", f"{single / batch:.1f}×"])
+        rows.append([name, how, f"{single:.2f}", f"{batch:.2f}", f"{single / batch:.1f}×",
+                     f"{single / auto:.1f}×"])
         print(f"  {name}: {single:.2f} s one by one, {batch:.2f} s batched", flush=True)
     print()
     print(tabulate(rows, headers=headers, tablefmt="github"))
@@ -232,8 +238,9 @@ def main() -> None:
         print(f"dense 1024×1024 float32 matmul: {peak / 1e9:.1f} GFLOP/s")
         for how, seconds in (("batched", batch), ("one by one", single)):
             rate = total / seconds
+            auto = (how == "one by one") == (largest in prof.unbatched)
             print(f"{how:>10}: {rate / 1e9:.2f} GFLOP/s = {rate / peak:.1%} of the matmul rate "
-                  "(wall time includes data, evaluation and optimizer)")
+                  f"(wall time includes data, evaluation and optimizer){'; --seed-batch auto' if auto else ''}")
 
     if args.suite:
         print_suite(entry, 5, prof)

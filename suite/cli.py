@@ -96,8 +96,9 @@ def tasks() -> None:
               help="Results folder (default: ENTRY_DIR/results/PROFILE/TIER).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--seed-batch", default="auto", show_default=True, metavar="auto|1|N",
-              help="Train the seeds of a task as one batched computation: auto = all of them, "
-                   "N = up to N at a time, 1 = one by one. A task with its own procedure "
+              help="Train the seeds of a task as one batched computation: auto = all of them "
+                   "(except the tasks the profile lists as unbatched, measured faster one by "
+                   "one there), N = up to N at a time, 1 = one by one. A task with its own procedure "
                    "batches only if it implements Task.run_seeds (mode-connectivity does).")
 @cluster_options
 def run(entry_dir, task_list, seeds, tier, profile, sets, hparams, out, quiet, seed_batch,
@@ -404,8 +405,9 @@ def render_study(folder: Path, fmt: str) -> str:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--trial-batch", default="auto", show_default=True, metavar="auto|1|N",
               help="Train the trial runs of a task (every trial on every tuning seed) as one "
-                   "batched computation: auto = all of them, N = up to N at a time (one batch "
-                   "per Dask worker, say), 1 = one by one.")
+                   "batched computation: auto = all of them (one by one for the tasks the profile "
+                   "lists as unbatched), N = up to N at a time (one batch per Dask worker, say), "
+                   "1 = one by one.")
 @cluster_options
 def tune_cmd(entry_dir, budget, task_list, tier, profile, design_seed, tuning_seeds, seeds, out,
              sets, quiet, trial_batch, workers, scheduler, time_limit) -> None:

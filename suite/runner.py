@@ -184,9 +184,10 @@ def parse_seed_batch(value: int | str, option: str = "--seed-batch") -> int | No
     return size
 
 
-def group_plans(todo: list[tuple[Plan, str]], size: int | None, entry: Entry
-                ) -> list[list[tuple[Plan, str]]]:
-    """Consecutive plans of one task in groups of `size` runs (None: all of them).
+def group_plans(todo: list[tuple[Plan, str]], size: int | None, entry: Entry,
+                unbatched: tuple[str, ...] = ()) -> list[list[tuple[Plan, str]]]:
+    """Consecutive plans of one task in groups of `size` runs (None, "auto": all of them, except
+    for the tasks the profile lists as `unbatched`, one run each).
 
     A task that overrides Task.run has its own procedure, and an entry that steps with a
     closure or keeps the gradients' graph steps per seed: those always run seed by seed.
@@ -197,7 +198,8 @@ def group_plans(todo: list[tuple[Plan, str]], size: int | None, entry: Entry
     alone = entry.closure or entry.create_graph
     for item in todo:
         plan = item[0]
-        limit = (size or len(todo)) if batched.seed_batchable(plan.task) and not alone else 1
+        apart = alone or (size is None and plan.task.name in unbatched)
+        limit = (size or len(todo)) if batched.seed_batchable(plan.task) and not apart else 1
         last = groups[-1][0][0] if groups else None
         if last and batches_with(last, plan) and len(groups[-1]) < limit:
             groups[-1].append(item)
@@ -216,6 +218,16 @@ def seed_by_seed(entry: Entry, plans: list[Plan]) -> str:
     why = "steps with a closure (closure = true)" if entry.closure else \
         "keeps the gradients' graph (create_graph = true)"
     return f"note: {entry.name} {why}: each seed trains by itself, not batched with the others"
+
+
+def unbatched_note(prof: profiles.Profile, plans: list[Plan]) -> str:
+    """A note when the profile trains the seeds of some of these tasks one by one."""
+    seeds = Counter(p.task.name for p in plans if p.task.name in prof.unbatched)
+    names = sorted(name for name, n in seeds.items() if n > 1)
+    if not names:
+        return ""
+    return (f"note: profile {prof.name} trains the seeds of {', '.join(names)} one by one, not "
+            "batched (measured faster there; --seed-batch N batches them anyway)")
 
 
 def batches_with(a: Plan, b: Plan) -> bool:
@@ -303,8 +315,10 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
     ids = [run_id(entry=entry, entry_hash=digest, task=p.task, seed=p.seed, tier=tier,
                   profile=profile, overrides=p.overrides) for p in plans]
     todo = [(p, rid) for p, rid in zip(plans, ids, strict=True) if rid not in done]
-    groups = group_plans(todo, size, entry)
+    groups = group_plans(todo, size, entry, prof.unbatched)
     if size != 1 and (note := seed_by_seed(entry, [p for p, _ in todo])):
+        tqdm.write(note, file=sys.stderr)
+    if size is None and (note := unbatched_note(prof, [p for p, _ in todo])):
         tqdm.write(note, file=sys.stderr)
     if workers is None:
         workers = prof.workers_for(len(groups))

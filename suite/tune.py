@@ -166,10 +166,11 @@ def execute(entry: Entry, todo: list[tuple[runner.Plan, str]], *, out: Path, spe
             size: int | None = None) -> None:
     """Run the plans in-process (client None) or on a Dask cluster, appending rows to `out`.
 
-    Up to `size` (None: all) runs of one task train side by side, whatever their
-    hyperparameters (a task's trials, when it has the default procedure: runner.group_plans).
-    The batches do not depend on the cluster, so neither do the numbers."""
-    jobs = [cluster.Job(entry, group) for group in runner.group_plans(todo, size, entry)]
+    Up to `size` (None: all, except one at a time for the profile's `unbatched` tasks) runs of
+    one task train side by side, whatever their hyperparameters (a task's trials, when it has
+    the default procedure: runner.group_plans). The batches do not depend on the cluster, so
+    neither do the numbers."""
+    jobs = [cluster.Job(entry, group) for group in runner.group_plans(todo, size, entry, prof.unbatched)]
     if client is not None:
         cluster.run_jobs(jobs, out=out, tier=spec["tier"], profile=spec["profile"], client=client,
                          time_limit=time_limit, progress=progress)

@@ -1,5 +1,7 @@
 """Seed-batched execution: every seed's numbers equal the one-by-one run, seeds stay isolated."""
 
+import dataclasses
+import json
 import math
 import re
 
@@ -450,6 +452,10 @@ def test_seeds_are_grouped_per_task_and_procedures_without_run_seeds_run_alone(m
     assert [len(g) for g in runner.group_plans(todo, None, entry)] == [3, 3]
     assert [len(g) for g in runner.group_plans(todo, 2, entry)] == [2, 1, 2, 1]
     assert [len(g) for g in runner.group_plans(todo, 1, entry)] == [1] * 6
+    # A profile's unbatched tasks run seed by seed under "auto", and batch when a size is given.
+    apart = ("deep-linear-modes",)
+    assert [len(g) for g in runner.group_plans(todo, None, entry, apart)] == [3, 1, 1, 1]
+    assert [len(g) for g in runner.group_plans(todo, 2, entry, apart)] == [2, 1, 2, 1]
     # Entries stepping with a closure (LBFGS) or keeping the graph step seed by seed.
     closure = load_entry(make_entry("lbfgs", extra="closure = true"))
     assert [len(g) for g in runner.group_plans(todo, None, closure)] == [1] * 6
@@ -489,6 +495,22 @@ def test_runner_rows_are_the_same_batched_or_not(make_entry, tmp_path, monkeypat
     monkeypatch.setattr(runner, "execute", lambda *a: pytest.fail("trained again"))
     again, _ = suite_rows(entry, tmp_path / "batched", "auto")
     assert len(again) == len(runs_b)
+
+
+def test_a_profiles_unbatched_task_runs_seed_by_seed_under_auto_only(make_entry, tmp_path,
+                                                                      monkeypatch, capsys):
+    """`unbatched` tasks of the profile train one run per seed with --seed-batch auto (a note
+    says so once) and batch with an explicit size; the others still batch."""
+    real = profiles.load
+    monkeypatch.setattr(profiles, "load", lambda name: dataclasses.replace(
+        real(name), unbatched=("deep-linear-modes",)))
+    entry = make_entry(code=ADAM)
+    auto, _ = suite_rows(entry, tmp_path / "auto", "auto")
+    modes = auto.groupby("task")["execution"].first().map(lambda e: json.loads(e)["mode"])
+    assert modes.to_dict() == {"deep-linear-modes": "one-by-one", "shared-representation": "batched"}
+    assert "trains the seeds of deep-linear-modes one by one" in capsys.readouterr().err
+    sized, _ = suite_rows(entry, tmp_path / "sized", 3)
+    assert set(sized["execution"].map(lambda e: json.loads(e)["mode"])) == {"batched"}
 
 
 @pytest.mark.parametrize("bad", ["0", "-2", "many"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -192,3 +193,17 @@ def test_the_cpu_kernels_are_pinned_on_x86_only_and_recorded(monkeypatch):
     profiles.load("cpu-2core").check_cpu_capability()  # another processor: its own kernels, no refusal
     found = profiles.fingerprint(profiles.load("cpu-2core"), REPO)
     assert found["cpu_capability"] == __import__("torch").backends.cpu.get_cpu_capability()
+
+
+@pytest.mark.parametrize("value, problem", [
+    ('"modular-addition"', "must be a list of task names"), ("[1]", "must be a list of task names"),
+    ('["modular-adition"]', "unknown task 'modular-adition'; did you mean 'modular-addition'"),
+])
+def test_a_profile_listing_unbatched_tasks_it_cannot_name_is_refused(tmp_path, monkeypatch, value,
+                                                                     problem):
+    write_profile(tmp_path, "odd", "passive")
+    path = tmp_path / "odd.toml"
+    path.write_text(path.read_text() + f"unbatched = {value}\n")
+    monkeypatch.setattr(profiles, "HERE", tmp_path)
+    with pytest.raises(profiles.ProfileError, match=re.escape(problem)):
+        profiles.load("odd")

@@ -356,8 +356,9 @@ def make_model(task, hparams, generator):
 def test_trials_of_other_model_shapes_run_one_by_one_with_a_note(make_entry, tmp_path, capsys):
     entry = make_entry(code=WIDTH, hparams="[hparams.default]\nwidth = 16\n[search.default]\n"
                                            "width = { choice = [8, 32] }\n")
+    # trial_batch=2: the reference profile trains modular-addition's trials one by one anyway.
     out = tune.tune(entry, budget=2, tasks=["modular-addition"], design_seed=0, eval_seeds=1,
-                    sets=FAST, out=tmp_path / "study", progress=False)
+                    sets=FAST, out=tmp_path / "study", progress=False, trial_batch=2)
     trials = pd.read_parquet(out / tune.TRIALS / "runs.parquet").drop_duplicates("run_id")
     assert sorted(json.loads(h)["width"] for h in trials.hparams) == [8, 32]
     assert (trials.status == "ok").all()

@@ -7,13 +7,13 @@ import os
 import platform
 import subprocess
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 import suite
-from suite import startup
+from suite import registry, startup
 from suite.registry import did_you_mean
 
 HERE = Path(__file__).parent
@@ -44,7 +44,11 @@ class Profile:
     cpu_capability (optional): the vector instructions ATen's CPU kernels use on x86 ("avx2"),
     pinned before torch loads (ATEN_CPU_CAPABILITY) so that machines with and without AVX-512
     compute the same numbers; `check` refuses a process whose torch runs others. Processors that
-    are not x86 run their own kernels (recorded in the fingerprint).
+    are not x86 run their own kernels (recorded in the fingerprint). unbatched (optional): tasks
+    whose seeds `--seed-batch auto` trains one by one on this profile, each seed a run of its
+    own (spread over the workers), because batching them was measured slower there; an explicit
+    `--seed-batch N` still batches them. The numbers are the same either way up to float32
+    rounding (suite.batched), and each run records how it was executed.
     """
 
     name: str
@@ -58,6 +62,7 @@ class Profile:
     workers: int
     omp_spin_count: int | None = None
     cpu_capability: str | None = None
+    unbatched: tuple[str, ...] = ()
 
     def workers_for(self, groups: int) -> int:
         """Worker processes for `groups` groups of runs: the profile's `workers` where there are
@@ -139,6 +144,8 @@ def load(name: str) -> Profile:
         profile = Profile(name=name, **raw)
     except (tomllib.TOMLDecodeError, TypeError) as err:
         raise ProfileError(f"{files[name]}: malformed profile ({err})") from None
+    check_unbatched(files[name], profile.unbatched)
+    profile = replace(profile, unbatched=tuple(profile.unbatched))
     if profile.dtype not in DTYPES or profile.device not in ("cpu", "cuda"):
         raise ProfileError(f"{files[name]}: dtype must be in {list(DTYPES)}, device cpu or cuda")
     if profile.omp_wait_policy not in startup.POLICIES:
@@ -155,6 +162,17 @@ def load(name: str) -> Profile:
                            f"omp_wait_policy = \"spin\" and absent otherwise, not "
                            f"{profile.omp_spin_count!r} with {profile.omp_wait_policy!r}")
     return profile
+
+
+def check_unbatched(path: Path, names) -> None:
+    """Refuse an `unbatched` field that is not a list of the registry's task names."""
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ProfileError(f"{path}: unbatched must be a list of task names, not {names!r}")
+    tasks = registry.all_tasks()
+    for name in names:
+        if name not in tasks:
+            raise ProfileError(f"{path}: unbatched names an unknown task {name!r}"
+                               f"{did_you_mean(name, tasks)}")
 
 
 def cpu_model() -> str:
