@@ -238,9 +238,9 @@ def main() -> None:
         print(f"dense 1024×1024 float32 matmul: {peak / 1e9:.1f} GFLOP/s")
         for how, seconds in (("batched", batch), ("one by one", single)):
             rate = total / seconds
-            auto = (how == "one by one") == (largest in prof.unbatched)
+            auto = "; --seed-batch auto" if (how == "one by one") == (largest in prof.unbatched) else ""
             print(f"{how:>10}: {rate / 1e9:.2f} GFLOP/s = {rate / peak:.1%} of the matmul rate "
-                  f"(wall time includes data, evaluation and optimizer){'; --seed-batch auto' if auto else ''}")
+                  f"(wall time includes data, evaluation and optimizer){auto}")
 
     if args.suite:
         print_suite(entry, 5, prof)
