@@ -82,12 +82,18 @@ def step_flops(task: Task, trainer: Trainer) -> int:
     return counter.get_total_flops()
 
 
-def matmul_flop_rate(n: int = 1024, repeats: int = 20) -> float:
-    """FLOP/s of a dense n×n float32 matmul (best of `repeats`: the machine's dense peak)."""
+def matmul_flop_rate(n: int = 1024, repeats: int = 20, device: str = "cpu") -> float:
+    """FLOP/s of a dense n×n float32 matmul on `device` (best of `repeats`: its dense peak)."""
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    a @ b  # warm-up
-    best = min(timed(lambda: a @ b) for _ in range(repeats))
+    a, b = (torch.randn(n, n, generator=gen).to(device) for _ in range(2))
+    wait = torch.cuda.synchronize if a.is_cuda else lambda: None  # CUDA kernels run asynchronously
+
+    def product() -> None:
+        a @ b
+        wait()
+
+    product()  # warm-up
+    best = min(timed(product) for _ in range(repeats))
     return 2 * n**3 / best
 
 
@@ -232,10 +238,10 @@ def main() -> None:
         largest = max(flops, key=flops.get)
         task, _, single, batch = timings[largest]
         total = flops[largest] * task.config["steps"] * len(seeds)
-        peak = matmul_flop_rate()
+        peak = matmul_flop_rate(device=prof.device)
         print(f"\nlargest task: {largest}, {flops[largest] / 1e6:.1f} MFLOP per seed-step "
               f"(forward + backward matmuls)")
-        print(f"dense 1024×1024 float32 matmul: {peak / 1e9:.1f} GFLOP/s")
+        print(f"dense 1024×1024 float32 matmul on {prof.device}: {peak / 1e9:.1f} GFLOP/s")
         for how, seconds in (("batched", batch), ("one by one", single)):
             rate = total / seconds
             auto = "; --seed-batch auto" if (how == "one by one") == (largest in prof.unbatched) else ""
