@@ -227,6 +227,22 @@ def test_entry_pages_state_each_targets_median_and_ratio(site):
     assert checked == 3 * len(registry.all_tasks())
 
 
+def test_entry_pages_mark_diagnostics_as_the_tables_do_without_a_direction(site):
+    """A diagnostic metric has no better direction to show: an entry's page says "(diagnostic)",
+    as the tables and `ldbench show` do, where it showed the arrow of its declared direction."""
+    page = (site / "leaderboard" / "entries" / "alpha.html").read_text()
+    sections = dict(re.findall(r'<h4><a href="[^"]*">([^<]+)</a>(.*?)(?=<h4>|$)', page, re.S))
+    shown = 0
+    for task, cls in registry.all_tasks().items():
+        rows = re.findall(r'<td title="[^"]*">([^<]+)</td>', sections[task])
+        for name, spec in cls(cls.tiers["standard"]).metrics().items():
+            for cell in (r for r in rows if r.split(" ")[0] == name):
+                assert ("(diagnostic)" in cell) == (spec.role == "diagnostic"), (task, cell)
+                assert ("↓" in cell or "↑" in cell) == (spec.role != "diagnostic"), (task, cell)
+                shown += 1
+    assert shown >= len(registry.all_tasks()) * 3
+
+
 def test_curves_carry_the_tables_interval_as_a_band(site):
     out = site / "leaderboard"
     html = (out / "index.html").read_text()

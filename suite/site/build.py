@@ -566,7 +566,8 @@ def entry_task(task: str, cls: type[Task], rows: list[dict], declared: dict, not
     shown = []
     for r in ordered:
         spec = metrics_.get(r["metric"])
-        shown.append({"name": r["metric"], "arrow": ARROWS.get(r["direction"], ""),
+        arrow = "(diagnostic)" if r["role"] == "diagnostic" else ARROWS.get(r["direction"], "")
+        shown.append({"name": r["metric"], "arrow": arrow,
                       "description": spec.description if spec else "", "target": r["target"],
                       "text": cell_text(r) if r["applicable"] else "n/a", "rank": rank_of(r),
                       "na": "" if r["applicable"] else na or (f"not applicable: {note['na']}" if note["na"]
