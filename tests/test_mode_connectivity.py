@@ -20,7 +20,7 @@ from suite.metrics.connectivity import barrier
 from suite.registry import make_task
 from suite.results import read_results
 from suite.task import ConfigError
-from suite.tasks.mode_connectivity import path_name, stable_spawn_step
+from suite.tasks.mode_connectivity import ModeConnectivity, path_name, stable_spawn_step
 
 MOMENTUM = """
 import torch
@@ -269,7 +269,7 @@ def test_smoke_suite_run_and_divergence(make_entry, tmp_path):
     paths = curves[curves["metric"].str.match(PATH.pattern)].dropna(subset=["value"])
     assert set(paths["step"]) == {300}
     assert {PATH.match(m)["pair"] for m in paths["metric"]} == {
-        "spawn_0", "spawn_25", "spawn_300", "independent", "matched"}
+        "spawn_0", "spawn_25", "spawn_100", "independent", "matched"}
     # The barrier recomputed from the stored path curve is the stored metric.
     matched = paths[paths["metric"].str.startswith("path/matched/error@")]
     alphas = matched["metric"].str.extract(PATH)["alpha"].astype(float).to_numpy()
@@ -281,3 +281,11 @@ def test_smoke_suite_run_and_divergence(make_entry, tmp_path):
                             out=tmp_path / "wild", progress=False)
     assert (runs["status"] == "diverged").all() and runs["value"].isna().all()
     assert runs["diverged_step"].notna().all()
+
+
+def test_every_tiers_children_have_steps_to_take():
+    """A spawn step at the end gives two copies of the parent that never train: their barriers
+    are 0 by construction, and their spawn step would count as "stable" for any run. Spawning
+    at the end stays a valid config (a sanity check above); no tier does it."""
+    for tier, cfg in ModeConnectivity.tiers.items():
+        assert max(cfg["spawn_steps"]) < cfg["steps"], tier

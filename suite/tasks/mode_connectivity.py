@@ -156,7 +156,11 @@ class ModeConnectivity(Task):
     """
 
     name = "mode-connectivity"
-    version = 3
+    # 4: the smoke tier spawns at steps 0, 25 and 100, not 300 (= its steps: two children with no
+    # step to take, whose barriers were 0 by construction yet ranked, and whose "stable" spawn
+    # step capped the target at 300 for entries that never become stable). The standard tier's
+    # numbers are those of version 3.
+    version = 4
     family = "linear-connectivity"
     description = (
         "A ReLU MLP classifies a Gaussian mixture whose clusters carry random labels, trained "
@@ -181,7 +185,7 @@ class ModeConnectivity(Task):
     tiers = {
         "smoke": dict(steps=300, evals=12, dim=8, clusters=32, classes=4, cluster_std=0.3,
                       n_train=512, n_test=512, width=32, depth=2, batch_size=32,
-                      spawn_steps=[0, 25, 300], alphas=11, barrier_threshold=0.02,
+                      spawn_steps=[0, 25, 100], alphas=11, barrier_threshold=0.02,
                       trained_error=0.5),
         # 256 random-label clusters in 16 dimensions with 8 training points each: the network
         # must carve many small regions, and which hidden unit takes which cluster is decided
