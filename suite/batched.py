@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
+import warnings
 from typing import Any
 
 import torch
@@ -420,20 +422,43 @@ def signature(batch: Any) -> Any:
                             else x for x in leaves)
 
 
-def gradient_function(seed_loss, stacks: dict[str, torch.Tensor], batch: Any, dims: Any):
-    """vmap(grad_and_value(seed_loss)) over the seeds, traced once into a graph of aten ops.
+def gradient_function(seed_loss, stacks: dict[str, torch.Tensor], batch: Any, dims: Any
+                      ) -> tuple[Any, tuple[str, ...]]:
+    """vmap(grad_and_value(seed_loss)) over the seeds, traced once into a graph of aten ops; and
+    the aten ops that vmap runs seed after seed in a loop, having no batching rule for them.
 
     At these model sizes the Python overhead of torch.func's transforms (~1 ms a call) costs
     more than the arithmetic; the traced graph replays the same kernels without it. vmap
     already forbids reading tensor values in Python (`.item()`, data-dependent branches), so
     the graph depends only on the batch signature, and a batch of another signature gets its
-    own trace. If tracing fails, the eager transform is used.
+    own trace. If tracing fails, the eager transform is used. torch warns of each looped op in
+    two lines (torch's fused CPU attention, say); the runner says it once in a note instead.
     """
     eager = vmap(grad_and_value(seed_loss), in_dims=(0, dims))
-    try:
-        return make_fx(eager)(stacks, batch)
-    except Exception:  # noqa: BLE001 - the eager transform runs the same computation
-        return eager
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            traced = make_fx(eager)(stacks, batch)
+        except Exception:  # noqa: BLE001 - the eager transform runs the same computation
+            traced = eager
+    looped = []
+    for warning in caught:
+        found = LOOPED.search(str(warning.message))
+        if found:
+            looped.append(found[1])
+        else:  # anyone else's warning (the entry's own) is shown as it would be
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno, source=warning.source)
+    return traced, tuple(dict.fromkeys(looped))
+
+
+# torch.func's warning for an op without a batching rule (functorch/BatchedFallback.cpp).
+LOOPED = re.compile(r"not yet implemented the batching rule for (aten::\w+(?:\.\w+)?)")
+
+
+def looped_ops(trainer: Trainer) -> list[str]:
+    """The aten ops that the trainer's batches ran seed after seed (gradient_function)."""
+    return sorted({op for _, ops in trainer.traces.values() for op in ops})
 
 
 def tensor_attributes(model: nn.Module) -> list[str]:
@@ -588,7 +613,8 @@ class SeedBatch:
         try:
             if key not in self.traced:  # tracing runs the model's forward
                 self.traced[key] = gradient_function(self.seed_loss, self.stacks, batch, dims)
-            grads, losses = self.traced[key](self.stacks, batch)  # name -> (S, ...); losses: (S,)
+            gradients, _ = self.traced[key]
+            grads, losses = gradients(self.stacks, batch)  # name -> (S, ...); losses: (S,)
         except Exception as err:
             unsupported = vmap_failure(err, trainer.entry)
             if unsupported is None:

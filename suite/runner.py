@@ -154,6 +154,12 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
         if own:  # a study's trials: each run's hyperparameters for this task, in batch order
             for traj in trajs:
                 traj.execution["hparams"] = [e.hparams_for(task.name) for e in entries]
+        if looped := batched.looped_ops(trainer):
+            notes(f"note: {task.name}: torch.func has no batching rule for {', '.join(looped)}, "
+                  "so each batched step runs them seed after seed (slower; the same numbers); "
+                  "plain tensor ops batch (see baselines/transformer-1l's attention)")
+            for traj in trajs:
+                traj.execution["looped_ops"] = looped
     except EntryError:
         raise
     except (EntryCodeError, NotApplicable):  # each seed records its own outcome, as alone

@@ -1,18 +1,27 @@
 """Architecture entries: make_model, the tasks' model interfaces, tracks and "not applicable"."""
 
 import fnmatch
+import shutil
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import vmap
+from torch.fx.experimental.proxy_tensor import make_fx
 
-from suite import registry, report, runner, score, validate
+from suite import profiles, registry, report, runner, score, validate
+from suite.entry import load_entry
 from suite.init import from_generator
+from suite.loop import Trainer
 from suite.task import ModelInterface
 
 QUICK = ["steps=30", "evals=5"]
+REPO = Path(__file__).resolve().parents[1]
 
 REFERENCE = """
 def make_model(task, hparams, generator):
@@ -465,3 +474,52 @@ def test_the_interface_probe_leaves_a_models_buffers_as_built(make_entry):
     assert int(model.bn.num_batches_tracked) == 0 and model.training
     assert torch.equal(model.bn.running_mean, torch.zeros(32))
     assert torch.equal(model.bn.running_var, torch.ones(32))
+
+
+def sdpa_transformer(tmp_path) -> str:
+    """baselines/transformer-1l with its attention in torch's fused kernel, which torch.func
+    runs seed after seed (no batching rule on the CPU)."""
+    folder = tmp_path / "sdpa-1l"
+    shutil.copytree(REPO / "baselines" / "transformer-1l", folder,
+                    ignore=shutil.ignore_patterns("results"))
+    code = (folder / "entry.py").read_text()
+    start = code.index('        scores = torch.einsum("bqhe,bkhe->bhqk"')
+    end = code.index("\n", code.index('mixed = torch.einsum("bhqk,bkhe->bqhe"'))
+    written = code[start:end]  # the einsum attention, from its scores to its mixed values
+    fused = '''        mixed = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)),
+                                               is_causal=self.causal).transpose(1, 2)
+        weights = torch.zeros(B, self.heads, q.shape[1], T)'''
+    (folder / "entry.py").write_text(code.replace(written, fused))
+    toml = (folder / "entry.toml").read_text()
+    (folder / "entry.toml").write_text(toml.replace('name = "transformer-1l"', 'name = "sdpa-1l"'))
+    return str(folder)
+
+
+def torch_loops_fused_attention() -> bool:
+    """Whether torch itself warns that vmap loops over its fused CPU attention."""
+    q = torch.randn(2, 1, 1, 3, 4)  # (seeds, B, H, T, d_h)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_fx(vmap(lambda x: F.scaled_dot_product_attention(x, x, x)))(q)
+    return any("batching rule" in str(w.message) for w in caught)
+
+
+def test_ops_without_a_batching_rule_are_named_once_not_warned_per_op(tmp_path, recwarn):
+    """torch warns in two lines per op that vmap runs in a loop; the runner names them in one
+    note, and each run records them. The numbers are those of one by one."""
+    entry = sdpa_transformer(tmp_path)
+    notes = []
+    task = registry.make_task("markov-attention", "smoke", {"steps": 30, "evals": 5})
+    plans = [runner.Plan(task, seed, {}) for seed in (0, 1)]
+    prof = profiles.load("cpu-2core")
+    if not torch_loops_fused_attention():
+        pytest.skip("this torch batches its fused CPU attention")
+    outcomes = runner.execute_batch(plans, Trainer(task, load_entry(entry), prof), notes=notes.append)
+    assert len(notes) == 1 and "no batching rule for aten::_scaled_dot_product" in notes[0]
+    assert not [w for w in recwarn if "batching rule" in str(w.message)]
+    for plan, (traj, metrics, error) in zip(plans, outcomes, strict=True):
+        assert error is None and traj.execution["mode"] == "batched"
+        assert traj.execution["looped_ops"][0].startswith("aten::_scaled_dot_product")
+        alone, alone_metrics, _ = runner.execute(plan, Trainer(task, load_entry(entry), prof))
+        np.testing.assert_allclose(list(metrics.values()), list(alone_metrics.values()),
+                                   rtol=1e-4, atol=1e-6)
