@@ -170,7 +170,10 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
     runs.loc[runs["status"] != "ok", "value"] = np.nan
     runs["applicable"] = runs["applicable"].astype("boolean").fillna(True).astype(bool)  # older files
     runs["track"] = runs["track"].fillna("optimizer")
-    inputs.runs = runs[KEEP].reset_index(drop=True)
+    # In seed order whatever order the files hold (Dask appends runs as they finish): a mean
+    # over seeds sums them in one order, so the same runs always give the same scores, bit for bit.
+    inputs.runs = runs[KEEP].sort_values(["entry", "profile", "task", "metric", "seed"],
+                                         kind="stable").reset_index(drop=True)
     inputs.provenance = provenance(runs)
     inputs.results_dirs = {(e, p): paths[i].parent for e, p, i in
                            runs[["entry", "profile", "_file"]].drop_duplicates().itertuples(index=False)}

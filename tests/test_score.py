@@ -169,6 +169,25 @@ def test_scores_table_and_unreached_targets(tmp_path, two_tasks):
     assert (rows[~diagnostic].role == "ranked").all() and rows[~diagnostic]["rank"].notna().all()
 
 
+def test_the_same_runs_in_another_row_order_give_the_same_scores_bit_for_bit(tmp_path, two_tasks):
+    """Dask appends runs as they finish, so a re-run writes the same rows in another order; a
+    mean over seeds summed in file order moved by an ulp (seen on re-run baselines)."""
+    rng = np.random.default_rng(3)
+    for name in ("a", "b"):
+        synthetic_entry(tmp_path / "subs", name, rng=rng, speed=float(rng.uniform(1, 2)), tasks=two_tasks)
+    runs_path = tmp_path / "subs" / "a" / "results/cpu-2core/standard/runs.parquet"
+    runs = pd.read_parquet(runs_path)
+    # Values whose sum depends on its order: 0.1 + 0.2 + 0.3 != 0.3 + 0.2 + 0.1 in float64.
+    final = runs.metric == "final_loss"
+    runs.loc[final, "value"] = np.resize([0.1, 0.2, 0.3, 1e-16, 3.0], int(final.sum()))
+    results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), runs_path)
+    before = score.score(score.collect([tmp_path / "subs"], tasks=two_tasks), two_tasks)
+    shuffled = runs.iloc[::-1].reset_index(drop=True)  # last seed first
+    results.write_atomic(results.to_table(shuffled, results.RUN_SCHEMA, results.RUNS_FILE), runs_path)
+    after = score.score(score.collect([tmp_path / "subs"], tasks=two_tasks), two_tasks)
+    pd.testing.assert_frame_equal(before, after, check_exact=True)
+
+
 def test_entries_are_compared_only_within_one_profile(tmp_path, two_tasks):
     rng = np.random.default_rng(2)
     synthetic_entry(tmp_path / "subs", "cpu-fast", rng=rng, speed=1.0, tasks=two_tasks)
