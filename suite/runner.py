@@ -331,7 +331,10 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
     if workers or scheduler:  # issue 12: the same groups, on a Dask cluster
         from suite import cluster
 
-        jobs = [cluster.Job(entry, group) for group in groups]
+        # Batches first, single runs last (Dask starts jobs in the order they are submitted):
+        # a worker that finishes early then takes the short jobs, and the workers end together.
+        # The numbers do not depend on the order.
+        jobs = [cluster.Job(entry, group) for group in sorted(groups, key=len, reverse=True)]
         cluster.run_jobs(jobs, out=out, tier=tier, profile=profile, workers=workers,
                          scheduler=scheduler, time_limit=time_limit, progress=progress)
         todo, groups = [], []
