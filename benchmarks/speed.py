@@ -175,6 +175,10 @@ def print_suite(entry: Entry, seeds: int, prof: profiles.Profile) -> None:
     five, _ = suite_seconds(str(entry.path), seeds, "auto", prof.name, tasks=list(FIRST_FIVE))
     print(f"first five tasks: {five / 60:.2f} min wall (target <= 3); whole suite, {len(tasks)} "
           f"tasks: {total / 60:.2f} min wall (target <= 5); {how}")
+    # Runs at a time, on average: about `workers` when they all kept busy. Seen 2026-11-27: some
+    # runs of the suite took as long as their summed run time, as if the workers took turns.
+    print(f"whole suite: {sum(tasks.values()):.1f} s of runs in {total:.1f} s wall, "
+          f"{sum(tasks.values()) / total:.2f} runs at a time on average")
     if prof.workers > 1:
         alone, _ = suite_seconds(str(entry.path), seeds, "auto", prof.name, workers=0)
         print(f"whole suite in one process (--workers 0): {alone / 60:.2f} min wall "
