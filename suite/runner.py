@@ -162,8 +162,10 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
                 traj.execution["looped_ops"] = looped
     except EntryError:
         raise
-    except (EntryCodeError, NotApplicable):  # each seed records its own outcome, as alone
+    except EntryCodeError:  # each seed records its own outcome, as alone
         return [execute(plan, alone(run)) for plan, run in zip(plans, runs, strict=True)]
+    except NotApplicable:  # nothing trains: each seed says why, recorded as --seed-batch 1 does
+        return [execute(plan, run) for plan, run in zip(plans, runs, strict=True)]
     except Exception as err:  # noqa: BLE001 - the one-by-one path records or avoids it
         reason = f"{type(err).__name__}: {err}"
         if not isinstance(err, BatchingUnsupported):  # ldbench's own bug: keep its traceback

@@ -523,3 +523,16 @@ def test_ops_without_a_batching_rule_are_named_once_not_warned_per_op(tmp_path, 
         alone, alone_metrics, _ = runner.execute(plan, Trainer(task, load_entry(entry), prof))
         np.testing.assert_allclose(list(metrics.values()), list(alone_metrics.values()),
                                    rtol=1e-4, atol=1e-6)
+
+
+def test_a_task_that_does_not_apply_records_the_same_execution_batched_or_not(tmp_path):
+    """transformer-1l has no model for mode-connectivity (a procedure): its runs record the same
+    execution whether the seeds were grouped or run with --seed-batch 1."""
+    entry = str(REPO / "baselines" / "transformer-1l")
+    runs = {size: runner.run_suite(entry, tasks=["mode-connectivity"], seeds=2, out=tmp_path / str(size),
+                                   progress=False, seed_batch=size)
+            for size in ("auto", 1)}
+    for size, table in runs.items():
+        assert set(table["status"]) == {"not-applicable"}, size
+    executions = [sorted(t.drop_duplicates("run_id")["execution"]) for t in runs.values()]
+    assert executions[0] == executions[1]
