@@ -216,12 +216,15 @@ def group_plans(todo: list[tuple[Plan, str]], size: int | None, entry: Entry,
     return groups
 
 
+def batchable_tasks(plans: list[Plan]) -> set[str]:
+    """The tasks of which several seeds could train as one batch."""
+    seeds = Counter(p.task.name for p in plans if batched.seed_batchable(p.task))
+    return {name for name, n in seeds.items() if n > 1}
+
+
 def seed_by_seed(entry: Entry, plans: list[Plan]) -> str:
     """A note when the entry's way of stepping keeps seeds of one task that could batch apart."""
-    if not (entry.closure or entry.create_graph):
-        return ""
-    seeds = Counter(p.task.name for p in plans if batched.seed_batchable(p.task))
-    if max(seeds.values(), default=0) < 2:
+    if not (entry.closure or entry.create_graph) or not batchable_tasks(plans):
         return ""
     why = "steps with a closure (closure = true)" if entry.closure else \
         "keeps the gradients' graph (create_graph = true)"
@@ -230,8 +233,7 @@ def seed_by_seed(entry: Entry, plans: list[Plan]) -> str:
 
 def unbatched_note(prof: profiles.Profile, plans: list[Plan]) -> str:
     """A note when the profile trains the seeds of some of these tasks one by one."""
-    seeds = Counter(p.task.name for p in plans if p.task.name in prof.unbatched)
-    names = sorted(name for name, n in seeds.items() if n > 1)
+    names = sorted(batchable_tasks(plans) & set(prof.unbatched))
     if not names:
         return ""
     return (f"note: profile {prof.name} trains the seeds of {', '.join(names)} one by one, not "
