@@ -543,7 +543,7 @@ class SeedBatch:
     @classmethod
     def build(cls, task: Task, trainer: Trainer, lanes: list[Lane]) -> SeedBatch:
         """The batch of `lanes` (same architecture), or BatchingUnsupported before any step."""
-        if trainer.entry.closure or trainer.entry.create_graph:
+        if trainer.entry.steps_alone:
             raise BatchingUnsupported("closure and create_graph entries step seed by seed")
         models = [lane.model for lane in lanes]
         hooked = hook_problem(models)

@@ -57,6 +57,12 @@ class Entry:
     create_graph: bool = False
     search: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    @property
+    def steps_alone(self) -> bool:
+        """Whether each network must step by itself (closure or create_graph): its step reruns
+        or differentiates its own loss, which one batched gradient cannot give."""
+        return self.closure or self.create_graph
+
     def search_for(self, task: str) -> dict[str, dict[str, Any]]:
         """The `[search.default]` ranges updated with the task's own (`ldbench tune`)."""
         return {**self.search.get("default", {}), **self.search.get(task, {})}

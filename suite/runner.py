@@ -76,7 +76,7 @@ def execute(plan: Plan, trainer: Trainer, note: str | None = None
     procedure = not batched.batchable(plan.task)
     execution: dict[str, Any] = {"mode": "one-by-one"}
     if procedure:  # a closure or create_graph entry's networks step one after another
-        together = trainer.batch_lanes and not (trainer.entry.closure or trainer.entry.create_graph)
+        together = trainer.batch_lanes and not trainer.entry.steps_alone
         networks = "side by side" if together else "one by one"
         execution = {"mode": "procedure", "seeds": [plan.seed], "networks": networks}
     if note:
@@ -203,7 +203,7 @@ def group_plans(todo: list[tuple[Plan, str]], size: int | None, entry: Entry,
     together.
     """
     groups: list[list[tuple[Plan, str]]] = []
-    alone = entry.closure or entry.create_graph
+    alone = entry.steps_alone
     for item in todo:
         plan = item[0]
         apart = alone or (size is None and plan.task.name in unbatched)
@@ -224,7 +224,7 @@ def batchable_tasks(plans: list[Plan]) -> set[str]:
 
 def seed_by_seed(entry: Entry, plans: list[Plan]) -> str:
     """A note when the entry's way of stepping keeps seeds of one task that could batch apart."""
-    if not (entry.closure or entry.create_graph) or not batchable_tasks(plans):
+    if not entry.steps_alone or not batchable_tasks(plans):
         return ""
     why = "steps with a closure (closure = true)" if entry.closure else \
         "keeps the gradients' graph (create_graph = true)"
