@@ -27,16 +27,17 @@ SCORES_FILE = "scores.parquet"
 # What `score` read (run rows, provenance, results folders), next to the scores: `leaderboard
 # build` takes it instead of reading every runs file again when its digest is the inputs' now.
 INPUTS_FILE = "inputs.parquet"
-INPUTS_VERSION = "1"  # raise when Inputs or what collect() makes of the files changes
+INPUTS_VERSION = "2"  # raise when Inputs or what collect() makes of the files changes (2: run_id)
 META_RECORD = b"ldbench.record"
 STUDIES = "studies"  # where `ldbench tune` writes studies (suite.tune)
 TUNED_FILE = "tuned.json"
 META_INPUTS = b"ldbench.inputs"
 UNREAD = ["config", "hparams"]  # long JSON text that nothing here reads: not converted to pandas
 # Run-table columns the scorer and the site keep; the heavy JSON ones go into `provenance`.
-# `error`: why a run failed or does not apply, for the site's tooltips.
-KEEP = ["profile", "tier", "family", "task", "task_version", "entry", "seed", "status", "metric",
-        "value", "direction", "track", "applicable", "error"]
+# `error`: why a run failed or does not apply, for the site's tooltips; `run_id`: which rows of
+# a curves file belong to the scored runs (a results folder may also hold runs left out).
+KEEP = ["profile", "tier", "family", "task", "task_version", "entry", "seed", "run_id", "status",
+        "metric", "value", "direction", "track", "applicable", "error"]
 READERS = min(4, os.cpu_count() or 1)  # threads reading runs files
 TRACKS = ("optimizer", "architecture")  # an entry's "recipe" (model + optimizer) is scored on the second
 
@@ -55,6 +56,16 @@ class Inputs:
     view: str = ""  # what a tuned view compares (empty for the main leaderboard)
     tuned_files: dict[str, Path] = field(default_factory=dict)  # the tuned view: each entry's tuned.json
     untuned: list[str] = field(default_factory=list)  # the tuned view: entries without a study
+    _run_ids: dict[tuple[str, str], frozenset[str]] | None = field(default=None, repr=False)
+
+    def run_ids(self, entry: str, profile: str) -> frozenset[str]:
+        """The ids of the runs scored of `entry` on `profile`: the only rows of its curves file
+        the site may draw (a results folder also keeps runs that are left out: --set or --hparam
+        overrides, older files of the entry, another entry's rows)."""
+        if self._run_ids is None:
+            self._run_ids = {key: frozenset(ids) for key, ids in
+                             self.runs.groupby(["entry", "profile"])["run_id"].unique().items()}
+        return self._run_ids.get((entry, profile), frozenset())
 
 
 def entry_folders(roots: list[str | Path]) -> list[Path]:
@@ -297,7 +308,7 @@ def usable(runs: pd.DataFrame, tier: str, tasks: dict[str, type[Task]]) -> pd.Se
     """Rows that can be compared: this entry's, this tier's, a known profile, current task versions."""
     versions = {name: cls.version for name, cls in tasks.items()}
     needed = [c for c in KEEP if c not in ("value", "track", "applicable", "error")]  # may be null
-    complete = runs[needed + ["overrides", "run_id"]].notna().all(axis=1)
+    complete = runs[needed + ["overrides"]].notna().all(axis=1)
     return (complete & (runs["entry"] == runs["_entry"]) & (runs["tier"] == tier)
             & (runs["profile"] == runs["_profile"]) & runs["profile"].isin(list(profiles.available()))
             & (runs["overrides"].astype(str).str.strip() == "{}")

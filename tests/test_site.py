@@ -835,3 +835,43 @@ def test_an_entry_whose_curves_cannot_be_read_says_so_and_shows_no_other_curves(
     assert "No curves shown" not in pages["beta"]
     lines = lambda page: page.count("<path d=")  # noqa: E731 - curves drawn on a page
     assert lines(pages["alpha"]) == lines(pages["gamma"]) == 0 < lines(pages["beta"])
+
+
+def test_only_the_scored_runs_curves_are_drawn_and_a_repeated_row_draws_none(site, tmp_path):
+    """A results folder also keeps runs the scores leave out (a `--set` run beside the plain
+    ones; a run of older entry files): their curves are not pooled into the scored runs' on
+    the entry page or the index plots, which stay byte for byte as without them. A curves file
+    that gives a (run, step, curve) twice shows none, and says why."""
+    subs = tmp_path / "submissions"
+    shutil.copytree(site / "submissions", subs)
+    folder = subs / "beta/results/cpu-2core/standard"
+    runs, curves = (results.read_table(folder / name) for name in (results.RUNS_FILE, results.CURVES_FILE))
+    first = runs["run_id"].iloc[0]
+    extra = runs[runs["run_id"] == first].assign(run_id="extra-run", overrides='{"set": {"steps": 10}}')
+    old = runs[runs["run_id"] == first].assign(run_id="older-files", entry_hash="0" * 16)
+    drawn = curves[curves["run_id"] == first]
+    more = pd.concat([drawn.assign(run_id="extra-run", value=drawn["value"] * 7 + 3),
+                      drawn.assign(run_id="older-files", value=-drawn["value"])])
+    results.write_atomic(results.to_table(pd.concat([runs, extra, old]), results.RUN_SCHEMA,
+                                          results.RUNS_FILE), folder / results.RUNS_FILE)
+    results.write_atomic(results.to_table(pd.concat([curves, more]), results.CURVE_SCHEMA,
+                                          results.CURVES_FILE), folder / results.CURVES_FILE)
+    twice = subs / "gamma/results/cpu-2core/standard" / results.CURVES_FILE
+    gamma = results.read_table(twice)
+    results.write_atomic(results.to_table(pd.concat([gamma, gamma.iloc[:1]]), results.CURVE_SCHEMA,
+                                          results.CURVES_FILE), twice)
+    inputs = score.collect([subs])
+    assert "extra-run" not in set(inputs.runs["run_id"]) and len(inputs.warnings) == 2  # both left out
+    warned = []
+    build.build(inputs, score.score(inputs), tmp_path / "lb", warn=warned.append)
+    same = site / "leaderboard"
+    digest = re.compile(r"[0-9a-f]{12,64}")  # of the inputs (which changed), whole and short
+    page = lambda root, name: digest.sub("", (root / "entries" / name).read_text())  # noqa: E731
+    assert page(tmp_path / "lb", "beta.html") == page(same, "beta.html")
+    for plot in sorted((same / "plots").glob("*.svg")):
+        if "gamma" not in plot.read_text():  # gamma's curves are gone from the index plots
+            assert (tmp_path / "lb/plots" / plot.name).read_bytes() == plot.read_bytes(), plot.name
+    assert warned == ["entry gamma on cpu-2core: no curves shown: its curves.parquet gives a (run, step, "
+                      "curve) more than once; `ldbench validate` names the rows"]
+    assert "No curves shown: its curves.parquet gives a (run, step, curve) more than once" in page(
+        tmp_path / "lb", "gamma.html")

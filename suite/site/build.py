@@ -359,16 +359,13 @@ def sort_key(row: dict | None) -> float:
 
 
 def read_curves(inputs: Inputs, entry: str, profile: str, cache: dict | None) -> pd.DataFrame | None:
-    """An entry's curves table on `profile` (None if it has none or it is unreadable), cached."""
+    """An entry's curves on `profile`, the scored runs' rows (None if it has none or they cannot
+    be drawn), cached."""
     key = (entry, profile)
     if cache is not None and key in cache:
         return cache[key]
-    folder = inputs.results_dirs.get(key)
-    path = folder / results.CURVES_FILE if folder else None
-    try:
-        found = results.read_capped(path) if path and results.plain_file(path) else None
-    except results.ResultsError:
-        found = None
+    table, _ = scored_curves(inputs, entry, profile)
+    found = table.to_pandas() if table is not None else None
     if cache is not None:
         cache[key] = found
     return found
@@ -593,23 +590,36 @@ def target_text(rows: list[dict]) -> str:
             f"{ratio_text(row['ratio'])} the steps of the best entry (the ratio the family score uses).")
 
 
-def curve_table(inputs: Inputs, entry: str, profile: str) -> tuple[pa.Table | None, str]:
-    """An entry's curves on `profile` as Arrow, the columns the pages plot (read_curves' checks),
-    task and metric dictionary-encoded; or None and why (one line, without the file's path)."""
+def scored_curves(inputs: Inputs, entry: str, profile: str, *, columns: list[str] | None = None,
+                  dictionary: tuple[str, ...] = ()) -> tuple[pa.Table | None, str]:
+    """An entry's curves on `profile` as Arrow: the rows of its scored runs (`Inputs.run_ids`),
+    `columns` of them (read_arrow's checks); or None and why (one line, without the file's path).
+
+    A curves file that gives a (run, step, curve) twice is not drawn: which value is the
+    run's? (validate refuses such files; score leaves out runs files that contradict themselves.)
+    """
     folder = inputs.results_dirs.get((entry, profile))
     path = folder / results.CURVES_FILE if folder else None
     if path is None or not (path.exists() or path.is_symlink()):
         return None, f"its results hold no {results.CURVES_FILE}"
     if not results.plain_file(path):
         return None, f"its {results.CURVES_FILE} is not a plain file (a symlink, folder or special file)"
+    read = None if columns is None else sorted({*columns, *CURVE_KEY}, key=results.CURVE_SCHEMA.names.index)
     try:
-        return results.read_arrow(path, max_rows=results.MAX_ROWS[results.CURVES_FILE],
-                                  max_bytes=results.MAX_DECODED_BYTES, columns=list(PAGE_COLUMNS),
-                                  dictionary=("task", "metric")), ""
+        table = results.read_arrow(path, max_rows=results.MAX_ROWS[results.CURVES_FILE],
+                                   max_bytes=results.MAX_DECODED_BYTES, columns=read, dictionary=dictionary)
     except results.ResultsError as err:
         return None, f"its {results.CURVES_FILE} is unreadable: {str(err).removeprefix(f'{path}: ')}"
+    ids = pa.array(sorted(inputs.run_ids(entry, profile)), pa.string())
+    table = table.filter(pc.is_in(table["run_id"], value_set=ids))
+    counts = table.select(CURVE_KEY).group_by(CURVE_KEY).aggregate([([], "count_all")])["count_all"]
+    if len(counts) and pc.max(counts).as_py() > 1:
+        return None, (f"its {results.CURVES_FILE} gives a (run, step, curve) more than once; "
+                      "`ldbench validate` names the rows")
+    return (table if columns is None else table.select(columns)), ""
 
 
+CURVE_KEY = ["run_id", "step", "metric"]  # one value each in a curves file
 PAGE_COLUMNS = ("task", "step", "metric", "value")  # what an entry page's plots read of its curves
 
 
@@ -874,8 +884,9 @@ class Pages:
         files = sorted({(r["tier"], name, r["profile"]) for name in names for r in self.per_entry[name,]})
         for tier, part in itertools.groupby(files, key=lambda f: f[0]):
             keys = [(entry, profile) for _, entry, profile in part]
-            tables, whys = zip(*(curve_table(self.inputs, entry, profile) for entry, profile in keys),
-                               strict=True)
+            tables, whys = zip(*(scored_curves(self.inputs, entry, profile, columns=list(PAGE_COLUMNS),
+                                               dictionary=("run_id", "task", "metric"))
+                                 for entry, profile in keys), strict=True)
             out.update(zip(keys, page_means(list(tables), self.declared[tier]), strict=True))
             problems.update((key, why) for key, why in zip(keys, whys, strict=True) if why)
         return out, problems
