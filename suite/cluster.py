@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 import pandas as pd
+from distributed.diagnostics.plugin import WorkerPlugin
 from tqdm.auto import tqdm
 
 from suite import profiles, results, runner, seeding
@@ -67,6 +68,25 @@ def work(job: Job, *, digest: str, tier: str, profile: str,
                                 fingerprint=fingerprint, time_limit=time_limit)
 
 
+class Imports(WorkerPlugin):
+    """A Dask worker plugin: the worker imports every task module (and so torch and scipy) as it
+    joins, before any job reaches it.
+
+    A worker unpickles the next job (which imports its task's module) on its event-loop thread
+    while its one executor thread runs the current job. Two threads importing scipy at once
+    tripped Python's import-deadlock detection ("cannot import name 'PytestTester' from
+    partially initialized module"): the worker lost its connection to the scheduler, and the
+    other worker ran every remaining job, one after another (2 of 4 smoke suites on 2 cores).
+    """
+
+    name = "ldbench-imports"
+
+    def setup(self, worker) -> None:
+        from suite import registry
+
+        registry.all_tasks()
+
+
 @contextmanager
 def connect(workers: int, scheduler: str | None) -> Iterator:
     """A client of the cluster at `scheduler`, or of a new LocalCluster of `workers` processes.
@@ -84,6 +104,7 @@ def connect(workers: int, scheduler: str | None) -> Iterator:
             raise ClusterError(f"--scheduler {scheduler}: cannot connect ({err}); start a scheduler "
                                "there (`dask scheduler`) or run a local cluster with --workers N") from None
         with client:
+            client.register_plugin(Imports())
             yield client
         return
     # silence_logs: a run's failure reaches the client, which says it in one line; the workers'
@@ -92,6 +113,7 @@ def connect(workers: int, scheduler: str | None) -> Iterator:
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                          dashboard_address=":0", silence_logs=logging.CRITICAL) as cluster, \
             Client(cluster) as client:
+        client.register_plugin(Imports())  # before any job: see Imports
         yield client
 
 

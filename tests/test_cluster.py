@@ -259,6 +259,24 @@ def test_local_workers_keep_glibcs_adaptive_malloc(monkeypatch):
     assert list(seen.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}]
 
 
+def test_every_worker_imports_the_task_modules_before_its_first_job():
+    """A worker unpickles its next job (importing the task's module) while it runs another: two
+    threads importing scipy at once broke a worker in 2 of 4 smoke suites, and the other ran
+    every job. Workers of ldbench's own cluster and of one given by --scheduler (started
+    without ldbench) have imported every task module before a job reaches them."""
+    from dask.distributed import LocalCluster
+
+    from suite import registry
+
+    modules = sorted(cls.__module__ for cls in registry.all_tasks().values())
+    imported = lambda: [m for m in modules if m in __import__("sys").modules]  # noqa: E731
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as bare:
+        with cluster.connect(0, bare.scheduler_address) as client:
+            assert list(client.run(imported).values()) == [modules]
+    with cluster.connect(2, None) as client:
+        assert list(client.run(imported).values()) == [modules, modules]
+
+
 def test_without_workers_a_run_takes_the_profiles_when_it_has_two_groups(make_entry, tmp_path,
                                                                          monkeypatch):
     """cpu-2core trains two runs at a time (`workers = 2`): two groups go to a local cluster of
