@@ -12,6 +12,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from suite import registry, report, results
+from suite.entry import EntryError, load_entry
 from suite.interval import METHOD, t_interval
 from suite.task import Metric
 
@@ -48,12 +49,23 @@ def load(path: str | Path, *, tier: str | None, profile: str) -> tuple[pd.DataFr
 
 
 def columns(paths: list[str | Path], *, tier: str | None, profile: str) -> list[Column]:
-    """One column per (entry, tier, overrides) found in the paths; runs are never pooled across them."""
+    """One column per (entry, entry files, tier, overrides) found in the paths; runs are never
+    pooled across them. A results folder keeps the runs of an entry's older files beside the
+    new ones (same seeds, other code): they are a column of their own, labelled with their
+    files' hash, and `(older files ...)` where the entry folder says which files are current."""
     found = []
     for path in paths:
         runs, curves = load(path, tier=tier, profile=profile)
-        for (entry, tier_, overrides), part in runs.groupby(["entry", "tier", "overrides"], sort=False):
+        now = current_hash(Path(path))
+        hashes = runs.groupby("entry")["entry_hash"].nunique()
+        groups = sorted(runs.groupby(["entry", "entry_hash", "tier", "overrides"], sort=False),
+                        key=lambda group: now is not None and group[0][1] != now)  # current files first
+        for (entry, files, tier_, overrides), part in groups:
             label = entry + ("" if overrides in ("", "{}") else f" {overrides}")
+            if now is not None and files != now:
+                label += f" (older files {str(files)[:12]})"
+            elif now is None and hashes[entry] > 1:
+                label += f" (files {str(files)[:12]})"
             found.append((label, str(path), tier_, part, curves[curves["run_id"].isin(set(part["run_id"]))]))
     if len({f[2] for f in found}) > 1:
         raise registry.RegistryError(f"the compared results span tiers {sorted({f[2] for f in found})}; "
@@ -61,6 +73,17 @@ def columns(paths: list[str | Path], *, tier: str | None, profile: str) -> list[
     labels = [f[0] for f in found]
     return [Column(label if labels.count(label) == 1 else f"{label} ({path})", runs, curves)
             for label, path, _, runs, curves in found]
+
+
+def current_hash(path: Path) -> str | None:
+    """The hash of an entry folder's files now; None for a plain results folder (or an entry
+    that no longer loads: its runs are then told apart by hash alone)."""
+    if not (path / "entry.toml").is_file():
+        return None
+    try:
+        return load_entry(path).hash
+    except EntryError:
+        return None
 
 
 def declared_metrics(runs: pd.DataFrame) -> dict[str, dict[str, Metric]]:

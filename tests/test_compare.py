@@ -95,3 +95,25 @@ def test_rows_follow_the_registry_and_each_tasks_metrics_whatever_the_files_orde
         declared = list(registry.make_task(task, "standard").metrics())
         assert list(part["metric"]) == [m for m in declared if m in set(part["metric"])]
     assert rows.reset_index(drop=True).equals(compare.table(cols).reset_index(drop=True))
+
+
+def test_runs_of_an_entrys_older_files_are_a_column_of_their_own(make_entry):
+    """After an entry's files change, its results folder holds the old runs beside the new ones,
+    on the same seeds: compare shows them apart (the current files first), never pooled (that
+    counted each seed twice and narrowed every interval)."""
+    entry = make_entry("probe", hparams="[hparams.default]\nlr = 0.001\n")
+    run = ["run", str(entry), "--quiet", "--tasks", "deep-linear-modes", "--tier", "smoke",
+           "--seeds", "3", "--workers", "0"]
+    assert CliRunner().invoke(main, run).exit_code == 0
+    (entry / "entry.toml").write_text((entry / "entry.toml").read_text().replace("0.001", "0.05"))
+    assert CliRunner().invoke(main, run).exit_code == 0
+    folder = entry / "results/cpu-2core/smoke"
+    now, older = compare.columns([entry], tier="smoke", profile="cpu-2core")
+    assert now.label == "probe" and older.label.startswith("probe (older files ")
+    for col in (now, older):
+        assert len(col.runs.drop_duplicates("run_id")) == col.runs["seed"].nunique() == 3
+        assert col.runs["entry_hash"].nunique() == 1 and set(col.curves["run_id"]) == set(col.runs["run_id"])
+    plain = compare.columns([folder], tier="smoke", profile="cpu-2core")  # no entry.toml: by hash alone
+    assert [c.label[:len("probe (files ")] for c in plain] == ["probe (files "] * 2
+    shown = CliRunner().invoke(main, ["compare", str(entry), "--tier", "smoke"])
+    assert shown.exit_code == 0 and "probe: 3 seeds, probe (older files " in shown.output
