@@ -63,7 +63,7 @@ def work(job: Job, *, digest: str, tier: str, profile: str,
         raise EntryError(f"{job.entry.path}: worker {socket.gethostname()} sees other entry files "
                          "than the client; workers need the same files (a shared filesystem)")
     fingerprint = worker_fingerprint(profile, job.entry.path)
-    with seeding.own_python_random():  # the worker's other threads draw from Python's `random`
+    with seeding.own_host_rngs():  # the worker's other threads draw from `random` and numpy's RNG
         return runner.run_group(job.group, job.entry, prof, tier=tier, profile=profile,
                                 fingerprint=fingerprint, time_limit=time_limit)
 

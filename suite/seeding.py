@@ -92,20 +92,24 @@ def seeded_host_rngs(seed: int) -> Iterator[None]:
         np.random.set_state(saved[1])
 
 
-_OWNER = threading.local()  # .active: this thread owns Python's global `random`
+_OWNER = threading.local()  # .active: this thread owns Python's and numpy's global RNGs
 
 
 @contextmanager
-def own_python_random() -> Iterator[None]:
-    """Python's global `random` for the calling thread alone while the block runs.
+def own_host_rngs() -> Iterator[None]:
+    """Python's global `random` and numpy's global RNG for the calling thread alone while the
+    block runs.
 
-    A Dask worker's own threads (heartbeats, retries, peer choice) draw from Python's global
-    `random` about once a second (measured on a LocalCluster worker; numpy's stays untouched).
-    Seeds trained together check that entry code never draws from it (`host_rng_states`), so
-    on a worker those draws refused batches at random and ran them one by one: other numbers
-    than in-process. Within this block every other thread of the process draws from a private
-    generator (the module's functions dispatch on the calling thread), so the check sees the
-    entry's draws only. Installed once per process, on first use.
+    A Dask worker's own threads draw from both while the next run trains: from Python's
+    `random` about once a second (heartbeats, retries, peer choice, message compression), and
+    from numpy's whenever Dask sizes a finished job's returned rows (`dask.sizeof` samples a
+    pandas object column with `np.random.choice`). Seeds trained together check that entry
+    code never draws from them (`host_rng_states`), as does make_model; on a worker those
+    draws refused batches at random (other numbers than in-process) and failed correct entries
+    ("make_model drew from a global RNG"), in about 1 of 3 smoke runs of a third-party model.
+    Within this block every other thread of the process draws from private generators (the
+    module functions dispatch on the calling thread), so the checks see the entry's draws only.
+    Installed once per process, on first use.
     """
     install_thread_dispatch()
     _OWNER.active = True
@@ -117,22 +121,24 @@ def own_python_random() -> Iterator[None]:
 
 @functools.cache
 def install_thread_dispatch() -> None:
-    """Route Python's `random` functions to the global instance for the owning thread, else to
-    a private one: in the `random` module and wherever a module imported one by name (Dask's
-    message compression does `from random import randint`, and samples with it on its own
-    thread while the next run trains)."""
-    private = random.Random()
+    """Route the module functions of Python's `random` and of numpy's legacy global RNG
+    (`np.random.choice`, `np.random.get_state`, ...) to the global instance for the owning
+    thread, else to a private one: in their modules and wherever a module imported one by name
+    (Dask's message compression does `from random import randint`, and samples with it on its
+    own thread while the next run trains)."""
     dispatchers = {}
-    for name in dir(random):
-        method = getattr(random, name)
-        if getattr(method, "__self__", None) is random._inst:  # a module function of the instance
-            dispatchers[name] = dispatcher(method, getattr(private, name))
+    for instance, private in ((random._inst, random.Random()),
+                              (np.random.mtrand._rand, np.random.RandomState())):
+        dispatchers[id(instance)] = {name: dispatcher(method, getattr(private, name))
+                                     for name in dir(instance) if not name.startswith("_")
+                                     and callable(method := getattr(instance, name))}
     for module in list(sys.modules.values()):
         for name, value in list(vars(module).items()) if issubclass(type(module), types.ModuleType) else ():
             # type() first: reading attributes of arbitrary objects (or isinstance) can run code
-            if (type(value) in (types.MethodType, types.BuiltinMethodType)
-                    and value.__self__ is random._inst and value.__name__ in dispatchers):
-                setattr(module, name, dispatchers[value.__name__])
+            if type(value) in (types.MethodType, types.BuiltinMethodType):
+                found = dispatchers.get(id(value.__self__), {})
+                if value.__name__ in found:
+                    setattr(module, name, found[value.__name__])
 
 
 def dispatcher(mine, theirs):

@@ -84,27 +84,38 @@ def test_a_batch_on_a_worker_is_not_refused_for_the_workers_own_random_draws(mak
     pd.testing.assert_series_equal(local.value, dask.value)
 
 
-def test_only_the_owning_thread_draws_from_pythons_global_random():
+def test_only_the_owning_thread_draws_from_pythons_and_numpys_global_rngs():
+    """On a worker, Dask's threads draw from Python's `random` (message compression) and from
+    numpy's global RNG (sizing a job's returned rows); the entry's checks must see the entry's
+    draws only, or a correct make_model is failed and batches are refused at random."""
     import random
 
+    import numpy as np
+    from dask.sizeof import sizeof
     from distributed.protocol import compression  # `from random import randint`, used on its thread
 
     from suite import seeding
+
+    rows = pd.DataFrame({"error": pd.Series(["a", None] * 200, dtype=object)})  # sampled by sizeof
 
     def draw():
         for _ in range(100):
             random.random()
             compression.randint(0, 9)
+            sizeof(rows)
+            np.random.rand()
 
-    with seeding.own_python_random():
+    with seeding.own_host_rngs():
         random.seed(7)
-        before = random.getstate()
+        np.random.seed(7)
+        before = seeding.host_rng_states()
         other = threading.Thread(target=draw)
         other.start()
         other.join()
-        assert random.getstate() == before  # the other thread drew from its own generator
+        assert seeding.same_host_rng_states(before, seeding.host_rng_states())  # drew privately
         draw()
-        assert random.getstate() != before
+        now = seeding.host_rng_states()
+        assert random.getstate() != before[0] and not np.array_equal(now[1], before[1])
 
 
 def test_verify_on_dask_workers_reproduces_the_runs_bit_for_bit(make_entry, scheduler):
