@@ -126,10 +126,15 @@ class Entry:
         hparams = self.hparams_for(task.name)
         with entry_call(self, "make_schedule", hparams):
             schedule = module.make_schedule(optimizer, hparams, task)
-        if not isinstance(schedule, LRScheduler) or schedule.optimizer is not optimizer:
+        if not isinstance(schedule, LRScheduler):  # e.g. pytorch_optimizer's own LinearScheduler
             raise EntryError(
-                f"{self.path / 'entry.py'}: make_schedule returned {type(schedule).__name__}, not a "
-                "torch.optim.lr_scheduler.LRScheduler of the optimizer it was given; build one on it")
+                f"{self.path / 'entry.py'}: make_schedule returned {type(schedule).__name__}, which is not "
+                "a torch.optim.lr_scheduler.LRScheduler (the harness steps it once after every optimizer "
+                "step); return one, e.g. torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor)")
+        if schedule.optimizer is not optimizer:
+            raise EntryError(
+                f"{self.path / 'entry.py'}: make_schedule returned a {type(schedule).__name__} of another "
+                "optimizer than the one it was given; build it on its `optimizer` argument")
         return schedule
 
     def __getstate__(self) -> dict[str, Any]:
@@ -426,13 +431,20 @@ def entry_code_error(err: BaseException, entry: Entry, call: str,
     with the likely fix of a common mistake (`code_hint`).
 
     Without a frame in the entry folder (a library optimizer raising on its own), the last
-    frame of the call is named instead.
+    frame of the call outside torch is named instead (the library's), else the last one.
     """
     frames = traceback.extract_tb(err.__traceback__)
-    frame = (entry_frames(err, entry) or frames or [None])[-1]
+    frame = (entry_frames(err, entry) or outside_torch(frames) or frames or [None])[-1]
     where = f" at {frame.filename}:{frame.lineno} ({frame.name})" if frame else ""
     return EntryCodeError(f"the entry's {call} failed{where}: {type(err).__name__}: {err}"
                           f"{code_hint(err, entry, call, hparams)}")
+
+
+def outside_torch(frames: list[traceback.FrameSummary]) -> list[traceback.FrameSummary]:
+    """The frames not in torch's own files: where a library optimizer misused torch (GSAM
+    unpacking a closure's loss as (outputs, loss) failed inside torch's Tensor.__iter__)."""
+    root = Path(torch.__file__).resolve().parent
+    return [frame for frame in frames if not Path(frame.filename).resolve().is_relative_to(root)]
 
 
 def entry_frames(err: BaseException, entry: Entry) -> list[traceback.FrameSummary]:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from suite.entry import EntryError, entry_hash, load_entry
+from suite.entry import EntryError, entry_code_error, entry_hash, load_entry
 from suite.registry import make_task
 
 
@@ -124,3 +124,48 @@ def test_a_hyperparameter_override_json_cannot_hold_is_refused(make_entry):
     entry = load_entry(make_entry(hparams="[hparams.default]\nlr = 0.01\n"))
     with pytest.raises(EntryError, match="--hparam lr=inf: not a finite number"):
         split_hparams(["lr=inf"], entry, ["deep-linear-modes"])
+
+
+def test_a_library_optimizer_failing_inside_torch_is_named_at_its_own_line(make_entry, tmp_path):
+    """pytorch_optimizer's GSAM unpacks its closure's loss as (outputs, loss): the error is
+    raised in torch's Tensor.__iter__, but the line to read is the library's."""
+    import importlib.util
+
+    library = tmp_path / "lib" / "thirdparty.py"
+    library.parent.mkdir()
+    library.write_text("import torch\n\ndef step(closure):\n    outputs, loss = closure()\n")
+    spec = importlib.util.spec_from_file_location("thirdparty", library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import torch
+
+    with pytest.raises(TypeError) as caught:
+        module.step(lambda: torch.tensor(1.0))
+    message = str(entry_code_error(caught.value, load_entry(make_entry()), "optimizer.step"))
+    assert message.startswith(f"the entry's optimizer.step failed at {library}:4 (step): TypeError: ")
+
+
+@pytest.mark.parametrize(("schedule", "said"), [
+    ("Linear(optimizer)", "make_schedule returned Linear, which is not a torch.optim.lr_scheduler"
+                          ".LRScheduler (the harness steps it once after every optimizer step); return one, "
+                          "e.g. torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor)"),
+    ("torch.optim.lr_scheduler.StepLR(torch.optim.SGD([torch.zeros(1)], lr=1.0), 5)",
+     "make_schedule returned a StepLR of another optimizer than the one it was given; build it on its "
+     "`optimizer` argument"),
+])
+def test_a_schedule_the_harness_cannot_step_is_refused_saying_why(make_entry, schedule, said):
+    """pytorch_optimizer's own schedulers are not LRSchedulers (the message said 'StepLR, not an
+    LRScheduler' for both mistakes)."""
+    code = ("import torch\n\nclass Linear:\n    def __init__(self, optimizer):\n"
+            "        self.optimizer = optimizer\n\n    def step(self):\n        pass\n\n"
+            "def make_optimizer(params, hparams, task):\n"
+            "    return torch.optim.SGD(params, lr=hparams['lr'])\n\n"
+            f"def make_schedule(optimizer, hparams, task):\n    return {schedule}\n")
+    entry = load_entry(make_entry(code=code))
+    task = make_task("deep-linear-modes", "smoke")
+    import torch
+
+    optimizer = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1)
+    with pytest.raises(EntryError) as caught:
+        entry.make_schedule(optimizer, task.view())
+    assert str(caught.value) == f"{entry.path / 'entry.py'}: {said}"
