@@ -75,7 +75,8 @@ class Entry:
         """Call the entry's `make_optimizer(params, hparams, task[, model])` and check the result.
 
         `params` are the model's parameters in `task.param_names` order; an entry whose
-        make_optimizer takes a fourth argument also receives the model (WSAM, or an optimizer that reads the model's layers).
+        make_optimizer takes a fourth argument also receives the model (WSAM, or an optimizer
+        that reads the model's layers).
         """
         hparams = self.hparams_for(task.name)
         module = load_module(self)
