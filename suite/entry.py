@@ -94,6 +94,11 @@ class Entry:
             raise EntryError(
                 f"{self.path / 'entry.toml'}: {type(optimizer).__name__}.step needs a closure; "
                 "add `closure = true` at the top level of entry.toml")
+        for key, value, default in boolean_numbers(optimizer):
+            raise EntryError(
+                f"{self.path / 'entry.toml'}: {type(optimizer).__name__} got {key} = {str(value).lower()}, "
+                f"a boolean, where it takes a number (its default is {default!r}), and trains with "
+                f"{key} = {int(value)}; write the number (e.g. {key} = {default!r})")
         return optimizer
 
     @cached_property  # read per evaluation: loading the module hashes the entry's files
@@ -175,6 +180,20 @@ def needs_closure(optimizer: torch.optim.Optimizer) -> bool:
     except (TypeError, ValueError):
         return False
     return closure is not None and closure.default is inspect.Parameter.empty
+
+
+def boolean_numbers(optimizer: torch.optim.Optimizer) -> list[tuple[str, bool, float]]:
+    """(key, value, default) of each param-group value that is a boolean where the optimizer's
+    constructor defaults that argument to a number: `lr = true` in entry.toml reaches Adam as
+    lr = 1 (Python's bool is an int), and trains without complaint."""
+    try:
+        defaults = {name: p.default for name, p in inspect.signature(type(optimizer)).parameters.items()}
+    except (TypeError, ValueError):
+        return []
+    found = {(key, value, defaults[key]) for group in optimizer.param_groups for key, value in group.items()
+             if isinstance(value, bool) and isinstance(defaults.get(key), int | float)
+             and not isinstance(defaults[key], bool)}
+    return sorted(found)
 
 
 def split_hparams(pairs: list[str], entry: Entry, task_names: list[str]) -> dict[str, dict[str, Any]]:

@@ -169,3 +169,22 @@ def test_a_schedule_the_harness_cannot_step_is_refused_saying_why(make_entry, sc
     with pytest.raises(EntryError) as caught:
         entry.make_schedule(optimizer, task.view())
     assert str(caught.value) == f"{entry.path / 'entry.py'}: {said}"
+
+
+def test_a_boolean_where_the_optimizer_takes_a_number_is_refused(make_entry):
+    """`lr = true` reached SGD as lr = 1 (bool is an int) and trained; booleans the optimizer
+    takes as booleans (nesterov) pass."""
+    import torch
+
+    task = make_task("deep-linear-modes", "smoke")
+    model = torch.nn.Linear(2, 2)
+    entry = load_entry(make_entry(hparams="[hparams.default]\nlr = true\n"))
+    with pytest.raises(EntryError) as caught:
+        entry.make_optimizer(model, task.view())
+    assert str(caught.value) == (f"{entry.path / 'entry.toml'}: SGD got lr = true, a boolean, where it "
+                                 "takes a number (its default is 0.001), and trains with lr = 1; write the "
+                                 "number (e.g. lr = 0.001)")
+    code = ("import torch\n\ndef make_optimizer(params, hparams, task):\n"
+            "    return torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=hparams['nesterov'])\n")
+    fine = load_entry(make_entry("fine", code=code, hparams="[hparams.default]\nnesterov = true\n"))
+    assert fine.make_optimizer(model, task.view()).param_groups[0]["nesterov"] is True
