@@ -93,6 +93,7 @@ def seeded_host_rngs(seed: int) -> Iterator[None]:
 
 
 _OWNER = threading.local()  # .active: this thread owns Python's and numpy's global RNGs
+_HELD = [False]  # some thread owns them: the others draw privately (else all draw as usual)
 
 
 @contextmanager
@@ -112,11 +113,11 @@ def own_host_rngs() -> Iterator[None]:
     Installed once per process, on first use.
     """
     install_thread_dispatch()
-    _OWNER.active = True
+    _OWNER.active = _HELD[0] = True
     try:
         yield
     finally:
-        _OWNER.active = False
+        _OWNER.active = _HELD[0] = False
 
 
 @functools.cache
@@ -125,13 +126,18 @@ def install_thread_dispatch() -> None:
     (`np.random.choice`, `np.random.get_state`, ...) to the global instance for the owning
     thread, else to a private one: in their modules and wherever a module imported one by name
     (Dask's message compression does `from random import randint`, and samples with it on its
-    own thread while the next run trains)."""
-    dispatchers = {}
-    for instance, private in ((random._inst, random.Random()),
-                              (np.random.mtrand._rand, np.random.RandomState())):
+    own thread while the next run trains). Outside every `own_host_rngs` block all threads
+    draw from the global instances, as without it (an in-process run seeds numpy's and draws
+    from it in the same process)."""
+    dispatchers, numpy_private = {}, np.random.RandomState()
+    for instance, private in ((random._inst, random.Random()), (np.random.mtrand._rand, numpy_private)):
         dispatchers[id(instance)] = {name: dispatcher(method, getattr(private, name))
                                      for name in dir(instance) if not name.startswith("_")
                                      and callable(method := getattr(instance, name))}
+    # numpy's module functions that are not methods of its global instance but act on it
+    functions = {id(getattr(np.random.mtrand, name)): dispatcher(getattr(np.random.mtrand, name), theirs)
+                 for name, theirs in (("seed", numpy_private.seed), ("ranf", numpy_private.random_sample),
+                                      ("sample", numpy_private.random_sample))}
     for module in list(sys.modules.values()):
         for name, value in list(vars(module).items()) if issubclass(type(module), types.ModuleType) else ():
             # type() first: reading attributes of arbitrary objects (or isinstance) can run code
@@ -139,11 +145,14 @@ def install_thread_dispatch() -> None:
                 found = dispatchers.get(id(value.__self__), {})
                 if value.__name__ in found:
                     setattr(module, name, found[value.__name__])
+            elif id(value) in functions:
+                setattr(module, name, functions[id(value)])
 
 
 def dispatcher(mine, theirs):
-    """`mine` when called by the thread that owns the global `random`, else `theirs`."""
+    """`theirs` when another thread owns the global RNGs (`own_host_rngs`), else `mine`."""
     @functools.wraps(mine)
     def dispatch(*args, **kwargs):
-        return (mine if getattr(_OWNER, "active", False) else theirs)(*args, **kwargs)
+        private = _HELD[0] and not getattr(_OWNER, "active", False)
+        return (theirs if private else mine)(*args, **kwargs)
     return dispatch

@@ -103,6 +103,7 @@ def test_only_the_owning_thread_draws_from_pythons_and_numpys_global_rngs():
             random.random()
             compression.randint(0, 9)
             sizeof(rows)
+            np.random.seed(11)  # a module function of numpy's, not a method of its instance
             np.random.rand()
 
     with seeding.own_host_rngs():
@@ -116,6 +117,13 @@ def test_only_the_owning_thread_draws_from_pythons_and_numpys_global_rngs():
         draw()
         now = seeding.host_rng_states()
         assert random.getstate() != before[0] and not np.array_equal(now[1], before[1])
+    # Outside the block every thread draws from the global RNGs as usual (in-process runs after
+    # a block in the same process seed numpy's and draw from it, reproducibly).
+    np.random.seed(3)
+    first = np.random.rand(3)
+    np.random.seed(3)
+    assert np.array_equal(np.random.rand(3), first)
+    assert np.array_equal(first, np.random.RandomState(3).rand(3))
 
 
 def test_verify_on_dask_workers_reproduces_the_runs_bit_for_bit(make_entry, scheduler):
