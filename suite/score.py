@@ -63,8 +63,11 @@ class Inputs:
         the site may draw (a results folder also keeps runs that are left out: --set or --hparam
         overrides, older files of the entry, another entry's rows)."""
         if self._run_ids is None:
-            self._run_ids = {key: frozenset(ids) for key, ids in
-                             self.runs.groupby(["entry", "profile"])["run_id"].unique().items()}
+            found: dict[tuple[str, str], set[str]] = {}
+            for entry_, profile_, run in zip(*(self.runs[c].tolist() for c in ("entry", "profile", "run_id")),
+                                             strict=True):
+                found.setdefault((entry_, profile_), set()).add(run)
+            self._run_ids = {key: frozenset(ids) for key, ids in found.items()}
         return self._run_ids.get((entry, profile), frozenset())
 
 

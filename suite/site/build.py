@@ -612,14 +612,26 @@ def scored_curves(inputs: Inputs, entry: str, profile: str, *, columns: list[str
         return None, f"its {results.CURVES_FILE} is unreadable: {str(err).removeprefix(f'{path}: ')}"
     ids = pa.array(sorted(inputs.run_ids(entry, profile)), pa.string())
     table = table.filter(pc.is_in(table["run_id"], value_set=ids))
-    counts = table.select(CURVE_KEY).group_by(CURVE_KEY).aggregate([([], "count_all")])["count_all"]
-    if len(counts) and pc.max(counts).as_py() > 1:
+    if repeats_a_row(table):
         return None, (f"its {results.CURVES_FILE} gives a (run, step, curve) more than once; "
                       "`ldbench validate` names the rows")
     return (table if columns is None else table.select(columns)), ""
 
 
 CURVE_KEY = ["run_id", "step", "metric"]  # one value each in a curves file
+
+
+def repeats_a_row(table: pa.Table) -> bool:
+    """Whether two rows with a step share (run, step, curve): one sort of integer keys (run and
+    curve by dictionary position), a quarter of an Arrow group-by's time per page."""
+    run, metric = (pc.dictionary_encode(table[c]).combine_chunks() for c in ("run_id", "metric"))
+    valid = np.asarray(table["step"].is_valid())
+    pair = (np.asarray(run.indices.fill_null(-1), np.int64) * (len(metric.dictionary) + 1)
+            + np.asarray(metric.indices.fill_null(-1), np.int64))[valid]
+    step = np.asarray(table["step"].fill_null(0), np.int64)[valid]
+    order = np.lexsort((step, pair))
+    pair, step = pair[order], step[order]
+    return bool(np.any((pair[1:] == pair[:-1]) & (step[1:] == step[:-1])))
 PAGE_COLUMNS = ("task", "step", "metric", "value")  # what an entry page's plots read of its curves
 
 
@@ -769,6 +781,7 @@ def build(inputs: Inputs, scores: pd.DataFrame, out: str | Path, *,
     common = {"digest": inputs.digest, "tau_max": TAU_MAX}
     per_entry = group_by(rows, "entry")
     pages = Pages(inputs, per_entry, tasks, env, common, out, notes, declared, expected)
+    inputs.run_ids("", "")  # the scored runs' ids, looked up once before the workers fork
     names = [name for (name,) in sorted(per_entry)  # names safe as file names
              if name in inputs.entries and NAME_PATTERN.match(name)]
     with workers(pages=pages.write) as submit:  # the workers start on the pages at once
