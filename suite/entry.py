@@ -94,7 +94,8 @@ class Entry:
             raise EntryError(
                 f"{self.path / 'entry.toml'}: {type(optimizer).__name__}.step needs a closure; "
                 "add `closure = true` at the top level of entry.toml")
-        for key, value, default in boolean_numbers(optimizer):
+        if mistaken := boolean_numbers(optimizer):
+            key, value, default = mistaken[0]
             raise EntryError(
                 f"{self.path / 'entry.toml'}: {type(optimizer).__name__} got {key} = {str(value).lower()}, "
                 f"a boolean, where it takes a number (its default is {default!r}), and trains with "
