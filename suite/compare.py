@@ -58,7 +58,7 @@ def columns(paths: list[str | Path], *, tier: str | None, profile: str) -> list[
         runs, curves = load(path, tier=tier, profile=profile)
         now = current_hash(Path(path))
         hashes = runs.groupby("entry")["entry_hash"].nunique()
-        groups = sorted(runs.groupby(["entry", "entry_hash", "tier", "overrides"], sort=False),
+        groups = sorted(runs.groupby(["entry", "entry_hash", "tier", "overrides"], sort=False, dropna=False),
                         key=lambda group: now is not None and group[0][1] != now)  # current files first
         for (entry, files, tier_, overrides), part in groups:
             label = entry + ("" if overrides in ("", "{}") else f" {overrides}")

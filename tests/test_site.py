@@ -882,14 +882,15 @@ def test_only_the_scored_runs_curves_are_drawn_and_a_repeated_row_draws_none(sit
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["r1", "r2", "r3"]), st.one_of(st.none(), st.integers(-3, 3)),
-                          st.sampled_from(["loss", "acc"])), max_size=12), st.booleans())
+                          st.sampled_from(["loss", "acc", None])), max_size=12), st.booleans())
 def test_a_repeated_curve_row_is_found_as_pandas_finds_it(rows, encoded):
-    """repeats_a_row against pandas' duplicated on (run, step, curve), rows without a step aside."""
+    """repeats_a_row against pandas' duplicated on (run, step, curve), rows without a step or a
+    curve name aside (they are drawn nowhere)."""
     frame = pd.DataFrame(rows, columns=["run_id", "step", "metric"]).astype({"step": "Int64"})
     schema = pa.schema([("run_id", pa.string()), ("step", pa.int64()), ("metric", pa.string()),
                         ("value", pa.float64())])  # the curves file's types (an empty frame has none)
     table = pa.Table.from_pandas(frame.assign(value=0.0), schema=schema, preserve_index=False)
     if encoded:  # as the entry pages read them
         table = table.set_column(0, "run_id", pc.dictionary_encode(table["run_id"]))
-    stepped = frame.dropna(subset=["step"])
+    stepped = frame.dropna(subset=["step", "metric"])
     assert build.repeats_a_row(table) == bool(stepped.duplicated(["run_id", "step", "metric"]).any())

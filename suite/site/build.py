@@ -622,10 +622,11 @@ CURVE_KEY = ["run_id", "step", "metric"]  # one value each in a curves file
 
 
 def repeats_a_row(table: pa.Table) -> bool:
-    """Whether two rows with a step share (run, step, curve): one sort of integer keys (run and
-    curve by dictionary position), a quarter of an Arrow group-by's time per page."""
+    """Whether two rows with a step and a curve name share (run, step, curve): one sort of
+    integer keys (run and curve by dictionary position), a quarter of an Arrow group-by's time
+    per page. Rows without a step or curve name are no point of any curve (never drawn)."""
     run, metric = (pc.dictionary_encode(table[c]).combine_chunks() for c in ("run_id", "metric"))
-    valid = np.asarray(table["step"].is_valid())
+    valid = np.asarray(table["step"].is_valid()) & np.asarray(metric.is_valid())
     pair = (np.asarray(run.indices.fill_null(-1), np.int64) * (len(metric.dictionary) + 1)
             + np.asarray(metric.indices.fill_null(-1), np.int64))[valid]
     step = np.asarray(table["step"].fill_null(0), np.int64)[valid]
