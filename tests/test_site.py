@@ -894,3 +894,23 @@ def test_a_repeated_curve_row_is_found_as_pandas_finds_it(rows, encoded):
         table = table.set_column(0, "run_id", pc.dictionary_encode(table["run_id"]))
     stepped = frame.dropna(subset=["step", "metric"])
     assert build.repeats_a_row(table) == bool(stepped.duplicated(["run_id", "step", "metric"]).any())
+
+
+def test_curves_outside_the_tiers_steps_are_not_drawn(site, tmp_path):
+    """validate refuses curves at steps a run never takes (a step of -50 drew a spike at the
+    axis; one of 1e15 squeezed the real curve into a corner): the page says why, draws none."""
+    subs = tmp_path / "submissions"
+    shutil.copytree(site / "submissions", subs)
+    path = subs / "beta/results/cpu-2core/standard" / results.CURVES_FILE
+    curves = results.read_table(path)
+    task = curves["task"].iloc[0]
+    results.write_atomic(results.to_table(pd.concat([curves, curves.iloc[:1].assign(step=-50)]),
+                                          results.CURVE_SCHEMA, results.CURVES_FILE), path)
+    inputs = score.collect([subs])
+    warned = []
+    build.build(inputs, score.score(inputs), tmp_path / "lb", warn=warned.append)
+    last = registry.make_task(task, "standard").config["steps"]
+    said = f"{task}'s steps outside [0, {last}] (the tier's steps); `ldbench validate` names the rows"
+    assert warned == [f"entry beta on cpu-2core: no curves shown: its curves.parquet has {said}"]
+    assert f"No curves shown: its curves.parquet has {task}&#39;s steps outside" in (
+        tmp_path / "lb/entries/beta.html").read_text()

@@ -615,7 +615,31 @@ def scored_curves(inputs: Inputs, entry: str, profile: str, *, columns: list[str
     if repeats_a_row(table):
         return None, (f"its {results.CURVES_FILE} gives a (run, step, curve) more than once; "
                       "`ldbench validate` names the rows")
+    if outside := steps_outside(table, inputs.tier):
+        return None, f"its {results.CURVES_FILE} has {outside}; `ldbench validate` names the rows"
     return (table if columns is None else table.select(columns)), ""
+
+
+def steps_outside(table: pa.Table, tier: str) -> str:
+    """'TASK's steps outside [0, N] (the tier's steps)' for the first task whose curves leave
+    the range its runs train over (a step of -50 drew a spike at the axis, one of 1e15 squeezed
+    the real curve into a corner), else ''."""
+    task = pc.dictionary_encode(table["task"]).combine_chunks()
+    at = np.asarray(task.indices.fill_null(-1))
+    step = np.asarray(table["step"].fill_null(0), np.int64)
+    for i, name in enumerate(task.dictionary.to_pylist()):
+        last = tier_steps(name, tier)
+        mine = step[at == i]
+        if last is not None and len(mine) and (mine.min() < 0 or mine.max() > last):
+            return f"{name}'s steps outside [0, {last}] (the tier's steps)"
+    return ""
+
+
+@functools.cache
+def tier_steps(task: str, tier: str) -> int | None:
+    """The steps a task's runs train on a tier (None for a task or tier this suite lacks)."""
+    cls = registry.all_tasks().get(task)
+    return cls(cls.tiers[tier]).config["steps"] if cls and tier in cls.tiers else None
 
 
 CURVE_KEY = ["run_id", "step", "metric"]  # one value each in a curves file
