@@ -107,6 +107,14 @@ def make_task(name: str, tier: str, overrides: dict[str, Any] | None = None) -> 
     return task
 
 
+@cache
+def tier_steps(task: str, tier: str) -> int | None:
+    """The steps a task's runs take on a tier, the range its curves' steps lie in (None for a
+    task or tier this suite lacks): what validate and the site check curves files against."""
+    cls = all_tasks().get(task)
+    return cls.tiers[tier]["steps"] if cls and tier in cls.tiers else None
+
+
 def split_overrides(pairs: list[str], task_names: list[str]) -> dict[str, dict[str, str]]:
     """Turn CLI `--set key=value` / `task.key=value` pairs into per-task config overrides."""
     return split_pairs(pairs, task_names, option="--set",

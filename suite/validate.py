@@ -498,12 +498,11 @@ def curve_problems(path: Path, curves: pd.DataFrame, runs: pd.DataFrame, entry: 
                    tier: str) -> list[str]:
     problems = mismatch(path, curves, "entry", entry.name, "curves must come from this entry")
     for task, steps in curves.groupby("task")["step"]:  # evaluations happen at steps 0..steps
-        if task in registry.all_tasks():
-            last = registry.make_task(task, tier).config["steps"]
-            if steps.min() < 0 or steps.max() > last:
-                problems.append(line(path, f"{task}'s curves have steps outside [0, {last}] (the tier's "
-                                     f"steps), e.g. {steps[(steps < 0) | (steps > last)].iloc[0]}",
-                                     "regenerate with `ldbench run`"))
+        last = registry.tier_steps(task, tier)
+        if last is not None and (steps.min() < 0 or steps.max() > last):
+            problems.append(line(path, f"{task}'s curves have steps outside [0, {last}] (the tier's "
+                                 f"steps), e.g. {steps[(steps < 0) | (steps > last)].iloc[0]}",
+                                 "regenerate with `ldbench run`"))
     orphans = set(curves["run_id"]) - set(runs["run_id"])
     if orphans:
         problems.append(line(path, f"{len(orphans)} runs have curves but no rows in runs.parquet",

@@ -628,18 +628,11 @@ def steps_outside(table: pa.Table, tier: str) -> str:
     at = np.asarray(task.indices.fill_null(-1))
     step = np.asarray(table["step"].fill_null(0), np.int64)
     for i, name in enumerate(task.dictionary.to_pylist()):
-        last = tier_steps(name, tier)
+        last = registry.tier_steps(name, tier)
         mine = step[at == i]
         if last is not None and len(mine) and (mine.min() < 0 or mine.max() > last):
             return f"{name}'s steps outside [0, {last}] (the tier's steps)"
     return ""
-
-
-@functools.cache
-def tier_steps(task: str, tier: str) -> int | None:
-    """The steps a task's runs train on a tier (None for a task or tier this suite lacks)."""
-    cls = registry.all_tasks().get(task)
-    return cls(cls.tiers[tier]).config["steps"] if cls and tier in cls.tiers else None
 
 
 CURVE_KEY = ["run_id", "step", "metric"]  # one value each in a curves file
