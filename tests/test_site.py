@@ -896,9 +896,10 @@ def test_a_repeated_curve_row_is_found_as_pandas_finds_it(rows, encoded):
     assert build.repeats_a_row(table) == bool(stepped.duplicated(["run_id", "step", "metric"]).any())
 
 
-def test_curves_outside_the_tiers_steps_are_not_drawn(site, tmp_path):
+def test_curves_outside_the_tiers_steps_or_none_at_all_are_not_drawn(site, tmp_path):
     """validate refuses curves at steps a run never takes (a step of -50 drew a spike at the
-    axis; one of 1e15 squeezed the real curve into a corner): the page says why, draws none."""
+    axis; one of 1e15 squeezed the real curve into a corner) and a curves file without the
+    runs' curves: the page says why, draws none."""
     subs = tmp_path / "submissions"
     shutil.copytree(site / "submissions", subs)
     path = subs / "beta/results/cpu-2core/standard" / results.CURVES_FILE
@@ -906,11 +907,16 @@ def test_curves_outside_the_tiers_steps_are_not_drawn(site, tmp_path):
     task = curves["task"].iloc[0]
     results.write_atomic(results.to_table(pd.concat([curves, curves.iloc[:1].assign(step=-50)]),
                                           results.CURVE_SCHEMA, results.CURVES_FILE), path)
+    empty = subs / "gamma/results/cpu-2core/standard" / results.CURVES_FILE  # drew empty axes
+    results.write_atomic(results.to_table(results.read_table(empty).iloc[:0], results.CURVE_SCHEMA,
+                                          results.CURVES_FILE), empty)
     inputs = score.collect([subs])
     warned = []
     build.build(inputs, score.score(inputs), tmp_path / "lb", warn=warned.append)
     last = registry.make_task(task, "standard").config["steps"]
     said = f"{task}'s steps outside [0, {last}] (the tier's steps); `ldbench validate` names the rows"
-    assert warned == [f"entry beta on cpu-2core: no curves shown: its curves.parquet has {said}"]
+    assert warned == [f"entry beta on cpu-2core: no curves shown: its curves.parquet has {said}",
+                      "entry gamma on cpu-2core: no curves shown: its curves.parquet holds no rows of "
+                      "its scored runs"]
     assert f"No curves shown: its curves.parquet has {task}&#39;s steps outside" in (
         tmp_path / "lb/entries/beta.html").read_text()

@@ -612,6 +612,8 @@ def scored_curves(inputs: Inputs, entry: str, profile: str, *, columns: list[str
         return None, f"its {results.CURVES_FILE} is unreadable: {str(err).removeprefix(f'{path}: ')}"
     ids = pa.array(sorted(inputs.run_ids(entry, profile)), pa.string())
     table = table.filter(pc.is_in(table["run_id"], value_set=ids))
+    if not table.num_rows:  # an emptied file drew empty axes without a word
+        return None, f"its {results.CURVES_FILE} holds no rows of its scored runs"
     if repeats_a_row(table):
         return None, (f"its {results.CURVES_FILE} gives a (run, step, curve) more than once; "
                       "`ldbench validate` names the rows")
