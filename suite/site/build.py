@@ -637,9 +637,6 @@ def steps_outside(table: pa.Table, tier: str) -> str:
     return ""
 
 
-CURVE_KEY = ["run_id", "step", "metric"]  # one value each in a curves file
-
-
 def repeats_a_row(table: pa.Table) -> bool:
     """Whether two rows with a step and a curve name share (run, step, curve): one sort of
     integer keys (run and curve by dictionary position), a quarter of an Arrow group-by's time
@@ -652,6 +649,9 @@ def repeats_a_row(table: pa.Table) -> bool:
     order = np.lexsort((step, pair))
     pair, step = pair[order], step[order]
     return bool(np.any((pair[1:] == pair[:-1]) & (step[1:] == step[:-1])))
+
+
+CURVE_KEY = ["run_id", "step", "metric"]  # one value each in a curves file
 PAGE_COLUMNS = ("task", "step", "metric", "value")  # what an entry page's plots read of its curves
 
 
