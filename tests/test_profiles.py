@@ -150,6 +150,20 @@ def test_importing_suite_sets_the_named_profiles_policy_before_torch():
     assert out.stdout.split() == ["False", startup.describe(wanted(profiles.load("cpu-2core")))]
 
 
+def test_applying_a_profile_pins_numpys_and_scipys_blas_threads_as_torchs():
+    # OpenBLAS's own pool otherwise takes every core: two workers' pools fighting over two
+    # cores made weight matching's small float64 matmuls 50x slower. A fresh process, as a
+    # worker is, with numpy and scipy loaded before the profile is applied.
+    code = ("import suite, numpy, scipy.linalg, threadpoolctl, torch; from suite import profiles; "
+            "p = profiles.load('cpu-2core'); p.apply(); "
+            "blas = [i for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']; "
+            "print(p.threads, torch.get_num_threads(), len(blas), *sorted({i['num_threads'] for i in blas}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**OWN, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, check=True)
+    threads, torch_threads, libraries, *blas_threads = map(int, out.stdout.split())
+    assert libraries >= 1 and blas_threads == [threads] == [torch_threads]
+
+
 def test_ldbench_run_refuses_a_profile_it_cannot_honour_in_one_line(tmp_path):
     pinned = wanted(profiles.load("cpu-2core"))
     other = next(e for e in (startup.policy_environment("passive"), startup.policy_environment("active"))

@@ -10,6 +10,8 @@ import tomllib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import scipy.linalg  # noqa: F401 - loads scipy's own BLAS, so that `apply` limits it too
+import threadpoolctl
 import torch
 
 import suite
@@ -30,7 +32,8 @@ class Profile:
     """A pinned hardware configuration, one `suite/profiles/NAME.toml` (every field required).
 
     description: one line, shown on the leaderboard. device: "cpu" or "cuda". threads: torch's
-    intra-op threads. dtype: "float32" or "float64". deterministic: torch's deterministic
+    intra-op threads, and the threads of numpy's and scipy's BLAS (host-side metrics: weight
+    matching, k-means, pseudo-inverses). dtype: "float32" or "float64". deterministic: torch's deterministic
     algorithms. tf32: TF32 matmuls on CUDA. omp_wait_policy: how torch's idle OpenMP threads
     wait for work: "passive" sleeps at once (OMP_WAIT_POLICY=PASSIVE), "active" spins until
     work comes (ACTIVE: faster on cores nothing else uses, many times slower on shared ones),
@@ -122,6 +125,7 @@ class Profile:
         """Set torch's process-wide numerics for this profile (threads, determinism, TF32)."""
         self.check()
         torch.set_num_threads(self.threads)
+        limit_host_blas(self.threads)
         if self.device == "cuda":
             # cuBLAS needs a fixed workspace to be deterministic (CUDA docs, "Reproducibility").
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -129,6 +133,17 @@ class Profile:
             torch.backends.cudnn.allow_tf32 = self.tf32
             torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(self.deterministic)
+
+
+def limit_host_blas(threads: int) -> None:
+    """numpy's and scipy's BLAS (OpenBLAS in their wheels) on `threads` threads, like torch.
+
+    Their thread pools otherwise take every core of the machine whatever the profile pins: with
+    two workers on two cores, four BLAS threads fought over them and a 128×128 float64 matmul of
+    weight matching took 5-13 ms instead of 0.1 ms (measured 2026-11-27). threadpoolctl sets the
+    libraries already loaded; this module imports scipy.linalg first so that scipy's is one.
+    """
+    threadpoolctl.threadpool_limits(limits=threads, user_api="blas")
 
 
 def available() -> dict[str, Path]:
