@@ -356,7 +356,13 @@ def compare_cmd(paths, tier, profile, fmt, plot_path) -> None:
     """Entries (or results folders) side by side: mean ± CI per task and ranked metric."""
     from suite import compare
 
-    cols = compare.columns(list(paths), tier=tier, profile=profile)
+    unique: dict[Path, str] = {}
+    for path in paths:  # the first spelling of each folder
+        unique.setdefault(Path(path).resolve(), path)
+    if len(unique) < len(paths):
+        click.echo(f"note: {len(paths) - len(unique)} of the paths name a folder given before; "
+                   "each folder is compared once", err=True)
+    cols = compare.columns(list(unique.values()), tier=tier, profile=profile)
     click.echo(compare.render(cols, fmt=fmt))
     if plot_path:
         click.echo(f"wrote {compare.plot(cols, plot_path)}")

@@ -73,6 +73,16 @@ def test_compare_command_on_plain_results_folders(make_entry, tmp_path):
     assert "final_loss" not in result.output  # diagnostic: never compared
 
 
+def test_a_folder_given_twice_is_compared_once_with_a_note(make_entry, tmp_path):
+    slow = run_entry(make_entry, tmp_path, "slow", 0.001)
+    result = CliRunner().invoke(main, ["compare", str(slow), str(slow / "."),
+                                      "--format", "github"])
+    assert result.exit_code == 0, result.output
+    header = result.stdout.splitlines()[0]
+    assert header.count("slow") == 1  # one column, labelled as the first spelling
+    assert "1 of the paths name a folder given before" in result.stderr
+
+
 def test_compare_refuses_mixed_tiers_in_one_line(make_entry, tmp_path):
     slow = run_entry(make_entry, tmp_path, "slow", 0.001)
     runs = pd.read_parquet(slow / "runs.parquet")
