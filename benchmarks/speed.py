@@ -8,6 +8,9 @@ For every task in the registry: the wall time of training `--seeds` seeds one by
 (`Task.run` per seed, the `--seed-batch 1` path) and batched (`suite.batched.train_seeds`, the
 `--seed-batch N` path), each the median of `--repeats` interleaved repeats, and their ratio; and
 the ratio for `--seed-batch auto`, which runs the profile's `unbatched` tasks one by one.
+Then where one more batched run of each task spends its time (drawing batches, evaluating, the
+training steps, the rest) and the ceiling that leaves batching: the speed-up over one by one if
+the training steps took only their matmul FLOPs at the dense matmul rate, the rest as measured.
 Then the FLOP/s the largest task's training achieves (forward + backward matmul FLOPs counted by
 torch's FlopCounterMode, times seeds and steps, over the wall time) against the FLOP/s of a
 dense float32 matmul measured in the same process.
@@ -80,6 +83,48 @@ def step_flops(task: Task, trainer: Trainer) -> int:
     with FlopCounterMode(display=False) as counter:
         task.loss(model, batch).backward()
     return counter.get_total_flops()
+
+
+def batched_breakdown(task: Task, trainer: Trainer, seeds: list[int]) -> dict[str, float]:
+    """Where a batched run of the seeds spends its wall time: drawing batches, evaluating
+    (observe), the training steps, and the rest (making data and models, tracing the step, a
+    procedure's own evaluation such as mode-connectivity's barriers); with the batches drawn.
+
+    Drawing and evaluating stay seed by seed in a batched run: each seed draws from its own
+    generator (so that its numbers are the same batched or not), and each seed is evaluated by
+    itself (a task's observe returns floats and may call numpy or scipy). `task` and `trainer`
+    must be fresh: their methods are wrapped with timers.
+    """
+    spent = {"drawing": 0.0, "evaluating": 0.0, "steps": 0.0, "batches": 0}
+
+    def timer(fn, key: str, count: str | None = None):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - start
+                if count:
+                    spent[count] += 1
+        return timed
+
+    run_lanes = trainer.run_lanes
+
+    def timed_lanes(lanes, *, start, end, step_function):
+        return run_lanes(lanes, start=start, end=end, step_function=timer(step_function, "steps"))
+
+    task.sample_batch = timer(task.sample_batch, "drawing", "batches")  # these instances only
+    task.observe = timer(task.observe, "evaluating")
+    trainer.run_lanes = timed_lanes
+    spent["total"] = batched_seconds(task, trainer, seeds)
+    spent["rest"] = spent["total"] - spent["drawing"] - spent["evaluating"] - spent["steps"]
+    return spent
+
+
+def batching_ceiling(single: float, breakdown: dict[str, float], floor: float) -> float:
+    """The most batching the training steps can speed `single` seconds of one-by-one runs up:
+    the batched run as measured, its steps replaced by their matmul FLOPs at the dense rate."""
+    return single / (breakdown["total"] - breakdown["steps"] + floor)
 
 
 def matmul_flop_rate(n: int = 1024, repeats: int = 20, device: str = "cpu") -> float:
@@ -185,6 +230,25 @@ def print_suite(entry: Entry, seeds: int, prof: profiles.Profile) -> None:
               f"({alone / total:.2f}x the time with {how})")
 
 
+def print_ceilings(timings: dict, flops: dict[str, int], peak: float, args, seeds: list[int]) -> None:
+    """Per task, where a batched run's time goes and the speed-up batching its steps leaves at most."""
+    rows = []
+    for name, (_, trainer, single, _) in timings.items():
+        task = configured(name, args.tier, args.steps or None, args.evals or None)  # fresh instances
+        spent = batched_breakdown(task, Trainer(task, trainer.entry, trainer.profile), seeds)
+        floor = flops[name] * spent["batches"] / peak  # every network's steps
+        rows.append([name, f"{spent['total']:.2f}", f"{spent['drawing']:.2f}", f"{spent['evaluating']:.2f}",
+                     f"{spent['steps']:.2f}", f"{spent['rest']:.2f}", f"{floor:.2f}",
+                     f"{batching_ceiling(single, spent, floor):.1f}×"])
+    print(f"\nwhere a batched run's time goes (one more batched run, timed by part): drawing each "
+          f"seed's batches from its own generator and evaluating each seed stay seed by seed; the "
+          f"ceiling is the speed-up over one by one if the training steps took only their matmul "
+          f"FLOPs at the dense matmul rate ({peak / 1e9:.1f} GFLOP/s):")
+    print(tabulate(rows, headers=["task", "batched (s)", "drawing", "evaluating", "steps",
+                                  "rest", "steps' matmuls at the matmul rate", "ceiling"],
+                   tablefmt="github"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entry", default="baselines/adam")
@@ -236,13 +300,14 @@ def main() -> None:
     print()
     print(tabulate(rows, headers=headers, tablefmt="github"))
 
+    peak = matmul_flop_rate(device=prof.device)
+    flops = {n: step_flops(t[0], t[1]) for n, t in timings.items()}
+    print_ceilings(timings, flops, peak, args, seeds)
     batchable = {n: t for n, t in timings.items() if batched.batchable(t[0])}
     if batchable:
-        flops = {n: step_flops(t[0], t[1]) for n, t in batchable.items()}
-        largest = max(flops, key=flops.get)
+        largest = max(batchable, key=flops.get)
         task, _, single, batch = timings[largest]
         total = flops[largest] * task.config["steps"] * len(seeds)
-        peak = matmul_flop_rate(device=prof.device)
         print(f"\nlargest task: {largest}, {flops[largest] / 1e6:.1f} MFLOP per seed-step "
               f"(forward + backward matmuls)")
         print(f"dense 1024×1024 float32 matmul on {prof.device}: {peak / 1e9:.1f} GFLOP/s")

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from benchmarks.common import REPO, baseline_trainer, configured
-from benchmarks.speed import step_flops
+from benchmarks.speed import batched_breakdown, batching_ceiling, step_flops
 from suite.registry import make_task
 
 
@@ -36,6 +36,23 @@ def test_speed_script_prints_the_ratio_and_the_flop_rates(name):
         cwd=REPO, capture_output=True, text=True, timeout=300, check=True).stdout
     assert f"| {name}" in out and "speed-up" in out
     assert "MFLOP per seed-step" in out and "of the matmul rate" in out
+    assert "where a batched run's time goes" in out and "ceiling" in out
+
+
+@pytest.mark.parametrize("name, networks", [("deep-linear-modes", 1), ("mode-connectivity", None)])
+def test_the_breakdown_counts_every_networks_batches_and_its_parts_add_up(name, networks):
+    task = configured(name, "smoke", 6, 2)
+    spent = batched_breakdown(task, baseline_trainer(task), [0, 1])
+    parts = spent["drawing"] + spent["evaluating"] + spent["steps"] + spent["rest"]
+    assert parts == pytest.approx(spent["total"]) and min(spent.values()) >= 0
+    if networks:
+        assert spent["batches"] == 2 * 6 * networks
+    else:  # a parent, its children and two independent networks per seed
+        assert spent["batches"] > 2 * 6 * 3
+    assert spent["evaluating"] > 0 and spent["steps"] > 0
+    assert batching_ceiling(2 * spent["total"], spent, 0.0) > 2  # the steps are not counted
+    fresh = configured(name, "smoke", 6, 2)  # the timers stay on the measured instance
+    assert "sample_batch" not in vars(fresh) and "observe" not in vars(fresh)
 
 
 def test_threads_script_prints_both_paths_on_one_and_two_threads():
