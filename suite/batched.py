@@ -167,6 +167,9 @@ def stack_parameters(models: list[nn.Module]) -> dict[str, torch.Tensor]:
     named = [dict(m.named_parameters()) for m in models]
     if any(True for m in models for _ in m.buffers()):
         raise BatchingUnsupported("the model has buffers (state outside the parameters)")
+    frozen = [name for params in named for name, p in params.items() if not p.requires_grad]
+    if frozen:  # the stacks' gradients would cover them, and the optimizer would move them
+        raise BatchingUnsupported(f"parameter {frozen[0]!r} is frozen (requires_grad=False)")
     names = list(named[0])
     stacks = {}
     for name in names:
@@ -520,8 +523,8 @@ def train_lanes(trainer: Trainer, lanes: list[Lane], *, start: int, end: int) ->
     if trainer.batch_lanes and len(lanes) > 1:
         try:
             batch = SeedBatch.build(trainer.task, trainer, lanes)
-        except BatchingUnsupported:
-            batch = None
+        except BatchingUnsupported as err:
+            batch, trainer.lanes_refused = None, trainer.lanes_refused or str(err)
     if batch is not None:
         trainer.run_lanes(lanes, start=start, end=end, step_function=batch)
         batch.finish()

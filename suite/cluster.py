@@ -21,7 +21,6 @@ from pathlib import Path
 import click
 import pandas as pd
 from distributed.diagnostics.plugin import WorkerPlugin
-from tqdm.auto import tqdm
 
 from suite import profiles, results, runner, seeding
 from suite.entry import Entry, EntryError
@@ -202,7 +201,7 @@ def submit(client, jobs: list[Job], *, out: Path, tier: str, profile: str, time_
                                key=f"ldbench-run-{job.group[0][1]}-{len(futures)}")
         futures[future] = job
     total = sum(len(job.group) for job in jobs)
-    with tqdm(total=total, unit="run", disable=not progress, dynamic_ncols=True) as bar:
+    with runner.progress_bar(total=total, unit="run", disable=not progress) as bar:
         for future in as_completed(futures):
             runs, curves = rows_of(future, futures[future], tier=tier, profile=profile)
             results.append_run(out, runs, curves)

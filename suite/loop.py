@@ -236,6 +236,9 @@ class Trainer:
         # Whether lanes trained together may run as one vmapped batch (False: each by itself,
         # the one-by-one execution a refused batch falls back to).
         self.batch_lanes = True
+        # Why a procedure's networks, refused as a batch before their first step, trained one
+        # after another instead (suite.batched.train_lanes); recorded in the runs' execution.
+        self.lanes_refused: str | None = None
         self.traces: dict[Any, Any] = {}  # traced batched gradients, by shapes (suite.batched)
 
     def with_entry(self, entry: Entry) -> Trainer:

@@ -81,6 +81,7 @@ def execute(plan: Plan, trainer: Trainer, note: str | None = None
         execution = {"mode": "procedure", "seeds": [plan.seed], "networks": networks}
     if note:
         execution["note"] = note
+    trainer.lanes_refused = None
     try:
         with seeding.seeded_host_rngs(plan.seed):
             traj = plan.task.run(plan.seed, trainer)
@@ -94,8 +95,22 @@ def execute(plan: Plan, trainer: Trainer, note: str | None = None
         return execute(plan, alone(trainer), note=f"BatchingUnsupported: {err}")
     except Exception as err:  # noqa: BLE001 - recorded in the results, the suite goes on
         return Trajectory(status="error", execution=execution), plan.task.nan_metrics(), error_message(err)
-    traj.execution = execution
+    traj.execution = networks_refused(execution, trainer)
     return finish(plan, traj)
+
+
+def networks_refused(execution: dict[str, Any], trainer: Trainer) -> dict[str, Any]:
+    """A procedure's execution record, saying so when its networks could not be batched and
+    trained one after another instead (the batch's reason as the note)."""
+    if execution.get("mode") != "procedure" or trainer.lanes_refused is None:
+        return execution
+    return {**execution, "networks": "one by one", "note": f"BatchingUnsupported: {trainer.lanes_refused}"}
+
+
+def progress_bar(**kwargs: Any) -> tqdm:
+    """A tqdm bar that redraws at most every 10 s where stderr is not a terminal (a CI log or a
+    pipe keeps every redraw as a line: thousands in a run), as often as it likes on one."""
+    return tqdm(mininterval=0.1 if sys.stderr.isatty() else 10.0, dynamic_ncols=True, **kwargs)
 
 
 def alone(trainer: Trainer) -> Trainer:
@@ -148,9 +163,11 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
         if batched.batchable(task):
             trajs = batched.train_seeds(task, trainer, seeds, runs if own else None)
         else:  # the task's own procedure, all runs' networks side by side
+            trainer.lanes_refused = None
             trajs = task.run_seeds(seeds, trainer, runs if own else None)
             for traj in trajs:
-                traj.execution = {"mode": "procedure", "seeds": seeds, "networks": "side by side"}
+                traj.execution = networks_refused(
+                    {"mode": "procedure", "seeds": seeds, "networks": "side by side"}, trainer)
         if own:  # a study's trials: each run's hyperparameters for this task, in batch order
             for traj in trajs:
                 traj.execution["hparams"] = [e.hparams_for(task.name) for e in entries]
@@ -343,7 +360,7 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
                          scheduler=scheduler, time_limit=time_limit, progress=progress)
         todo, groups = [], []
     total = sum(p.task.optimizer_steps() for p, _ in todo)
-    with tqdm(total=total, unit="step", disable=not progress or not todo, dynamic_ncols=True) as bar:
+    with progress_bar(total=total, unit="step", disable=not progress or not todo) as bar:
         for group in groups:
             batch = [plan for plan, _ in group]
             bar.set_description(f"{batch[0].task.name} seed {','.join(str(p.seed) for p in batch)}")

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.stats import qmc
-from tqdm.auto import tqdm
 
 from suite import cluster, profiles, registry, results, runner, seeding
 from suite.entry import Entry, EntryError, check_runnable, load_entry
@@ -177,7 +176,7 @@ def execute(entry: Entry, todo: list[tuple[runner.Plan, str]], *, out: Path, spe
         results.compact(out)
         return
     fingerprint = profiles.fingerprint(prof, jobs[0].entry.path) if jobs else {}
-    with tqdm(total=sum(len(j.group) for j in jobs), unit="run", disable=not progress) as bar:
+    with runner.progress_bar(total=sum(len(j.group) for j in jobs), unit="run", disable=not progress) as bar:
         for job in jobs:
             rows = runner.run_group(job.group, job.entry, prof, tier=spec["tier"],
                                     profile=spec["profile"], fingerprint=fingerprint,

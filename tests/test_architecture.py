@@ -423,6 +423,29 @@ def test_parameters_keep_their_python_attributes_in_copies_batches_and_paths(mak
     np.testing.assert_allclose(values(together), values(alone), rtol=1e-3, atol=1e-5)
 
 
+FROZEN = NORMED_MLP.replace("    return from_generator(", "    model = from_generator(").replace(
+    """        generator)
+""", """        generator)
+    model[0].requires_grad_(False)  # a fixed random first layer, trained on top of
+    return model
+""")
+
+
+def test_a_frozen_layer_trains_one_by_one_with_a_note(make_entry, tmp_path):
+    """Stacked parameters' gradients would cover a frozen layer and the optimizer would move
+    it: the batch is refused in one line, and the runs train as --seed-batch 1 trains them
+    (both failed with ldbench's traceback in the networks' gradient check)."""
+    entry = make_entry("frozen", code=FROZEN, hparams="")
+    sets = ["steps=40", "evals=4", "spawn_steps=[0,10]", "alphas=5"]
+    together = run(entry, tmp_path, ["mode-connectivity"], sets=sets)
+    alone = run(entry, tmp_path, ["mode-connectivity"], sets=sets, seed_batch="1", name="alone")
+    assert set(together["status"]) == set(alone["status"]) == {"ok"}
+    for execution in [*together["execution"], *alone["execution"]]:
+        assert '"networks": "one by one"' in execution and "Traceback" not in execution
+        assert "BatchingUnsupported: parameter '0.weight' is frozen (requires_grad=False)" in execution
+    pd.testing.assert_series_equal(values(together), values(alone), rtol=0, atol=0)
+
+
 DROPOUT = SMALL_MLP.replace("nn.ReLU(), nn.Linear(64, out)", "nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, out)")
 
 

@@ -209,6 +209,10 @@ def test_buffers_and_shape_changes_are_refused(profile):
 
     with pytest.raises(BatchingUnsupported, match="buffers"):
         batched.stack_parameters([WithBuffer(), WithBuffer()])
+    frozen = nn.Linear(2, 2)
+    frozen.bias.requires_grad_(False)  # in one seed's model only: still refused
+    with pytest.raises(BatchingUnsupported, match="parameter 'bias' is frozen"):
+        batched.stack_parameters([nn.Linear(2, 2), frozen])
     assert batched.tensor_attributes(WithBuffer()) == []
 
 
