@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 from packaging.requirements import InvalidRequirement, Requirement
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+import suite
 from suite.registry import all_tasks, did_you_mean, parse_value, split_pairs
 from suite.task import TaskView
 
@@ -138,6 +139,11 @@ class Entry:
                 f"{self.path / 'entry.py'}: make_schedule returned {type(schedule).__name__}, which is not "
                 "a torch.optim.lr_scheduler.LRScheduler (the harness steps it once after every optimizer "
                 "step); return one, e.g. torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor)")
+        if isinstance(schedule, ReduceLROnPlateau):
+            raise EntryError(
+                f"{self.path / 'entry.py'}: make_schedule returned ReduceLROnPlateau, whose step needs a "
+                "metric; the harness steps the schedule once after every optimizer step, without one: "
+                "return a schedule of the step count, e.g. LambdaLR(optimizer, lambda step: factor)")
         if schedule.optimizer is not optimizer:
             raise EntryError(
                 f"{self.path / 'entry.py'}: make_schedule returned a {type(schedule).__name__} of another "
@@ -333,7 +339,7 @@ def load_module(entry: Entry):
     try:
         spec.loader.exec_module(module)
     except Exception as err:
-        fix = missing_module_fix(entry) if isinstance(err, ModuleNotFoundError) else "fix the error"
+        fix = missing_module_fix(entry, err) if isinstance(err, ModuleNotFoundError) else "fix the error"
         raise fail(path, f"failed to import ({type(err).__name__}: {err})", fix) from err
     if not any(callable(getattr(module, f, None)) for f in ("make_optimizer", "make_model")):
         defined = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
@@ -346,8 +352,14 @@ def load_module(entry: Entry):
     return module
 
 
-def missing_module_fix(entry: Entry) -> str:
+def missing_module_fix(entry: Entry, err: ModuleNotFoundError) -> str:
     """What to do about a module entry.py imports that is not installed."""
+    top = (err.name or "").split(".")[0]
+    if top and ((entry.path / f"{top}.py").is_file() or (entry.path / top).is_dir()):
+        # A vendored file (a model's code not on PyPI): the folder is not on Python's path.
+        return (f"{top!r} is in the entry's folder, which is not on Python's import path: load it by "
+                f"path in entry.py (importlib.util.spec_from_file_location(\"{top}\", "
+                f"Path(__file__).parent / \"{top}.py\")) or copy its code into entry.py")
     if entry.requirements:
         listed = " ".join(f"'{r}'" for r in entry.requirements)
         return (f"install the entry's requirements (pip install {listed}), and list the module's "
@@ -452,20 +464,23 @@ def entry_code_error(err: BaseException, entry: Entry, call: str,
     with the likely fix of a common mistake (`code_hint`).
 
     Without a frame in the entry folder (a library optimizer raising on its own), the last
-    frame of the call outside torch is named instead (the library's), else the last one.
+    frame of the call outside torch and ldbench is named instead (the library's), else the
+    last one (torch's: a torch scheduler the entry built, stepped by the harness).
     """
     frames = traceback.extract_tb(err.__traceback__)
-    frame = (entry_frames(err, entry) or outside_torch(frames) or frames or [None])[-1]
+    frame = (entry_frames(err, entry) or library_frames(frames) or frames or [None])[-1]
     where = f" at {frame.filename}:{frame.lineno} ({frame.name})" if frame else ""
     return EntryCodeError(f"the entry's {call} failed{where}: {type(err).__name__}: {err}"
                           f"{code_hint(err, entry, call, hparams)}")
 
 
-def outside_torch(frames: list[traceback.FrameSummary]) -> list[traceback.FrameSummary]:
-    """The frames not in torch's own files: where a library optimizer misused torch (GSAM
-    unpacking a closure's loss as (outputs, loss) failed inside torch's Tensor.__iter__)."""
-    root = Path(torch.__file__).resolve().parent
-    return [frame for frame in frames if not Path(frame.filename).resolve().is_relative_to(root)]
+def library_frames(frames: list[traceback.FrameSummary]) -> list[traceback.FrameSummary]:
+    """The frames in neither torch's nor ldbench's own files: where a library optimizer misused
+    torch (GSAM unpacking a closure's loss as (outputs, loss) failed inside torch's
+    Tensor.__iter__). ldbench's frames only call the entry's objects (a schedule's step)."""
+    roots = [Path(module.__file__).resolve().parent for module in (torch, suite)]
+    return [frame for frame in frames
+            if not any(Path(frame.filename).resolve().is_relative_to(root) for root in roots)]
 
 
 def entry_frames(err: BaseException, entry: Entry) -> list[traceback.FrameSummary]:
@@ -481,7 +496,7 @@ def code_hint(err: BaseException, entry: Entry, call: str, hparams: dict[str, An
     `hparams`: the hyperparameters a factory was given (None for other calls)."""
     text, top = str(err), "at the top level of entry.toml"
     if isinstance(err, ModuleNotFoundError):  # imported inside a factory or the model's code
-        return "; " + missing_module_fix(entry)
+        return "; " + missing_module_fix(entry, err)
     key = err.args[0] if isinstance(err, KeyError) and err.args else None
     if hparams is not None and isinstance(key, str) and key not in hparams:
         close = difflib.get_close_matches(key, list(hparams), n=1)
@@ -495,6 +510,9 @@ def code_hint(err: BaseException, entry: Entry, call: str, hparams: dict[str, An
     if call == "optimizer.step" and not entry.create_graph and "does not require grad" in text:
         return (f"; if the optimizer takes Hessian-vector products (AdaHessian, Sophia), add "
                 f"`create_graph = true` {top}")
+    if call == "schedule.step" and "Tried to step" in text:  # OneCycleLR past its total_steps
+        return ("; the harness steps the schedule once after every optimizer step, task.steps "
+                "times in all: build it for that many (e.g. total_steps=task.steps)")
     return ""
 
 

@@ -1,5 +1,7 @@
 """Entry loading: every broken entry gets an error naming the file and the fix."""
 
+from pathlib import Path
+
 import pytest
 
 from suite.entry import EntryError, entry_code_error, entry_hash, load_entry
@@ -58,6 +60,22 @@ def test_entry_code_that_fails_to_import(make_entry):
     task = make_task("deep-linear-modes", "smoke")
     with pytest.raises(EntryError, match="failed to import.*ModuleNotFoundError"):
         entry.make_optimizer(task.make_model(0), task.view())
+
+
+def test_a_vendored_module_beside_entry_py_is_named_with_how_to_load_it(make_entry):
+    """efficient-kan is not on PyPI: its kan.py beside entry.py, imported by name, was met with
+    'pip install the package it comes from'."""
+    folder = make_entry(code="from kan import KAN\n\ndef make_model(task, hparams, generator):\n    pass\n")
+    (folder / "kan.py").write_text("class KAN:\n    pass\n")
+    entry = load_entry(folder)
+    task = make_task("deep-linear-modes", "smoke")
+    with pytest.raises(EntryError) as caught:
+        entry.make_model(task, None)
+    said = str(caught.value)
+    assert said.startswith(f"{folder / 'entry.py'}: failed to import (ModuleNotFoundError: No module "
+                           "named 'kan')")
+    assert "'kan' is in the entry's folder, which is not on Python's import path" in said
+    assert "spec_from_file_location" in said and "pip install" not in said
 
 
 def test_make_optimizer_must_return_an_optimizer(make_entry):
@@ -152,6 +170,10 @@ def test_a_library_optimizer_failing_inside_torch_is_named_at_its_own_line(make_
     ("torch.optim.lr_scheduler.StepLR(torch.optim.SGD([torch.zeros(1)], lr=1.0), 5)",
      "make_schedule returned a StepLR of another optimizer than the one it was given; build it on its "
      "`optimizer` argument"),
+    ("torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)",
+     "make_schedule returned ReduceLROnPlateau, whose step needs a metric; the harness steps the "
+     "schedule once after every optimizer step, without one: return a schedule of the step count, e.g. "
+     "LambdaLR(optimizer, lambda step: factor)"),
 ])
 def test_a_schedule_the_harness_cannot_step_is_refused_saying_why(make_entry, schedule, said):
     """pytorch_optimizer's own schedulers are not LRSchedulers (the message said 'StepLR, not an
@@ -169,6 +191,33 @@ def test_a_schedule_the_harness_cannot_step_is_refused_saying_why(make_entry, sc
     with pytest.raises(EntryError) as caught:
         entry.make_schedule(optimizer, task.view())
     assert str(caught.value) == f"{entry.path / 'entry.py'}: {said}"
+
+
+def test_a_schedule_failing_in_its_step_is_named_with_the_fix_not_at_ldbenchs_line(make_entry):
+    """OneCycleLR built for one step fewer than the task has failed at its last step, and the
+    message named suite/loop.py (the harness's call of schedule.step) as where it failed."""
+    import torch
+
+    from suite import profiles
+    from suite.entry import EntryCodeError
+    from suite.loop import Trainer
+
+    code = ("import torch\n\ndef make_optimizer(params, hparams, task):\n"
+            "    return torch.optim.SGD(params, lr=0.01)\n\n"
+            "def make_schedule(optimizer, hparams, task):\n"
+            "    return torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.01, total_steps=task.steps - 1)\n")
+    task = make_task("deep-linear-modes", "smoke", {"steps": 6, "evals": 2})
+    trainer = Trainer(task, load_entry(make_entry(code=code)), profiles.load("cpu-2core"))
+    model = task.make_model(0)
+    optimizer, schedule = trainer.make_optimizer(model, seed=0)
+    with pytest.raises(EntryCodeError) as caught:
+        trainer.train(model, optimizer, task.make_data(0), seed=0, steps=6, schedule=schedule)
+    said = str(caught.value)
+    scheduler_file = Path(torch.optim.lr_scheduler.__file__)
+    assert said.startswith(f"the entry's schedule.step failed at {scheduler_file}:")
+    assert "Tried to step 6 times" in said and said.endswith(
+        "; the harness steps the schedule once after every optimizer step, task.steps times in all: "
+        "build it for that many (e.g. total_steps=task.steps)")
 
 
 def test_a_boolean_where_the_optimizer_takes_a_number_is_refused(make_entry):
