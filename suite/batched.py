@@ -39,7 +39,16 @@ from torch.utils import _pytree as pytree
 
 from suite import seeding
 from suite.entry import Entry, entry_code_error, entry_frames
-from suite.loop import BatchingUnsupported, Lane, Trainer, Trajectory, copy_model, one_thread, plain_steps
+from suite.loop import (
+    BatchingUnsupported,
+    Lane,
+    Trainer,
+    Trajectory,
+    check_host_rngs,
+    copy_model,
+    one_thread,
+    plain_steps,
+)
 from suite.task import Task
 
 # torch optimizers whose update of each parameter entry depends only on that entry's gradient
@@ -613,6 +622,7 @@ class SeedBatch:
         with one_thread():  # copies of small tensors: see loop.one_thread
             batch, dims = self.stacked_batch(lanes, batches)
         key = (signature(batch), tuple((n, s.shape, s.dtype) for n, s in self.stacks.items()))
+        host = None if self.checked else seeding.host_rng_states()  # the forward's own draws, below
         try:
             if key not in self.traced:  # tracing runs the model's forward
                 self.traced[key] = gradient_function(self.seed_loss, self.stacks, batch, dims)
@@ -627,6 +637,7 @@ class SeedBatch:
         finite = [bool(f) for f in torch.isfinite(losses[rows]).tolist()]
         live = [(lane, i, b) for lane, i, b, ok in zip(lanes, rows, batches, finite, strict=True) if ok]
         if not self.checked and live:
+            check_host_rngs(host)  # first: a forward drawing from them is why its losses differ
             for lane, i, b in live:
                 check_gradients(self.task, lane.model, b, losses[i], {n: g[i] for n, g in grads.items()})
         if self.shared is not None:

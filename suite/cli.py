@@ -364,6 +364,8 @@ def compare_cmd(paths, tier, profile, fmt, plot_path) -> None:
                    "each folder is compared once", err=True)
     cols = compare.columns(list(unique.values()), tier=tier, profile=profile)
     click.echo(compare.render(cols, fmt=fmt))
+    if note := compare.tracks_note(cols):
+        click.echo(note, err=True)
     if plot_path:
         click.echo(f"wrote {compare.plot(cols, plot_path)}")
 

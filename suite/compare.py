@@ -75,6 +75,18 @@ def columns(paths: list[str | Path], *, tier: str | None, profile: str) -> list[
             for label, path, _, runs, curves in found]
 
 
+def tracks_note(cols: list[Column]) -> str | None:
+    """A note where the columns span tracks: the leaderboard ranks each track by itself (an
+    architecture entry trains the task's reference optimizer; an optimizer entry its model)."""
+    tracks = {c.label: set(c.runs["track"].fillna("optimizer")) if "track" in c.runs else {"optimizer"}
+              for c in cols}
+    if len(set().union(*tracks.values())) < 2:
+        return None
+    listed = "; ".join(f"{label}: {', '.join(sorted(t))}" for label, t in tracks.items())
+    return (f"note: the columns span tracks ({listed}); the leaderboard ranks each track by itself, "
+            "so a difference here compares a model against an optimizer")
+
+
 def current_hash(path: Path) -> str | None:
     """The hash of an entry folder's files now; None for a plain results folder (or an entry
     that no longer loads: its runs are then told apart by hash alone)."""

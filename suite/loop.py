@@ -356,8 +356,15 @@ class Trainer:
         training = model.training
         model.eval()  # dropout would make two forwards differ whatever the model reads
         with torch.no_grad(), self.model_code(seed, network, "model's forward"):
+            first, again = model(x), model(x)
             problem = self.task.model_problem(model, x)
         model.train(training)
+        if not torch.equal(first, again):  # F.dropout(x, p) without training=self.training
+            raise ModelError(
+                f"{self.entry.path / 'entry.py'}: on {self.task.name}, the model's forward in eval mode "
+                "is random or stateful (two calls on the same input differ), so every evaluation would "
+                "measure one draw; make its randomness depend on self.training (nn.Dropout does; with "
+                "F.dropout, pass training=self.training)")
         if problem:
             raise ModelError(f"{self.entry.path / 'entry.py'}: on {self.task.name}, the model must "
                              f"map {interface.inputs} to {interface.outputs}, but {problem}")

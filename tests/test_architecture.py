@@ -166,6 +166,21 @@ def test_a_wrong_output_shape_or_dtype_names_the_expected_one(make_entry, tmp_pa
     assert "float (N, p): logits of (a + b) mod p" in message
 
 
+EVAL_DROPOUT = SMALL_MLP.replace("self.mlp(self.embed(pairs).flatten(1))",
+                                 "self.mlp(torch.nn.functional.dropout(self.embed(pairs).flatten(1), 0.2))")
+
+
+def test_a_model_random_in_eval_mode_is_refused_in_one_line(make_entry, tmp_path):
+    """F.dropout without training=self.training: every evaluation (accuracy, barriers, recovery)
+    measured one draw of the noise, without a word."""
+    runs = run(make_entry("noisy", code=EVAL_DROPOUT, hparams=""), tmp_path, ["modular-addition"], seeds=1)
+    assert set(runs["status"]) == {"error"}
+    message = runs["error"].iloc[0]
+    assert ("the model's forward in eval mode is random or stateful (two calls on the same input "
+            "differ)") in message
+    assert "pass training=self.training" in message and "\n" not in message
+
+
 def test_not_applicable_tasks_and_metrics_flow_through_validate_and_score(make_entry, tmp_path):
     entry = make_entry("partial", code=NO_METHODS, hparams="")
     tasks = ["deep-linear-modes", "shared-representation", "in-context-regression"]

@@ -444,6 +444,25 @@ def test_an_unbatchable_model_falls_back_to_one_by_one(make_entry, profile):
         assert error is None and metrics == ref_metrics and traj.curves == ref_traj.curves
 
 
+class PythonRandom(DeepLinearModes):
+    def loss(self, model, batch):  # a forward drawing from Python's global RNG (random.random)
+        import random
+
+        return super().loss(model, batch) * (1.0 + 0.01 * random.random())
+
+
+def test_a_loss_drawing_from_pythons_global_rng_falls_back_naming_the_draw(make_entry, profile):
+    """The first step's checks said 'the vmapped loss differs from the single-seed loss' (the
+    traced forward's draw against the check's), not what makes the batch untrustworthy."""
+    task = PythonRandom(dict(DeepLinearModes.tiers["smoke"], **SHORT))
+    plans = [runner.Plan(task, seed, {}) for seed in SEEDS]
+    notes = []
+    trainer = Trainer(task, load_entry(make_entry()), profile)
+    outcomes = runner.execute_batch(plans, trainer, notes=notes.append)
+    assert len(notes) == 1 and "draws from Python's or numpy's global RNG" in notes[0]
+    assert all(error is None for _, _, error in outcomes)
+
+
 def test_seeds_are_grouped_per_task_and_procedures_without_run_seeds_run_alone(make_entry):
     plans = runner.make_plans(["mode-connectivity", "deep-linear-modes"], [0, 1, 2], "smoke", [])
     todo = [(p, str(i)) for i, p in enumerate(plans)]

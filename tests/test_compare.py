@@ -71,6 +71,7 @@ def test_compare_command_on_plain_results_folders(make_entry, tmp_path):
     mean = runs.loc[runs.metric == "stage_time/mode_0", "value"].mean()  # ranked: it is shown
     assert compare.report.format_number(mean) in result.output
     assert "final_loss" not in result.output  # diagnostic: never compared
+    assert "span tracks" not in result.output
 
 
 def test_a_folder_given_twice_is_compared_once_with_a_note(make_entry, tmp_path):
@@ -81,6 +82,17 @@ def test_a_folder_given_twice_is_compared_once_with_a_note(make_entry, tmp_path)
     header = result.stdout.splitlines()[0]
     assert header.count("slow") == 1  # one column, labelled as the first spelling
     assert "1 of the paths name a folder given before" in result.stderr
+
+
+def test_columns_spanning_tracks_get_a_note_and_one_track_none():
+    empty = pd.DataFrame()
+    optimizer = compare.Column("adam", pd.DataFrame({"track": ["optimizer", None]}), empty)
+    older = compare.Column("sgd", pd.DataFrame({"task": ["t"]}), empty)  # files without the column
+    model = compare.Column("gpt", pd.DataFrame({"track": ["architecture"]}), empty)
+    assert compare.tracks_note([optimizer, older]) is None
+    assert compare.tracks_note([optimizer, model]) == (
+        "note: the columns span tracks (adam: optimizer; gpt: architecture); the leaderboard ranks "
+        "each track by itself, so a difference here compares a model against an optimizer")
 
 
 def test_compare_refuses_mixed_tiers_in_one_line(make_entry, tmp_path):
