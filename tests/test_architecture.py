@@ -179,6 +179,9 @@ def test_a_model_random_in_eval_mode_is_refused_in_one_line(make_entry, tmp_path
     assert ("the model's forward in eval mode is random or stateful (two calls on the same input "
             "differ)") in message
     assert "pass training=self.training" in message and "\n" not in message
+    nan = SMALL_MLP.replace("self.double_out else out", "self.double_out else out * float('nan')")
+    runs = run(make_entry("nan", code=nan, hparams=""), tmp_path, ["modular-addition"], seeds=1, name="nan")
+    assert set(runs["status"]) == {"diverged"}
 
 
 def test_not_applicable_tasks_and_metrics_flow_through_validate_and_score(make_entry, tmp_path):
