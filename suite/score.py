@@ -516,12 +516,15 @@ def score(inputs: Inputs, tasks: dict[str, type[Task]] | None = None) -> pd.Data
     table = metric_rows(runs, keys, tasks)
     targets = {name: cls.target for name, cls in tasks.items()}
     table["target"] = table["metric"] == table["task"].map(targets)
-    profiles_ = target_profiles(runs, targets, tasks)
+    covered = coverage(inputs.runs, tasks)
+    overall = covered[(covered["level"] == "overall") & covered["complete"]]
+    complete = set(overall[["profile", "tier", "track", "entry"]].itertuples(index=False, name=None))
+    profiles_ = target_profiles(runs, targets, tasks, complete=complete)
     table = table.merge(profiles_[["profile", "tier", "track", "task", "entry", "time_to_target", "ratio"]]
                         .assign(target=True), on=["profile", "tier", "track", "task", "entry", "target"],
                         how="left")
     table = pd.concat([table, not_applicable_rows(off, table, keys, targets),
-                       family_scores(profiles_, inputs.runs, tasks)], ignore_index=True)
+                       family_scores(profiles_, covered)], ignore_index=True)
     recipes = set(inputs.runs.loc[inputs.runs["track"] == "recipe", "entry"])
     table["recipe"] = table["entry"].isin(recipes)
     table["applicable"] = table["applicable"].astype("boolean").fillna(True)
@@ -583,12 +586,14 @@ def metric_specs(table: pd.DataFrame, tasks: dict[str, type[Task]]) -> list:
     return [declared[t, k].get(m) for t, k, m in rows]
 
 
-def target_profiles(runs: pd.DataFrame, targets: dict[str, str],
-                    tasks: dict[str, type[Task]]) -> pd.DataFrame:
+def target_profiles(runs: pd.DataFrame, targets: dict[str, str], tasks: dict[str, type[Task]],
+                    complete: set[tuple[str, str, str, str]]) -> pd.DataFrame:
     """Per (profile, tier, track, task, entry): time to the task's target and its performance
-    ratio among the entries of that track that ran the task (with the target applicable).
+    ratio: over the best time of the track's `complete` entries (profile, tier, track, entry:
+    runs of every task of the suite) that ran the task, or of every entry where none is complete.
 
-    An entry without runs of a task is incomplete there, not compared (see family_scores).
+    An incomplete entry is shown, not ranked (see family_scores), and does not set the best time:
+    a submission of one task would otherwise move every ranked entry's scores.
     """
     mine = runs[runs["metric"] == runs["task"].map(targets)]
     keys = ["profile", "tier", "track", "task"]
@@ -601,7 +606,12 @@ def target_profiles(runs: pd.DataFrame, targets: dict[str, str],
                                             len(times))
     # performance_ratios per (keys), vectorized: t / min t, all inf where none solves the task.
     steps = np.maximum(times["time_to_target"].to_numpy(float), 1.0)
-    best = pd.Series(steps).groupby([times[k] for k in keys]).transform("min").to_numpy()
+    rows = zip(*(times[k].tolist() for k in ("profile", "tier", "track", "entry")), strict=True)
+    ranked = np.array([row in complete for row in rows], dtype=bool)
+    by_group = [times[k] for k in keys]
+    best = pd.Series(np.where(ranked, steps, np.inf)).groupby(by_group).transform("min").to_numpy()
+    anyone = pd.Series(ranked).groupby(by_group).transform("any").to_numpy()
+    best = np.where(anyone, best, pd.Series(steps).groupby(by_group).transform("min").to_numpy())
     with np.errstate(invalid="ignore"):
         times["ratio"] = np.where(np.isfinite(best), steps / best, np.inf)
     times["family"] = times["task"].map({name: cls.family for name, cls in tasks.items()})
@@ -629,22 +639,41 @@ def per_group(group: np.ndarray, values: np.ndarray, n_groups: int, reduce) -> n
     return np.array([reduce(part) for part in np.split(values[order], cuts)], dtype=np.float64)
 
 
-def family_scores(per_task: pd.DataFrame, runs: pd.DataFrame,
-                  tasks: dict[str, type[Task]]) -> pd.DataFrame:
+def coverage(runs: pd.DataFrame, tasks: dict[str, type[Task]]) -> pd.DataFrame:
+    """Per level (family, overall), profile, tier, track, family and entry: the tasks of the
+    suite the entry has runs of (not-applicable runs count) and whether that is all of them.
+
+    Complete means every task of the suite (of the family) at that tier, whoever else ran what:
+    an entry alone in a view, or in a view of entries as partial as itself, is still incomplete.
+    """
+    covered = runs.assign(track=np.where(runs["track"] == "optimizer", "optimizer", "architecture"),
+                          family=runs["task"].map({name: cls.family for name, cls in tasks.items()}))
+    suite_tasks = pd.DataFrame([(tier, cls.family) for cls in tasks.values() for tier in cls.tiers],
+                               columns=["tier", "family"])
+    parts = []
+    for level, keys in (("family", ["profile", "tier", "track", "family", "entry"]),
+                        ("overall", ["profile", "tier", "track", "entry"])):
+        part = covered.groupby(keys)["task"].nunique().rename("have").reset_index()
+        scope = ["tier", "family"] if level == "family" else ["tier"]
+        part = part.join(suite_tasks.groupby(scope).size().rename("expected"), on=scope)
+        parts.append(part.assign(level=level, complete=part["have"] >= part["expected"],
+                                 family=part["family"] if level == "family" else ""))
+    return pd.concat(parts, ignore_index=True)
+
+
+def family_scores(per_task: pd.DataFrame, covered: pd.DataFrame) -> pd.DataFrame:
     """Per (profile, tier, track, family or overall, entry): area under the performance profile
     over the tasks whose target applies to the entry's model; `tasks` counts those.
 
-    `complete`: the entry has runs (or not-applicable runs) of every task any entry ran on
-    that profile and tier (of the family). Only complete entries are ranked; an incomplete one
-    is shown, never ranked as if it had failed the tasks it lacks.
+    `complete` (from `coverage`): the entry has runs (or not-applicable runs) of every task of
+    the suite (of the family) at that profile and tier. Only complete entries are ranked; an
+    incomplete one is shown, never ranked as if it had failed the tasks it lacks.
     """
     columns = ["level", "profile", "tier", "track", "family", "entry", "score", "solved", "tasks",
                "rank", "complete"]
     if per_task.empty:
         return pd.DataFrame(columns=columns)
     scored = per_task.assign(solved=np.isfinite(per_task["ratio"]))
-    covered = runs.assign(track=np.where(runs["track"] == "optimizer", "optimizer", "architecture"),
-                          family=runs["task"].map({name: cls.family for name, cls in tasks.items()}))
     parts = []
     for level, keys in (("family", ["profile", "tier", "track", "family", "entry"]),
                         ("overall", ["profile", "tier", "track", "entry"])):
@@ -653,11 +682,8 @@ def family_scores(per_task: pd.DataFrame, runs: pd.DataFrame,
         part.insert(0, "score", per_group(grouped.ngroup().to_numpy(), scored["ratio"].to_numpy(float),
                                           len(part), lambda r: profile_score(ratios=r)))
         part = part.reset_index()
-        scope = [k for k in keys if k not in ("track", "entry")]  # what "every task" means
-        expected = covered.groupby(scope)["task"].nunique().rename("expected")
-        have = covered.groupby(keys)["task"].nunique().rename("have")
-        part = part.join(expected, on=scope).join(have, on=keys)
-        part["complete"] = part["have"] >= part["expected"]
+        complete = covered.loc[covered["level"] == level].set_index(keys)["complete"]
+        part["complete"] = complete.reindex(pd.MultiIndex.from_frame(part[keys])).fillna(False).to_numpy(bool)
         parts.append(part.assign(level=level, family=part["family"] if level == "family" else ""))
     out = pd.concat(parts, ignore_index=True)
     ranked = out["score"].where(out["complete"])

@@ -169,6 +169,32 @@ def test_scores_table_and_unreached_targets(tmp_path, two_tasks):
     assert (rows[~diagnostic].role == "ranked").all() and rows[~diagnostic]["rank"].notna().all()
 
 
+def test_a_partial_entry_is_unranked_and_does_not_move_the_complete_entries_scores(tmp_path, two_tasks):
+    """A submission of one task, faster there than every complete entry, set that task's best
+    time: every ranked entry's ratio and score moved (adam 1.00x -> 4.19x, two ranks swapped).
+    And alone in a view it was 'complete' (judged against what the others ran) and ranked 1st."""
+    rng = np.random.default_rng(4)
+    for name, speed in (("a", 1.0), ("b", 2.0)):
+        synthetic_entry(tmp_path / "subs", name, rng=rng, speed=speed, tasks=two_tasks)
+    before = score.score(score.collect([tmp_path / "subs"], tasks=two_tasks), two_tasks)
+    one = {"deep-linear-modes": two_tasks["deep-linear-modes"]}
+    for root in ("subs", "alone"):
+        synthetic_entry(tmp_path / root, "partial", rng=np.random.default_rng(5), speed=0.1, tasks=one)
+    after = score.score(score.collect([tmp_path / "subs"], tasks=two_tasks), two_tasks)
+    theirs = after[after.entry != "partial"].reset_index(drop=True)
+    # Its time does not set the ratios, so every score is as before, and so is the overall
+    # ranking. Per task, and in its family (which it has whole), it is ranked like any entry.
+    scores = ["ratio", "time_to_target", "score", "solved", "tasks", "complete"]
+    pd.testing.assert_frame_equal(before[scores], theirs[scores], check_exact=True)
+    overall = before.level == "overall"
+    pd.testing.assert_frame_equal(before[overall], theirs[overall], check_exact=True)
+    target = after.target.fillna(False).astype(bool)
+    assert (after.loc[(after.entry == "partial") & target, "ratio"] < 1).all()  # against their best
+    for table in (after, score.score(score.collect([tmp_path / "alone"], tasks=two_tasks), two_tasks)):
+        partial = table[(table.level == "overall") & (table.entry == "partial")].iloc[0]
+        assert not partial["complete"] and pd.isna(partial["rank"]) and partial["tasks"] == 1
+
+
 def test_the_same_runs_in_another_row_order_give_the_same_scores_bit_for_bit(tmp_path, two_tasks):
     """Dask appends runs as they finish, so a re-run writes the same rows in another order; a
     mean over seeds summed in file order moved by an ulp (seen on re-run baselines)."""

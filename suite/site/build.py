@@ -241,6 +241,12 @@ def listing(names: list[str]) -> dict:
     return {"names": names[:LEFT_OUT_NAMES], "more": max(0, len(names) - LEFT_OUT_NAMES)}
 
 
+def suite_tasks(tasks: dict[str, type[Task]], tier: str) -> set[str]:
+    """The tasks of the suite at `tier`: an entry without runs of one is incomplete (as in
+    score.coverage), whatever the other entries ran."""
+    return {name for name, cls in tasks.items() if tier in cls.tiers}
+
+
 def overall_rows(rows: list[dict], families: list[str], expected: set[str]) -> list[dict]:
     """The track's overall table: ranked entries first, then incomplete ones (not ranked) and
     entries without an applicable target anywhere."""
@@ -420,7 +426,7 @@ def sections(inputs: Inputs, rows: list[dict], tasks: dict[str, type[Task]],
     plots' file prefix, `plot_job`): the plots are drawn later."""
     found, jobs, cache = [], [], {}
     for (profile, tier), whole in sorted(group_by(rows, "profile", "tier").items()):
-        expected = {r["task"] for r in whole if r["level"] == "metric"}  # as score's `complete`
+        expected = suite_tasks(tasks, tier)  # as score's `complete`
         try:
             description = profiles.load(profile).description
         except profiles.ProfileError:
@@ -795,8 +801,8 @@ def build(inputs: Inputs, scores: pd.DataFrame, out: str | Path, *,
     rows = records(scores)
     notes = run_notes(inputs.runs)
     declared = {tier: declarations(tasks, tier) for tier in {r["tier"] for r in rows}}
-    expected = {key: {r["task"] for r in part if r["level"] == "metric"}
-                for key, part in group_by(rows, "profile", "tier").items()}
+    expected = {(profile, tier): suite_tasks(tasks, tier)
+                for profile, tier in group_by(rows, "profile", "tier")}
     env = environment()
     common = {"digest": inputs.digest, "tau_max": TAU_MAX}
     per_entry = group_by(rows, "entry")
