@@ -171,10 +171,11 @@ def collect(roots: list[str | Path], *, tier: str = "standard",
             "`ldbench validate` names each problem")
     # Runs of older files of the entry measure other code than it has now (`show` marks them stale).
     stale = keep & (runs["entry_hash"] != runs["_entry"].map({n: e.hash for n, e in inputs.entries.items()}))
+    rerun = "`ldbench run`" if budget is None else f"`ldbench tune` (--budget {budget})"
     for i, dropped in runs.loc[stale].groupby("_file")["run_id"]:
         inputs.warnings.append(
             f"{paths[i]}: left out {dropped.nunique()} runs made with older files of the entry (it "
-            "changed since they ran); rerun `ldbench run` on it to replace them")
+            f"changed since they ran); rerun {rerun} on it to replace them")
     keep &= ~stale
     for i, reason in contradictions(runs[keep]).items():
         inputs.warnings.append(f"skipped {paths[i]}: {reason}; `ldbench validate` names each problem")
@@ -222,8 +223,13 @@ def entry_files(folders: list[Path], inputs: Inputs, tier: str, budget: int | No
             inputs.untuned.append(entry.name if entry.search else f"{entry.name} (no search space)")
             continue  # no study at this budget: not in the tuned view
         if budget is not None:  # its pages show the hyperparameters the study chose
-            inputs.tuned_files[entry.name] = files[0][0].parent.parent / TUNED_FILE
-            entry = entry.with_hparams(read_tuned(inputs.tuned_files[entry.name]))
+            tuned_file = files[0][0].parent.parent / TUNED_FILE
+            try:
+                entry = entry.with_hparams(read_tuned(tuned_file))
+            except results.ResultsError as err:  # an interrupted study: this entry is left out
+                events.append(f"skipped: {err}")
+                continue
+            inputs.tuned_files[entry.name] = tuned_file
         inputs.entries[entry.name] = entry
         events += [(pool.submit(read_rows, path, budget), entry.name, path, profile)
                    for path, profile in files]

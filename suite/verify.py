@@ -114,6 +114,11 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
     submitted = results.read_table(where / results.RUNS_FILE)
     if submitted.empty:
         raise results.ResultsError(f"{where / results.RUNS_FILE}: holds no runs; run `ldbench run` first")
+    if not (submitted["tier"] == tier).any():  # re-run on another tier's config, honest
+        held = sorted(set(submitted["tier"].astype(str)))  # results would not reproduce
+        raise results.ResultsError(f"{where / results.RUNS_FILE}: holds {', '.join(held)}-tier runs, "
+                                   f"none of the {tier} tier; pass --tier {held[0]}")
+    submitted = submitted[submitted["tier"] == tier]
     hashes = set(submitted["entry_hash"]) - {entry.hash}
     if hashes:
         raise results.ResultsError(

@@ -96,6 +96,12 @@ def test_verify_takes_results_written_with_out_and_says_where_there_are_none(sub
     found = CliRunner().invoke(main, ["verify", str(code), "--tier", "smoke", "--runs", "1", "--pick-seed",
                                       "2", "--results", str(folder / "results/cpu-2core/smoke")])
     assert found.exit_code == 0 and "ok: " in found.output, found.output
+    # Smoke runs named with --tier standard were re-run on the standard config and reported as
+    # not reproduced (blaming honest results); the tier is now checked first.
+    other = CliRunner().invoke(main, ["verify", str(code), "--tier", "standard", "--runs", "1",
+                                      "--results", str(folder / "results/cpu-2core/smoke")])
+    assert other.exit_code != 0 and "Traceback" not in other.output
+    assert "holds smoke-tier runs, none of the standard tier; pass --tier smoke" in other.output
 
 
 def test_verify_reruns_runs_on_the_threads_they_recorded_with_a_note(submitted, tmp_path, monkeypatch):

@@ -306,6 +306,14 @@ def test_the_tuned_view_scores_the_studies_chosen_points_only(tmp_path):
     tuned_file.write_text(json.dumps(data))
     changed = score.collect([REPO / "baselines"], tier="smoke", budget=16, studies=copy)
     assert "deep-linear-modes" not in set(changed.runs["task"]) and len(changed.runs)
+    # an interrupted study (tuned.json truncated) leaves its entry out with a warning; it
+    # stopped the whole view before, scoring nobody
+    shutil.copytree(studies / "adam", copy / "adam")
+    broken = copy / "adam/cpu-2core/smoke/budget-16/tuned.json"
+    broken.write_text(broken.read_text()[:40])
+    partial = score.collect([REPO / "baselines"], tier="smoke", budget=16, studies=copy)
+    assert sorted(partial.entries) == ["sgd"] and set(partial.runs["entry"]) == {"sgd"}
+    assert any(w.startswith(f"skipped: {broken}: unreadable") for w in partial.warnings), partial.warnings
 
 
 @pytest.mark.parametrize(("value", "sizes"), [("auto", [3, 2]), ("2", [2, 1, 2]), ("1", [1, 1, 1, 2])])
