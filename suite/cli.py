@@ -208,15 +208,16 @@ def verify_cmd(path, k, tier, profile, pick_seed, rtol, workers, scheduler, resu
     click.echo(tabulate(rows, headers=["task", "seed", "metric", "status", "rerun status",
                                        "submitted", "reproduced", ""], tablefmt="simple"))
     if bad:
-        click.secho(f"error: {path}: {len(bad)} of {len(checks)} metrics differ from the submitted "
-                    "results beyond the tolerance; rerun `ldbench run` on this profile and "
+        click.secho(f"error: {path}: {len(bad)} of {len(checks)} metrics and curves differ from the "
+                    "submitted results beyond the tolerance; rerun `ldbench run` on this profile and "
                     "resubmit", fg="red", err=True)
         sys.exit(1)
     # NaN on both sides (a metric not applicable, undefined, or a failed run's) is reproduced,
     # but no number was compared: say how many were.
     compared = sum(not (math.isnan(c.submitted) and math.isnan(c.reproduced)) for c in checks)
-    click.echo(f"ok: {len(checks)} metrics reproduced ({compared} values, {len(checks) - compared} "
-               "without a value on both sides)")
+    curves = sum(c.metric.startswith("curve ") for c in checks)
+    click.echo(f"ok: {len(checks) - curves} metrics and {curves} curves reproduced ({compared} values, "
+               f"{len(checks) - compared} without a value on both sides)")
 
 
 def leaderboard_options(func):

@@ -136,15 +136,37 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
             futures = {key: client.submit(rerun, folder.resolve(), key, tier=tier, profile=profile,
                                           pure=False) for key in keys}
             outcomes = {key: future.result() for key, future in futures.items()}
+    curves = results.read_table(where / results.CURVES_FILE) if (where / results.CURVES_FILE).exists() \
+        else pd.DataFrame(columns=["run_id", "step", "metric", "value"])
     checks = []
     for run in picked:
-        status, metrics = outcomes[batch_key(run, submitted)][int(run.seed)]
+        status, metrics, reproduced = outcomes[batch_key(run, submitted)][int(run.seed)]
         rows = submitted[submitted["run_id"] == run.run_id].set_index("metric")
         task = registry.make_task(run.task, tier, config_of(run.overrides))
         for name, spec in task.metrics().items():
             value = float(rows["value"].get(name, math.nan))
             checks.append(Check(run.task, int(run.seed), name, value, float(metrics.get(name, math.nan)),
                                 str(run.status), status, spec.resolution or 0.0))
+        checks += curve_checks(run, curves[curves["run_id"] == run.run_id], reproduced, status)
+    return checks
+
+
+def curve_checks(run, submitted: pd.DataFrame, reproduced: dict[str, dict[int, float]],
+                 status: str) -> list[Check]:
+    """One Check per curve of the re-run (named `curve NAME @ step`), at its point furthest from
+    the submitted curve: the site plots the curves, so forged points must not pass. A point one
+    side lacks is NaN there."""
+    checks = []
+    given = {name: dict(zip(part["step"].tolist(), part["value"].tolist(), strict=True))
+             for name, part in submitted.groupby("metric")}
+    for name in sorted(set(reproduced) | set(given)):
+        mine, theirs = reproduced.get(name, {}), given.get(name, {})
+        points = [(theirs.get(step, math.nan), mine.get(step, math.nan), step)
+                  for step in sorted(set(mine) | set(theirs))]
+        worst = max(points, key=lambda p: (not same_value(p[0], p[1], rtol=RTOL, atol=ATOL),
+                                           abs(p[0] - p[1]) if math.isfinite(p[0] - p[1]) else 0.0))
+        checks.append(Check(run.task, int(run.seed), f"curve {name} @ {worst[2]}", float(worst[0]),
+                            float(worst[1]), str(run.status), status))
     return checks
 
 
@@ -218,4 +240,6 @@ def rerun(folder: Path, key: tuple, *, tier: str, profile: str) -> dict[int, tup
     trainer.batch_lanes = batch_lanes
     with torch_threads(threads if threads is not None and prof.device == "cpu" else prof.threads):
         outcomes = runner.execute_batch(plans, trainer, notes=lambda _: None)
-    return {seed: (traj.status, metrics) for seed, (traj, metrics, _) in zip(seeds, outcomes, strict=True)}
+    return {seed: (traj.status, metrics, {name: dict(zip(traj.steps, values, strict=True))
+                                          for name, values in traj.curves.items()})
+            for seed, (traj, metrics, _) in zip(seeds, outcomes, strict=True)}

@@ -227,7 +227,8 @@ def test_tracks_are_ranked_separately_and_incomplete_entries_are_not_failures():
                                  task=task, task_version=registry.task_class(task).version, entry=entry,
                                  seed=seed, status="ok", metric=target, value=100 + rng.integers(50),
                                  direction="min", track=track, applicable=True))
-    table = score.score(score.Inputs(tier="smoke", runs=pd.DataFrame(rows)))
+    suite = {t: registry.task_class(t) for t in ("deep-linear-modes", "teacher-student")}  # the suite
+    table = score.score(score.Inputs(tier="smoke", runs=pd.DataFrame(rows)), suite)
     overall = table[table["level"] == "overall"].set_index("entry")
     assert overall.loc["opt-a", "track"] == "optimizer" and overall.loc["arch-b", "track"] == "architecture"
     assert bool(overall.loc["arch-b", "recipe"]) and not bool(overall.loc["arch-a", "recipe"])

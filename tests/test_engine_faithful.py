@@ -222,7 +222,8 @@ def test_verify_reruns_each_run_as_it_was_executed_to_the_last_bit(make_entry, t
     out = entry / "results" / "cpu-2core" / "smoke"
     runner.run_suite(entry, tasks=["deep-linear-modes"], seeds=3, out=out, progress=False)
     checks = verify.verify_submission(entry, k=3, tier="smoke", pick_seed=0)
-    assert len(checks) == 3 * len(registry.make_task("deep-linear-modes", "smoke").metrics())
+    task = registry.make_task("deep-linear-modes", "smoke")
+    assert len(checks) == 3 * (len(task.metrics()) + len(task.curves()))  # every curve checked too
     assert all(c.matches(rtol=0.0, atol=0.0) for c in checks), [c for c in checks if not c.matches()]
 
 

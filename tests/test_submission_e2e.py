@@ -82,6 +82,20 @@ def test_verify_reproduces_the_runs_and_catches_a_doctored_value(submitted, tmp_
     result = CliRunner().invoke(main, ["verify", str(copy), "--tier", "smoke", "--runs", "1",
                                        "--pick-seed", "3"])
     assert result.exit_code == 1 and "MISMATCH" in result.output and "final_loss" in result.output
+    # Forged curves (every point of one set to 0.5) passed both validate and verify, and the
+    # site plots them: each curve of a re-run is compared too, at its furthest point.
+    forged = tmp_path / "forged"
+    shutil.copytree(folder, forged)
+    path = forged / "results/cpu-2core/smoke/curves.parquet"
+    curves = results.read_table(path)
+    name = sorted(set(curves.metric))[0]
+    curves.loc[curves.metric == name, "value"] = 0.5
+    results.write_atomic(results.to_table(curves, results.CURVE_SCHEMA, results.CURVES_FILE), path)
+    result = CliRunner().invoke(main, ["verify", str(forged), "--tier", "smoke", "--runs", "1",
+                                       "--pick-seed", "3"])
+    assert result.exit_code == 1 and "metrics and curves differ" in result.output
+    assert any(line.startswith(TASK) and f"curve {name} @" in line and line.endswith("MISMATCH")
+               for line in result.output.splitlines()), result.output
 
 
 def test_verify_takes_results_written_with_out_and_says_where_there_are_none(submitted, tmp_path):
@@ -129,9 +143,10 @@ def test_verify_reruns_runs_on_the_threads_they_recorded_with_a_note(submitted, 
     assert result.exit_code == 0, result.output
     assert "note: the submitted runs were made with threads = 2" in result.output
     # Values compared, and metrics that have none on either side (NaN), counted apart.
-    said = re.search(r"ok: (\d+) metrics reproduced \((\d+) values, (\d+) without a value on both sides\)",
-                     result.output)
-    assert said and int(said[1]) == int(said[2]) + int(said[3]) and int(said[2]) > 0
+    said = re.search(r"ok: (\d+) metrics and (\d+) curves reproduced \((\d+) values, (\d+) without a "
+                     r"value on both sides\)", result.output)
+    assert said and int(said[1]) + int(said[2]) == int(said[3]) + int(said[4]) and int(said[3]) > 0
+    assert int(said[2]) == len(registry.task_class(TASK)(registry.task_class(TASK).tiers["smoke"]).curves())
     assert seen == [2]
     assert recorded_threads(runs["fingerprint"].iloc[0]) == 2 and recorded_threads("{}") is None
     assert profile_changes(tmp_path / "nowhere", tier="smoke", profile="cpu-2core") == []
