@@ -571,6 +571,12 @@ def check_search(manifest: Path, raw: dict[str, Any]) -> None:
                 where = "[hparams.default]" + ("" if table == "default" else f" or [hparams.{table}]")
                 raise fail(manifest, f"search.{table}.{name} is not a hyperparameter of {where}",
                            f"add {name} there first{did_you_mean(name, known)}")
+            kind = next(iter(spec))
+            if kind != "choice" and isinstance(known[name], int) and not isinstance(known[name], bool):
+                # uniform draws floats: every trial of an integer hyperparameter failed
+                raise fail(manifest, f"search.{table}.{name} searches an integer hyperparameter (it is "
+                           f"{known[name]}) with {kind}, which draws floats",
+                           f"list the integers to try: {name} = {{ choice = [...] }}")
 
 
 def check_range(manifest: Path, where: str, spec: Any) -> None:

@@ -210,6 +210,19 @@ def trial_table(trials: list[Trial], runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def error_notes(runs: pd.DataFrame, tasks: list[str], best: dict[str, int | None]) -> list[str]:
+    """One line per task whose trials ended in errors: how many, the first error, and what the
+    study keeps (the table shows only counts; the errors are in the trials' runs file)."""
+    notes = []
+    failed = runs[(runs["status"] == "error") & runs["task"].isin(tasks)].drop_duplicates("run_id")
+    for task, part in failed.groupby("task", sort=True):
+        first = str(part["error"].dropna().iloc[0]).splitlines()[0] if part["error"].notna().any() else ""
+        kept = "keeps the entry's hyperparameters" if best.get(task) is None else "chose among the others"
+        notes.append(f"note: {task}: {len(part)} of {runs.loc[runs['task'] == task, 'run_id'].nunique()} "
+                     f"trial runs ended in an error (the study {kept}); the first: {first}")
+    return notes
+
+
 def best_trials(table: pd.DataFrame, tier: str) -> dict[str, int | None]:
     """The best trial index per task, None where no trial reached the target on any tuning
     seed (see the module docstring for the rule)."""
@@ -274,8 +287,11 @@ def run_study(entry: Entry, out: Path, spec: dict, tasks: list[str], prof: profi
     execute(entry, todo, out=out / TRIALS, spec=spec, prof=prof, client=client,
             time_limit=time_limit, progress=progress, size=trial_batch)
     trials = [t for t, _ in found]
-    table = trial_table(trials, results.read_results(out / TRIALS)[0])
+    trial_runs = results.read_results(out / TRIALS)[0]
+    table = trial_table(trials, trial_runs)
     best = best_trials(table, tier)
+    for note in error_notes(trial_runs, tasks, best):
+        print(note)
     by_index = {(t.task, t.index): t for t in trials}
     tuned = {task: entry.hparams_for(task) if best[task] is None else by_index[task, best[task]].hparams
              for task in tasks}

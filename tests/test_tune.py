@@ -69,6 +69,14 @@ def test_search_tables_are_validated_in_one_line(make_entry):
     with pytest.raises(EntryError, match="did you mean 'deep-linear-modes'"):
         load_entry(make_entry("bad", hparams="[hparams.default]\nlr = 0.1\n[search.deep-linear-mode]\n"
                                              "lr = { uniform = [0, 1] }\n"))
+    # uniform over an integer drew floats (slice_p = 1.85): every trial failed, and the study kept
+    # the defaults without a word
+    with pytest.raises(EntryError, match=r"search.default.k searches an integer hyperparameter \(it is 2\) "
+                                         r"with uniform, which draws floats; list the integers to try"):
+        load_entry(make_entry("bad", hparams="[hparams.default]\nlr = 0.1\nk = 2\n[search.default]\n"
+                                             "k = { uniform = [1, 4] }\n"))
+    load_entry(make_entry("fine", hparams="[hparams.default]\nlr = 0.1\nk = 2\n[search.default]\n"
+                                          "k = { choice = [1, 2, 4] }\n"))
 
 
 def test_search_tables_leave_the_entry_hash_unchanged(make_entry):
@@ -153,6 +161,20 @@ def test_only_the_chosen_points_evaluations_are_a_studys_result():
 def study(entry, out, tasks=("deep-linear-modes",), **kwargs):
     return tune.tune(entry, budget=3, tasks=list(tasks), design_seed=1, eval_seeds=2,
                      sets=FAST, out=out, progress=False, **kwargs)
+
+
+def test_trials_ending_in_errors_are_said_with_the_first_error(make_entry, tmp_path, capsys):
+    """The table counted "1 error" per trial and the study kept the defaults without a word; the
+    reason was only in the trials' runs file."""
+    code = ("import torch\n\ndef make_optimizer(params, hparams, task):\n"
+            "    if hparams['lr'] > 0.005:\n"
+            "        raise ValueError(f\"lr {hparams['lr']:.3g} is too large\")\n"
+            "    return torch.optim.SGD(params, lr=hparams['lr'])\n")
+    study(make_entry(hparams=SEARCH.replace("lr = 0.01", "lr = 0.001"), code=code), tmp_path / "study")
+    said = [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("note: deep-linear-modes")]
+    assert len(said) == 1 and "trial runs ended in an error" in said[0], said
+    assert "the first: the entry's make_optimizer failed at" in said[0] and "is too large" in said[0]
 
 
 def test_killed_study_resumes_without_redoing_finished_trials(make_entry, tmp_path, monkeypatch):
