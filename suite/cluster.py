@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,6 +88,19 @@ class Imports(WorkerPlugin):
         registry.all_tasks()
 
 
+class IgnoreInterrupt(WorkerPlugin):
+    """A worker of a local cluster ignores Ctrl-C: the terminal sends SIGINT to every process of
+    the command, and each worker printed two tracebacks (KeyboardInterrupt, CancelledError)
+    above the client's one line; the client stops the cluster. Workers of --scheduler clusters
+    keep theirs (their own terminal stops them)."""
+
+    name = "ldbench-ignore-interrupt"
+
+    def setup(self, worker) -> None:
+        if threading.current_thread() is threading.main_thread():  # signals are set there only
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextmanager
 def connect(workers: int, scheduler: str | None) -> Iterator:
     """A client of the cluster at `scheduler`, or of a new LocalCluster of `workers` processes.
@@ -113,6 +128,7 @@ def connect(workers: int, scheduler: str | None) -> Iterator:
                          dashboard_address=":0", silence_logs=logging.CRITICAL) as cluster, \
             Client(cluster) as client:
         client.register_plugin(Imports())  # before any job: see Imports
+        client.register_plugin(IgnoreInterrupt())
         yield client
 
 

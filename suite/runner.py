@@ -349,6 +349,25 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
         tqdm.write(note, file=sys.stderr)
     if workers is None:
         workers = prof.workers_for(len(groups))
+    try:
+        execute_groups(groups, entry, prof, out=out, tier=tier, profile=profile, workers=workers,
+                       scheduler=scheduler, time_limit=time_limit, progress=progress,
+                       fingerprint=fingerprint)
+    except KeyboardInterrupt:  # click then prints "Aborted!": say what was kept first
+        kept = len(set(ids) & results.done_run_ids(out))
+        tqdm.write(f"interrupted: {kept} of the {len(ids)} runs have finished and are kept in {out}; "
+                   "the same command resumes from there", file=sys.stderr)
+        raise
+    results.compact(out)  # one O(rows) merge per `ldbench run`, not one per stored run
+    all_runs, _ = results.read_results(out)
+    return all_runs[all_runs["run_id"].isin(ids)]
+
+
+def execute_groups(groups: list[list[tuple[Plan, str]]], entry: Entry, prof: profiles.Profile, *,
+                   out: Path, tier: str, profile: str, workers: int, scheduler: str | None,
+                   time_limit: float | None, progress: bool, fingerprint: dict) -> None:
+    """Run the groups on a Dask cluster (`workers` or `scheduler`) or here, appending each
+    group's rows to `out` as it ends."""
     if workers or scheduler:  # issue 12: the same groups, on a Dask cluster
         from suite import cluster
 
@@ -358,9 +377,9 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
         jobs = [cluster.Job(entry, group) for group in sorted(groups, key=len, reverse=True)]
         cluster.run_jobs(jobs, out=out, tier=tier, profile=profile, workers=workers,
                          scheduler=scheduler, time_limit=time_limit, progress=progress)
-        todo, groups = [], []
-    total = sum(p.task.optimizer_steps() for p, _ in todo)
-    with progress_bar(total=total, unit="step", disable=not progress or not todo) as bar:
+        return
+    total = sum(p.task.optimizer_steps() for group in groups for p, _ in group)
+    with progress_bar(total=total, unit="step", disable=not progress or not groups) as bar:
         for group in groups:
             batch = [plan for plan, _ in group]
             bar.set_description(f"{batch[0].task.name} seed {','.join(str(p.seed) for p in batch)}")
@@ -368,9 +387,6 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
                              on_step=bar.update, time_limit=time_limit,
                              notes=lambda text: bar.write(text, file=sys.stderr))
             results.append_run(out, *rows)
-    results.compact(out)  # one O(rows) merge per `ldbench run`, not one per stored run
-    all_runs, _ = results.read_results(out)
-    return all_runs[all_runs["run_id"].isin(ids)]
 
 
 # -- one group of runs: the unit that run_suite and Dask workers (suite/cluster.py) execute -----

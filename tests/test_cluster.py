@@ -296,6 +296,22 @@ def test_every_worker_imports_the_task_modules_before_its_first_job():
         assert list(client.run(imported).values()) == [modules, modules]
 
 
+def test_local_workers_ignore_ctrl_c_and_given_ones_keep_it():
+    """The terminal's Ctrl-C reaches every process of the command: each local worker printed two
+    tracebacks above the client's one line. A --scheduler cluster's workers are stopped from
+    their own terminal, so theirs is left alone."""
+    import signal
+
+    from dask.distributed import LocalCluster
+
+    ignored = lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # noqa: E731
+    with cluster.connect(2, None) as client:
+        assert list(client.run(ignored).values()) == [True, True]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as bare:
+        with cluster.connect(0, bare.scheduler_address) as client:
+            assert list(client.run(ignored).values()) == [False]
+
+
 def test_without_workers_a_run_takes_the_profiles_when_it_has_two_groups(make_entry, tmp_path,
                                                                          monkeypatch):
     """cpu-2core trains two runs at a time (`workers = 2`): two groups go to a local cluster of

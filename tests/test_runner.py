@@ -87,6 +87,28 @@ def test_a_killed_write_leaves_the_previous_file_intact(make_entry, tmp_path, mo
     assert sorted(resumed.seed.unique()) == [0, 1]
 
 
+def test_an_interrupted_run_says_what_it_kept_and_resumes(make_entry, tmp_path, monkeypatch, capsys):
+    """Ctrl-C ended with click's "Aborted!" alone: nothing said the finished runs were kept."""
+    entry, out = make_entry(), tmp_path / "out"
+    real = runner.run_group
+
+    def interrupted_second(group, *args, **kwargs):
+        if group[0][0].task.name == "shared-representation":
+            raise KeyboardInterrupt  # Ctrl-C during the second task
+        return real(group, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_group", interrupted_second)
+    with pytest.raises(KeyboardInterrupt):
+        run(entry, out, tasks=["deep-linear-modes", "shared-representation"], seeds=2)
+    said = capsys.readouterr().err
+    assert (f"interrupted: 2 of the 4 runs have finished and are kept in {out}; the same command "
+            "resumes") in said
+    monkeypatch.undo()
+    resumed = run(entry, out, tasks=["deep-linear-modes", "shared-representation"], seeds=2)
+    assert resumed.drop_duplicates("run_id").groupby("task").size().to_dict() == {
+        "deep-linear-modes": 2, "shared-representation": 2}
+
+
 def test_divergence_is_recorded_and_the_suite_goes_on(make_entry, tmp_path):
     entry = make_entry(hparams="[hparams.default]\nlr = 0.01\n"
                                "[hparams.deep-linear-modes]\nlr = 50.0\n")
