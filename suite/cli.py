@@ -196,8 +196,9 @@ def verify_cmd(path, k, tier, profile, pick_seed, rtol, workers, scheduler, resu
     """Re-run K random runs of PATH here and compare metrics. EXECUTES the entry's code."""
     if pick_seed is None:
         pick_seed = secrets.randbelow(2**31)
-    click.echo(f"re-running {k} runs of {path} ({profile}, {tier}), chosen with --pick-seed {pick_seed}; "
-               f"tolerance |a - b| <= max(the metric's resolution, {verify.ATOL:g} + {rtol:g}·|a|)")
+    click.echo(f"re-running up to {k} runs of {path} ({profile}, {tier}), chosen with --pick-seed "
+               f"{pick_seed}; tolerance |a - b| <= max(the metric's resolution, {verify.ATOL:g} + "
+               f"{rtol:g}·|a|)")
     for change in verify.profile_changes(path, tier=tier, profile=profile, results_dir=results_dir):
         click.echo(f"note: {change}")
     checks = verify.verify_submission(path, k=k, tier=tier, profile=profile, pick_seed=pick_seed,

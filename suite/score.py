@@ -207,6 +207,10 @@ def entry_files(folders: list[Path], inputs: Inputs, tier: str, budget: int | No
         except EntryError as err:
             events.append(f"skipped: {err}")
             continue
+        if entry.name != folder.name:  # validate refuses it; it could take another's name here
+            events.append(f"skipped {folder}: entry.toml names it {entry.name!r}, not its folder's name; "
+                          "`ldbench validate` names the fix")
+            continue
         if entry.name in inputs.entries:
             events.append(f"skipped {folder}: the name {entry.name!r} is already taken by "
                           f"{inputs.entries[entry.name].path}")

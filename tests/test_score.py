@@ -195,6 +195,20 @@ def test_a_partial_entry_is_unranked_and_does_not_move_the_complete_entries_scor
         assert not partial["complete"] and pd.isna(partial["rank"]) and partial["tasks"] == 1
 
 
+def test_a_folder_whose_manifest_names_another_entry_is_skipped(tmp_path, two_tasks):
+    """submissions/Prodigy naming itself "prodigy" was scored, and the real submissions/prodigy
+    skipped as "name already taken" (upper case sorts first)."""
+    import shutil
+
+    rng = np.random.default_rng(6)
+    real = synthetic_entry(tmp_path / "subs", "prodigy", rng=rng, tasks=two_tasks)
+    shutil.copytree(real, tmp_path / "subs" / "Prodigy")
+    inputs = score.collect([tmp_path / "subs"], tasks=two_tasks)
+    assert list(inputs.entries) == ["prodigy"] and inputs.entries["prodigy"].path == real
+    assert any(w.startswith(f"skipped {tmp_path / 'subs' / 'Prodigy'}: entry.toml names it 'prodigy'")
+               for w in inputs.warnings), inputs.warnings
+
+
 def test_the_same_runs_in_another_row_order_give_the_same_scores_bit_for_bit(tmp_path, two_tasks):
     """Dask appends runs as they finish, so a re-run writes the same rows in another order; a
     mean over seeds summed in file order moved by an ulp (seen on re-run baselines)."""
