@@ -264,6 +264,12 @@ def score_cmd(tier, roots, out, tuned) -> None:
     click.echo(tabulate(rows, headers=["profile", "track", "rank", "entry", "score", "solved"],
                         tablefmt="simple", disable_numparse=True))
     scored = table["entry"].nunique() if len(table) else 0
+    if not scored:  # an empty leaderboard is written, but it is unlikely to be what was meant
+        fix = (f"no entry under {', '.join(roots)} has a study at budget {tuned} ({tier} tier); "
+               f"`ldbench tune ENTRY --budget {tuned} --tier {tier} --seeds 5` makes one" if tuned else
+               f"no entry under {', '.join(roots)} has {tier}-tier results; "
+               f"`ldbench run ENTRY --tier {tier} --seeds 5` makes them")
+        click.secho(f"warning: {fix}", fg="yellow", err=True)
     click.echo(f"wrote {path} ({scored} entries, {len(table)} rows)")
 
 

@@ -145,8 +145,9 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
         task = registry.make_task(run.task, tier, config_of(run.overrides))
         for name, spec in task.metrics().items():
             value = float(rows["value"].get(name, math.nan))
+            given = str(run.status) if name in rows.index else "no row"  # not a NaN value: absent
             checks.append(Check(run.task, int(run.seed), name, value, float(metrics.get(name, math.nan)),
-                                str(run.status), status, spec.resolution or 0.0))
+                                given, status, spec.resolution or 0.0))
         checks += curve_checks(run, curves[curves["run_id"] == run.run_id], reproduced, status)
     return checks
 

@@ -342,6 +342,14 @@ def test_score_command_writes_parquet_with_the_inputs_digest(tmp_path, two_tasks
     CliRunner().invoke(main, ["score", "--root", str(tmp_path / "subs"), "--out", str(tmp_path / "lb2")])
     again, _ = score.read_scores(tmp_path / "lb2" / score.SCORES_FILE)
     pd.testing.assert_frame_equal(table, again)
+    # Nothing to score (a budget no study has, a tier no entry ran) wrote an empty leaderboard
+    # and said only "0 entries"
+    for args, said in ((["--tuned", "7"], "has a study at budget 7 (standard tier); `ldbench tune ENTRY "
+                                          "--budget 7 --tier standard --seeds 5` makes one"),
+                       (["--tier", "smoke"], "has smoke-tier results; `ldbench run ENTRY --tier smoke")):
+        empty = CliRunner().invoke(main, ["score", "--root", str(tmp_path / "subs"), "--out",
+                                          str(tmp_path / "lb3"), *args])
+        assert empty.exit_code == 0 and f"warning: no entry under {tmp_path / 'subs'} {said}" in empty.output
 
 
 def test_same_scores_allows_an_ulp_and_nothing_more():

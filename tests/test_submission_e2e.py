@@ -82,6 +82,13 @@ def test_verify_reproduces_the_runs_and_catches_a_doctored_value(submitted, tmp_
     result = CliRunner().invoke(main, ["verify", str(copy), "--tier", "smoke", "--runs", "1",
                                        "--pick-seed", "3"])
     assert result.exit_code == 1 and "MISMATCH" in result.output and "final_loss" in result.output
+    # A deleted row was shown as "submitted nan" beside an ok status: it says "no row" now
+    runs = runs[runs.metric != "final_loss"]
+    results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), path)
+    result = CliRunner().invoke(main, ["verify", str(copy), "--tier", "smoke", "--runs", "1",
+                                       "--pick-seed", "3"])
+    lost = [line for line in result.output.splitlines() if "final_loss" in line]
+    assert result.exit_code == 1 and len(lost) == 1 and "no row" in lost[0] and lost[0].endswith("MISMATCH")
     # Forged curves (every point of one set to 0.5) passed both validate and verify, and the
     # site plots them: each curve of a re-run is compared too, at its furthest point.
     forged = tmp_path / "forged"
