@@ -262,8 +262,12 @@ def scored_inputs(roots: list[str | Path], out: Path, *, tier: str = "standard",
     digest = inputs_digest(folders, tier, tasks, budget, Path(studies))
     scores, recorded = read_scores(out / SCORES_FILE)
     if recorded != digest:
-        raise results.ResultsError(f"{out / SCORES_FILE}: scores are older than the results or "
-                                   "manifests; run `ldbench score` first")
+        command = f"ldbench score --tier {tier}" + (f" --tuned {budget}" if budget is not None else "")
+        other = [t for t in registry.TIERS if t != tier
+                 and recorded == inputs_digest(folders, t, tasks, budget, Path(studies))]
+        why = (f"scores of the {other[0]} tier, not the {tier} tier" if other else
+               "scores are older than the results or manifests")
+        raise results.ResultsError(f"{out / SCORES_FILE}: {why}; run `{command}` first")
     inputs = recorded_inputs(out / INPUTS_FILE, digest, folders)
     if inputs is None:
         inputs = collect(roots, tier=tier, tasks=tasks, budget=budget, studies=studies)

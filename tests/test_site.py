@@ -431,7 +431,12 @@ def test_leaderboard_check_fails_when_results_change(site, tmp_path):
     stale = runner.invoke(main, ["leaderboard", "check", "--root", str(copy), *out])
     assert stale.exit_code == 1 and "stale" in stale.output and "ldbench score" in stale.output
     rebuild = runner.invoke(main, ["leaderboard", "build", "--root", str(copy), *out])
-    assert rebuild.exit_code == 2 and "run `ldbench score` first" in rebuild.output
+    assert rebuild.exit_code == 2 and "scores are older than the results or manifests; run `ldbench " \
+        "score --tier standard` first" in rebuild.output
+    # the scores of the standard tier built as the smoke tier: the tier is named, not "older"
+    other = runner.invoke(main, ["leaderboard", "build", *roots, *out, "--tier", "smoke"])
+    assert other.exit_code == 2 and "scores of the standard tier, not the smoke tier; run `ldbench " \
+        "score --tier smoke` first" in other.output, other.output
     empty = runner.invoke(main, ["leaderboard", "check", "--root", str(tmp_path / "none"), *out])
     assert empty.exit_code == 0 and "nothing to check" in empty.output
 
