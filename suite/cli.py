@@ -383,7 +383,8 @@ def render_study(folder: Path, fmt: str) -> str:
     from suite import tune
 
     table, tuned = tune.show(folder)
-    table = table.assign(target_mean=table["target_mean"].map(report.format_number))
+    table = table.assign(target_mean=[report.format_number(m) if done else "not run yet"  # interrupted
+                                      for m, done in zip(table["target_mean"], table["done"], strict=True)])
     if "tie_break" in table:  # only tasks that declare one have it: blank for the others
         means = table["tie_break_mean"].map(lambda v: report.format_number(v) if v == v else "")
         table = table.assign(tie_break=table["tie_break"].fillna(""), tie_break_mean=means)

@@ -192,6 +192,9 @@ def test_killed_study_resumes_without_redoing_finished_trials(make_entry, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         study(entry, out, tasks)
     first = list(calls)
+    shown = CliRunner().invoke(main, ["show", str(out)])  # trials not run yet said so, not inf
+    unrun = [line for line in shown.output.splitlines() if line.startswith("teacher-student")]
+    assert shown.exit_code == 0 and unrun and all("not run yet" in line for line in unrun), shown.output
     calls.clear()
     def counted(group, *args, **kwargs):
         calls.append([rid for _, rid in group])
