@@ -623,9 +623,9 @@ def target_profiles(runs: pd.DataFrame, targets: dict[str, str], tasks: dict[str
     rows = zip(*(times[k].tolist() for k in ("profile", "tier", "track", "entry")), strict=True)
     ranked = np.array([row in complete for row in rows], dtype=bool)
     by_group = [times[k] for k in keys]
-    best = pd.Series(np.where(ranked, steps, np.inf)).groupby(by_group).transform("min").to_numpy()
     anyone = pd.Series(ranked).groupby(by_group).transform("any").to_numpy()
-    best = np.where(anyone, best, pd.Series(steps).groupby(by_group).transform("min").to_numpy())
+    pool = np.where(ranked | ~anyone, steps, np.inf)  # the complete entries, or all where none is
+    best = pd.Series(pool).groupby(by_group).transform("min").to_numpy()
     with np.errstate(invalid="ignore"):
         times["ratio"] = np.where(np.isfinite(best), steps / best, np.inf)
     times["family"] = times["task"].map({name: cls.family for name, cls in tasks.items()})
