@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from suite import batched, cluster, profiles, registry, results, runner
+from suite import batched, cluster, profiles, registry, results, runner, seeding
 from suite.entry import check_runnable, load_entry
 from suite.loop import Trainer, torch_threads
 
@@ -177,6 +177,22 @@ def batch_key(run, submitted: pd.DataFrame) -> tuple:
     return run.task, run.overrides, tuple(seeds), batch_lanes, recorded_threads(run.fingerprint)
 
 
+def check_as_recorded(key: tuple, trajs: list, notes: list[str]) -> None:
+    """Refuse a re-run of a recorded batch whose seeds ran one by one, or whose networks did
+    not run side by side as recorded: its numbers differ from the batch's by float32 rounding,
+    so comparing them would blame an honest submission (ResultsError naming why)."""
+    task, _, seeds, batch_lanes, _ = key
+    apart = len(seeds) > 1 and any(t.execution.get("mode") == "one-by-one" for t in trajs)
+    if not apart and not (batch_lanes and any(t.execution.get("networks") == "one by one" for t in trajs)):
+        return
+    why = next((t.execution["note"] for t in trajs if "note" in t.execution), "; ".join(notes))
+    raise results.ResultsError(
+        f"{task}, seeds {', '.join(map(str, seeds))}: the runs were trained together, but here the "
+        f"re-run could not be ({why}), so its numbers would differ by float32 rounding and prove "
+        "nothing; verify on a machine where the batch runs, or ask the entry's authors why it "
+        "was refused")
+
+
 def recorded_profile(fingerprint: str) -> dict:
     """The profile fields a run's fingerprint records ({} if it records none)."""
     try:
@@ -239,8 +255,13 @@ def rerun(folder: Path, key: tuple, *, tier: str, profile: str) -> dict[int, tup
     plans = [runner.Plan(task, seed, json.loads(overrides or "{}")) for seed in seeds]
     trainer = Trainer(task, tuned, prof)
     trainer.batch_lanes = batch_lanes
-    with torch_threads(threads if threads is not None and prof.device == "cpu" else prof.threads):
-        outcomes = runner.execute_batch(plans, trainer, notes=lambda _: None)
+    notes: list[str] = []
+    # On a Dask worker, the worker's own threads draw from Python's and numpy's global RNGs;
+    # without this block a batch's check sees their draws and runs the seeds one by one.
+    with torch_threads(threads if threads is not None and prof.device == "cpu" else prof.threads), \
+            seeding.own_host_rngs():
+        outcomes = runner.execute_batch(plans, trainer, notes=notes.append)
+    check_as_recorded(key, [traj for traj, _, _ in outcomes], notes)
     return {seed: (traj.status, metrics, {name: dict(zip(traj.steps, values, strict=True))
                                           for name, values in traj.curves.items()})
             for seed, (traj, metrics, _) in zip(seeds, outcomes, strict=True)}

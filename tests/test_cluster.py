@@ -327,3 +327,16 @@ def test_without_workers_a_run_takes_the_profiles_when_it_has_two_groups(make_en
     run(entry, tmp_path / "local", seeds=2, workers=0)
     pd.testing.assert_series_equal(sorted_table(tmp_path / "local" / "runs.parquet").value,
                                    sorted_table(tmp_path / "profile" / "runs.parquet").value)
+
+
+def test_verify_on_a_worker_reruns_a_long_batch_together(make_entry, scheduler):
+    """A worker's threads draw from `random` about once a second: a re-run batch lasting longer
+    than that ran one by one on the worker (other float32 roundings) and verify reported an
+    honest run's curves as mismatched, in about 1 of 5 runs of the test above."""
+    from suite import verify
+
+    entry = slow_entry(make_entry, delay=0.02, slow_tasks=["deep-linear-modes"])  # ~2.5 s batch
+    runner.run_suite(entry, tier="smoke", sets=FAST, tasks=["deep-linear-modes"], seeds=2,
+                     progress=False)
+    checks = verify.verify_submission(entry, k=2, tier="smoke", pick_seed=0, scheduler=scheduler)
+    assert checks and all(c.matches(rtol=0, atol=0) for c in checks)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from suite import batched, profiles, registry, runner, seeding, verify
+from suite import batched, profiles, registry, results, runner, seeding, verify
 from suite.entry import load_entry
 from suite.loop import BatchingUnsupported, Lane, Trainer, Trajectory
 from suite.tasks.deep_linear_modes import DeepLinear, DeepLinearModes
@@ -225,6 +225,39 @@ def test_verify_reruns_each_run_as_it_was_executed_to_the_last_bit(make_entry, t
     task = registry.make_task("deep-linear-modes", "smoke")
     assert len(checks) == 3 * (len(task.metrics()) + len(task.curves()))  # every curve checked too
     assert all(c.matches(rtol=0.0, atol=0.0) for c in checks), [c for c in checks if not c.matches()]
+
+
+# Draws from numpy's global RNG only where an environment variable says so: batched when the
+# runs were made, refused (one by one) when they are verified.
+NOISY_LATER = """
+import os
+import numpy as np
+import torch
+
+class MaybeNoisy(torch.optim.SGD):
+    @torch.no_grad()
+    def step(self, closure=None):
+        if os.environ.get("LDBENCH_TEST_NOISY"):
+            np.random.rand()
+        return super().step(closure)
+
+def make_optimizer(params, hparams, task):
+    return MaybeNoisy(params, lr=0.05)
+"""
+
+
+def test_verify_refuses_a_batch_it_cannot_rerun_together_rather_than_blame_the_numbers(
+        make_entry, monkeypatch):
+    """Seeds that ran one by one differ from their batch by float32 rounding: comparing them
+    would report an honest submission's numbers as mismatched (as it did on Dask workers)."""
+    entry = make_entry(code=NOISY_LATER)
+    out = entry / "results" / "cpu-2core" / "smoke"
+    runner.run_suite(entry, tasks=["deep-linear-modes"], seeds=2, out=out, progress=False)
+    monkeypatch.setenv("LDBENCH_TEST_NOISY", "1")
+    with pytest.raises(results.ResultsError, match=(r"deep-linear-modes, seeds 0, 1: the runs were "
+                                                    r"trained together, but here the re-run could "
+                                                    r"not be \(BatchingUnsupported: .*numpy")):
+        verify.verify_submission(entry, k=2, tier="smoke", pick_seed=0)
 
 
 def test_mode_connectivity_side_by_side_equals_its_networks_one_by_one(make_entry, profile):
