@@ -186,39 +186,48 @@ def validate_cmd(paths, tier, min_seeds, manifest_only, complete) -> None:
 @click.option("--profile", default="cpu-2core", show_default=True, help="This machine's profile.")
 @click.option("--pick-seed", default=None, type=int, help="Seed of the random choice (default: fresh).")
 @click.option("--rtol", default=verify.RTOL, show_default=True, help="Relative tolerance.")
+@click.option("--exact", is_flag=True,
+              help="Bit for bit: every value must equal the submitted one (NaN equals NaN), with no "
+                   "tolerance and no metric's resolution (what a re-run on the same kind of machine "
+                   "and profile gives).")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
               help="Re-run on a local Dask cluster of N worker processes (0: in this process).")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler to use.")
 @click.option("--results", "results_dir", default=None, type=click.Path(file_okay=False),
               help="The runs to verify, where `ldbench run --out` wrote them (default: "
                    "PATH/results/PROFILE/TIER).")
-def verify_cmd(path, k, tier, profile, pick_seed, rtol, workers, scheduler, results_dir) -> None:
+def verify_cmd(path, k, tier, profile, pick_seed, rtol, exact, workers, scheduler, results_dir) -> None:
     """Re-run K random runs of PATH here and compare metrics. EXECUTES the entry's code."""
     if pick_seed is None:
         pick_seed = secrets.randbelow(2**31)
+    tolerance = ("bit for bit" if exact else f"tolerance |a - b| <= max(the metric's resolution, "
+                                             f"{verify.ATOL:g} + {rtol:g}·|a|)")
     click.echo(f"re-running up to {k} runs of {path} ({profile}, {tier}), chosen with --pick-seed "
-               f"{pick_seed}; tolerance |a - b| <= max(the metric's resolution, {verify.ATOL:g} + "
-               f"{rtol:g}·|a|)")
+               f"{pick_seed}; {tolerance}")
     for change in verify.profile_changes(path, tier=tier, profile=profile, results_dir=results_dir):
         click.echo(f"note: {change}")
     checks = verify.verify_submission(path, k=k, tier=tier, profile=profile, pick_seed=pick_seed,
-                                      workers=workers, scheduler=scheduler, results_dir=results_dir)
-    bad = [c for c in checks if not c.matches(rtol=rtol)]
+                                      workers=workers, scheduler=scheduler, results_dir=results_dir,
+                                      notes=lambda line: click.echo(f"note: {line}"))
+    matches = {id(c): c.identical() if exact else c.matches(rtol=rtol) for c in checks}
+    bad = [c for c in checks if not matches[id(c)]]
     rows = [[c.task, c.seed, c.metric, c.submitted_status, c.reproduced_status, c.submitted,
-             c.reproduced, "ok" if c.matches(rtol=rtol) else "MISMATCH"] for c in checks]
+             c.reproduced, "ok" if matches[id(c)] else "MISMATCH"] for c in checks]
     click.echo(tabulate(rows, headers=["task", "seed", "metric", "status", "rerun status",
                                        "submitted", "reproduced", ""], tablefmt="simple"))
     if bad:
+        beyond = "" if exact else " beyond the tolerance"
         click.secho(f"error: {path}: {len(bad)} of {len(checks)} metrics and curves differ from the "
-                    "submitted results beyond the tolerance; rerun `ldbench run` on this profile and "
-                    "resubmit", fg="red", err=True)
+                    f"submitted results{beyond}; rerun `ldbench run` on this profile and resubmit",
+                    fg="red", err=True)
         sys.exit(1)
     # NaN on both sides (a metric not applicable, undefined, or a failed run's) is reproduced,
     # but no number was compared: say how many were.
     compared = sum(not (math.isnan(c.submitted) and math.isnan(c.reproduced)) for c in checks)
     curves = sum(c.metric.startswith("curve ") for c in checks)
-    click.echo(f"ok: {len(checks) - curves} metrics and {curves} curves reproduced ({compared} values, "
-               f"{len(checks) - compared} without a value on both sides)")
+    click.echo(f"ok: {len(checks) - curves} metrics and {curves} curves reproduced"
+               f"{' bit for bit' if exact else ''} ({compared} values, {len(checks) - compared} "
+               "without a value on both sides)")
 
 
 def leaderboard_options(func):

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from suite import batched, profiles, registry, results, seeding
 from suite.entry import Entry, EntryCodeError, EntryError, check_runnable, load_entry, split_hparams
-from suite.loop import BatchingUnsupported, NotApplicable, Trainer, Trajectory
+from suite.loop import BatchingUnsupported, NotApplicable, Trainer, Trajectory, check_host_rngs
 from suite.task import Task
 
 
@@ -159,6 +159,9 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
     if len(plans) == 1:
         return [execute(plans[0], trainer)]
     task, seeds = plans[0].task, [p.seed for p in plans]
+    # The steps check between evaluations; this checks the whole batch, make_optimizer and
+    # make_schedule included (a spawned child's too): one by one, they draw from seeded RNGs.
+    host = seeding.host_rng_states()
     try:
         if batched.batchable(task):
             trajs = batched.train_seeds(task, trainer, seeds, runs if own else None)
@@ -168,6 +171,7 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
             for traj in trajs:
                 traj.execution = networks_refused(
                     {"mode": "procedure", "seeds": seeds, "networks": "side by side"}, trainer)
+        check_host_rngs(host)
         if own:  # a study's trials: each run's hyperparameters for this task, in batch order
             for traj in trajs:
                 traj.execution["hparams"] = [e.hparams_for(task.name) for e in entries]
@@ -397,19 +401,22 @@ class RunTimeout(BaseException):
     records the task's own failures) lets it through to run_group, which records "timeout"."""
 
 
-def step_clock(limit: float | None, on_step: Callable[[int], None] | None) -> Callable[[int], None]:
-    """An on_step callback that raises RunTimeout once `limit` seconds have passed.
+def step_clock(limit: float | None, on_step: Callable[[int], None] | None, runs: int = 1
+               ) -> Callable[[int], None]:
+    """An on_step callback that raises RunTimeout once `limit` seconds per run have passed
+    (`runs` runs trained together get `runs` times as long).
 
     The clock is read after every optimizer step: a single step that never returns is not
     caught here (on a Dask cluster, killing its worker moves the run elsewhere).
     """
-    deadline = math.inf if limit is None else time.monotonic() + limit
+    deadline = math.inf if limit is None else time.monotonic() + limit * runs
+    shared = f" ({runs} runs trained together: {limit * runs:g} s)" if runs > 1 and limit else ""
 
     def tick(n: int) -> None:
         if on_step is not None:
             on_step(n)
         if time.monotonic() > deadline:
-            raise RunTimeout(f"exceeded the time limit of {limit:g} s")
+            raise RunTimeout(f"exceeded the time limit of {limit:g} s per run{shared}")
     return tick
 
 
@@ -423,8 +430,7 @@ def run_group(group: list[tuple[Plan, str]], entry: Entry, prof: profiles.Profil
     receives the one-line notes of batches that ran one by one.
     """
     batch = [plan for plan, _ in group]
-    limit = None if time_limit is None else time_limit * len(batch)
-    trainer = Trainer(batch[0].task, entry, prof, on_step=step_clock(limit, on_step))
+    trainer = Trainer(batch[0].task, entry, prof, on_step=step_clock(time_limit, on_step, len(batch)))
     start = time.perf_counter()
     try:
         outcomes = execute_batch(batch, trainer, notes=notes)

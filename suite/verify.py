@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +43,12 @@ class Check:
         return (self.submitted_status == self.reproduced_status
                 and same_value(self.submitted, self.reproduced, rtol=rtol, atol=atol,
                                resolution=self.resolution))
+
+    def identical(self) -> bool:
+        """The same status and the same value to the last bit (NaN equals NaN)."""
+        return (self.submitted_status == self.reproduced_status
+                and (self.submitted == self.reproduced
+                     or (math.isnan(self.submitted) and math.isnan(self.reproduced))))
 
 
 def same_value(a: float, b: float, *, rtol: float, atol: float, resolution: float = 0.0) -> bool:
@@ -98,13 +105,16 @@ def results_folder(folder: str | Path, *, tier: str, profile: str, given: str | 
 
 def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
                       profile: str = "cpu-2core", pick_seed: int = 0, workers: int = 0,
-                      scheduler: str | None = None, results_dir: str | Path | None = None) -> list[Check]:
+                      scheduler: str | None = None, results_dir: str | Path | None = None,
+                      notes: Callable[[str], None] = lambda _: None) -> list[Check]:
     """Re-run `k` random runs of `folder`'s results for (profile, tier) (or of the runs in
     `results_dir`); one Check per metric.
 
     Each run is re-run the way it was executed (its seed batch, or by itself), so an honest
     result reproduces to the last bit on the same kind of machine. With `workers` (a local Dask
     cluster) or `scheduler` the re-runs go to Dask workers, each applying the profile itself.
+    Timed-out runs are left out (`notes` says how many): when a time limit strikes depends on
+    the machine's speed, and a timed-out run has no values, only a failed seed in the scores.
     """
     folder = Path(folder)
     entry = load_entry(folder)
@@ -124,7 +134,16 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
         raise results.ResultsError(
             f"{where / results.RUNS_FILE}: results come from other entry files (hash "
             f"{sorted(hashes)[0][:12]}), not the submitted ones; run `ldbench validate {folder}`")
-    picked = list(pick_runs(submitted, k, pick_seed).itertuples(index=False))
+    timed_out = submitted.loc[submitted["status"] == "timeout", "run_id"].nunique()
+    if timed_out:
+        notes(f"{timed_out} of the {submitted['run_id'].nunique()} runs timed out (`--time-limit`): "
+              "verify leaves them out, since when a limit strikes depends on the machine's speed "
+              "(they count as failed seeds in the scores)")
+    if timed_out == submitted["run_id"].nunique():
+        raise results.ResultsError(f"{where / results.RUNS_FILE}: every {tier}-tier run timed out: "
+                                   f"nothing to re-run; run them again without --time-limit")
+    reproducible = submitted[submitted["status"] != "timeout"]
+    picked = list(pick_runs(reproducible, k, pick_seed).itertuples(index=False))
     keys = {}
     for run in picked:  # one re-run per recorded batch, however many of its runs were picked
         keys.setdefault(batch_key(run, submitted), None)

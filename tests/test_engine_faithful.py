@@ -177,6 +177,64 @@ def test_a_numpy_global_rng_optimizer_is_refused_in_a_batch_and_reproducible_alo
     assert set(runs[0]["execution"].str.slice(0, 22)) == {'{"mode": "one-by-one",'}
 
 
+def test_one_draw_from_numpys_global_rng_is_seen_wherever_its_block_stands():
+    """numpy's key array changes only when a 624-word block is used up: comparing it alone saw
+    a draw right after seeding (which starts a block) and missed one in mid-block, so a batch
+    that followed another run in the same process went ahead on the global stream."""
+    np.random.seed(0)
+    np.random.rand()  # mid-block from here on
+    for draw in (np.random.rand, np.random.standard_normal, lambda: np.random.randint(9)):
+        before = seeding.host_rng_states()
+        draw()
+        assert not seeding.same_host_rng_states(before, seeding.host_rng_states())
+    before = seeding.host_rng_states()
+    np.random.standard_normal()  # the second of a Gaussian pair: only the cached value goes
+    assert not seeding.same_host_rng_states(before, seeding.host_rng_states())
+    assert seeding.same_host_rng_states(seeding.host_rng_states(), seeding.host_rng_states())
+
+
+# Per-parameter learning rates drawn when the optimizer is built, from numpy's or Python's global
+# RNG (as randomized-rate and layer-sampling optimizers do), and a schedule drawing its warmup.
+DRAWS_WHEN_BUILT = {
+    "numpy in make_optimizer": """
+import numpy as np
+import torch
+
+def make_optimizer(params, hparams, task):
+    return torch.optim.SGD([{"params": [p], "lr": 0.05 * float(np.random.uniform(0.5, 1.5))}
+                            for p in params], lr=0.05)
+""",
+    "random in make_schedule": """
+import random
+import torch
+
+def make_optimizer(params, hparams, task):
+    return torch.optim.SGD(params, lr=0.05)
+
+def make_schedule(optimizer, hparams, task):
+    warmup = random.randint(1, 20)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+""",
+}
+
+
+@pytest.mark.parametrize("case", sorted(DRAWS_WHEN_BUILT))
+@pytest.mark.parametrize("task", ["deep-linear-modes", "mode-connectivity"])
+def test_a_global_rng_draw_when_the_optimizer_is_built_refuses_the_batch(make_entry, tmp_path, case,
+                                                                        task):
+    """The steps' checks did not see draws made while building the optimizer or schedule: the
+    batch went ahead on the unseeded global stream, and two identical runs gave other numbers."""
+    entry = make_entry(code=DRAWS_WHEN_BUILT[case])
+    sets = ["steps=40"] + ["spawn_steps=[0, 10]"] * (task == "mode-connectivity")
+    runs = [runner.run_suite(entry, tasks=[task], seeds=2, out=tmp_path / str(k), sets=sets,
+                             progress=False) for k in range(2)]
+    values = [r.sort_values(["seed", "metric"])["value"].to_numpy() for r in runs]
+    np.testing.assert_array_equal(values[0], values[1])
+    executions = [json.loads(e) for e in runs[0].drop_duplicates("run_id")["execution"]]
+    assert all(e["note"].startswith("BatchingUnsupported: the entry's code draws from Python's or "
+                                    "numpy's global RNG") for e in executions), executions
+
+
 def test_an_error_in_entry_code_names_the_entry_line_without_batching_noise(make_entry, tmp_path,
                                                                            capsys):
     entry = make_entry(code=BROKEN)

@@ -125,6 +125,41 @@ def test_verify_takes_results_written_with_out_and_says_where_there_are_none(sub
     assert "holds smoke-tier runs, none of the standard tier; pass --tier smoke" in other.output
 
 
+def test_verify_leaves_timed_out_runs_out_and_checks_bits_with_exact(submitted, tmp_path):
+    """A timed-out run re-ran to "ok" and every one of its metrics was reported as a mismatch:
+    an honest submission with a --time-limit could never verify."""
+    folder, _ = submitted
+    copy = tmp_path / "lion"
+    shutil.copytree(folder, copy)
+    path = copy / "results/cpu-2core/smoke/runs.parquet"
+    runs = results.read_table(path)
+    late = runs.seed >= 2  # as run_group records a timeout: NaN values, no execution
+    runs.loc[late, ["status", "value", "execution"]] = ["timeout", math.nan, None]
+    runs.loc[late, "error"] = "exceeded the time limit of 0.3 s per run"
+    results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), path)
+    result = CliRunner().invoke(main, ["verify", str(copy), "--tier", "smoke", "--runs", "5",
+                                       "--pick-seed", "0", "--exact"])
+    assert result.exit_code == 0, result.output
+    assert ("note: 3 of the 5 runs timed out (`--time-limit`): verify leaves them out" in result.output)
+    assert re.search(r"ok: \d+ metrics and \d+ curves reproduced bit for bit", result.output)
+    assert {line.split()[1] for line in result.output.splitlines() if line.startswith(TASK)} == {"0", "1"}
+    runs.loc[:, ["status", "value"]] = ["timeout", math.nan]
+    results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), path)
+    every = CliRunner().invoke(main, ["verify", str(copy), "--tier", "smoke"])
+    assert every.exit_code != 0 and "Traceback" not in every.output
+    assert "every smoke-tier run timed out: nothing to re-run" in every.output
+    # --exact allows no resolution: a value moved within final_loss's resolution is a mismatch
+    # (it passes the default tolerance).
+    runs = results.read_table(folder / "results/cpu-2core/smoke/runs.parquet")
+    task = registry.make_task(TASK, "smoke")
+    runs.loc[runs.metric == "final_loss", "value"] += task.metrics()["final_loss"].resolution / 2
+    results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), path)
+    args = ["verify", str(copy), "--tier", "smoke", "--runs", "1", "--pick-seed", "3"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    exact = CliRunner().invoke(main, [*args, "--exact"])
+    assert exact.exit_code == 1 and "differ from the submitted results; rerun" in exact.output
+
+
 def test_verify_reruns_runs_on_the_threads_they_recorded_with_a_note(submitted, tmp_path, monkeypatch):
     """Runs recorded with two threads (cpu-2core before it pinned one) are re-run on two, as
     they were made, and verify says so."""
