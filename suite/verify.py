@@ -61,6 +61,13 @@ def same_value(a: float, b: float, *, rtol: float, atol: float, resolution: floa
     return abs(a - b) <= max(resolution, atol + rtol * abs(a))
 
 
+def machine_bound(runs: pd.DataFrame) -> pd.Series:
+    """Rows of runs that ended because of the machine, not the entry: past `--time-limit`
+    ("timeout"), or whose Dask worker died on every try (recorded as a KilledWorker error)."""
+    killed = runs["error"].fillna("").astype(str).str.startswith("KilledWorker:")
+    return (runs["status"] == "timeout") | ((runs["status"] == "error") & killed)
+
+
 def pick_runs(runs: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
     """`k` distinct runs drawn uniformly (one row per run), reproducibly from `seed`."""
     per_run = runs.drop_duplicates("run_id").sort_values("run_id").reset_index(drop=True)
@@ -113,8 +120,8 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
     Each run is re-run the way it was executed (its seed batch, or by itself), so an honest
     result reproduces to the last bit on the same kind of machine. With `workers` (a local Dask
     cluster) or `scheduler` the re-runs go to Dask workers, each applying the profile itself.
-    Timed-out runs are left out (`notes` says how many): when a time limit strikes depends on
-    the machine's speed, and a timed-out run has no values, only a failed seed in the scores.
+    Runs that ended because of the machine are left out (`machine_bound`; `notes` says how
+    many): they have no values, only a failed seed in the scores.
     """
     folder = Path(folder)
     entry = load_entry(folder)
@@ -134,15 +141,16 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
         raise results.ResultsError(
             f"{where / results.RUNS_FILE}: results come from other entry files (hash "
             f"{sorted(hashes)[0][:12]}), not the submitted ones; run `ldbench validate {folder}`")
-    timed_out = submitted.loc[submitted["status"] == "timeout", "run_id"].nunique()
-    if timed_out:
-        notes(f"{timed_out} of the {submitted['run_id'].nunique()} runs timed out (`--time-limit`): "
-              "verify leaves them out, since when a limit strikes depends on the machine's speed "
-              "(they count as failed seeds in the scores)")
-    if timed_out == submitted["run_id"].nunique():
-        raise results.ResultsError(f"{where / results.RUNS_FILE}: every {tier}-tier run timed out: "
-                                   f"nothing to re-run; run them again without --time-limit")
-    reproducible = submitted[submitted["status"] != "timeout"]
+    reproducible = submitted[~machine_bound(submitted)]
+    total = submitted["run_id"].nunique()
+    left_out = total - reproducible["run_id"].nunique()
+    if left_out:
+        notes(f"{left_out} of the {total} runs timed out (`--time-limit`) or lost their worker "
+              "process: verify leaves them out, since when a limit strikes or a worker dies depends "
+              "on the machine (they count as failed seeds in the scores)")
+    if left_out == total:
+        raise results.ResultsError(f"{where / results.RUNS_FILE}: every {tier}-tier run timed out or lost "
+                                   "its worker: nothing to re-run; run them again (without --time-limit)")
     picked = list(pick_runs(reproducible, k, pick_seed).itertuples(index=False))
     keys = {}
     for run in picked:  # one re-run per recorded batch, however many of its runs were picked

@@ -136,18 +136,21 @@ def test_verify_leaves_timed_out_runs_out_and_checks_bits_with_exact(submitted, 
     late = runs.seed >= 2  # as run_group records a timeout: NaN values, no execution
     runs.loc[late, ["status", "value", "execution"]] = ["timeout", math.nan, None]
     runs.loc[late, "error"] = "exceeded the time limit of 0.3 s per run"
+    killed = runs.seed == 4  # as cluster.rows_of records a job whose workers all died
+    runs.loc[killed, ["status", "error"]] = ["error", "KilledWorker: the run's worker process died"]
     results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), path)
     result = CliRunner().invoke(main, ["verify", str(copy), "--tier", "smoke", "--runs", "5",
                                        "--pick-seed", "0", "--exact"])
     assert result.exit_code == 0, result.output
-    assert ("note: 3 of the 5 runs timed out (`--time-limit`): verify leaves them out" in result.output)
+    assert ("note: 3 of the 5 runs timed out (`--time-limit`) or lost their worker process: "
+            "verify leaves them out") in result.output
     assert re.search(r"ok: \d+ metrics and \d+ curves reproduced bit for bit", result.output)
     assert {line.split()[1] for line in result.output.splitlines() if line.startswith(TASK)} == {"0", "1"}
     runs.loc[:, ["status", "value"]] = ["timeout", math.nan]
     results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), path)
     every = CliRunner().invoke(main, ["verify", str(copy), "--tier", "smoke"])
     assert every.exit_code != 0 and "Traceback" not in every.output
-    assert "every smoke-tier run timed out: nothing to re-run" in every.output
+    assert "every smoke-tier run timed out or lost its worker: nothing to re-run" in every.output
     # --exact allows no resolution: a value moved within final_loss's resolution is a mismatch
     # (it passes the default tolerance).
     runs = results.read_table(folder / "results/cpu-2core/smoke/runs.parquet")
