@@ -205,7 +205,10 @@ def read_arrow(path: Path, *, max_rows: int | None = None, max_bytes: int | None
         schema = parquet.schema_arrow
     except FileNotFoundError:
         raise ResultsError(f"{path}: does not exist; `ldbench run` writes it") from None
-    except (pa.ArrowException, OSError) as err:
+    except PermissionError:  # the results may be fine: deleting them would lose them
+        raise ResultsError(f"{path}: cannot be read (permission denied); give your user read "
+                           f"permission (chmod u+r) and run the command again") from None
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as err:
         raise ResultsError(f"{path}: not a readable Parquet file ({one_line(err)}); delete it and "
                            "rerun `ldbench run`") from None
     stored = [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) and f.name in dictionary else f
@@ -220,6 +223,8 @@ def read_arrow(path: Path, *, max_rows: int | None = None, max_bytes: int | None
             rows, size = rows + batch.num_rows, size + batch.nbytes
             check_size(path, None, max_rows, max_bytes, rows=rows, size=size)
             batches.append(batch)
+        if rows != parquet.metadata.num_rows:  # a damaged page may decode to nothing, silently
+            raise pa.ArrowInvalid(f"the footer says {parquet.metadata.num_rows} rows, {rows} were read")
         table = pa.Table.from_batches(batches, schema=schema)
         table.validate(full=True)  # invalid UTF-8 in a string column, inconsistent offsets
         return table if columns is not None else with_added_columns(table, expected_name(path.name))
@@ -298,8 +303,12 @@ def complete_parts(folder: Path) -> list[tuple[Path, Path]]:
         return []
     found = []
     for path in sorted(parts.glob("*." + RUNS_FILE)):
-        if part_kind(path.name) == RUNS_FILE:
-            found.append((path, path.with_name(path.name[:-len(RUNS_FILE)] + CURVES_FILE)))
+        if part_kind(path.name) != RUNS_FILE:
+            continue
+        if not plain_file(path) and (path.exists() or path.is_symlink()):
+            raise ResultsError(f"{path}: not a plain file (a folder, symlink or special file named "
+                               "like a run's part); delete it and rerun `ldbench run`")
+        found.append((path, path.with_name(path.name[:-len(RUNS_FILE)] + CURVES_FILE)))
     return found
 
 
@@ -308,21 +317,36 @@ def append_run(folder: Path, run_rows: pd.DataFrame, curve_rows: pd.DataFrame) -
 
     Curves are written first and the run rows last: a run counts as done only once its run
     rows exist, so a process killed in between is simply redone (and overwrites the curves).
+    A run that did not finish (error, timeout) never replaces one stored finished: a second
+    writer that started before the first finished would otherwise lose its results.
     """
     folder = Path(folder)
     clean_stale(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ResultsError(f"{folder}: cannot create results here ({err.strerror}); choose "
+                           "another --out folder") from None
     for rid, rows in run_rows.groupby("run_id", sort=False):
         curves = curve_rows[curve_rows["run_id"] == rid]
-        for name, table in ((CURVES_FILE, curves), (RUNS_FILE, rows)):
-            path = folder / PARTS_DIR / part_name(str(rid), name)
-            arrow = to_table(table.reset_index(drop=True), SCHEMAS[name], name)
-            for attempt in range(3):  # a concurrent compaction may remove an empty parts/ folder
-                try:
-                    write_atomic(arrow, path)
-                    break
-                except ResultsError:
-                    if attempt == 2 or path.parent.is_dir():
-                        raise
+        # Under the folder's lock, as compaction: another writer cannot finish this run between
+        # the check and the write, and no compaction sees a run half written.
+        with locked(folder):
+            if not rows["status"].isin(DONE_STATUSES).all() and stored_finished(folder, str(rid)):
+                continue  # a second writer's timeout or error never replaces a finished run
+            for name, table in ((CURVES_FILE, curves), (RUNS_FILE, rows)):
+                path = folder / PARTS_DIR / part_name(str(rid), name)
+                write_atomic(to_table(table.reset_index(drop=True), SCHEMAS[name], name), path)
+
+
+def stored_finished(folder: Path, rid: str) -> bool:
+    """Whether `folder` stores run `rid` finished (a status in DONE_STATUSES)."""
+    part = folder / PARTS_DIR / part_name(rid, RUNS_FILE)
+    where = part if part.is_file() else folder / RUNS_FILE
+    if not where.is_file():
+        return False
+    rows = read_table(where)
+    return bool((rows["status"].isin(DONE_STATUSES) & (rows["run_id"] == rid)).any())
 
 
 def read_folder(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -340,15 +364,21 @@ def read_folder(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         runs.append(pair[0])
         if pair[1] is not None:
             curves.append(pair[1])
+    fresh = set().union(*(set(r["run_id"]) for r in runs))
+    unfinished = set().union(*(set(r.loc[~r["status"].isin(DONE_STATUSES), "run_id"]) for r in runs))
+    kept = set()  # runs stored finished whose part did not finish (written by an older ldbench)
     for name, out in ((RUNS_FILE, runs), (CURVES_FILE, curves)):
         path = folder / name
         if (path.exists() or path.is_symlink()) and not plain_file(path):
             raise ResultsError(f"{path}: not a plain file (a symlink, folder or special file); "
                                "delete it and rerun `ldbench run`")
         if path.is_file():  # a run's curves come from its part when it has one, as its rows do
-            fresh = set().union(*(set(r["run_id"]) for r in out))
             table = read_table(path)
-            out.insert(0, table[~table["run_id"].isin(fresh)])
+            if name == RUNS_FILE and unfinished:
+                kept = set(table.loc[table["run_id"].isin(unfinished)
+                                     & table["status"].isin(DONE_STATUSES), "run_id"])
+            out[:] = [r[~r["run_id"].isin(kept)] for r in out]
+            out.insert(0, table[~table["run_id"].isin(fresh - kept)])
     return without_superseded(concat(runs, RUN_SCHEMA), concat(curves, CURVE_SCHEMA))
 
 
@@ -477,6 +507,8 @@ def compact(folder: str | Path) -> int:
     with locked(folder):
         clean_stale(folder)
         parts = complete_parts(folder)
+        for orphan in orphan_curves(folder, parts):  # a kill between a compaction's two unlinks
+            orphan.unlink(missing_ok=True)  # or a writer's two writes: the run is stored or redone
         if not parts:
             with contextlib.suppress(OSError):  # an empty parts/ an interrupted run left behind
                 (folder / PARTS_DIR).rmdir()
@@ -493,6 +525,14 @@ def compact(folder: str | Path) -> int:
         with contextlib.suppress(OSError):  # only when empty; writers recreate it
             (folder / PARTS_DIR).rmdir()
     return len(parts)
+
+
+def orphan_curves(folder: Path, parts: list[tuple[Path, Path]]) -> list[Path]:
+    """Curves parts without their runs part. Writers hold the folder's lock while they write
+    a run's two parts, so under the lock these are leftovers, never a write in progress."""
+    have = {curves for _, curves in parts}
+    return [p for p in sorted((folder / PARTS_DIR).glob("*." + CURVES_FILE))
+            if part_kind(p.name) == CURVES_FILE and p not in have and plain_file(p)]
 
 
 def signature(path: Path) -> tuple[int, int, int] | None:

@@ -88,7 +88,12 @@ def tier_files(folder: Path, tier: str) -> list[Path]:
 def file_bytes(path: Path) -> bytes:
     """A manifest's or table's bytes for the digest; a marker for what is not a plain file (a
     symlink to /dev/zero or a FIFO in a pull request must not hang the scorer)."""
-    return path.read_bytes() if results.plain_file(path) else b"\0not a plain file\0"
+    if not results.plain_file(path):
+        return b"\0not a plain file\0"
+    try:
+        return path.read_bytes()
+    except OSError:  # unreadable (permissions): reading the table says so, and skips the entry
+        return b"\0unreadable\0"
 
 
 def inputs_digest(folders: list[Path], tier: str, tasks: dict[str, type[Task]],

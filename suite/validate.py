@@ -240,7 +240,11 @@ def read(path: Path) -> tuple[pd.DataFrame | None, list[str]]:
 
 def parts_problem(parts: Path, rerun: str) -> str:
     """What a parts/ folder left in a tier folder holds, and what removes it."""
-    if results.complete_parts(parts.parent):
+    try:
+        complete = results.complete_parts(parts.parent)
+    except results.ResultsError as err:  # a folder named like a part
+        return clean(str(err))
+    if complete:
         return line(parts, "holds runs not yet compacted into runs.parquet and curves.parquet",
                     f"rerun `{rerun}`, which compacts them at its end")
     if parts.is_dir() and any(parts.iterdir()):  # a run killed between its curves and runs files
@@ -253,9 +257,14 @@ def tier_problems(where: Path, entry: Entry, *, tier: str, profile: str, min_see
                   tasks: dict[str, type[Task]], rerun: str, complete: bool = True) -> list[str]:
     """Problems of one tier folder; `complete`: it must also cover the suite with enough seeds."""
     expected = {results.RUNS_FILE, results.CURVES_FILE}
+    try:
+        inside = sorted(where.iterdir())
+    except OSError as err:  # the results may be fine: say how to reach them, not to remake them
+        return [line(where, f"cannot be read ({err.strerror})",
+                     "give your user read and execute permission on it (chmod u+rx)")]
     problems = [parts_problem(p, rerun) if p.name == results.PARTS_DIR
                 else line(p, "is not a results table", "remove it")
-                for p in sorted(where.iterdir()) if p.name not in expected]
+                for p in inside if p.name not in expected]
     runs, bad_runs = read(where / results.RUNS_FILE)
     curves, bad_curves = read(where / results.CURVES_FILE)
     problems += bad_runs + bad_curves

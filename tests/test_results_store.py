@@ -241,3 +241,108 @@ def test_a_flipped_byte_is_caught_not_read_as_another_number(tmp_path, where):
     path.write_bytes(bytes(bad))
     with pytest.raises(ResultsError, match="curves.parquet: (not a readable Parquet file|corrupt content)"):
         results.read_table(path)
+
+
+def short_read_flip(path: Path, data: bytes) -> int | None:
+    """A byte whose flipped bit makes pyarrow decode fewer rows than the footer says, with no
+    error (a damaged page of a string column's dictionary decodes to nothing)."""
+    total = pq.ParquetFile(path).metadata.num_rows
+    for at in range(4, len(data) - 8):
+        for bit in (0x01, 0x10, 0x80):
+            bad = bytearray(data)
+            bad[at] ^= bit
+            path.write_bytes(bytes(bad))
+            try:
+                read = sum(b.num_rows for b in pq.ParquetFile(path, page_checksum_verification=True)
+                           .iter_batches(use_threads=False))
+            except Exception:  # noqa: BLE001 - caught as corrupt anyway: try the next flip
+                continue
+            if read != total:
+                return at
+    return None
+
+
+def test_a_flip_that_decodes_to_fewer_rows_is_corrupt_not_a_shorter_table(tmp_path):
+    """One flipped bit made a runs table read as 0 rows without an error: `show` said "no
+    runs", `score` dropped the entry, and a rerun would have redone (and replaced) every run."""
+    runs, _ = rows("r0", 0)
+    runs = pd.concat([runs.assign(run_id=f"r{k}", seed=k) for k in range(13)], ignore_index=True)
+    path = tmp_path / results.RUNS_FILE
+    results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), path)
+    at = short_read_flip(path, path.read_bytes())
+    assert at is not None, "no flip decodes to fewer rows on this pyarrow"
+    with pytest.raises(ResultsError, match=r"runs.parquet: corrupt content \(the footer says 26 rows, "):
+        results.read_table(path)
+
+
+def test_a_timeout_from_a_second_writer_never_replaces_a_finished_run(tmp_path):
+    """Two `ldbench run`s into one folder: the second, started before the first finished, timed
+    out on the same runs and its parts replaced the finished ones (their rows and curves lost)."""
+    def timed_out(run_id, seed):
+        runs, curves = rows(run_id, seed, writer="b")
+        return runs.assign(status="timeout", value=float("nan")), curves.iloc[:0]
+
+    results.append_run(tmp_path, *rows("r0", 0))  # finished, in its part
+    results.append_run(tmp_path, *rows("r1", 1))
+    results.compact(tmp_path)
+    results.append_run(tmp_path, *rows("r2", 2))  # finished after compaction: a part
+    for rid, seed in (("r0", 0), ("r2", 2), ("r3", 3)):
+        results.append_run(tmp_path, *timed_out(rid, seed))
+    stored, curves = results.read_results(tmp_path)
+    status = stored.drop_duplicates("run_id").set_index("run_id")["status"].to_dict()
+    assert status == {"r0": "ok", "r1": "ok", "r2": "ok", "r3": "timeout"}
+    assert sorted(set(curves["run_id"])) == ["r0", "r1", "r2"] and len(curves) == 9
+    # A part an older ldbench wrote over a compacted finished run: the finished one is read.
+    results.compact(tmp_path)
+    results.write_atomic(results.to_table(timed_out("r1", 1)[0], results.RUN_SCHEMA, results.RUNS_FILE),
+                         tmp_path / "parts" / "r1.runs.parquet")
+    results.write_atomic(results.to_table(timed_out("r1", 1)[1], results.CURVE_SCHEMA,
+                                          results.CURVES_FILE), tmp_path / "parts" / "r1.curves.parquet")
+    stored, curves = results.read_results(tmp_path)
+    assert set(stored.loc[stored["run_id"] == "r1", "status"]) == {"ok"}
+    assert len(curves[curves["run_id"] == "r1"]) == 3
+
+
+def test_a_folder_named_like_a_part_and_a_stray_curves_part(tmp_path):
+    """A folder named like a part crashed `run` with a traceback (compaction unlinked it); a
+    kill between compaction's two unlinks left a curves part that no later run removed."""
+    results.append_run(tmp_path, *rows("r0", 0))
+    results.append_run(tmp_path, *rows("r1", 1))
+    (tmp_path / "parts" / "r1.runs.parquet").unlink()  # as compaction killed between its unlinks
+    results.compact(tmp_path)
+    assert not (tmp_path / "parts").exists()
+    assert sorted(results.read_results(tmp_path)[0]["run_id"].unique()) == ["r0"]
+    (tmp_path / "parts" / "deadbeef.runs.parquet").mkdir(parents=True)
+    for call in (results.read_results, results.compact):
+        with pytest.raises(ResultsError, match=r"parts/deadbeef.runs.parquet: not a plain file .*; "
+                                               "delete it and rerun"):
+            call(tmp_path)
+
+
+def test_an_unreadable_table_says_to_restore_permission_not_to_delete_it(tmp_path, monkeypatch):
+    results.append_run(tmp_path, *rows("r0", 0))
+    results.compact(tmp_path)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(results, "open", denied, raising=False)  # read_arrow's open
+    with pytest.raises(ResultsError, match=r"runs.parquet: cannot be read \(permission denied\); give "
+                                           r"your user read permission \(chmod u\+r\)"):
+        results.read_results(tmp_path)
+
+
+def test_a_column_name_that_is_not_utf8_is_a_one_line_error(tmp_path):
+    """A flipped bit in a column name in the footer raised UnicodeDecodeError with a traceback
+    from `show`, `validate`, `score` and `run`."""
+    runs, _ = rows("r0", 0)
+    path = tmp_path / results.RUNS_FILE
+    results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), path)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"family")
+    while at >= 0:  # the footer's schema, its path in the column chunk, the pandas metadata
+        data[at] = 0xFF
+        at = data.find(b"family", at + 1)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ResultsError, match="runs.parquet: not a readable Parquet file"):
+        results.read_table(path)

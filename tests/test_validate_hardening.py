@@ -242,3 +242,43 @@ def test_ci_installs_the_pinned_cpu_torch_and_constrains_requirements():
     assert "constraints.txt" in install
     pyproject = (repo / "pyproject.toml").read_text()
     assert '"pyarrow>=15"' in pyproject and int(pa.__version__.split(".")[0]) >= 15
+
+
+def test_unreadable_results_are_named_with_the_permission_fix_not_a_traceback(template, tmp_path,
+                                                                              monkeypatch):
+    """chmod 000 on a table crashed score and build (reading its bytes for the digest), and on
+    a tier folder crashed validate, each with a PermissionError traceback."""
+    root = tmp_path / "submissions"
+    for name in ("good", "locked"):
+        synthetic_entry(root, name, rng=np.random.default_rng(1), tasks=TASKS, seeds=2, evals=6)
+    locked = root / "locked" / WHERE
+    real_read_bytes, real_open, real_iterdir = Path.read_bytes, open, Path.iterdir
+
+    def denied(path) -> bool:
+        return locked in Path(path).parents or Path(path) == locked
+
+    def read_bytes(self):
+        if denied(self):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_bytes(self)
+
+    def opener(path, *args, **kwargs):
+        if denied(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    def iterdir(self):
+        if denied(self):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(results, "open", opener, raising=False)
+    inputs = score.collect([root], tasks=TASKS)
+    assert sorted(set(inputs.runs["entry"])) == ["good"]
+    assert any(f"{locked / 'runs.parquet'}: cannot be read (permission denied); give your user read "
+               "permission" in w for w in inputs.warnings), inputs.warnings
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    found = validate_submission(root / "locked", tasks=TASKS, min_seeds=2)
+    assert any(p.startswith(f"{locked}: cannot be read (Permission denied)") and "chmod u+rx" in p
+               for p in found), found
