@@ -377,7 +377,8 @@ def read_folder(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             if name == RUNS_FILE and unfinished:
                 kept = set(table.loc[table["run_id"].isin(unfinished)
                                      & table["status"].isin(DONE_STATUSES), "run_id"])
-            out[:] = [r[~r["run_id"].isin(kept)] for r in out]
+            if kept:
+                out[:] = [r[~r["run_id"].isin(kept)] for r in out]
             out.insert(0, table[~table["run_id"].isin(fresh - kept)])
     return without_superseded(concat(runs, RUN_SCHEMA), concat(curves, CURVE_SCHEMA))
 

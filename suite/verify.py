@@ -47,8 +47,7 @@ class Check:
     def identical(self) -> bool:
         """The same status and the same value to the last bit (NaN equals NaN)."""
         return (self.submitted_status == self.reproduced_status
-                and (self.submitted == self.reproduced
-                     or (math.isnan(self.submitted) and math.isnan(self.reproduced))))
+                and same_value(self.submitted, self.reproduced, rtol=0.0, atol=0.0))
 
 
 def same_value(a: float, b: float, *, rtol: float, atol: float, resolution: float = 0.0) -> bool:
