@@ -356,7 +356,8 @@ def read_folder(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     for runs_part, curves_part in parts:
         had_curves = curves_part.is_file()
         try:
-            pair = read_table(runs_part), read_table(curves_part) if had_curves else None
+            pair = (check_rows(runs_part, read_table(runs_part)),
+                    read_table(curves_part) if had_curves else None)
         except ResultsError:
             if runs_part.is_file() and curves_part.is_file() == had_curves:
                 raise
@@ -373,7 +374,7 @@ def read_folder(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             raise ResultsError(f"{path}: not a plain file (a symlink, folder or special file); "
                                "delete it and rerun `ldbench run`")
         if path.is_file():  # a run's curves come from its part when it has one, as its rows do
-            table = read_table(path)
+            table = read_table(path) if name == CURVES_FILE else check_rows(path, read_table(path))
             if name == RUNS_FILE and unfinished:
                 kept = set(table.loc[table["run_id"].isin(unfinished)
                                      & table["status"].isin(DONE_STATUSES), "run_id"])
@@ -381,6 +382,20 @@ def read_folder(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                 out[:] = [r[~r["run_id"].isin(kept)] for r in out]
             out.insert(0, table[~table["run_id"].isin(fresh - kept)])
     return without_superseded(concat(runs, RUN_SCHEMA), concat(curves, CURVE_SCHEMA))
+
+
+def check_rows(path: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` as read from `path`, refused where it contradicts itself (a hand-edited file): a
+    run's metric given twice would count as another seed in every mean, and a run with two
+    statuses is both done and not."""
+    twice = runs[runs.duplicated(["run_id", "metric"])]
+    statuses = runs.groupby("run_id")["status"].nunique()
+    if len(twice) or (statuses > 1).any():
+        what = (f"run {twice['run_id'].iloc[0]} gives metric {twice['metric'].iloc[0]!r} twice" if len(twice)
+                else f"run {statuses[statuses > 1].index[0]} has two statuses")
+        raise ResultsError(f"{path}: {what} (`ldbench validate` names every such row); keep one row "
+                           "per run and metric, or delete the table and rerun `ldbench run`")
+    return runs
 
 
 # A run is the same run at another task version when these agree (its id also hashes the version).

@@ -346,3 +346,20 @@ def test_a_column_name_that_is_not_utf8_is_a_one_line_error(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ResultsError, match="runs.parquet: not a readable Parquet file"):
         results.read_table(path)
+
+
+def test_a_table_that_contradicts_itself_is_refused_not_averaged(tmp_path):
+    """`show` averaged a duplicated metric row as a third seed (an interval from two seeds),
+    and a run id with an ok and an error row made `run` fail without naming the file."""
+    runs, curves = rows("r0", 0)
+    path = tmp_path / results.RUNS_FILE
+    results.write_atomic(results.to_table(pd.concat([runs, runs.iloc[:1]]), results.RUN_SCHEMA,
+                                          results.RUNS_FILE), path)
+    results.write_atomic(results.to_table(curves, results.CURVE_SCHEMA, results.CURVES_FILE),
+                         tmp_path / results.CURVES_FILE)
+    with pytest.raises(ResultsError, match=r"runs.parquet: run r0 gives metric 'a' twice .*; keep one row"):
+        results.read_results(tmp_path)
+    runs.loc[1, "status"] = "error"
+    results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), path)
+    with pytest.raises(ResultsError, match=r"runs.parquet: run r0 has two statuses"):
+        results.read_results(tmp_path)
