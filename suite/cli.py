@@ -51,7 +51,9 @@ def cluster_options(func):
         click.option("--scheduler", default=None, metavar="ADDRESS",
                      help="Run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786)."),
         click.option("--time-limit", default=None, type=click.FloatRange(min=0, min_open=True),
-                     metavar="SECONDS", help="Per-run limit; a run past it is recorded as 'timeout'."),
+                     metavar="SECONDS", help="Per-run limit (N seeds trained together get N times as "
+                     "long); a run past it is recorded as 'timeout', and `ldbench verify` leaves "
+                     "it out."),
     ]):
         func = option(func)
     return func
