@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from scipy.stats import qmc
 
-from suite import profiles, registry, runner, seeding, tune
+from suite import profiles, registry, results, runner, seeding, tune
 from suite.cli import main
 from suite.entry import EntryError, entry_hash, load_entry
 from suite.loop import Trainer
@@ -495,3 +495,18 @@ def test_a_study_section_with_numbers_beyond_float_is_absent_not_a_crash(tmp_pat
         assert build.study_section(path) == []
     path.write_text('{"provenance": {"tasks": ' + "[" * 100_000 + "]" * 100_000 + "}}")
     assert build.study_section(path) == []
+
+
+def test_trials_at_one_point_share_their_runs(make_entry, tmp_path):
+    """A choice-only space with fewer points than the budget: two trials had one run id, one
+    runs file held every metric twice, and the study stopped (and stopped again on resuming)."""
+    entry = make_entry(hparams="[hparams.default]\nlr = 0.01\n[search.default]\n"
+                               "lr = { choice = [0.01, 0.02] }\n")
+    out = study(entry, tmp_path / "study")  # budget 3 over two points
+    runs = results.read_results(out / tune.TRIALS)[0]
+    assert not runs.duplicated(["run_id", "metric"]).any()
+    tuned = json.loads((out / "tuned.json").read_text())
+    trials = tuned["provenance"]["tasks"]["deep-linear-modes"]["trials"]
+    points = [t["hparams"]["lr"] for t in trials]
+    assert len(points) == 3 and sorted(set(points)) == [0.01, 0.02]
+    assert runs["run_id"].nunique() == 2
