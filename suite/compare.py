@@ -106,7 +106,10 @@ def declared_metrics(runs: pd.DataFrame) -> dict[str, dict[str, Metric]]:
             cls = registry.task_class(task)
         except registry.RegistryError:
             continue
-        declared[task] = cls(json.loads(part["config"].iloc[0])).metrics()
+        try:
+            declared[task] = cls(json.loads(part["config"].iloc[0])).metrics()
+        except (KeyError, TypeError, ValueError):  # a config an older version of the task recorded
+            declared[task] = registry.make_task(task, str(part["tier"].iloc[0])).metrics()
     return declared
 
 
