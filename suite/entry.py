@@ -577,6 +577,31 @@ def check_search(manifest: Path, raw: dict[str, Any]) -> None:
                 raise fail(manifest, f"search.{table}.{name} searches an integer hyperparameter (it is "
                            f"{known[name]}) with {kind}, which draws floats",
                            f"list the integers to try: {name} = {{ choice = [...] }}")
+            if kind == "choice" and (bad := [v for v in spec[kind] if not same_kind(v, known[name])]):
+                # a trial with "0.01" or 1.5 for a float or an integer fails inside the entry's code
+                raise fail(manifest, f"search.{table}.{name}: choice values must be of the "
+                           f"hyperparameter's type ({kind_name(known[name])}: it is {known[name]!r}), "
+                           f"got {bad[0]!r}", f"write each as a {kind_name(known[name])}, without quotes")
+
+
+def kind_name(value: Any) -> str:
+    """The kind of a hyperparameter's value, as a choice of it must match."""
+    if isinstance(value, bool):
+        return "boolean"
+    return "integer" if isinstance(value, int) else "number" if isinstance(value, float) else \
+        "string" if isinstance(value, str) else type(value).__name__
+
+
+def same_kind(choice: Any, value: Any) -> bool:
+    """Whether a choice can stand for `value`: booleans for a boolean, integers for an integer,
+    numbers for a float, strings for a string (other values are not checked)."""
+    if isinstance(value, bool) or isinstance(choice, bool):
+        return isinstance(value, bool) and isinstance(choice, bool)
+    if isinstance(value, int):
+        return isinstance(choice, int)
+    if isinstance(value, float):
+        return isinstance(choice, int | float)
+    return isinstance(choice, str) if isinstance(value, str) else True
 
 
 def check_range(manifest: Path, where: str, spec: Any) -> None:

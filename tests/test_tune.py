@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -510,3 +511,17 @@ def test_trials_at_one_point_share_their_runs(make_entry, tmp_path):
     points = [t["hparams"]["lr"] for t in trials]
     assert len(points) == 3 and sorted(set(points)) == [0.01, 0.02]
     assert runs["run_id"].nunique() == 2
+
+
+@pytest.mark.parametrize(("default", "choice", "got"), [
+    ("0.01", '[0.1, "0.01"]', "'0.01'"), ("3", "[1.5, 2]", "1.5"), ("true", "[0, 1]", "0"),
+    ("0.01", "[0.1, true]", "True"), ('"fast"', '["slow", 2]', "2")])
+def test_choice_values_must_be_of_the_hyperparameters_type(make_entry, default, choice, got):
+    """Choices of another type were accepted and every trial then failed inside the entry's
+    code ("unsupported operand type(s) for *: 'float' and 'str'")."""
+    manifest = f"[hparams.default]\nlr = 0.1\nk = {default}\n[search.default]\nk = {{ choice = {choice} }}\n"
+    with pytest.raises(EntryError, match=rf"search.default.k: choice values must be of the "
+                                         rf"hyperparameter's type .*got {re.escape(got)}; write each as"):
+        load_entry(make_entry("bad", hparams=manifest))
+    fine = manifest.replace(choice, "[0.5, 1]" if default == "0.01" else f"[{default}]")
+    load_entry(make_entry("fine", hparams=fine))
