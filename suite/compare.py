@@ -31,10 +31,13 @@ class Column:
 
 
 def load(path: str | Path, *, tier: str | None, profile: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs, curves) of an entry folder (its results/PROFILE) or of any results folder."""
+    """(runs, curves) of an entry folder (its results/PROFILE), of a study (its chosen points'
+    evaluation runs) or of any results folder."""
+    from suite import tune  # tune imports the runner, which compare does not need otherwise
+
     path = Path(path)
     folder = path / "results" / profile if (path / "entry.toml").is_file() else path
-    runs, curves = results.read_results(folder)
+    runs, curves = tune.chosen_results(folder) if tune.is_study(folder) else results.read_results(folder)
     runs = runs[runs["profile"] == profile] if "profile" in runs else runs
     if tier is None:
         tiers = sorted(set(runs["tier"]))

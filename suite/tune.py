@@ -352,6 +352,19 @@ def chosen_evaluations(runs: pd.DataFrame, tuned: dict[str, dict]) -> pd.DataFra
     return runs[[chosen(t, o) for t, o in zip(runs["task"], runs["overrides"], strict=True)]]
 
 
+def chosen_results(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, curves) of a study's result: each task's chosen point on the evaluation seeds
+    (not its trials, whose tuning seeds chose the point). ResultsError before it is chosen."""
+    folder = Path(folder)
+    if not (folder / TUNED_FILE).is_file():
+        raise results.ResultsError(f"{folder}: the study has chosen no point yet (no {TUNED_FILE}); "
+                                   "run the same `ldbench tune` command to finish it")
+    tuned = json.loads((folder / TUNED_FILE).read_text(encoding="utf-8"))["tuned"]
+    runs, curves = results.read_results(folder / EVAL)
+    runs = chosen_evaluations(runs, tuned)
+    return runs, curves[curves["run_id"].isin(set(runs["run_id"]))]
+
+
 def is_study(folder: Path) -> bool:
     return (Path(folder) / STUDY_FILE).is_file()
 

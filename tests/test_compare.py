@@ -1,5 +1,6 @@
 """`ldbench compare`: intervals against scipy, the separation rule, and the command end to end."""
 
+import json
 import math
 
 import numpy as np
@@ -153,3 +154,17 @@ def test_a_study_holding_older_task_versions_compares_without_a_traceback():
     result = CliRunner().invoke(main, ["compare", str(REPO / "studies/adam/cpu-2core/smoke/budget-16")])
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output[-2000:]
     assert "mode-connectivity" in result.output
+
+
+def test_a_study_compares_as_its_chosen_points_evaluation_runs():
+    """A study folder pooled its tuning-seed trial runs with the evaluation seeds (the chosen
+    point's column said 3 seeds, one of them a tuning seed) and made a column of every trial."""
+    study = REPO / "studies/adam/cpu-2core/smoke/budget-16"
+    cols = compare.columns([study], tier="smoke", profile="cpu-2core")
+    spec = json.loads((study / "study.json").read_text())
+    seeds = {int(s) for c in cols for s in c.runs["seed"]}
+    assert seeds <= set(spec["eval_seeds"]) and cols
+    tuned = json.loads((study / "tuned.json").read_text())["tuned"]
+    for c in cols:
+        for task, overrides in c.runs[["task", "overrides"]].drop_duplicates().itertuples(index=False):
+            assert json.loads(overrides or "{}").get("hparams", {}) == tuned[task]
