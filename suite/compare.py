@@ -131,12 +131,12 @@ def interval(values: np.ndarray, spec: Metric | None) -> tuple[float, float, flo
 def better(a: np.ndarray, b: np.ndarray, spec: Metric | None, direction: str) -> bool:
     """Whether `a` is better than `b` with separated intervals.
 
-    Any missing result (NaN: diverged or failed) makes no claim. For a steps-to-target metric,
-    all seeds reaching the target beats no seed reaching it; a mix makes no claim. Otherwise both
-    intervals must exist (>= 2 seeds), be disjoint, and their means differ by more than the
+    Any missing result (NaN: diverged or failed) and a side with one seed make no claim. For a
+    steps-to-target metric, all seeds reaching the target beats no seed reaching it; a mix makes
+    no claim. Otherwise both intervals must be disjoint and their means differ by more than the
     metric's resolution.
     """
-    if np.isnan(a).any() or np.isnan(b).any():
+    if np.isnan(a).any() or np.isnan(b).any() or min(len(a), len(b)) < 2:
         return False
     fin_a, fin_b = np.isfinite(a), np.isfinite(b)
     if not (fin_a.all() and fin_b.all()):

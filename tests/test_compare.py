@@ -39,8 +39,10 @@ def test_better_only_where_intervals_separate():
     never = np.full(3, np.inf)
     assert compare.better(fast, never, STEPS, "min") and not compare.better(never, fast, STEPS, "min")
     assert not compare.better(fast, np.array([30.0, np.inf, 31.0]), STEPS, "min")
-    # a single seed has no interval
+    # a single seed has no interval, and one seed reaching against one not is no claim either
     assert not compare.better(np.array([1.0]), np.array([100.0]), STEPS, "min")
+    assert not compare.better(fast, np.array([np.inf]), STEPS, "min")
+    assert not compare.better(np.array([30.0]), never, STEPS, "min")
 
 
 def test_verdict_names_the_entry_that_beats_all_or_the_partial_claims():
