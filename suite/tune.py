@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,9 +273,15 @@ def tune(entry_dir: str | Path, *, budget: int, tasks: list[str] | None = None, 
     open_study(out, spec)
     if workers is None:  # counted in tasks: a study of one task stays in the process
         workers = prof.workers_for(len(tasks))
-    with cluster.session(workers, scheduler) as client:  # one cluster for trials and evaluation
-        return run_study(entry, out, spec, tasks, prof, client=client, time_limit=time_limit,
-                         progress=progress, trial_batch=size)
+    try:
+        with cluster.session(workers, scheduler) as client:  # one cluster for trials and evaluation
+            return run_study(entry, out, spec, tasks, prof, client=client, time_limit=time_limit,
+                             progress=progress, trial_batch=size)
+    except KeyboardInterrupt:  # click then prints "Aborted!": say what was kept first
+        kept = [len(results.done_run_ids(out / part)) for part in (TRIALS, EVAL)]
+        print(f"interrupted: {kept[0]} trial runs and {kept[1]} evaluation runs have finished and are "
+              f"kept in {out}; the same command resumes from there", file=sys.stderr)
+        raise
 
 
 def run_study(entry: Entry, out: Path, spec: dict, tasks: list[str], prof: profiles.Profile, *,

@@ -525,3 +525,19 @@ def test_choice_values_must_be_of_the_hyperparameters_type(make_entry, default, 
         load_entry(make_entry("bad", hparams=manifest))
     fine = manifest.replace(choice, "[0.5, 1]" if default == "0.01" else f"[{default}]")
     load_entry(make_entry("fine", hparams=fine))
+
+
+def test_an_interrupted_study_says_what_it_kept(make_entry, tmp_path, monkeypatch, capsys):
+    """Ctrl-C printed only click's "Aborted!", where `ldbench run` says what was kept."""
+    real = tune.execute
+
+    def until_evaluation(entry, todo, *, out, **kwargs):
+        if out.name == tune.EVAL:
+            raise KeyboardInterrupt
+        return real(entry, todo, out=out, **kwargs)
+
+    monkeypatch.setattr(tune, "execute", until_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        study(make_entry(hparams=SEARCH), tmp_path / "study")
+    assert (f"interrupted: 3 trial runs and 0 evaluation runs have finished and are kept in "
+            f"{tmp_path / 'study'}; the same command resumes from there") in capsys.readouterr().err
