@@ -154,10 +154,9 @@ def trial_list(entry: Entry, spec: dict) -> list[tuple[Trial, list]]:
 
 def finished_ids(folder: Path) -> set[str]:
     """Run ids of finished trial runs (a timeout is a result of a trial, never redone)."""
-    try:
-        runs, _ = results.read_results(folder)
-    except results.ResultsError:  # no trial stored yet
+    if not results.results_folders(Path(folder)):  # no trial stored yet (a damaged table raises)
         return set()
+    runs, _ = results.read_results(folder)
     return set(runs.loc[runs["status"].isin(FINISHED), "run_id"])
 
 
@@ -390,9 +389,9 @@ def show(folder: Path) -> tuple[pd.DataFrame, dict]:
                                       seed=p.seed, tier=spec["tier"], profile=spec["profile"],
                                       overrides=p.overrides) for p in plans)
             trials.append(Trial(task, index, point, ids))
-    try:
+    if results.results_folders(folder / TRIALS):  # a damaged table raises, naming itself
         runs = results.read_results(folder / TRIALS)[0]
-    except results.ResultsError:  # no trial stored yet
+    else:  # no trial stored yet
         runs = pd.DataFrame(columns=["run_id", "metric", "value", "status"])
     table = trial_table(trials, runs)
     tuned, best = {}, {}

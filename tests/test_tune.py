@@ -541,3 +541,15 @@ def test_an_interrupted_study_says_what_it_kept(make_entry, tmp_path, monkeypatc
         study(make_entry(hparams=SEARCH), tmp_path / "study")
     assert (f"interrupted: 3 trial runs and 0 evaluation runs have finished and are kept in "
             f"{tmp_path / 'study'}; the same command resumes from there") in capsys.readouterr().err
+
+
+def test_a_damaged_trials_table_is_named_not_taken_for_an_empty_study(make_entry, tmp_path):
+    """A damaged trials table read as "nothing stored yet": a resume redid every trial and
+    `show` said every trial was "not run yet"."""
+    out = study(make_entry(hparams=SEARCH), tmp_path / "study")
+    table = out / tune.TRIALS / results.RUNS_FILE
+    table.write_bytes(table.read_bytes()[:-40])  # truncated: its footer is gone
+    with pytest.raises(results.ResultsError, match="trials/runs.parquet: not a readable Parquet file"):
+        study(make_entry(hparams=SEARCH), out)
+    with pytest.raises(results.ResultsError, match="trials/runs.parquet: not a readable Parquet file"):
+        tune.show(out)
