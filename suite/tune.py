@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import qmc
 
-from suite import cluster, profiles, registry, results, runner, seeding
+from suite import cluster, profiles, registry, results, runner, score, seeding
 from suite.entry import Entry, EntryError, check_runnable, load_entry
 
 TUNING_SEED_BASE = 1_000_000  # far above any evaluation seed count
@@ -365,7 +365,7 @@ def chosen_results(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not (folder / TUNED_FILE).is_file():
         raise results.ResultsError(f"{folder}: the study has chosen no point yet (no {TUNED_FILE}); "
                                    "run the same `ldbench tune` command to finish it")
-    tuned = json.loads((folder / TUNED_FILE).read_text(encoding="utf-8"))["tuned"]
+    tuned = score.read_tuned(folder / TUNED_FILE)  # checked: a damaged file is named
     runs, curves = results.read_results(folder / EVAL)
     runs = chosen_evaluations(runs, tuned)
     return runs, curves[curves["run_id"].isin(set(runs["run_id"]))]
