@@ -150,6 +150,10 @@ def spawn_environ() -> dict:
     return {k: v for k, v in dask.config.get(SPAWN_ENVIRON, {}).items() if k != "MALLOC_TRIM_THRESHOLD_"}
 
 
+# How a run whose worker died on every try begins its error (verify leaves such runs out).
+KILLED = "KilledWorker:"
+
+
 def rows_of(future, job: Job, *, tier: str, profile: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The job's rows; a job that killed every worker it ran on (Dask gives up after
     `distributed.scheduler.allowed-failures` tries) is recorded as an error, and the suite goes on."""
@@ -158,7 +162,7 @@ def rows_of(future, job: Job, *, tier: str, profile: str) -> tuple[pd.DataFrame,
     try:
         return future.result()
     except KilledWorker as err:
-        message = f"KilledWorker: the run's worker process died on every try ({err})"
+        message = f"{KILLED} the run's worker process died on every try ({err})"
     prof = profiles.load(profile)
     frames = [runner.rows_for(plan, Trajectory(status="error"), plan.task.nan_metrics(), message,
                               rid=rid, entry=job.entry, entry_hash=job.digest, tier=tier, profile=profile,

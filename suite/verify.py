@@ -63,7 +63,7 @@ def same_value(a: float, b: float, *, rtol: float, atol: float, resolution: floa
 def machine_bound(runs: pd.DataFrame) -> pd.Series:
     """Rows of runs that ended because of the machine, not the entry: past `--time-limit`
     ("timeout"), or whose Dask worker died on every try (recorded as a KilledWorker error)."""
-    killed = runs["error"].fillna("").astype(str).str.startswith("KilledWorker:")
+    killed = runs["error"].fillna("").astype(str).str.startswith(cluster.KILLED)
     return (runs["status"] == "timeout") | ((runs["status"] == "error") & killed)
 
 
