@@ -128,11 +128,36 @@ def study_spec(entry: Entry, tasks: list[str], *, budget: int, design_seed: int,
             "eval_seeds": list(range(eval_seeds)), "tasks": spaces}
 
 
+def read_study(folder: Path) -> dict:
+    """A study's study.json, checked: a damaged file (a merge conflict in a committed study, a
+    hand edit) is named in one line, never a traceback or a study read as empty."""
+    path = Path(folder) / STUDY_FILE
+    fix = "restore it (git checkout), or delete the study folder and rerun `ldbench tune`"
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise results.ResultsError(f"{path}: unreadable ({why}); {fix}") from None
+    shapes = {"entry": str, "entry_hash": str, "tier": str, "profile": str, "tasks": dict,
+              "tuning_seeds": list, "eval_seeds": list}
+    wrong = [key for key, kind in shapes.items() if not isinstance(spec, dict)
+             or not isinstance(spec.get(key), kind)]
+    if not wrong:
+        wrong = [f"tasks.{task}" for task, info in spec["tasks"].items()
+                 if not (isinstance(info, dict) and isinstance(info.get("space"), dict)
+                         and isinstance(info.get("points"), list)
+                         and all(isinstance(p, dict) for p in info["points"]))]
+    if wrong:
+        raise results.ResultsError(f"{path}: not a study's record ({wrong[0]} missing or of another "
+                                   f"type); {fix}")
+    return spec
+
+
 def open_study(out: Path, spec: dict) -> None:
     """Write study.json, or check that the study already in `out` is this one."""
     path = out / STUDY_FILE
     if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = read_study(out)
         keys = [k for k in spec if k != "tasks"]
         diff = [k for k in keys if old.get(k) != spec[k]]
         diff += [f"tasks.{t}" for t in spec["tasks"] if old["tasks"].get(t) != spec["tasks"][t]]
@@ -378,7 +403,7 @@ def is_study(folder: Path) -> bool:
 def show(folder: Path) -> tuple[pd.DataFrame, dict]:
     """A study's trial table (marking the best trial) and its tuned hyperparameters."""
     folder = Path(folder)
-    spec = json.loads((folder / STUDY_FILE).read_text(encoding="utf-8"))
+    spec = read_study(folder)
     entry_stub = Entry(path=folder, name=spec["entry"], version="", authors=[], description="")
     trials = []
     for task, info in spec["tasks"].items():
@@ -396,12 +421,27 @@ def show(folder: Path) -> tuple[pd.DataFrame, dict]:
     table = trial_table(trials, runs)
     tuned, best = {}, {}
     if (folder / TUNED_FILE).is_file():
-        written = json.loads((folder / TUNED_FILE).read_text(encoding="utf-8"))
-        tuned = written["tuned"]
-        best = {t: info["best_trial"] for t, info in written["provenance"]["tasks"].items()}
+        tuned = score.read_tuned(folder / TUNED_FILE)  # checked: a damaged file is named
+        best = chosen_trials(folder / TUNED_FILE)
     table["best"] = ["*" if best.get(t) == i else "" for t, i in zip(table["task"], table["trial"],
                                                                      strict=True)]
     return table, tuned
+
+
+def chosen_trials(tuned_file: Path) -> dict[str, int | None]:
+    """Each task's chosen trial index in tuned.json (None: no trial reached the target)."""
+    try:
+        tasks = json.loads(tuned_file.read_text(encoding="utf-8"))["provenance"]["tasks"]
+        best = {task: info["best_trial"] for task, info in tasks.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else f"{type(err).__name__}: {err}"
+        raise results.ResultsError(f"{tuned_file}: its provenance is unreadable ({why}); "
+                                   "rerun `ldbench tune`") from None
+    odd = [t for t, b in best.items() if b is not None and (isinstance(b, bool) or not isinstance(b, int))]
+    if odd:
+        raise results.ResultsError(f"{tuned_file}: provenance.tasks.{odd[0]}.best_trial is "
+                                   f"{best[odd[0]]!r}, not a trial index; rerun `ldbench tune`")
+    return best
 
 
 def plot(folder: Path, path: str | Path) -> Path:
@@ -416,7 +456,7 @@ def plot(folder: Path, path: str | Path) -> Path:
     from suite.site import plots
 
     table, _ = show(folder)
-    spec = json.loads((Path(folder) / STUDY_FILE).read_text(encoding="utf-8"))
+    spec = read_study(folder)
     panels = [(task, name, info["space"][name]) for task, info in spec["tasks"].items()
               for name in sorted(info["space"])]
     with matplotlib.rc_context(plots.SVG_RC):

@@ -553,3 +553,34 @@ def test_a_damaged_trials_table_is_named_not_taken_for_an_empty_study(make_entry
         study(make_entry(hparams=SEARCH), out)
     with pytest.raises(results.ResultsError, match="trials/runs.parquet: not a readable Parquet file"):
         tune.show(out)
+
+
+@pytest.mark.parametrize("name, damage, problem", [
+    ("study.json", lambda text: text[:300], r"study.json: unreadable \(Unterminated string"),
+    ("study.json", lambda text: '{"entry": "adam", "tasks": []}', r"study.json: not a study's record "
+     r"\(entry_hash missing or of another type\)"),
+    ("tuned.json", lambda text: text[:100], r"tuned.json: unreadable \(Expecting"),
+    ("tuned.json", lambda text: json.dumps({**json.loads(text), "provenance": {}}),
+     r"tuned.json: its provenance is unreadable \(KeyError: 'tasks'\)"),
+    ("tuned.json", lambda text: text.replace('"best_trial": 1,', '"best_trial": "1",', 1),
+     r"best_trial is '1', not a trial index"),
+])
+def test_a_damaged_study_record_is_named_in_one_line(tmp_path, name, damage, problem):
+    """`show STUDY` read study.json and tuned.json unchecked: a merge conflict or a hand edit in a
+    committed study gave a JSONDecodeError or KeyError traceback."""
+    import shutil
+    folder = tmp_path / "study"
+    shutil.copytree(REPO / "studies" / "adam" / "cpu-2core" / "smoke" / "budget-16", folder)
+    path = folder / name
+    path.write_text(damage(path.read_text(encoding="utf-8")), encoding="utf-8")
+    result = CliRunner().invoke(main, ["show", str(folder)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert re.search(problem, result.output), result.output
+    assert "Traceback" not in result.output
+
+
+def test_resuming_a_study_with_a_damaged_study_json_is_refused_in_one_line(make_entry, tmp_path):
+    out = study(make_entry(hparams=SEARCH), tmp_path / "study")
+    (out / tune.STUDY_FILE).write_text("<<<<<<< HEAD\n{}", encoding="utf-8")
+    with pytest.raises(results.ResultsError, match="study.json: unreadable .*git checkout"):
+        study(make_entry(hparams=SEARCH), out)
