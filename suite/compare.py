@@ -13,7 +13,7 @@ from tabulate import tabulate
 
 from suite import registry, report, results
 from suite.entry import EntryError, load_entry
-from suite.interval import METHOD, t_interval
+from suite.interval import METHOD, clearly_better, t_interval
 from suite.task import Metric
 
 # The curve drawn per task by --plot when the task does not declare its curves (Task.curves):
@@ -133,18 +133,20 @@ def better(a: np.ndarray, b: np.ndarray, spec: Metric | None, direction: str) ->
 
     Any missing result (NaN: diverged or failed) and a side with one seed make no claim. For a
     steps-to-target metric, all seeds reaching the target beats no seed reaching it; a mix makes
-    no claim. Otherwise both intervals must be disjoint and their means differ by more than the
-    metric's resolution.
+    no claim. Otherwise `a`'s interval must be better than `b`'s by more than the metric's
+    resolution (`interval.clearly_better`, the leaderboard's rule: intervals that were merely
+    disjoint, with means a resolution apart, were "better" here and tied there).
     """
     if np.isnan(a).any() or np.isnan(b).any() or min(len(a), len(b)) < 2:
         return False
     fin_a, fin_b = np.isfinite(a), np.isfinite(b)
     if not (fin_a.all() and fin_b.all()):
         return fin_a.all() and not fin_b.any() and direction == "min"
-    (ma, la, ha), (mb, lb, hb) = interval(a, spec), interval(b, spec)
-    if abs(ma - mb) <= ((spec.resolution or 0.0) if spec else 0.0):
-        return False
-    return bool(ha < lb) if direction == "min" else bool(la > hb)
+    (_, la, ha), (_, lb, hb) = interval(a, spec), interval(b, spec)
+    resolution = (spec.resolution or 0.0) if spec else 0.0
+    if direction == "min":
+        return bool(clearly_better(high_a=ha, low_b=lb, resolution=resolution))
+    return bool(clearly_better(high_a=-la, low_b=-hb, resolution=resolution))
 
 
 def verdict(values: dict[str, np.ndarray], spec: Metric | None, direction: str) -> str:

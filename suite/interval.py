@@ -51,3 +51,11 @@ def t_interval(values, *, bounds: tuple[float, float] = (-math.inf, math.inf),
                             bounds=(np.array([bounds[0]]), np.array([bounds[1]])),
                             confidence=confidence)
     return float(values.mean()), float(low[0]), float(high[0])
+
+
+def clearly_better(*, high_a, low_b, resolution: float = 0.0):
+    """Whether A is clearly better than B, lower being better: A's interval ends below B's by
+    more than the metric's resolution (closer intervals are numerical noise apart). The one rule
+    of the leaderboard's ranks and of `ldbench compare`'s "better"; orient a metric to maximise
+    by negating (A's high end is then −low_a). Works elementwise on arrays (NaN: False)."""
+    return high_a + resolution < low_b

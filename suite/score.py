@@ -475,7 +475,8 @@ def ranks_with_ties(*, mean: np.ndarray, low: np.ndarray, high: np.ndarray, fail
     lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
     has = np.isfinite(mean) & ~np.isnan(lo) & ~np.isnan(hi)
     fewer = failed[:, None] < failed[None, :]  # [i, j]: i failed less often than j
-    disjoint = (hi[:, None] + resolution < lo[None, :]) & has[:, None] & has[None, :]
+    disjoint = (interval.clearly_better(high_a=hi[:, None], low_b=lo[None, :], resolution=resolution)
+                & has[:, None] & has[None, :])
     better = fewer | ((failed[:, None] == failed[None, :]) & disjoint)
     return 1 + better.sum(axis=0)
 

@@ -5,10 +5,11 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 from scipy import stats
 
-from suite import compare, results
+from suite import compare, results, score
 from suite.cli import main
 from suite.task import Metric
 from tests.conftest import REPO
@@ -43,6 +44,27 @@ def test_better_only_where_intervals_separate():
     assert not compare.better(np.array([1.0]), np.array([100.0]), STEPS, "min")
     assert not compare.better(fast, np.array([np.inf]), STEPS, "min")
     assert not compare.better(np.array([30.0]), never, STEPS, "min")
+
+
+@pytest.mark.parametrize("direction", ["min", "max"])
+def test_better_is_the_leaderboards_rule_for_intervals_closer_than_the_resolution(direction):
+    """Disjoint intervals whose means are more than the resolution apart, but whose gap is less:
+    compare said "better" while the leaderboard gave both rank 1 (found by an audit)."""
+    a, b = np.array([1.000, 1.001, 1.002]), np.array([1.010, 1.011, 1.012])
+    if direction == "max":
+        a, b = -a, -b
+    spec = Metric(direction, "a loss", resolution=0.008)
+    (_, la, ha), (_, lb, hb) = compare.interval(a, spec), compare.interval(b, spec)
+    assert (ha < lb if direction == "min" else la > hb) and abs(a.mean() - b.mean()) > 0.008
+    ranks = score.ranks_with_ties(mean=np.array([a.mean(), b.mean()]), low=np.array([la, lb]),
+                                  high=np.array([ha, hb]), failed=np.zeros(2), direction=direction,
+                                  resolution=0.008)
+    assert list(ranks) == [1, 1]
+    assert not compare.better(a, b, spec, direction) and not compare.better(b, a, spec, direction)
+    wide = Metric(direction, "a loss", resolution=0.001)  # a gap above the resolution: both say so
+    assert compare.better(a, b, wide, direction) and list(score.ranks_with_ties(
+        mean=np.array([a.mean(), b.mean()]), low=np.array([la, lb]), high=np.array([ha, hb]),
+        failed=np.zeros(2), direction=direction, resolution=0.001)) == [1, 2]
 
 
 def test_verdict_names_the_entry_that_beats_all_or_the_partial_claims():

@@ -36,6 +36,30 @@ def test_nc1_matches_the_definition_on_random_features():
     assert nc1(features=h, labels=labels) == pytest.approx(np.trace(sw @ np.linalg.pinv(sb)) / 3)
 
 
+def test_nc1_of_two_unbalanced_classes_is_the_closed_form():
+    """Two classes: μ_c − μ_G = ±δ/2 with δ = μ₁ − μ₀ (μ_G the mean of the class means, as
+    documented), so Σ_B = δδᵀ/4, Σ_B⁺ = 4δδᵀ/‖δ‖⁴ and NC1 = 2 δᵀΣ_W δ / ‖δ‖⁴: no pseudo-inverse.
+    Classes of 19 and 38 samples, where the mean of the samples would differ."""
+    rng = np.random.default_rng(7)
+    labels = np.repeat([0, 1], [19, 38])
+    h = rng.normal(size=(57, 5)) + 0.8 * labels[:, None]
+    delta = h[labels == 1].mean(0) - h[labels == 0].mean(0)
+    centred = h - np.where(labels[:, None] == 1, h[labels == 1].mean(0), h[labels == 0].mean(0))
+    sw = centred.T @ centred / 57
+    assert nc1(features=h, labels=labels) == pytest.approx(2 * delta @ sw @ delta / (delta @ delta) ** 2,
+                                                           rel=1e-10)
+
+
+@pytest.mark.parametrize("features, labels", [
+    (np.zeros((64, 16)), np.repeat(np.arange(4), 16)),  # dead features: every class mean is 0
+    (np.random.default_rng(1).normal(size=(64, 16)), np.zeros(64, dtype=int)),  # one class
+    (np.tile(np.random.default_rng(2).normal(size=(16, 16)), (4, 1)), np.repeat(np.arange(4), 16)),
+])
+def test_nc1_is_undefined_where_the_class_means_coincide(features, labels):
+    """The pseudo-inverse of Σ_B = 0 made NC1 0, "perfect collapse", for dead features."""
+    assert math.isnan(nc1(features=features, labels=labels))
+
+
 def test_matched_accuracy_ignores_cluster_names():
     labels = np.array([0, 0, 1, 1, 2, 2])
     assert matched_accuracy(clusters=np.array([5, 5, 3, 3, 9, 9]), labels=labels) == 1.0

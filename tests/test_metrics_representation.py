@@ -101,3 +101,23 @@ def test_effective_rank_against_entropy_formula():
     matrix = torch.tensor(np.diag(sigma))
     assert effective_rank(matrix=matrix) == pytest.approx(expected, rel=1e-12)
     assert 1.0 <= effective_rank(matrix=matrix) <= 4.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_representation_of_rank_below_k_is_at_distance_one(dtype):
+    """Its top-k subspace is not defined: a zero B scored 0 (perfect recovery) against an
+    axis-aligned truth, through the SVD's arbitrary basis; a rank-1 B inside a 2-D truth
+    spans only part of it."""
+    eye = torch.eye(6, dtype=dtype)
+    truth = eye[:, :2]
+    assert subspace_distance(learned=torch.zeros(6, 4, dtype=dtype), truth=truth) == 1.0
+    assert subspace_distance(learned=eye[:, :1] @ torch.ones(1, 4, dtype=dtype), truth=truth) == 1.0
+    # rank k, however unequal its singular values, is still measured
+    learned = truth @ torch.tensor([[1.0, 0.0], [0.0, 1e-3]], dtype=dtype)
+    assert subspace_distance(learned=learned, truth=truth) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_metrics_of_a_zero_representation_are_undefined():
+    zero, truth = torch.zeros(6, 4, dtype=torch.float64), torch.eye(6, dtype=torch.float64)[:, :2]
+    assert np.isnan(complement_energy(learned=zero, truth=truth))
+    assert np.isnan(effective_rank(matrix=zero))  # was 1.0

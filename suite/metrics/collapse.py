@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -15,6 +16,12 @@ def nc1(*, features: np.ndarray, labels: np.ndarray) -> float:
     features: (N, p); labels: (N,) in 0 … C−1, every class present. Σ_W is the mean over
     samples of (h_i − μ_{c(i)})(h_i − μ_{c(i)})ᵀ, Σ_B the mean over classes of
     (μ_c − μ_G)(μ_c − μ_G)ᵀ with μ_G the mean of the class means, ⁺ the pseudo-inverse.
+    (Papyan et al.'s μ_G is the mean of the samples: the two agree on balanced classes, which is
+    what the tasks have; the mean of the class means weighs every class alike otherwise.)
+
+    Undefined (NaN) when the class means coincide (Σ_B is zero up to rounding: one class, or
+    features all alike, as dead ReLUs give): there is no between-class spread to measure the
+    within-class spread against, and the pseudo-inverse of 0 would report perfect collapse, 0.
     """
     h = np.asarray(features, dtype=np.float64)
     classes = np.unique(labels)
@@ -23,6 +30,8 @@ def nc1(*, features: np.ndarray, labels: np.ndarray) -> float:
     sigma_w = centred.T @ centred / len(h)
     between = means - means.mean(axis=0)
     sigma_b = between.T @ between / len(classes)
+    if not np.trace(sigma_b) > 1e-12 * (np.trace(sigma_w) + np.trace(sigma_b)):
+        return math.nan
     # Σ_B has rank ≤ C − 1: the relative cut-off drops its numerically-zero directions.
     return float(np.trace(sigma_w @ np.linalg.pinv(sigma_b, rcond=1e-10, hermitian=True)) / len(classes))
 

@@ -30,17 +30,22 @@ def wishart_linear_statistic(*, f: Callable[[np.ndarray], np.ndarray], size: int
     if not dof >= size >= 1:
         raise ValueError(f"need dof >= size >= 1, got size={size}, dof={dof}")
     # The basis densities overlap more as dof/m grows, and the ill-conditioned M amplifies the
-    # quadrature's error. The same computation for f = 1/l has a closed form, m / (dof − m − 1):
-    # if it misses that by more than 1e-6, refuse rather than return a wrong number.
+    # quadrature's error. The same computation for a statistic with a closed form must reproduce
+    # it to 1e-6, else refuse rather than return a wrong number: f = 1/l, E tr W⁻¹ =
+    # m / (dof − m − 1), where that is finite; else (dof ≤ m + 1) f = l, E tr W = m·dof (the
+    # 1/l check alone left dof = m, m + 1 unchecked, and there m ≥ 18 was off by up to 50%).
     if dof > size + 1:
-        try:
-            check = _de_bruijn_mean(lambda x: 1.0 / x, size, dof) * (dof - size - 1) / size - 1.0
-        except np.linalg.LinAlgError:
-            check = math.inf
-        if not abs(check) < 1e-6:
-            raise ValueError(f"the exact Wishart expectation for size={size}, dof={dof} is beyond "
-                             f"float64 quadrature (self-check off by {check:.1e}); use fewer "
-                             "dimensions or a shorter context")
+        test, want = (lambda x: 1.0 / x), size / (dof - size - 1)
+    else:
+        test, want = (lambda x: x), size * dof
+    try:
+        check = _de_bruijn_mean(test, size, dof) / want - 1.0
+    except np.linalg.LinAlgError:
+        check = math.inf
+    if not abs(check) < 1e-6:
+        raise ValueError(f"the exact Wishart expectation for size={size}, dof={dof} is beyond "
+                         f"float64 quadrature (self-check off by {check:.1e}); use fewer "
+                         "dimensions or a shorter context")
     return _de_bruijn_mean(f, size, dof)
 
 

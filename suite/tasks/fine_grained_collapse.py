@@ -143,10 +143,13 @@ class FineGrainedCollapse(Task):
                                         resolution=1.0, bounds=(0, math.inf)),
             "final_recovery": Metric("max", "fine-label recovery accuracy of the features at the end",
                                      role="ranked", **acc),
-            "final_nc1": Metric("min", "NC1 = tr(Σ_W Σ_B⁺)/C of the training features at the end",
-                                role="diagnostic", resolution=1e-4, bounds=(0, math.inf)),
-            "min_nc1": Metric("min", "smallest NC1 over training", role="diagnostic",
-                              resolution=1e-4, bounds=(0, math.inf)),
+            # NC1 is undefined where the class means coincide (features all alike: dead ReLUs)
+            "final_nc1": Metric("min", "NC1 = tr(Σ_W Σ_B⁺)/C of the training features at the end; "
+                                "undefined when the class means coincide", role="diagnostic",
+                                resolution=1e-4, bounds=(0, math.inf), undefined_ok=True),
+            "min_nc1": Metric("min", "smallest NC1 over training (of the evaluations where it is "
+                              "defined)", role="diagnostic", resolution=1e-4, bounds=(0, math.inf),
+                              undefined_ok=True),
             "input_recovery": Metric("max", "fine-label recovery clustering the raw inputs",
                                      role="diagnostic", **acc),
             "random_feature_recovery": Metric(
@@ -219,4 +222,10 @@ class FineGrainedCollapse(Task):
         return out | {
             "steps_to_recovery": crossing_step(steps=steps, values=curves["recovery"], threshold=THRESHOLD),
             "final_recovery": float(curves["recovery"][-1]),
-            "final_nc1": float(curves["nc1"][-1]), "min_nc1": float(np.min(curves["nc1"]))}
+            "final_nc1": float(curves["nc1"][-1]), "min_nc1": defined_min(curves["nc1"])}
+
+
+def defined_min(values) -> float:
+    """The smallest of the defined (non-NaN) values; NaN if none is."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.min(values[~np.isnan(values)])) if not np.isnan(values).all() else math.nan

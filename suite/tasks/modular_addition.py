@@ -79,10 +79,14 @@ class ModularAddition(Task):
 
     Resolutions: accuracies and their gaps are fractions of a finite set, so one example is the
     floor: 1/n_test for `final_test_acc` (1/1741 on the standard tier), 1/min(n_train, n_test)
-    for the gaps. The steps metrics are first crossings of the 99% threshold, interpolated
-    between log-spaced evaluations: floor 1 step. (Not measured by perturbation on this task;
-    the same interpolated crossings moved by at most 0.0017 steps under a one-ulp nudge of the
-    initial weights on deep-linear-modes.)
+    for the gaps. The steps metrics are the first evaluation step at which accuracy was
+    observed at ≥ 99% (`first_step_reaching`), not interpolated between evaluations (an
+    accuracy moves in jumps of one example, so a line between two evaluations would be a guess):
+    each is an upper bound on the true crossing, by at most the gap between evaluations, which
+    are log-spaced (on the standard tier 57, 84 and 111 steps apart near steps 1,000, 1,500 and
+    2,000). Their floor is 1 step, as for every step count; two runs' values are then equal or
+    at least one evaluation gap apart, and a rounding difference that moves an accuracy across
+    99% at one evaluation moves the value by a whole gap.
     """
 
     name = "modular-addition"

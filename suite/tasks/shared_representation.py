@@ -103,11 +103,13 @@ class SharedRepresentation(Task):
             "subspace_distance": Metric("min", "sine of the largest principal angle between "
                                         "the top-k left singular subspace of B and span(B*)",
                                         role="ranked", resolution=RES_FINAL, bounds=unit),
-            "complement_energy": Metric("min", "‖P_{B*⊥} B‖_F / ‖B‖_F at the end", role="ranked",
-                                        resolution=RES_FINAL, bounds=unit),
-            "effective_rank": Metric("min", "entropy effective rank of B (k is ideal)",
-                                     role="diagnostic", resolution=RES_FINAL,
-                                     bounds=(1.0, float(self.config["width"]))),
+            # B = 0 (a representation decayed away) has no direction: both are undefined there
+            "complement_energy": Metric("min", "‖P_{B*⊥} B‖_F / ‖B‖_F (undefined for B = 0) "
+                                        "at the end", role="ranked", resolution=RES_FINAL,
+                                        bounds=unit, undefined_ok=True),
+            "effective_rank": Metric("min", "entropy effective rank of B (k is ideal; undefined "
+                                     "for B = 0)", role="diagnostic", resolution=RES_FINAL,
+                                     bounds=(1.0, float(self.config["width"])), undefined_ok=True),
             "adaptation_loss": Metric("min", "outer loss on new tasks after one inner step",
                                       role="ranked", resolution=RES_FINAL, bounds=(0.0, math.inf)),
             "steps_to_recovery": Metric("min", "steps until the subspace distance is below 0.1",
