@@ -83,7 +83,8 @@ def tracks_note(cols: list[Column]) -> str | None:
     architecture entry trains the task's reference optimizer; an optimizer entry its model)."""
     tracks = {c.label: set(c.runs["track"].fillna("optimizer")) if "track" in c.runs else {"optimizer"}
               for c in cols}
-    if len(set().union(*tracks.values())) < 2:
+    ranked = {"architecture" if t == "recipe" else t for t in set().union(*tracks.values())}
+    if len(ranked) < 2:  # a recipe (model + optimizer) is ranked on the architecture track
         return None
     listed = "; ".join(f"{label}: {', '.join(sorted(t))}" for label, t in tracks.items())
     return (f"note: the columns span tracks ({listed}); the leaderboard ranks each track by itself, "

@@ -174,6 +174,28 @@ def copy_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer
     return copied, attribute_copy(optimizer, memo), attribute_copy(schedule, memo)
 
 
+# Every parameter an entry's make_model has returned in this process, by id, held weakly (an
+# entry is gone with its models): a model returned twice is one set of weights for two seeds.
+RETURNED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def reused_parameter(model: torch.nn.Module) -> str | None:
+    """The name of a parameter of `model` that make_model returned before, else None; records
+    the model's parameters as returned."""
+    params = dict(model.named_parameters())
+    reused = next((name for name, p in params.items() if RETURNED.get(id(p)) is p), None)
+    for p in params.values():
+        RETURNED[id(p)] = p
+    return reused
+
+
+def data_versions(data: Any) -> dict[str, int]:
+    """The in-place version counter of each tensor of a task's data (a dict of tensors)."""
+    if not isinstance(data, dict):
+        return {}
+    return {name: value._version for name, value in data.items() if isinstance(value, torch.Tensor)}
+
+
 def copy_model(model: torch.nn.Module, memo: dict[int, Any] | None = None) -> torch.nn.Module:
     """copy.deepcopy(model), its parameters' Python attributes included (muP's `infshape`,
     which its layers read in forward): Parameter.__deepcopy__ drops them."""
@@ -316,6 +338,21 @@ class Trainer:
         if model is None:
             raise NotApplicable(f"the entry's make_model returned None for {self.task.name} "
                                 "(it has no model for this task)")
+        meta = next((name for name, t in [*model.named_parameters(), *model.named_buffers()]
+                     if t.is_meta), None)
+        if meta is not None:
+            raise ModelError(
+                f"{self.entry.path / 'entry.py'}: make_model returned a model whose {meta!r} is on "
+                "the meta device (built with device='meta' and never given storage): call "
+                ".to_empty(device='cpu') on it, then initialise its weights with "
+                "torch.nn.init.*(..., generator=generator)")
+        reused = reused_parameter(model)
+        if reused is not None:
+            raise ModelError(
+                f"{self.entry.path / 'entry.py'}: make_model returned a model whose parameter "
+                f"{reused!r} it had returned before (for another seed or network): build a new "
+                "module on every call (a cached or module-level model would train one set of "
+                "weights for every seed, and a later seed would start from trained weights)")
         missing = interface.missing(model)
         if missing:
             raise NotApplicable(f"the model has no {', '.join(m + '()' for m in missing)}, which "
@@ -341,8 +378,12 @@ class Trainer:
     def probe_forward(self, model: torch.nn.Module, data, *, seed: int, network: str) -> None:
         x, expected = self.task.probe(data)
         interface = self.task.interface
-        with torch.no_grad(), self.model_code(seed, network, "model's forward"):
-            out = model(x)
+        try:
+            with torch.no_grad(), self.model_code(seed, network, "model's forward"):
+                out = model(x)
+        except EntryCodeError as err:  # say what the input was: the interface, not a guess
+            raise type(err)(f"{err} (the first forward, on {self.task.name}'s input of shape "
+                            f"{tuple(x.shape)}: {interface.inputs})") from err
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
         # The profile's dtype too: a forward computing in another one (a .double() inside)
         # would give numbers of another precision than every other entry on the profile.
@@ -430,6 +471,7 @@ class Trainer:
         draws would interleave): that is checked at every evaluation step and at the end.
         """
         schedule = set(eval_steps(self.task.config["steps"], self.task.config["evals"]))
+        versions = [data_versions(lane.data) for lane in lanes]
         for lane in lanes:
             lane.traj.not_applicable = self.task.inapplicable(lane.model)
             with self.run_of(lane).entry_code(lane.seed, "optimizer.train", lane.network):
@@ -457,7 +499,25 @@ class Trainer:
                 host = check_host_rngs(host)
                 for lane in (lane for lane in active if lane.observed):
                     lane.traj.record(step, self.observe_lane(lane))
+                self.check_data(lanes, versions)
         check_host_rngs(host)
+        self.check_data(lanes, versions)
+
+    def check_data(self, lanes: list[Lane], versions: list[dict[str, int]]) -> None:
+        """Refuse a run whose model changed the task's data in place (`x.div_()` on its input):
+        every later step and metric, the task's own references included, would read the
+        changed tensors."""
+        for lane, before in zip(lanes, versions, strict=True):
+            changed = [name for name, v in data_versions(lane.data).items() if before.get(name, v) != v]
+            if not changed:
+                continue
+            where = (f"{self.run_of(lane).entry.path / 'entry.py'}: the model"
+                     if self.entry.track != "optimizer" else f"{self.task.name}: the task's code")
+            error = ModelError if self.entry.track != "optimizer" else RuntimeError
+            raise error(f"{where} wrote to the task's data tensor {changed[0]!r} in place (an "
+                        "in-place op such as x.div_(), x += or x[...] = on its input): the later "
+                        "steps and metrics would read what it wrote; compute out of place "
+                        "(x = x / ...)")
 
 
 @contextmanager

@@ -134,7 +134,11 @@ def split_pairs(pairs: list[str], task_names: list[str], *, option: str,
             raise RegistryError(f"{option} {pair!r}: expected key=value or task.key=value")
         key, raw = pair.split("=", 1)
         targets = task_names
-        if "." in key and key.split(".", 1)[0] in all_tasks():
+        prefix = key.split(".", 1)[0] if "." in key else ""
+        if prefix and prefix not in all_tasks() and prefix.replace("_", "-") in all_tasks():
+            raise RegistryError(f"{option} {pair!r}: no task {prefix!r}; task names use hyphens: "
+                                f"{prefix.replace('_', '-')}.{key.split('.', 1)[1]}={raw}")
+        if prefix in all_tasks():
             task, key = key.split(".", 1)
             if task not in per_task:
                 raise RegistryError(f"{option} {pair!r}: task {task!r} is not among the selected tasks")

@@ -116,7 +116,8 @@ def render(runs: pd.DataFrame, fmt: str = "simple", current: dict[str, str] | No
                  f" · files {str(info['entry_hash'])[:12]}")
         track = runs.loc[runs["entry_hash"] == info["entry_hash"]].get("track")
         if track is not None and track.notna().any() and track.dropna().iloc[0] != "optimizer":
-            title += f" · {track.dropna().iloc[0]} track"
+            kind = track.dropna().iloc[0]  # a recipe is ranked on the architecture track
+            title += " · architecture track (recipe)" if kind == "recipe" else f" · {kind} track"
         if str(info["overrides"]).strip() not in ("", "{}"):
             title += f" · overrides {info['overrides']}"
         if info["stale"]:

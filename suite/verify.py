@@ -150,6 +150,14 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
     if left_out == total:
         raise results.ResultsError(f"{where / results.RUNS_FILE}: every {tier}-tier run timed out or lost "
                                    "its worker: nothing to re-run; run them again (without --time-limit)")
+    # A run of a task the entry's model does not apply to has no value to reproduce: drawn, it
+    # would spend one of the k re-runs on nothing (5 of 8 tasks for a sequence model).
+    applicable = reproducible[reproducible["status"] != "not-applicable"]
+    if len(applicable) and len(applicable) < len(reproducible):
+        skipped = reproducible[reproducible["status"] == "not-applicable"]
+        notes(f"{skipped['run_id'].nunique()} runs are of tasks the entry's model does not apply to "
+              f"({', '.join(sorted(set(skipped['task'])))}): verify draws from the other runs")
+        reproducible = applicable
     picked = list(pick_runs(reproducible, k, pick_seed).itertuples(index=False))
     keys = {}
     for run in picked:  # one re-run per recorded batch, however many of its runs were picked

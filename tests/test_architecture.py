@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import vmap
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from suite import profiles, registry, report, runner, score, validate
+from suite import profiles, registry, report, results, runner, score, validate
 from suite.entry import load_entry
 from suite.init import from_generator
 from suite.loop import Trainer
@@ -365,6 +365,30 @@ def test_mode_connectivity_barriers_for_any_architecture(make_entry, tmp_path):
     assert np.isfinite(spawn["value"]).all() and (spawn["value"] >= 0).all()
 
 
+@pytest.mark.parametrize("layer", ["nn.BatchNorm1d(32)",
+                                   "nn.utils.parametrizations.spectral_norm(nn.Linear(32, 32))"])
+def test_mode_connectivity_measures_no_barrier_between_models_with_state_buffers(make_entry, tmp_path, layer):
+    """Their buffers were interpolated like weights: a spectral-normalised layer's norm rose to
+    1.6 midway and the loss barriers grew with the spawn step, the opposite of the phenomenon
+    (found by a user). Only test_error, read at the networks themselves, is measured."""
+    from suite.metrics.connectivity import barrier
+    from suite.tasks.mode_connectivity import path_name
+    sets = ["steps=40", "evals=4", "spawn_steps=[0,10]", "alphas=5"]
+    code = NORMED_MLP.replace("nn.LayerNorm(32)", layer)
+    runs = run(make_entry("stateful", code=code, hparams=""), tmp_path, ["mode-connectivity"], sets=sets)
+    assert set(runs["status"]) == {"ok"}
+    on = runs[runs["applicable"]]
+    assert set(on["metric"]) == {"test_error"} and np.isfinite(on["value"]).all()
+    curves = results.read_results(tmp_path / "out")[1]
+    seed0 = curves[(curves["seed"] == 0) & curves["metric"].str.startswith("path/independent/error@")]
+    end = seed0[seed0["step"] == seed0["step"].max()].set_index("metric")["value"]
+    along = [end.get(path_name("independent", "error", a), np.nan) for a in np.linspace(0, 1, 5)]
+    assert np.isnan(along[1:-1]).all()  # the points between the networks: not measured (no row)
+    assert np.isfinite([along[0], along[-1]]).all()
+    assert on.loc[on["seed"] == 0, "value"].iloc[0] == pytest.approx((along[0] + along[-1]) / 2)
+    assert np.isnan(barrier(values=along, alphas=np.linspace(0, 1, 5)))
+
+
 # A model whose forward needs its own nn.Parameters: functional_call (a batch's vmapped loss,
 # a path's interpolated weights) passes plain tensors, and the forward raises.
 OWN_PARAMETERS = NORMED_MLP.replace("from torch import nn\n", """from torch import nn
@@ -578,3 +602,103 @@ def test_a_task_that_does_not_apply_records_the_same_execution_batched_or_not(tm
         assert set(table["status"]) == {"not-applicable"}, size
     executions = [sorted(t.drop_duplicates("run_id")["execution"]) for t in runs.values()]
     assert executions[0] == executions[1]
+
+
+CACHED = SMALL_MLP.replace('''def make_model(task, hparams, generator):
+    if task.name != "modular-addition":
+        return None
+    p = task.config["p"]
+    return''', '''BUILT = {}
+
+def make_model(task, hparams, generator):
+    if task.name != "modular-addition":
+        return None
+    p = task.config["p"]
+    if "net" in BUILT:  # "build once": every seed would train one set of weights
+        return BUILT["net"]
+    BUILT["net"] =''') + "    return BUILT['net']\n"
+
+
+@pytest.mark.parametrize("seed_batch", ["2", "1"])
+def test_a_model_returned_twice_is_refused(make_entry, tmp_path, seed_batch):
+    """A cached model: batched, both seeds stepped one set of tensors; one by one, seed 1
+    started from seed 0's trained weights. Both without a word."""
+    # code of its own per case: entry modules are loaded once per content (an earlier case's
+    # cache would already hold a model)
+    runs = run(make_entry("cached", code=CACHED + f"# case {seed_batch}\n", hparams=""), tmp_path,
+               ["modular-addition"], seed_batch=seed_batch)
+    failed = runs[runs["status"] == "error"]
+    assert set(failed["seed"]) == ({0, 1} if seed_batch == "2" else {1})
+    message = failed["error"].iloc[0]
+    assert "make_model returned a model whose parameter 'embed.weight' it had returned before" in message
+    assert "build a new module on every call" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("task, code", [
+    ("modular-addition", SMALL_MLP.replace("out = self.mlp(self.embed(pairs).flatten(1))",
+                                           "out = self.mlp(self.embed(pairs.clamp_(0, 10**6)).flatten(1))")),
+    ("fine-grained-collapse", REFERENCE.replace(
+        "    return task.reference_model(generator)",
+        "    model = task.reference_model(generator)\n"
+        "    features = model.features\n"
+        "    model.features = lambda x: features(x.div_(x.norm(dim=1, keepdim=True)))\n"
+        "    return model")),
+])
+def test_a_model_writing_to_its_input_in_place_is_refused(make_entry, tmp_path, task, code):
+    """features() normalising its input in place changed fine-grained-collapse's stored data:
+    input_recovery, which clusters the raw inputs, moved from 0.56 to 0.76 (found by a user)."""
+    runs = run(make_entry("inplace", code=code, hparams=""), tmp_path, [task], seeds=1)
+    assert set(runs["status"]) == {"error"}
+    message = runs["error"].iloc[0]
+    assert "entry.py: the model wrote to the task's data tensor" in message
+    assert "compute out of place" in message and "\n" not in message
+
+
+def test_a_model_left_on_the_meta_device_is_one_line(make_entry, tmp_path):
+    """Built with device='meta' (as the README suggests) and to_empty() forgotten: torch's error
+    from the harness's own .to() was a traceback pointing at ldbench."""
+    code = SMALL_MLP.replace("    return from_generator(lambda: Net(", "    with torch.device('meta'):\n"
+                             "        return Net(").replace('''hparams.get("double", False)),
+                          generator)''', '''hparams.get("double", False))''')
+    assert "torch.device('meta')" in code and "from_generator(" not in code.split("def make_model")[1]
+    runs = run(make_entry("meta", code=code, hparams=""), tmp_path, ["modular-addition"], seeds=1)
+    assert set(runs["status"]) == {"error"}
+    message = runs["error"].iloc[0]
+    assert "make_model returned a model whose 'embed.weight' is on the meta device" in message
+    assert ".to_empty(device='cpu')" in message and "\n" not in message
+
+
+POSITIONAL = """
+import torch
+from torch import nn
+from suite.init import from_generator
+
+class Net(nn.Module):
+    def __init__(self, d, positions):
+        super().__init__()
+        self.pos = nn.Embedding(positions, d + 1)  # one row per position of a training prompt
+        self.out = nn.Linear(d + 1, 1)
+
+    def forward(self, tokens):
+        h = tokens + self.pos(torch.arange(tokens.shape[1]))
+        return self.out(h.mean(1))[:, 0]
+
+def make_model(task, hparams, generator):
+    if task.name != "in-context-regression":
+        return None
+    cfg = task.config
+    return from_generator(lambda: Net(cfg["dim"], cfg["context"] + 1), generator)
+"""
+
+
+def test_a_model_sized_to_the_training_length_fails_at_its_first_forward_saying_why(make_entry, tmp_path):
+    """Evaluation feeds prompts of 2n and 4n pairs: the model failed there, with an IndexError
+    and nothing saying the length varies (found by a user)."""
+    runs = run(make_entry("positional", code=POSITIONAL, hparams=""), tmp_path, ["in-context-regression"],
+               seeds=1)
+    assert set(runs["status"]) == {"error"}
+    message = runs["error"].iloc[0]
+    n = registry.make_task("in-context-regression", "smoke").config["context"]
+    assert "IndexError" in message and "(forward)" in message
+    assert f"the first forward, on in-context-regression's input of shape (4, {4 * n + 1}, " in message
+    assert "L varies: n + 1 in training, n + 1, 2n + 1 and 4n + 1 at evaluation" in message

@@ -42,6 +42,10 @@ def test_a_full_disk_is_one_line_and_keeps_earlier_results(tmp_path, monkeypatch
     (["run", "baselines/sgd", "--tasks", "deep-linear-mode"], "did you mean"),
     (["run", "baselines/sgd", "--profile", "cpu-3core"], "cpu-3core"),
     (["show", "tests"], "no runs.parquet found"),
+    (["run", "baselines/sgd", "--tasks", "deep-linear-modes", "--hparam", "deep_linear_modes.lr=0.1"],
+     "no task 'deep_linear_modes'; task names use hyphens: deep-linear-modes.lr=0.1"),
+    (["run", "baselines/sgd", "--set", "mode_connectivity.steps=10"],
+     "no task 'mode_connectivity'; task names use hyphens: mode-connectivity.steps=10"),
 ])
 def test_input_errors_are_one_line(args, expected):
     assert expected in one_error_line(CliRunner().invoke(main, args))

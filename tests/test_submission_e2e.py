@@ -163,6 +163,24 @@ def test_verify_leaves_timed_out_runs_out_and_checks_bits_with_exact(submitted, 
     assert exact.exit_code == 1 and "differ from the submitted results; rerun" in exact.output
 
 
+def test_verify_draws_its_runs_among_those_with_values(submitted, tmp_path):
+    """Not-applicable runs were drawn like any other: for a sequence model (5 of 8 tasks not
+    applicable) most re-runs checked nothing, and their NaNs counted as reproduced."""
+    folder, _ = submitted
+    copy = tmp_path / "lion"
+    shutil.copytree(folder, copy)
+    path = copy / "results/cpu-2core/smoke/runs.parquet"
+    runs = results.read_table(path)
+    runs.loc[runs.seed != 3, ["status", "value"]] = ["not-applicable", math.nan]
+    results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), path)
+    result = CliRunner().invoke(main, ["verify", str(copy), "--tier", "smoke", "--runs", "1",
+                                       "--pick-seed", "0"])
+    assert result.exit_code == 0, result.output
+    assert (f"note: 4 runs are of tasks the entry's model does not apply to ({TASK}): verify draws "
+            "from the other runs") in result.output
+    assert {line.split()[1] for line in result.output.splitlines() if line.startswith(TASK)} == {"3"}
+
+
 def test_verify_reruns_runs_on_the_threads_they_recorded_with_a_note(submitted, tmp_path, monkeypatch):
     """Runs recorded with two threads (cpu-2core before it pinned one) are re-run on two, as
     they were made, and verify says so."""

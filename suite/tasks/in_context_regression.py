@@ -168,7 +168,8 @@ class InContextRegression(Task):
     )
     target = "steps_to_near_optimal"
     interface = ModelInterface(
-        inputs="float (B, L, d + 1): rows (x_i, y_i) of the L - 1 context pairs, then (x_q, 0)",
+        inputs="float (B, L, d + 1): rows (x_i, y_i) of the L - 1 context pairs, then (x_q, 0); "
+               "L varies: n + 1 in training, n + 1, 2n + 1 and 4n + 1 at evaluation",
         outputs="float (B,): the prediction of y_q",
         optimizer=("adamw", (("lr", 1e-3), ("weight_decay", 0.01))),
         optional=(("patterns", (*PATTERNS, *OV_PATTERNS)),))
@@ -263,7 +264,10 @@ class InContextRegression(Task):
                               noise=cfg["noise"], generator=generator, device=generator.device)
 
     def probe(self, data):
-        x = data["tokens"][:4]  # (4, L, d + 1)
+        # The longest held-out prompts (4n pairs): a model sized to the training length (a
+        # positional table of n + 1 rows) fails here, at its first forward, not at evaluation.
+        longest = max(self.lengths().items(), key=lambda kv: kv[1])[0]
+        x = data[f"tokens{longest}"][:4]  # (4, 4n + 1, d + 1)
         return x, (len(x),)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

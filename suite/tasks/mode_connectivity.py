@@ -1,8 +1,11 @@
 """Linear mode connectivity of a small MLP: spawning (Frankle et al. 2020), Git Re-Basin and LLFC.
 
 Model interface (architecture entries): `forward(x)` float (N, d) → (N, C) logits. Spawn and
-independent barriers apply to any such model: θ(α) interpolates every floating parameter and
-buffer by name (`metrics.connectivity.state_path_curve`). Weight matching and LLFC permute hidden
+independent barriers apply to any such model whose state is its parameters: θ(α) interpolates
+every floating parameter by name (`metrics.connectivity.state_path_curve`). A model with
+floating-point buffers in its state (BatchNorm running statistics, spectral_norm's vectors) gets
+`test_error` alone: interpolating such state is not interpolating the network, and recomputing it
+along the path is not built (`STATE`). Weight matching and LLFC permute hidden
 units and read hidden features, so they need the reference layout, an `nn.Sequential` of
 [Linear, ReLU] × depth, Linear with the config's depth (any widths); for other models those
 metrics are not applicable (a general permutation spec, as in Git Re-Basin, is not built).
@@ -12,6 +15,7 @@ Reference optimizer: SGD lr 0.07, momentum 0.9 (the momentum baseline's table).
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
@@ -44,6 +48,25 @@ LLFC_ALPHA = 0.5
 RES_LOSS = 1e-6
 RES_LLFC = 1e-6
 RANGE = {"loss": (0.0, math.inf), "error": (0.0, 1.0)}  # valid values of a loss and an error curve
+
+
+# What the barriers and LLFC cannot measure for some models (ModelInterface.unsupported).
+LAYOUT = ("weight matching and LLFC permute and read the hidden units of the reference layout "
+          "([Linear, ReLU] × depth, Linear), which this model does not have")
+LAYOUT_METRICS = ("*_barrier/matched", "llfc/layer_*", "llfc_baseline/layer_*")
+STATE = ("the model keeps floating-point state in buffers (BatchNorm running statistics, "
+         "spectral_norm's power-iteration vectors): interpolating them is not interpolating the "
+         "network (a spectral-normalised layer's norm rose to 1.6 midway), and recomputing them "
+         "along the path is not built; a constant can be registered with persistent=False")
+STATE_METRICS = ("*_barrier/spawn_*", "*_barrier/independent", "stable_spawn_step")
+
+
+def state_buffers(model: nn.Module) -> list[str]:
+    """The floating-point buffers of `model`'s state dict (what interpolating the state by name
+    would interpolate beyond its parameters)."""
+    params = {name for name, _ in model.named_parameters()}
+    return [name for name, value in model.state_dict().items()
+            if name not in params and value.is_floating_point()]
 
 
 def path_name(pair: str, kind: str, alpha: float) -> str:
@@ -179,9 +202,7 @@ class ModeConnectivity(Task):
     interface = ModelInterface(
         inputs="float (N, d): inputs", outputs="float (N, C): class logits",
         optimizer=("sgd", (("lr", 0.07), ("momentum", 0.9))),
-        unsupported=(("weight matching and LLFC permute and read the hidden units of the "
-                      "reference layout ([Linear, ReLU] × depth, Linear), which this model does "
-                      "not have", ("*_barrier/matched", "llfc/layer_*", "llfc_baseline/layer_*")),))
+        unsupported=((LAYOUT, LAYOUT_METRICS), (STATE, STATE_METRICS)))
     tiers = {
         "smoke": dict(steps=300, evals=12, dim=8, clusters=32, classes=4, cluster_std=0.3,
                       n_train=512, n_test=512, width=32, depth=2, batch_size=32,
@@ -336,10 +357,12 @@ class ModeConnectivity(Task):
 
     def inapplicable(self, model: nn.Module) -> tuple[str, ...]:
         """Weight matching and LLFC need the reference layout (they permute hidden units and
-        read hidden features): other models get the barriers without them."""
-        if self.snapshot(model).mlp is not None:
-            return ()
-        return self.interface.unsupported_metrics(list(self.metrics()))
+        read hidden features): other models get the barriers without them. Barriers need a
+        model whose state is its parameters (STATE): one with floating buffers gets test_error
+        alone."""
+        patterns = [*(LAYOUT_METRICS if self.snapshot(model).mlp is None else ()),
+                    *(STATE_METRICS if state_buffers(model) else ())]
+        return tuple(m for m in self.metrics() if any(fnmatch.fnmatchcase(m, p) for p in patterns))
 
     def probe(self, data):
         x = data["x_train"][:8]  # (8, d)
@@ -401,9 +424,16 @@ class ModeConnectivity(Task):
             curve = path_curve(params_a=a.mlp, params_b=b.mlp, alphas=alphas,
                                x=data["x_test"], y=data["y_test"])
         else:  # any architecture: interpolate its state by name; its forward is the entry's code
+            # With state buffers only the two networks themselves are measured (α = 0 and 1:
+            # their test errors); the points between would interpolate the buffers (STATE).
+            ends = bool(state_buffers(a.model))
             with forward():
                 curve = state_path_curve(model=a.model, state_a=a.state, state_b=b.state,
-                                         alphas=alphas, x=data["x_test"], y=data["y_test"])
+                                         alphas=[0.0, 1.0] if ends else alphas,
+                                         x=data["x_test"], y=data["y_test"])
+            if ends:
+                curve = {kind: np.array([curve[kind][0], *[math.nan] * (len(alphas) - 2), curve[kind][1]])
+                         for kind in ("loss", "error")}
         out = {}
         for kind in ("loss", "error"):
             out.update({path_name(pair, kind, a): v for a, v in zip(alphas, curve[kind], strict=True)})
