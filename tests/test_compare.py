@@ -118,6 +118,10 @@ def test_columns_spanning_tracks_get_a_note_and_one_track_none():
     assert compare.tracks_note([optimizer, model]) == (
         "note: the columns span tracks (adam: optimizer; gpt: architecture); the leaderboard ranks "
         "each track by itself, so a difference here compares a model against an optimizer")
+    # a recipe (model and optimizer) is ranked on the architecture track: no note against a model
+    recipe = compare.Column("gpt-sf", pd.DataFrame({"track": ["recipe"]}), empty)
+    assert compare.tracks_note([model, recipe]) is None
+    assert compare.tracks_note([optimizer, recipe]) is not None
 
 
 def test_compare_refuses_mixed_tiers_in_one_line(make_entry, tmp_path):
