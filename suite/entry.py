@@ -268,16 +268,28 @@ def load_entry(folder: str | Path) -> Entry:
 
 
 def check_fields(manifest: Path, raw: dict[str, Any]) -> None:
-    for key in REQUIRED:
-        if key not in raw:
-            raise fail(manifest, f"lacks the field {key!r}", f"add {key} = ... at the top level")
+    """The top-level fields: every problem of their names and types said at once (a misspelt
+    field is both missing and unknown: said once, as a rename), then the values."""
+    known = list(REQUIRED) + list(OPTIONAL)
+    unknown = [key for key in raw if key not in known]
+    renames = {}  # misspelt -> meant
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        if close and close[0] not in raw and close[0] not in renames.values():
+            renames[key] = close[0]
+    problems = [f"field {key!r} should be {meant!r} (rename it)" for key, meant in renames.items()]
+    problems += [f"lacks the field {key!r} (add {key} = ... at the top level)" for key in REQUIRED
+                 if key not in raw and key not in renames.values()]
+    problems += [f"has an unknown field {key!r} (remove it{did_you_mean(key, known)})"
+                 for key in unknown if key not in renames]
     for key, value in raw.items():
         kind = REQUIRED.get(key) or OPTIONAL.get(key)
-        if kind is None:
-            known = list(REQUIRED) + list(OPTIONAL)
-            raise fail(manifest, f"has an unknown field {key!r}", f"remove it{did_you_mean(key, known)}")
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise fail(manifest, f"field {key!r} has type {type(value).__name__}", "see entry docs")
+        wrong = kind is not None and not isinstance(value, kind)
+        if wrong or (kind is not None and isinstance(value, bool) and kind is not bool):
+            wanted = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            problems.append(f"field {key!r} has type {type(value).__name__}, not {wanted}")
+    if problems:
+        raise EntryError(f"{manifest}: " + "; ".join(problems))
     if not NAME_PATTERN.match(raw["name"]):
         raise fail(manifest, f"name {raw['name']!r} is not allowed",
                    "use 1-64 characters from a-z, 0-9, '-' and '_', starting with a letter or digit")

@@ -48,6 +48,20 @@ def test_bad_name_and_unknown_field(make_entry):
         load_entry(make_entry(extra='autors = ["x"]'))
 
 
+def test_every_field_problem_of_a_manifest_is_said_at_once(make_entry):
+    """A manifest with three misspelt fields took three rounds of `validate`, and a misspelt
+    required field was said as "lacks 'authors'" first, "unknown 'autors'" next."""
+    folder = make_entry()
+    (folder / "entry.toml").write_text('name = "x"\nversion = 1\nautors = ["A"]\ndescription = "d"\n'
+                                       'requirement = ["torch"]\nhomepage = 3\n[hparam.default]\nlr = 0.1\n')
+    with pytest.raises(EntryError) as err:
+        load_entry(folder)
+    assert str(err.value) == (
+        f"{folder / 'entry.toml'}: field 'autors' should be 'authors' (rename it); field 'requirement' "
+        "should be 'requirements' (rename it); field 'hparam' should be 'hparams' (rename it); field "
+        "'homepage' has type int, not str")
+
+
 def test_missing_make_optimizer(make_entry):
     entry = load_entry(make_entry(code="def make_optimiser(params, hparams, task):\n    pass\n"))
     task = make_task("deep-linear-modes", "smoke")
