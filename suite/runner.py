@@ -36,6 +36,18 @@ def default_out(entry: Entry, profile: str, tier: str) -> Path:
     return entry.path / "results" / profile / tier
 
 
+def check_own_results(folder: Path, entry: Entry) -> None:
+    """An entry's own results folder holds its runs alone: another entry's there (a baseline's,
+    copied with its folder as a template) would be refused by validate after the whole run."""
+    if not results.results_folders(folder):
+        return
+    others = sorted(set(results.read_folder(folder)[0]["entry"].astype(str)) - {entry.name})
+    if others:
+        raise results.ResultsError(
+            f"{folder}: holds runs of entry {others[0]!r}, not of {entry.name!r} (copied with the "
+            f"folder it was made from?); delete {entry.path / 'results'} and run again")
+
+
 def run_id(*, entry: Entry, entry_hash: str, task: Task, seed: int, tier: str, profile: str,
            overrides: dict[str, Any]) -> str:
     """Stable id of a run: same entry files, task version, seed, tier, profile, overrides."""
@@ -343,6 +355,8 @@ def run_suite(entry_dir: str | Path, *, tasks: list[str] | None = None, seeds: i
     out = Path(out) if out else default_out(entry, profile, tier)
     digest, fingerprint = entry.hash, profiles.fingerprint(prof, entry.path)
     done = results.done_run_ids(out)
+    if out.absolute() == default_out(entry, profile, tier).absolute():
+        check_own_results(out, entry)
     ids = [run_id(entry=entry, entry_hash=digest, task=p.task, seed=p.seed, tier=tier,
                   profile=profile, overrides=p.overrides) for p in plans]
     todo = [(p, rid) for p, rid in zip(plans, ids, strict=True) if rid not in done]

@@ -412,13 +412,16 @@ def coverage_problems(path: Path, runs: pd.DataFrame, entry: Entry, digest: str,
             continue
         problems += task_problems(path, rows, cls(cls.tiers[tier]), entry, digest, tier=tier,
                                   profile=profile, min_seeds=min_seeds, again=again,
-                                  check_ids=check_ids)
+                                  check_ids=check_ids, whole=f"delete {path.parent} and run `{rerun}`")
     return problems
 
 
 def task_problems(path: Path, rows: pd.DataFrame, task: Task, entry: Entry, digest: str, *,
-                  tier: str, profile: str, min_seeds: int, again: str, check_ids: bool) -> list[str]:
-    """The runs of one task: no overrides, consistent ids, declared metrics, finite values."""
+                  tier: str, profile: str, min_seeds: int, again: str, check_ids: bool,
+                  whole: str) -> list[str]:
+    """The runs of one task: no overrides, consistent ids, declared metrics, finite values.
+    `again` reruns the task (its missing runs join the folder); `whole` remakes the folder,
+    the fix where runs must go (no command removes some runs of a folder)."""
     where, problems = f"task {task.name!r}", []
     runs: dict[str, tuple] = {}  # run_id -> (seed, overrides, status, error) of its first row
     shared = False
@@ -430,15 +433,16 @@ def task_problems(path: Path, rows: pd.DataFrame, task: Task, entry: Entry, dige
     if overridden:
         problems.append(line(path, f"{where}: {overridden} runs used --set or --hparam "
                              f"overrides, so they are not the {tier} tier of this entry",
-                             f"rerun without them (put hyperparameters in entry.toml): {again}"))
+                             f"{whole} (every task; put hyperparameters in entry.toml, and write "
+                             "runs with overrides elsewhere with --out)"))
     if shared:
         problems.append(line(path, f"{where}: a run_id is shared by different seeds",
                              "the table was edited; regenerate it: " + again))
     per_seed = Counter(seed for seed, _, _, _ in runs.values())
-    if any(n > 1 for n in per_seed.values()):
+    if any(n > 1 for n in per_seed.values()) and not overridden:  # else: said above
         problems.append(line(path, f"{where}: duplicate runs for seeds "
                              f"{sorted(s for s, n in per_seed.items() if n > 1)}",
-                             "keep one run per seed: delete the folder and " + again))
+                             f"keep one run per seed: {whole}"))
     forged = [seed for rid, (seed, _, _, _) in runs.items() if rid != runner.run_id(
         entry=entry, entry_hash=digest, task=task, seed=seed, tier=tier, profile=profile, overrides={})]
     if forged and check_ids and not overridden:

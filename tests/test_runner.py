@@ -36,6 +36,22 @@ def test_results_are_plain_parquet_with_the_contract_columns(make_entry, tmp_pat
     assert set(curves.run_id) == set(runs.run_id)
 
 
+def test_an_entry_copied_with_another_entrys_results_is_refused_before_any_run(make_entry, tmp_path):
+    """`cp -r baselines/adam submissions/mine` (the submission guide's first step) kept Adam's
+    runs in mine/results/: `run` appended to them, and validate refused the folder afterwards."""
+    import shutil
+    template = make_entry("template")
+    run(template, None, seeds=1, tasks=["deep-linear-modes"])
+    mine = tmp_path / "mine"
+    shutil.copytree(template, mine)
+    toml = mine / "entry.toml"
+    toml.write_text(toml.read_text().replace('name = "template"', 'name = "mine"'))
+    with pytest.raises(results.ResultsError, match=r"smoke: holds runs of entry 'template', not of "
+                       r"'mine' \(copied with the folder it was made from\?\); delete .*mine/results"):
+        run(mine, None, seeds=1, tasks=["deep-linear-modes"])
+    run(mine, tmp_path / "elsewhere", seeds=1, tasks=["deep-linear-modes"])  # --out: any folder
+
+
 def test_same_entry_seed_profile_give_identical_numbers(make_entry, tmp_path):
     entry = make_entry()
     first = run(entry, tmp_path / "a", seeds=2).sort_values(["run_id", "metric"])

@@ -181,6 +181,19 @@ def test_every_problem_is_one_line_naming_a_file(tmp_path):
         assert "\n" not in problem and problem.startswith(str(folder))
 
 
+def test_runs_with_overrides_beside_plain_ones_are_one_problem_whose_fix_keeps_every_task(tmp_path):
+    """An --hparam run into the tier's folder: validate said the task had duplicate runs and that
+    the fix was "delete the folder and run ... --tasks TASK", which throws the other tasks away."""
+    folder = valid_submission(tmp_path / "submissions")
+    rewrite_runs(folder, lambda r: pd.concat([r, r[r.task == first_task()].assign(
+        overrides='{"hparams": {"lr": 0.5}}', run_id=lambda d: d.run_id.str[::-1])], ignore_index=True))
+    problems = [p for p in validate_submission(folder) if "have no curves" not in p]  # (copied rows)
+    assert len(problems) == 1, problems
+    assert "used --set or --hparam overrides" in problems[0] and "duplicate" not in problems[0]
+    assert f"delete {folder / RUNS.parent} and run `ldbench run" in problems[0]
+    assert "(every task;" in problems[0] and "--tasks" not in problems[0]
+
+
 # -- hypothesis: malformed input never raises ------------------------------------------------
 
 TOML_VALUES = st.one_of(
