@@ -56,15 +56,19 @@ def columns(paths: list[str | Path], *, tier: str | None, profile: str) -> list[
     pooled across them. A results folder keeps the runs of an entry's older files beside the
     new ones (same seeds, other code): they are a column of their own, labelled with their
     files' hash, and `(older files ...)` where the entry folder says which files are current."""
+    from suite import tune
+
     found = []
     for path in paths:
         runs, curves = load(path, tier=tier, profile=profile)
+        if tune.is_study(Path(path)):  # each task's chosen point: one column, the study's result
+            runs = runs.assign(overrides=f"(tuned, {Path(path).name})")
         now = current_hash(Path(path))
         hashes = runs.groupby("entry")["entry_hash"].nunique()
         groups = sorted(runs.groupby(["entry", "entry_hash", "tier", "overrides"], sort=False, dropna=False),
                         key=lambda group: now is not None and group[0][1] != now)  # current files first
         for (entry, files, tier_, overrides), part in groups:
-            label = entry + ("" if overrides in ("", "{}") else f" {overrides}")
+            label = entry + ("" if overrides in ("", "{}") else f" {overrides}")  # a study: (tuned, ...)
             if now is not None and files != now:
                 label += f" (older files {str(files)[:12]})"
             elif now is None and hashes[entry] > 1:

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
-from suite import compare, results, score
+from suite import compare, results, score, tune
 from suite.cli import main
 from suite.task import Metric
 from tests.conftest import REPO
@@ -193,6 +193,11 @@ def test_a_study_compares_as_its_chosen_points_evaluation_runs():
     seeds = {int(s) for c in cols for s in c.runs["seed"]}
     assert seeds <= set(spec["eval_seeds"]) and cols
     tuned = json.loads((study / "tuned.json").read_text())["tuned"]
-    for c in cols:
-        for task, overrides in c.runs[["task", "overrides"]].drop_duplicates().itertuples(index=False):
-            assert json.loads(overrides or "{}").get("hparams", {}) == tuned[task]
+    chosen = tune.chosen_results(study)[0]
+    for task, overrides in chosen[["task", "overrides"]].drop_duplicates().itertuples(index=False):
+        assert json.loads(overrides or "{}").get("hparams", {}) == tuned[task]
+    # one column, the study's result: each task at its own chosen point (it was a column per
+    # distinct point, each with one task filled)
+    assert [c.label for c in cols] == ["adam (tuned, budget-16)"]
+    assert set(cols[0].runs["run_id"]) == set(chosen.loc[chosen["tier"] == "smoke", "run_id"])
+    assert set(cols[0].runs["task"]) == set(tuned)
