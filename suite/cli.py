@@ -65,6 +65,13 @@ def main() -> None:
     """ldbench: a benchmark suite for the learning dynamics of neural networks."""
 
 
+def optimizer_text(optimizer: tuple[str, tuple]) -> str:
+    """('sgd', (('lr', 0.07), ('momentum', 0.9))) as 'SGD lr 0.07, momentum 0.9'."""
+    name, kwargs = optimizer
+    shown = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}.get(name, name)
+    return f"{shown} " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in kwargs)
+
+
 @main.command()
 def tasks() -> None:
     """List the tasks with their version, family, tiers and metrics."""
@@ -76,6 +83,7 @@ def tasks() -> None:
         face = cls.interface
         model = (f"{face.inputs} → {face.outputs}" + (f"; needs {', '.join(face.requires)}()"
                                                        if face.requires else "")
+                 + f"; reference optimizer {optimizer_text(face.optimizer)}"
                  if face else "optimizer-only")
         rows.append([name, cls.version, cls.family, tiers, model, listed])
     click.echo(tabulate(rows, headers=["task", "version", "family", "tiers", "model interface",

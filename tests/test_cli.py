@@ -12,6 +12,10 @@ def test_tasks_lists_versions_families_and_directions():
     for word in ("deep-linear-modes", "stage-timing", "shared-representation",
                  "representation-recovery", "stage_time/mode_0 ↓"):
         assert word in result.output
+    assert "reference optimizer" in result.output  # each interface's, as README says
+    from suite.cli import optimizer_text
+    from suite.registry import task_class
+    assert optimizer_text(task_class("mode-connectivity").interface.optimizer) == "SGD lr 0.07, momentum 0.9"
 
 
 def test_run_then_show(make_entry, tmp_path):

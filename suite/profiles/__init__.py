@@ -29,7 +29,8 @@ class ProfileError(RuntimeError):
 
 @dataclass(frozen=True)
 class Profile:
-    """A pinned hardware configuration, one `suite/profiles/NAME.toml` (every field required).
+    """A pinned hardware configuration, one `suite/profiles/NAME.toml` (every field required but
+    omp_spin_count, cpu_capability and unbatched).
 
     description: one line, shown on the leaderboard. device: "cpu" or "cuda". threads: torch's
     intra-op threads, and the threads of numpy's and scipy's BLAS (host-side metrics: weight
@@ -37,8 +38,8 @@ class Profile:
     algorithms. tf32: TF32 matmuls on CUDA. omp_wait_policy: how torch's idle OpenMP threads
     wait for work: "passive" sleeps at once (OMP_WAIT_POLICY=PASSIVE), "active" spins until
     work comes (ACTIVE: faster on cores nothing else uses, many times slower on shared ones),
-    "spin" spins `omp_spin_count` times and then sleeps (GOMP_SPINCOUNT; the profile's one
-    optional field, required with "spin" alone). They are set before torch loads
+    "spin" spins `omp_spin_count` times and then sleeps (GOMP_SPINCOUNT; required with "spin",
+    refused otherwise). They are set before torch loads
     (`suite/startup.py`); a process whose torch started with other values refuses the profile
     (`check`). workers: how many runs the profile trains at a time (`ldbench run` without
     --workers): 1 in the ldbench process; N > 1 in a local Dask cluster of N worker processes,
