@@ -223,6 +223,8 @@ def test_entry_pages_state_each_targets_median_and_ratio(site):
             if math.isfinite(r.time_to_target):
                 text = (f"Target {r.metric}: median over seeds {r.time_to_target:,.0f} steps, "
                         f"{r.ratio:.2f}× the steps of the best entry")
+            elif r.failures == r.seeds and r.unreached == 0:  # every seed failed: no result
+                text = f"Target {r.metric}: no seed has a result (every run failed)"
             else:
                 text = f"Target {r.metric}: reached by half the seeds or fewer"
             assert text in page, (entry, text)
@@ -278,9 +280,9 @@ def test_tables_lead_with_ranked_metrics_and_fold_the_diagnostics(site):
     declared = registry.make_task("mode-connectivity", "standard").metrics()
     heads = lambda text: [re.sub(r"<wbr>| [↓↑]|\s*\(diagnostic\)", "", h)  # noqa: E731
                           for h in re.findall(r'<th title="[^"]*">([^<]*(?:<wbr>[^<]*)*)</th>', text)]
-    assert heads(main) == ["steps to target", "ratio"] + [
+    assert heads(main) == ["entry", "steps to target", "ratio"] + [
         m for m, spec in declared.items() if spec.role != "diagnostic"]
-    assert heads(folded) == [m for m, spec in declared.items() if spec.role == "diagnostic"]
+    assert heads(folded) == ["entry"] + [m for m, spec in declared.items() if spec.role == "diagnostic"]
     assert "loss_barrier/<wbr>spawn_0" in main  # long names wrap instead of widening the table
     assert 'class="sortable metrics"' in main  # the entry column stays in view (sticky)
 
@@ -597,9 +599,21 @@ def test_page_in_a_browser_has_both_tracks_tables_plots_and_no_console_errors(si
     first = browser.evaluate("""(() => {
         const table = document.querySelector('#cpu-2core-standard-optimizer-overall');
         const th = table.querySelector('th:nth-child(3)');
-        th.click(); th.click();  // score, descending
+        th.click();  // score: larger is better, so the first click sorts descending
         return table.querySelector('tbody tr').dataset.entry; })()""")
     assert first == overall.loc[overall["score"].idxmax(), "entry"]
+    # Cells without a value (failed seeds, n/a) sort last whichever way; Enter sorts too.
+    tails = browser.evaluate("""(() => Array.from(document.querySelectorAll('table.sortable.metrics'))
+        .map(table => Array.from(table.querySelectorAll('th')).slice(1).map((th, i) => {
+            const order = () => Array.from(table.tBodies[0].rows).map(r => r.cells[i + 1].dataset.sort);
+            th.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter'}));
+            const first = order();
+            th.click();
+            return [first, order()]; })).flat())()""")
+    blank_last = [all(v == "" for v in order[order.index(""):]) if "" in order else True
+                  for pair in tails for order in pair]
+    assert tails and all(blank_last)
+    assert any("" in order for pair in tails for order in pair)  # the check saw some
     shown = """(id, q) => {
         const box = document.querySelector(`input[data-table^="${id}"]`);
         box.value = q; box.dispatchEvent(new Event('input'));

@@ -77,11 +77,35 @@ def environment() -> jinja2.Environment:
     env.filters["num"] = format_number
     env.filters["sortval"] = sort_value
     env.filters["wbr"] = break_slashes
+    env.filters["code"] = code_spans
+    env.filters["toml"] = toml_text
     env.filters["td"] = cell_td
     env.filters["entry_td"] = entry_td
     env.globals["tau_max"] = TAU_MAX
     env.globals["interval_method"] = interval.METHOD  # the same words as `ldbench show`
     return env
+
+
+def toml_text(value) -> str:
+    """A hyperparameter as entry.toml writes it (true, "text", [1, 2], { a = 1 }), numbers as the
+    trials table rounds them; not Python's repr (True, {'a': 1})."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return format_number(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_text(v)}" for k, v in value.items()) + " }"
+    return str(value)
+
+
+def code_spans(text: str) -> markupsafe.Markup:
+    """`text` escaped, its `backquoted` spans (written for the Markdown README too) as <code>."""
+    parts = str(markupsafe.escape(text)).split("`")
+    return markupsafe.Markup("".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts)))
 
 
 def break_slashes(text: str) -> markupsafe.Markup:
@@ -121,8 +145,9 @@ def entry_td(row: dict, root: str) -> markupsafe.Markup:
 
 
 def sort_value(value: float) -> str:
-    """A number the page's table sorter can parse: failures (inf, NaN) sort last."""
-    return repr(float(value)) if math.isfinite(value) else "1e308"
+    """A number the page's table sorter can parse; '' (no value: a failure, n/a, none) sorts
+    last whichever way the column is sorted."""
+    return repr(float(value)) if math.isfinite(value) else ""
 
 
 def write_text(path: Path, text: str) -> None:
@@ -169,8 +194,12 @@ def rank_of(row: dict | None) -> int | None:
     return None if row is None or row["rank"] is None else int(row["rank"])
 
 
-def steps_text(value: float) -> str:
-    return "not reached" if not math.isfinite(value) else f"{value:,.0f}"
+def steps_text(value: float, row: dict | None = None) -> str:
+    """Median steps to the target; where it is infinite, why: seeds that missed the target, or
+    (`row`'s counts: none missed it, all that count failed) seeds without a result."""
+    if math.isfinite(value):
+        return f"{value:,.0f}"
+    return "no result" if row is not None and int(row["unreached"]) == 0 else "not reached"
 
 
 def ratio_text(value: float) -> str:
@@ -264,17 +293,19 @@ def overall_rows(rows: list[dict], families: list[str], expected: set[str]) -> l
         shown.append({
             "rank": None if r["rank"] is None else int(r["rank"]), "entry": entry, "recipe": entry in recipes,
             "score": "—" if not math.isfinite(r["score"]) else f"{r['score']:.3f}",
-            "score_sort": r["score"] if math.isfinite(r["score"]) else -1.0,
+            "score_sort": r["score"],
             "solved": f"{int(r['solved'])}/{int(r['tasks'])}", "na": na.get(entry, 0),
-            "solved_sort": r["solved"] / r["tasks"] if r["tasks"] else -1.0,
+            "solved_sort": r["solved"] / r["tasks"] if r["tasks"] else math.nan,
             "incomplete": ", ".join(missing) if missing else "",
             "families": [family_cell(fam.get((f, entry))) for f in families]})
-    return sorted(shown, key=lambda r: (r["rank"] is None, r["rank"] or 0, -r["score_sort"], r["entry"]))
+    return sorted(shown, key=lambda r: (r["rank"] is None, r["rank"] or 0,
+                                        -r["score_sort"] if math.isfinite(r["score_sort"]) else 1.0,
+                                        r["entry"]))
 
 
 def family_cell(row: dict | None) -> dict:
     if row is None:
-        return {"text": "—", "sort": -1.0, "incomplete": False}
+        return {"text": "—", "sort": math.nan, "incomplete": False}
     return {"text": f"{row['score']:.3f}", "sort": row["score"], "incomplete": not row["complete"]}
 
 
@@ -324,7 +355,7 @@ def task_section(name: str, cls: type[Task], rows: list[dict], declared: dict, *
         table.append({
             "entry": entry, "recipe": per_entry[entry,][0]["recipe"], "na": na,
             "failed": f"{note['failed']}/{seeds}" if note["failed"] else "", "failed_why": note["why"],
-            "time": "n/a" if na else steps_text(t["time_to_target"]),
+            "time": "n/a" if na else steps_text(t["time_to_target"], target.get(entry)),
             "ratio": "n/a" if na else ratio_text(t["ratio"]), "ratio_sort": t["ratio"],
             "cells": [cell(by_key.get((entry, m)), why) for m in ranked],
             "diagnostics": [cell(by_key.get((entry, m)), why) for m in diagnostics]})
@@ -358,10 +389,14 @@ def cell(row: dict | None, why) -> dict:
 
 
 def sort_key(row: dict | None) -> float:
-    """A number the page's table sorter orders by: the mean, failures last."""
-    if row is None or not math.isfinite(row["mean"]):
+    """What the page's table sorter orders a metric column by: a ranked metric's rank (so that
+    sorting agrees with the ranks, failed seeds and resolution included; equal ranks keep the
+    table's order), a diagnostic's mean; no value (failures, n/a) last."""
+    if row is None:
         return math.inf
-    return row["mean"]
+    if rank_of(row) is not None:
+        return float(rank_of(row))
+    return row["mean"] if math.isfinite(row["mean"]) else math.inf
 
 
 def read_curves(inputs: Inputs, entry: str, profile: str, cache: dict | None) -> pd.DataFrame | None:
@@ -577,7 +612,7 @@ def entry_task(task: str, cls: type[Task], rows: list[dict], declared: dict, not
                                                               else na_reason(cls, r["metric"]))})
     values = {r["metric"]: (r["mean"], r["ci_low"], r["ci_high"]) for r in rows if r["applicable"]}
     return {"task": task, "metrics": shown, "na": na, "target": target_text(rows),
-            "failed": f"{note['failed']}/{rows[0]['seeds']}"
+            "failed": f"{note['failed']}/{int(rows[0]['seeds'])}"
             if note["failed"] else "", "failed_why": note["why"],
             "plots": [] if na else entry_plots(declared["plots"], means, values)}
 
@@ -589,6 +624,9 @@ def target_text(rows: list[dict]) -> str:
     if row is None:
         return ""
     time = row["time_to_target"]
+    if not math.isfinite(time) and int(row["failures"]) == int(row["seeds"]) and not int(row["unreached"]):
+        return (f"Target {row['metric']}: no seed has a result (every run failed), so this task "
+                "counts as unsolved in the family score.")
     if not math.isfinite(time):
         return (f"Target {row['metric']}: reached by half the seeds or fewer (the median over seeds "
                 "is not reached), so this task counts as unsolved in the family score.")

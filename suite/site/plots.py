@@ -151,11 +151,11 @@ def positive(values) -> bool:
 VIEWBOX = re.compile(r'viewBox="0 0 ([0-9.]+) ([0-9.]+)"')
 
 
-def document(width: float, height: float, body: list[str]) -> str:
-    """An SVG document with small.py's text style."""
+def document(width: float, height: float, body: list[str], label: str) -> str:
+    """An SVG document with small.py's text style; `label` names it for screen readers."""
     return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
             f'width="{width:.0f}" height="{height:.0f}" font-size="9.5" font-family="system-ui, sans-serif" '
-            f'fill="#1d232b" role="img">{"".join(body)}</svg>')
+            f'fill="#1d232b" role="img" aria-label="{escape(label)}">{"".join(body)}</svg>')
 
 
 def grid(panels: list[tuple[str, str]]) -> str:
@@ -170,7 +170,7 @@ def grid(panels: list[tuple[str, str]]) -> str:
             body.append(panel.replace("<svg ", f'<svg x="{x:.0f}" y="{y + TITLE:.0f}" ', 1))
             x, height = x + w, max(height, h)
         y, width = y + TITLE + height, max(width, x)
-    return document(width, y, body)
+    return document(width, y, body, "panels: " + ", ".join(title for title, _ in panels))
 
 
 def draw_panels(spec: PlotSpec, curves: pd.DataFrame, metrics: pd.DataFrame,
@@ -252,7 +252,7 @@ def dot_rows(spec: PlotSpec, rows: pd.DataFrame, shown: list[str]) -> str:
                     f'<text x="{x:.1f}" y="{bottom + 13}" text-anchor="middle">{escape(text)}</text>')
     body.append(f'<text x="{left + DOT_WIDTH / 2:.0f}" y="{bottom + 27}" text-anchor="middle">'
                 f'{escape(f"{spec.xlabel}, mean [{interval.METHOD}]")}</text>')
-    return document(left + DOT_WIDTH + small.RIGHT, bottom + 34, body)
+    return document(left + DOT_WIDTH + small.RIGHT, bottom + 34, body, f"{spec.xlabel} per entry")
 
 
 def draw_path(spec: PlotSpec, curves: pd.DataFrame, metrics: pd.DataFrame,
