@@ -364,11 +364,14 @@ class Task:
 
     def plots(self) -> list[Plot]:
         """A generic figure of the declared curves, for a task that declares none."""
-        names = tuple(n for n, c in self.curves().items() if not c.at_end)[:8]
+        every = tuple(n for n, c in self.curves().items() if not c.at_end)
+        names = every[:8]  # more lines than a panel can tell apart
         if not names:
             return []
-        return [Plot("panels", "curves", "Curves over training", "Every curve the task records, "
-                     "over training (mean over seeds).", curves=names)]
+        which = "Every curve the task records" if len(names) == len(every) else \
+            f"The first {len(names)} of the {len(every)} curves the task records"
+        return [Plot("panels", "curves", "Curves over training", f"{which}, over training (mean "
+                     "over seeds).", curves=names)]
 
     def require(self, key: str, ok: bool, allowed: str) -> None:
         """Raise ConfigError naming `key`, its value and the `allowed` range unless `ok`."""

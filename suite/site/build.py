@@ -794,8 +794,9 @@ def markdown(site: list[dict], digest: str) -> str:
            "incomplete entries (a task without runs) are shown, not ranked.", ""]
     for sec in site:
         out += [f"## {sec['title']} · {sec['profile']} · {sec['tier']} tier", "", sec["track_text"], ""]
-        head = ["rank", "entry", "score", "solved"] + sec["families"]
-        rows = [[r["rank"] or "incomplete", md_entry(r), r["score"], r["solved"],
+        head = ["rank", "entry", "score", "targets reached"] + sec["families"]
+        rows = [[r["rank"] or "incomplete", md_entry(r), r["score"],
+                 r["solved"] + (f" ({r['na']} n/a)" if r["na"] else ""),
                  *[f["text"] + (" (incomplete)" if f["incomplete"] else "") for f in r["families"]]]
                 for r in sec["overall"][:TOP]]
         out += [tabulate(rows, headers=head, tablefmt="github", disable_numparse=True), ""]

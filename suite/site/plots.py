@@ -211,7 +211,8 @@ def draw_dots(spec: PlotSpec, curves: pd.DataFrame, metrics: pd.DataFrame,
               entries: list[str], bounds: Bounds | None = None) -> tuple[str, list[str]] | None:
     """Mean and interval of each metric of `spec.metrics`, one row per entry."""
     rows = metrics[metrics["metric"].isin(spec.metrics)]
-    shown = [e for e in entries if e in set(rows["entry"])][:2 * LINES]
+    valued = set(rows.loc[np.isfinite(rows["mean"].to_numpy(float)), "entry"])  # else an empty row
+    shown = [e for e in entries if e in valued][:2 * LINES]
     if rows.empty or not shown:
         return None
     return dot_rows(spec, rows[rows["entry"].isin(shown)], shown), shown

@@ -39,7 +39,7 @@ from torch import nn
 from suite import seeding
 from suite.metrics.collapse import nc1, recovery_accuracy
 from suite.metrics.stage_timing import crossing_step
-from suite.task import ConfigError, Curve, Metric, ModelInterface, Task
+from suite.task import ConfigError, Curve, Metric, ModelInterface, Plot, Task
 
 THRESHOLD = 0.9  # recovery accuracy that counts as "fine labels recovered"
 
@@ -157,6 +157,16 @@ class FineGrainedCollapse(Task):
                 role="diagnostic", **acc),
             "final_test_acc": Metric("max", "coarse test accuracy at the end", role="diagnostic", **acc),
         }
+
+    def plots(self) -> list[Plot]:
+        return [Plot("panels", "recovery", "Fine-label recovery", "Fine-label recovery of held-out "
+                     "features (solid) and coarse test accuracy (dashed) over training (means over "
+                     "seeds): the network is trained on the coarse labels alone.", ylabel="accuracy",
+                     curves=("recovery", "test_acc"), labels=("fine-label recovery", "coarse test accuracy"),
+                     styles=("C2-", "C0--")),
+                Plot("lines", "nc1", "Neural collapse (NC1)", "NC1 of the training features over "
+                     "training (mean over seeds), one line per entry: lower is more collapsed.",
+                     ylabel="NC1", curves=("nc1",), logy=True)]
 
     def curves(self) -> dict[str, Curve]:
         return {"nc1": Curve("NC1 of the training features (coarse labels)", bounds=(0.0, math.inf)),

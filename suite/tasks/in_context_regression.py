@@ -82,7 +82,7 @@ from suite.metrics.in_context import (
     trivial_loss,
 )
 from suite.metrics.stage_timing import crossing_step
-from suite.task import ConfigError, Curve, Metric, ModelInterface, Task
+from suite.task import ConfigError, Curve, Metric, ModelInterface, Plot, Task
 
 NEAR_OPTIMAL = 2.0  # target: loss within this factor of the Bayes-optimal loss (see the docstring)
 PLATEAU_EXIT = 0.1  # leaving the plateau: a tenth of the way from the trivial to the Bayes loss
@@ -228,6 +228,18 @@ class InContextRegression(Task):
         out["ov_zero_sum"] = Metric("max", "1 - |sum of the heads' label weights| / sum of their "
                                     "absolute values", **pattern)
         return out
+
+    def plots(self) -> list[Plot]:
+        lengths = tuple(f"{k}n context pairs" if k > 1 else "n context pairs" for k in LENGTHS)
+        return [Plot("panels", "excess", "Excess loss over Bayes-optimal", "Held-out loss minus the "
+                     "Bayes-optimal predictor's, at the training length n and at 2n and 4n (length "
+                     "generalisation), over training (means over seeds).", ylabel="excess loss",
+                     curves=tuple(f"excess{s}" for s in self.lengths()), labels=lengths),
+                Plot("panels", "patterns", "Attention pattern scores", "The four pattern scores "
+                     "of the merged key-query and value-output weights over training (means over "
+                     "seeds); models without patterns() have none.", ylabel="score",
+                     curves=("kq_diagonal", "kq_homogeneous", "ov_last_entry", "ov_zero_sum"),
+                     labels=("KQ diagonal", "KQ homogeneous", "OV label entry", "OV zero sum"))]
 
     def curves(self) -> dict[str, Curve]:
         out = {f"loss{s}": Curve(f"squared error on held-out prompts with {n} context pairs",

@@ -67,7 +67,7 @@ from suite.metrics.markov import (
     stage_times,
 )
 from suite.metrics.stage_timing import crossing_step, learned_in_order
-from suite.task import ConfigError, Curve, Metric, ModelInterface, Task
+from suite.task import ConfigError, Curve, Metric, ModelInterface, Plot, Task
 
 TARGET_FRACTION = 0.05  # of the first plateau gap L_0 − L_m
 HEAD_THRESHOLD = 0.5  # attention mass that makes a head "on" a lag (> 1/2: one lag per head)
@@ -216,6 +216,15 @@ class MarkovAttention(Task):
         out["lags_covered"] = Metric("max", "distinct lags with a head of ≥ 1/2 attention at the end",
                                      role="diagnostic", resolution=0.0, bounds=(0, m))
         return out
+
+    def plots(self) -> list[Plot]:
+        # Loss and excess only: attention is per head, and which head takes which lag differs
+        # from seed to seed, so a seed mean of one head's curve would blur the stages.
+        return [Plot("panels", "loss", "Loss ladder", "Population cross-entropy (solid) and its "
+                     "excess over the chain's entropy (dashed) over training (means over seeds): "
+                     "plateaus, each left as the model acquires one more lag.", ylabel="nats",
+                     curves=("loss", "excess"), labels=("loss", "excess over the entropy"),
+                     styles=("C0-", "C3--"), logy=True)]
 
     def curves(self) -> dict[str, Curve]:
         out = {"loss": Curve("population cross-entropy, L_m + mean KL(P ‖ model)", "nats",
