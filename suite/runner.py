@@ -183,6 +183,9 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
             for traj in trajs:
                 traj.execution = networks_refused(
                     {"mode": "procedure", "seeds": seeds, "networks": "side by side"}, trainer)
+            if trainer.lanes_refused is not None:  # said, as a refused batch of seeds is
+                notes(f"note: {task.name}: seeds {', '.join(map(str, seeds))}: their networks train "
+                      f"one after another, not batched: BatchingUnsupported: {trainer.lanes_refused}")
         check_host_rngs(host)
         if own:  # a study's trials: each run's hyperparameters for this task, in batch order
             for traj in trajs:

@@ -474,13 +474,16 @@ FROZEN = NORMED_MLP.replace("    return from_generator(", "    model = from_gene
 """)
 
 
-def test_a_frozen_layer_trains_one_by_one_with_a_note(make_entry, tmp_path):
+def test_a_frozen_layer_trains_one_by_one_with_a_note(make_entry, tmp_path, capsys):
     """Stacked parameters' gradients would cover a frozen layer and the optimizer would move
     it: the batch is refused in one line, and the runs train as --seed-batch 1 trains them
-    (both failed with ldbench's traceback in the networks' gradient check)."""
+    (both failed with ldbench's traceback in the networks' gradient check). The console says
+    so, as for a refused batch of seeds (it was recorded, not said)."""
     entry = make_entry("frozen", code=FROZEN, hparams="")
     sets = ["steps=40", "evals=4", "spawn_steps=[0,10]", "alphas=5"]
     together = run(entry, tmp_path, ["mode-connectivity"], sets=sets)
+    assert ("note: mode-connectivity: seeds 0, 1: their networks train one after another, not "
+            "batched: BatchingUnsupported: parameter '0.weight' is frozen") in capsys.readouterr().err
     alone = run(entry, tmp_path, ["mode-connectivity"], sets=sets, seed_batch="1", name="alone")
     assert set(together["status"]) == set(alone["status"]) == {"ok"}
     for execution in [*together["execution"], *alone["execution"]]:
