@@ -174,19 +174,57 @@ def copy_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer
     return copied, attribute_copy(optimizer, memo), attribute_copy(schedule, memo)
 
 
-# Every parameter an entry's make_model has returned in this process, by id, held weakly (an
-# entry is gone with its models): a model returned twice is one set of weights for two seeds.
+# Every trainable parameter an entry's make_model has returned in this process, held weakly,
+# by its storage: a model returned twice, or built again over the same storage
+# (nn.Parameter(CACHED), Embedding.from_pretrained(CACHED, freeze=False)), is one set of weights
+# for two seeds. A frozen module shared by every model trains nothing, so it is allowed.
 RETURNED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
+def storage_key(tensor: torch.Tensor) -> tuple[str, int]:
+    return str(tensor.device), tensor.untyped_storage().data_ptr()
+
+
 def reused_parameter(model: torch.nn.Module) -> str | None:
-    """The name of a parameter of `model` that make_model returned before, else None; records
-    the model's parameters as returned."""
-    params = dict(model.named_parameters())
-    reused = next((name for name, p in params.items() if RETURNED.get(id(p)) is p), None)
+    """The name of a trainable parameter of `model` whose storage belongs to a parameter that
+    make_model returned before (and that still exists), else None; records the model's."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad and p.numel()}
+    reused = None
+    for name, p in params.items():
+        other = RETURNED.get(storage_key(p))
+        if other is not None and storage_key(other) == storage_key(p):
+            reused = name
+            break
     for p in params.values():
-        RETURNED[id(p)] = p
+        RETURNED[storage_key(p)] = p
     return reused
+
+
+# The trainable parameters of the architecture entries' models trained in this process: where
+# each lay and the sum of its final values. A new model whose parameter lies there holding those
+# values starts from trained weights (make_model wrapped a cached tensor that training wrote to).
+TRAINED: dict[tuple[str, int, int], float] = {}
+
+
+def trained_key(p: torch.Tensor) -> tuple[str, int, int]:
+    return str(p.device), p.data_ptr(), p.numel()
+
+
+def value_sum(p: torch.Tensor) -> float:
+    return float(p.detach().double().sum())
+
+
+def record_trained(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        if p.requires_grad and p.numel():
+            TRAINED[trained_key(p)] = value_sum(p)
+
+
+def trained_parameter(model: torch.nn.Module) -> str | None:
+    """The name of a trainable parameter of `model` holding the final values of one trained
+    before in this process, at the same place, else None."""
+    return next((name for name, p in model.named_parameters() if p.requires_grad and p.numel()
+                 and TRAINED.get(trained_key(p)) == value_sum(p)), None)
 
 
 def data_versions(data: Any) -> dict[str, int]:
@@ -346,13 +384,14 @@ class Trainer:
                 "the meta device (built with device='meta' and never given storage): call "
                 ".to_empty(device='cpu') on it, then initialise its weights with "
                 "torch.nn.init.*(..., generator=generator)")
-        reused = reused_parameter(model)
+        reused = reused_parameter(model) or trained_parameter(model)
         if reused is not None:
             raise ModelError(
                 f"{self.entry.path / 'entry.py'}: make_model returned a model whose parameter "
-                f"{reused!r} it had returned before (for another seed or network): build a new "
-                "module on every call (a cached or module-level model would train one set of "
-                "weights for every seed, and a later seed would start from trained weights)")
+                f"{reused!r} is one it returned before (for another seed or network), or lies "
+                "where one trained before, with its values: build new tensors on every call (a "
+                "cached model or tensor would train one set of weights for every seed, and a later "
+                "seed would start from trained weights)")
         missing = interface.missing(model)
         if missing:
             raise NotApplicable(f"the model has no {', '.join(m + '()' for m in missing)}, which "
@@ -366,8 +405,10 @@ class Trainer:
         The probes leave the model's buffers as they were (a BatchNorm's running statistics
         would otherwise start training with the probe batch folded in)."""
         kept = {name: b.detach().clone() for name, b in model.named_buffers() if not is_lazy(b)}
+        versions = data_versions(data)  # the probe's input is a view of the task's data
         try:
             self.probe_forward(model, data, seed=seed, network=network)
+            self.check_data_of(data, versions, self)
         finally:
             now = dict(model.named_buffers())
             with torch.no_grad():
@@ -502,22 +543,28 @@ class Trainer:
                 self.check_data(lanes, versions)
         check_host_rngs(host)
         self.check_data(lanes, versions)
+        for lane in lanes:
+            if self.run_of(lane).entry.track != "optimizer":
+                record_trained(lane.model)
 
     def check_data(self, lanes: list[Lane], versions: list[dict[str, int]]) -> None:
         """Refuse a run whose model changed the task's data in place (`x.div_()` on its input):
         every later step and metric, the task's own references included, would read the
         changed tensors."""
         for lane, before in zip(lanes, versions, strict=True):
-            changed = [name for name, v in data_versions(lane.data).items() if before.get(name, v) != v]
-            if not changed:
-                continue
-            where = (f"{self.run_of(lane).entry.path / 'entry.py'}: the model"
-                     if self.entry.track != "optimizer" else f"{self.task.name}: the task's code")
-            error = ModelError if self.entry.track != "optimizer" else RuntimeError
-            raise error(f"{where} wrote to the task's data tensor {changed[0]!r} in place (an "
-                        "in-place op such as x.div_(), x += or x[...] = on its input): the later "
-                        "steps and metrics would read what it wrote; compute out of place "
-                        "(x = x / ...)")
+            self.check_data_of(lane.data, before, self.run_of(lane))
+
+    def check_data_of(self, data: Any, before: dict[str, int], run: Trainer) -> None:
+        """Raise if a tensor of `data` was written in place since `before` (data_versions)."""
+        changed = [name for name, v in data_versions(data).items() if before.get(name, v) != v]
+        if not changed:
+            return
+        where = (f"{run.entry.path / 'entry.py'}: the model" if self.entry.track != "optimizer"
+                 else f"{self.task.name}: the task's code")
+        error = ModelError if self.entry.track != "optimizer" else RuntimeError
+        raise error(f"{where} wrote to the task's data tensor {changed[0]!r} in place (an in-place "
+                    "op such as x.div_(), x += or x[...] = on its input): the later steps and "
+                    "metrics would read what it wrote; compute out of place (x = x / ...)")
 
 
 @contextmanager

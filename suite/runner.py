@@ -45,7 +45,8 @@ def check_own_results(folder: Path, entry: Entry) -> None:
     if others:
         raise results.ResultsError(
             f"{folder}: holds runs of entry {others[0]!r}, not of {entry.name!r} (copied with the "
-            f"folder it was made from?); delete {entry.path / 'results'} and run again")
+            f"folder it was made from, or made before the entry was renamed?); delete "
+            f"{entry.path / 'results'} and run again")
 
 
 def run_id(*, entry: Entry, entry_hash: str, task: Task, seed: int, tier: str, profile: str,
@@ -169,7 +170,12 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
         trainer = trainer.with_entry(entries[0])
     runs = [trainer.with_entry(e) for e in entries] if own else [trainer] * len(plans)
     if len(plans) == 1:
-        return [execute(plans[0], trainer)]
+        outcome = execute(plans[0], trainer)
+        execution = outcome[0].execution or {}
+        if execution.get("networks") == "one by one" and "note" in execution:  # said, as below
+            notes(f"note: {plans[0].task.name}: seed {plans[0].seed}: its networks train one after "
+                  f"another, not batched: {execution['note']}")
+        return [outcome]
     task, seeds = plans[0].task, [p.seed for p in plans]
     # The steps check between evaluations; this checks the whole batch, make_optimizer and
     # make_schedule included (a spawned child's too): one by one, they draw from seeded RNGs.

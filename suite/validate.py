@@ -380,6 +380,10 @@ def applicability_problems(path: Path, runs: pd.DataFrame, fix: str) -> list[str
     if (whole & applicable).any() or (~applicable & runs["value"].astype(float).notna()).any():
         problems.append(line(path, "a metric that does not apply holds a value, or a not-applicable "
                              "run has a metric that applies", fix))
+    optimizer = runs["track"].fillna("optimizer").astype(str) == "optimizer"
+    if (optimizer & (whole | ~applicable)).any():  # it trains each task's own reference model
+        problems.append(line(path, "an optimizer-track run is recorded as not applicable, which only "
+                             "an architecture entry's model can be", fix))
     return problems
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from suite import batched, cluster, profiles, registry, results, runner, seeding
 from suite.entry import check_runnable, load_entry
-from suite.loop import Trainer, torch_threads
+from suite.loop import NotApplicable, Trainer, torch_threads
 
 # The profiles are deterministic, so a rerun on the same kind of machine matches to the last
 # bit; another CPU model or BLAS may differ in the last digits, which a steps-to-target value
@@ -151,25 +151,31 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
         raise results.ResultsError(f"{where / results.RUNS_FILE}: every {tier}-tier run timed out or lost "
                                    "its worker: nothing to re-run; run them again (without --time-limit)")
     # A run of a task the entry's model does not apply to has no value to reproduce: drawn, it
-    # would spend one of the k re-runs on nothing (5 of 8 tasks for a sequence model).
+    # would spend one of the k re-runs on nothing (5 of 8 tasks for a sequence model). Each such
+    # task's claim is checked instead, by building the model without training (`claims`).
     applicable = reproducible[reproducible["status"] != "not-applicable"]
-    if len(applicable) and len(applicable) < len(reproducible):
-        skipped = reproducible[reproducible["status"] == "not-applicable"]
-        notes(f"{skipped['run_id'].nunique()} runs are of tasks the entry's model does not apply to "
-              f"({', '.join(sorted(set(skipped['task'])))}): verify draws from the other runs")
+    claimed = reproducible[reproducible["status"] == "not-applicable"].drop_duplicates("task")
+    if len(applicable) and len(claimed):
+        notes(f"{len(claimed)} tasks are recorded as not applicable to the entry's model "
+              f"({', '.join(sorted(claimed['task']))}): verify checks that claim without training, "
+              "and draws its re-runs from the other tasks' runs")
         reproducible = applicable
     picked = list(pick_runs(reproducible, k, pick_seed).itertuples(index=False))
     keys = {}
     for run in picked:  # one re-run per recorded batch, however many of its runs were picked
         keys.setdefault(batch_key(run, submitted), None)
+    claims = [(run.task, run.overrides, int(run.seed)) for run in claimed.itertuples(index=False)]
     with cluster.session(workers, scheduler) as client:
         if client is None:
             prof.apply()
             outcomes = {key: rerun(folder, key, tier=tier, profile=profile) for key in keys}
+            reasons = [not_applicable_reason(folder, claim, tier=tier, profile=profile) for claim in claims]
         else:
             futures = {key: client.submit(rerun, folder.resolve(), key, tier=tier, profile=profile,
                                           pure=False) for key in keys}
             outcomes = {key: future.result() for key, future in futures.items()}
+            reasons = [client.submit(not_applicable_reason, folder.resolve(), claim, tier=tier,
+                                     profile=profile, pure=False).result() for claim in claims]
     curves = results.read_table(where / results.CURVES_FILE) if (where / results.CURVES_FILE).exists() \
         else pd.DataFrame(columns=["run_id", "step", "metric", "value"])
     checks = []
@@ -183,7 +189,30 @@ def verify_submission(folder: str | Path, *, k: int = 2, tier: str = "standard",
             checks.append(Check(run.task, int(run.seed), name, value, float(metrics.get(name, math.nan)),
                                 given, status, spec.resolution or 0.0))
         checks += curve_checks(run, curves[curves["run_id"] == run.run_id], reproduced, status)
+    for (task_name, _, seed), reason in zip(claims, reasons, strict=True):
+        checks.append(Check(task_name, seed, "(task not applicable)", math.nan, math.nan,
+                            "not-applicable", "not-applicable" if reason is not None else "applies"))
     return checks
+
+
+def not_applicable_reason(folder: Path, claim: tuple[str, str, int], *, tier: str,
+                          profile: str) -> str | None:
+    """Why the entry's model does not apply to a task (NotApplicable's message), or None when it
+    does: a not-applicable run's claim, checked by building the model, without training.
+    `claim`: (task, overrides, seed) of one such run."""
+    task_name, overrides, seed = claim
+    prof = profiles.load(profile)
+    prof.apply()
+    entry = load_entry(folder)
+    task = registry.make_task(task_name, tier, config_of(overrides))
+    trainer = Trainer(task, entry.with_hparams({task_name: json.loads(overrides or "{}").get("hparams", {})}),
+                      prof)
+    try:
+        with seeding.seeded_host_rngs(seed):
+            trainer.make_model(seed, trainer.to_device(task.make_data(seed)))
+    except NotApplicable as err:
+        return str(err)
+    return None
 
 
 def curve_checks(run, submitted: pd.DataFrame, reproduced: dict[str, dict[int, float]],

@@ -211,6 +211,16 @@ def test_not_applicable_tasks_and_metrics_flow_through_validate_and_score(make_e
     rows = table[table["level"] == "metric"]
     na = rows[~rows["applicable"].astype(bool)]
     assert set(na["task"]) == set(tasks) and na["mean"].isna().all() and na["rank"].isna().all()
+    # verify re-runs a task with values, and checks each not-applicable claim by building the model
+    from suite import verify
+    said = []
+    checks = verify.verify_submission(entry, k=1, tier="smoke", pick_seed=0, notes=said.append)
+    claims = [c for c in checks if c.metric == "(task not applicable)"]
+    assert sorted(c.task for c in claims) == ["deep-linear-modes", "shared-representation"]
+    assert all(c.matches() for c in checks) and {c.task for c in checks} == set(tasks)
+    assert said == ["2 tasks are recorded as not applicable to the entry's model (deep-linear-modes, "
+                    "shared-representation): verify checks that claim without training, and draws its "
+                    "re-runs from the other tasks' runs"]
 
 
 def test_tracks_are_ranked_separately_and_incomplete_entries_are_not_failures():
@@ -485,6 +495,8 @@ def test_a_frozen_layer_trains_one_by_one_with_a_note(make_entry, tmp_path, caps
     assert ("note: mode-connectivity: seeds 0, 1: their networks train one after another, not "
             "batched: BatchingUnsupported: parameter '0.weight' is frozen") in capsys.readouterr().err
     alone = run(entry, tmp_path, ["mode-connectivity"], sets=sets, seed_batch="1", name="alone")
+    assert ("note: mode-connectivity: seed 1: its networks train one after another, not batched: "
+            "BatchingUnsupported: parameter '0.weight' is frozen") in capsys.readouterr().err
     assert set(together["status"]) == set(alone["status"]) == {"ok"}
     for execution in [*together["execution"], *alone["execution"]]:
         assert '"networks": "one by one"' in execution and "Traceback" not in execution
@@ -633,8 +645,8 @@ def test_a_model_returned_twice_is_refused(make_entry, tmp_path, seed_batch):
     failed = runs[runs["status"] == "error"]
     assert set(failed["seed"]) == ({0, 1} if seed_batch == "2" else {1})
     message = failed["error"].iloc[0]
-    assert "make_model returned a model whose parameter 'embed.weight' it had returned before" in message
-    assert "build a new module on every call" in message and "\n" not in message
+    assert "make_model returned a model whose parameter 'embed.weight' is one it returned before" in message
+    assert "build new tensors on every call" in message and "\n" not in message
 
 
 @pytest.mark.parametrize("task, code", [
@@ -705,3 +717,63 @@ def test_a_model_sized_to_the_training_length_fails_at_its_first_forward_saying_
     assert "IndexError" in message and "(forward)" in message
     assert f"the first forward, on in-context-regression's input of shape (4, {4 * n + 1}, " in message
     assert "L varies: n + 1 in training, n + 1, 2n + 1 and 4n + 1 at evaluation" in message
+
+
+PRETRAINED = """
+import torch
+from torch import nn
+from suite.init import from_generator
+
+TABLE = torch.randn(59, 16, generator=torch.Generator().manual_seed(0))  # loaded once{marker}
+
+class Net(nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.embed = nn.Embedding.from_pretrained(TABLE, freeze={freeze})  # TABLE's storage
+        self.mlp = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, p))
+
+    def forward(self, pairs):
+        return self.mlp(self.embed(pairs).flatten(1))
+
+def make_model(task, hparams, generator):
+    if task.name != "modular-addition":
+        return None
+    return from_generator(lambda: Net(task.config["p"]), generator)
+"""
+
+
+@pytest.mark.parametrize("seed_batch", ["2", "1"])
+def test_a_cached_tensor_trained_by_every_seed_is_refused_and_a_frozen_shared_one_allowed(
+        make_entry, tmp_path, seed_batch):
+    """Embedding.from_pretrained(CACHED, freeze=False) makes new Parameters over one storage:
+    one by one, seed 1 started from the embedding seed 0 had trained (found by a review). A
+    frozen shared module trains nothing, and is allowed."""
+    code = PRETRAINED.format(marker=f"  # {seed_batch}", freeze="False")
+    runs = run(make_entry("pretrained", code=code, hparams=""), tmp_path, ["modular-addition"],
+               seed_batch=seed_batch)
+    failed = runs[runs["status"] == "error"]
+    # one by one, the seed after the first; batched, whichever seed's model is built second
+    # (the refused batch's seeds are then retried alone, its models still alive)
+    assert set(failed["seed"]) == {1} if seed_batch == "1" else len(set(failed["seed"])) >= 1
+    assert "parameter 'embed.weight' is one it returned before" in failed["error"].iloc[0]
+    frozen = PRETRAINED.format(marker=f"  # frozen {seed_batch}", freeze="True")
+    runs = run(make_entry("frozen-table", code=frozen, hparams=""), tmp_path, ["modular-addition"],
+               seed_batch=seed_batch, name="frozen")
+    assert set(runs["status"]) == {"ok"}
+
+
+def test_a_write_to_the_data_during_the_first_forward_is_refused(make_entry, tmp_path):
+    """The interface probe feeds a view of the task's data in train mode: a forward writing to
+    its input there changed the stored data before the check started counting."""
+    code = NORMED_MLP.replace("from torch import nn\n", """from torch import nn
+
+class Net(nn.Sequential):
+    def forward(self, x):
+        if self.training and len(x) == 8:  # the probe's batch only
+            x.mul_(2.0)
+        return super().forward(x)
+""").replace("from_generator(lambda: nn.Sequential(", "from_generator(lambda: Net(")
+    runs = run(make_entry("probe-writer", code=code, hparams=""), tmp_path, ["mode-connectivity"],
+               sets=["steps=20", "evals=4", "spawn_steps=[0,10]", "alphas=5"], seeds=1)
+    assert set(runs["status"]) == {"error"}
+    assert "wrote to the task's data tensor 'x_train' in place" in runs["error"].iloc[0]

@@ -163,9 +163,11 @@ def test_verify_leaves_timed_out_runs_out_and_checks_bits_with_exact(submitted, 
     assert exact.exit_code == 1 and "differ from the submitted results; rerun" in exact.output
 
 
-def test_verify_draws_its_runs_among_those_with_values(submitted, tmp_path):
+def test_verify_draws_its_runs_among_those_with_values_and_checks_not_applicable_claims(submitted, tmp_path):
     """Not-applicable runs were drawn like any other: for a sequence model (5 of 8 tasks not
-    applicable) most re-runs checked nothing, and their NaNs counted as reproduced."""
+    applicable) most re-runs checked nothing, and their NaNs counted as reproduced. They are now
+    left out of the draw, and the claim is checked by building the model: here it is forged (an
+    optimizer entry trains every task's reference model)."""
     folder, _ = submitted
     copy = tmp_path / "lion"
     shutil.copytree(folder, copy)
@@ -175,10 +177,11 @@ def test_verify_draws_its_runs_among_those_with_values(submitted, tmp_path):
     results.write_atomic(results.to_table(runs, results.RUN_SCHEMA, results.RUNS_FILE), path)
     result = CliRunner().invoke(main, ["verify", str(copy), "--tier", "smoke", "--runs", "1",
                                        "--pick-seed", "0"])
-    assert result.exit_code == 0, result.output
-    assert (f"note: 4 runs are of tasks the entry's model does not apply to ({TASK}): verify draws "
-            "from the other runs") in result.output
-    assert {line.split()[1] for line in result.output.splitlines() if line.startswith(TASK)} == {"3"}
+    assert result.exit_code == 1, result.output
+    assert (f"note: 1 tasks are recorded as not applicable to the entry's model ({TASK}): verify "
+            "checks that claim without training") in result.output
+    seeds = {line.split()[1] for line in result.output.splitlines() if line.startswith(TASK)}
+    assert "3" in seeds and "(task not applicable)" in result.output and "applies" in result.output
 
 
 def test_verify_reruns_runs_on_the_threads_they_recorded_with_a_note(submitted, tmp_path, monkeypatch):

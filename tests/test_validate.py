@@ -194,6 +194,19 @@ def test_runs_with_overrides_beside_plain_ones_are_one_problem_whose_fix_keeps_e
     assert "(every task;" in problems[0] and "--tasks" not in problems[0]
 
 
+def test_an_optimizer_entry_cannot_record_a_task_as_not_applicable(tmp_path):
+    """Not applicable leaves a task out of the scores: only an architecture entry's model can be
+    (an optimizer entry trains each task's reference model), so a claimed one is refused."""
+    folder = valid_submission(tmp_path / "submissions")
+    rewrite_runs(folder, lambda r: r.assign(
+        status=np.where(r.task == first_task(), "not-applicable", r.status),
+        error=np.where(r.task == first_task(), "the model has no product()", r.error),
+        value=np.where(r.task == first_task(), np.nan, r.value),
+        applicable=np.where(r.task == first_task(), False, r.applicable)))
+    problems = validate_submission(folder)
+    assert any("an optimizer-track run is recorded as not applicable" in p for p in problems), problems
+
+
 # -- hypothesis: malformed input never raises ------------------------------------------------
 
 TOML_VALUES = st.one_of(

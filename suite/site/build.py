@@ -76,6 +76,7 @@ def environment() -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = format_number
     env.filters["sortval"] = sort_value
+    env.filters["worstlast"] = worst_last
     env.filters["wbr"] = break_slashes
     env.filters["code"] = code_spans
     env.filters["toml"] = toml_text
@@ -87,12 +88,12 @@ def environment() -> jinja2.Environment:
 
 
 def toml_text(value) -> str:
-    """A hyperparameter as entry.toml writes it (true, "text", [1, 2], { a = 1 }), numbers as the
-    trials table rounds them; not Python's repr (True, {'a': 1})."""
+    """A hyperparameter as entry.toml writes it (true, "text", [1, 2], { a = 1 }, exact numbers
+    that can be copied into one), not Python's repr (True, {'a': 1})."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return format_number(value)
+        return repr(value)  # exact (shortest round trip), and 1.0 stays a float
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, list):
@@ -142,6 +143,12 @@ def entry_td(row: dict, root: str) -> markupsafe.Markup:
         badges += f' <span class="badge na" title="{esc(row["na"])}">n/a</span>'
     return markupsafe.Markup(f'<td data-sort="{name}"><a href="{esc(root)}entries/{name}.html">{name}</a>'
                              f'{badges}</td>')
+
+
+def worst_last(value: float) -> str:
+    """sort_value, but +inf (a target not reached) is the largest value, not a missing one: a
+    descending sort of steps to target puts it first."""
+    return "1e308" if value == math.inf else sort_value(value)
 
 
 def sort_value(value: float) -> str:
@@ -195,11 +202,12 @@ def rank_of(row: dict | None) -> int | None:
 
 
 def steps_text(value: float, row: dict | None = None) -> str:
-    """Median steps to the target; where it is infinite, why: seeds that missed the target, or
-    (`row`'s counts: none missed it, all that count failed) seeds without a result."""
+    """Median steps to the target; where it is infinite, why: "no result" where every seed
+    failed (`row`'s counts, as the entry page's target line says), else "not reached"."""
     if math.isfinite(value):
         return f"{value:,.0f}"
-    return "no result" if row is not None and int(row["unreached"]) == 0 else "not reached"
+    every_failed = row is not None and int(row["failures"]) == int(row["seeds"]) and not int(row["unreached"])
+    return "no result" if every_failed else "not reached"
 
 
 def ratio_text(value: float) -> str:

@@ -211,7 +211,8 @@ def svg(series: list[Series], *, steps: bool, logy: bool, xlabel: str, ylabel: s
     total = LEFT + WIDTH + RIGHT
     return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {total} {bottom:.0f}" width="{total}" '
             f'height="{bottom:.0f}" font-size="9.5" font-family="system-ui, sans-serif" fill="#1d232b" '
-            f'role="img" aria-label="{escape(ylabel)} against {escape(xlabel)}">{"".join(body + keys)}</svg>')
+            f'role="img" aria-label="{escape(ylabel or "curves")} against {escape(xlabel)}">'
+            f'{"".join(body + keys)}</svg>')
 
 
 def line(ax: Axes, s: Series) -> list[str]:
