@@ -174,8 +174,10 @@ def stack_parameters(models: list[nn.Module]) -> dict[str, torch.Tensor]:
     a view of its row, so in-place optimizer updates on a seed's parameter write into the stack.
     """
     named = [dict(m.named_parameters()) for m in models]
-    if any(True for m in models for _ in m.buffers()):
-        raise BatchingUnsupported("the model has buffers (state outside the parameters)")
+    buffer = next((name for m in models for name, _ in m.named_buffers()), None)
+    if buffer is not None:  # even a constant one: its seeds' values are not checked to agree
+        raise BatchingUnsupported(f"the model has buffers (state outside the parameters), "
+                                  f"e.g. {buffer!r}")
     frozen = [name for params in named for name, p in params.items() if not p.requires_grad]
     if frozen:  # the stacks' gradients would cover them, and the optimizer would move them
         raise BatchingUnsupported(f"parameter {frozen[0]!r} is frozen (requires_grad=False)")

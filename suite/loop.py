@@ -203,7 +203,10 @@ def reused_parameter(model: torch.nn.Module) -> str | None:
 # The trainable parameters of the architecture entries' models trained in this process: where
 # each lay and the sum of its final values. A new model whose parameter lies there holding those
 # values starts from trained weights (make_model wrapped a cached tensor that training wrote to).
+# Only parameters that training moved count (BUILT: each returned parameter's sum as built): one
+# that got no gradient holds its initial values, which a fresh build of the same seed has too.
 TRAINED: dict[tuple[str, int, int], float] = {}
+BUILT: dict[int, tuple[weakref.ref, float]] = {}
 
 
 def trained_key(p: torch.Tensor) -> tuple[str, int, int]:
@@ -214,9 +217,17 @@ def value_sum(p: torch.Tensor) -> float:
     return float(p.detach().double().sum())
 
 
-def record_trained(model: torch.nn.Module) -> None:
+def record_built(model: torch.nn.Module) -> None:
     for p in model.parameters():
         if p.requires_grad and p.numel():
+            forget = functools.partial(lambda key, _: BUILT.pop(key, None), id(p))  # when p is gone
+            BUILT[id(p)] = (weakref.ref(p, forget), value_sum(p))
+
+
+def record_trained(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        ref, built = BUILT.get(id(p), (None, None))
+        if ref is not None and ref() is p and value_sum(p) != built:  # moved by training
             TRAINED[trained_key(p)] = value_sum(p)
 
 
@@ -385,6 +396,7 @@ class Trainer:
                 ".to_empty(device='cpu') on it, then initialise its weights with "
                 "torch.nn.init.*(..., generator=generator)")
         reused = reused_parameter(model) or trained_parameter(model)
+        record_built(model)
         if reused is not None:
             raise ModelError(
                 f"{self.entry.path / 'entry.py'}: make_model returned a model whose parameter "

@@ -399,6 +399,29 @@ def test_mode_connectivity_measures_no_barrier_between_models_with_state_buffers
     assert np.isnan(barrier(values=along, alphas=np.linspace(0, 1, 5)))
 
 
+def test_mode_connectivity_measures_barriers_of_models_with_constant_buffers(make_entry, tmp_path):
+    """A constant persistent buffer (x-transformers' rotary frequencies) is equal in both
+    networks and interpolates to itself: every barrier was marked not applicable."""
+    code = NORMED_MLP.replace("from torch import nn\n", """import torch
+from torch import nn
+
+class Scale(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.register_buffer("factor", torch.linspace(0.5, 1.5, n))  # persistent, constant
+
+    def forward(self, x):
+        return x * self.factor
+""").replace("nn.LayerNorm(32)", "Scale(32)")
+    sets = ["steps=40", "evals=4", "spawn_steps=[0,10]", "alphas=5"]
+    runs = run(make_entry("constant", code=code, hparams=""), tmp_path, ["mode-connectivity"], sets=sets)
+    assert set(runs["status"]) == {"ok"}
+    off = set(runs.loc[~runs["applicable"], "metric"])
+    assert off == {m for m in runs["metric"] if "matched" in m or m.startswith("llfc")}
+    spawn = runs[runs["metric"].str.startswith(("loss_barrier/spawn", "loss_barrier/independent"))]
+    assert np.isfinite(spawn["value"]).all()
+
+
 # A model whose forward needs its own nn.Parameters: functional_call (a batch's vmapped loss,
 # a path's interpolated weights) passes plain tensors, and the forward raises.
 OWN_PARAMETERS = NORMED_MLP.replace("from torch import nn\n", """from torch import nn
@@ -777,3 +800,21 @@ class Net(nn.Sequential):
                sets=["steps=20", "evals=4", "spawn_steps=[0,10]", "alphas=5"], seeds=1)
     assert set(runs["status"]) == {"error"}
     assert "wrote to the task's data tensor 'x_train' in place" in runs["error"].iloc[0]
+
+
+def test_a_parameter_training_never_moved_does_not_count_as_trained():
+    """A parameter that gets no gradient keeps its initial values; a fresh build of the same
+    seed, which the allocator may place at the same address, holds them too, and was refused
+    as "lies where one trained before" (found by a user; here the same tensors stand in for
+    the rebuilt ones)."""
+    from suite import loop
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    loop.record_built(model)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # trained; model[1] got no gradient
+    loop.record_trained(model)
+    assert loop.trained_parameter(model) == "0.weight"
+    with torch.no_grad():
+        model[0].weight.sub_(1.0)  # as freshly built again
+    assert loop.trained_parameter(model) is None

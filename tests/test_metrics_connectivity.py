@@ -373,3 +373,41 @@ def test_params_from_sequential_matches_the_module():
         params_from_sequential(model=nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)))
     with pytest.raises(ValueError, match="end with"):
         params_from_sequential(model=nn.Sequential(nn.Linear(3, 4), nn.ReLU()))
+
+
+class ScaledReadout(nn.Linear):
+    """Like muP's MuReadout: an nn.Linear whose forward scales its output."""
+
+    def forward(self, x):
+        return super().forward(x) / 4.0
+
+
+class Renamed(nn.Linear):
+    """An nn.Linear subclass computing nn.Linear's own forward."""
+
+
+def test_only_layers_computing_the_plain_forward_are_the_reference_layout():
+    """muP's MuReadout subclasses nn.Linear: taken for the reference layout, its paths were
+    computed by a plain F.linear without its output scaling, so even α = 0 was not the network
+    (test loss 1.53 against its own 1.44, found by a user)."""
+    def mlp(last=nn.Linear, first=nn.Linear):
+        torch.manual_seed(0)
+        return nn.Sequential(first(4, 8), nn.ReLU(), last(8, 3))
+
+    assert len(params_from_sequential(model=mlp(last=Renamed))) == 2  # same function: accepted
+    for model in (mlp(last=ScaledReadout),
+                  nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 8)), nn.ReLU(),
+                                nn.Linear(8, 3))):
+        with pytest.raises(ValueError, match="computing its own forward"):
+            params_from_sequential(model=model)
+    hooked = mlp()
+    hooked[2].register_forward_hook(lambda module, args, out: 2 * out)
+    with pytest.raises(ValueError, match="computing its own forward"):
+        params_from_sequential(model=hooked)
+
+    class Doubled(nn.Sequential):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    with pytest.raises(ValueError, match="with its own forward or hooks"):
+        params_from_sequential(model=Doubled(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 MLPParams = list[tuple[Tensor, Tensor]]
 
@@ -39,24 +40,37 @@ def params_from_sequential(*, model: nn.Sequential) -> MLPParams:
     tensors are detached views of the module's parameters (no copy): clone them before
     training the model further if the snapshot must stay fixed.
     """
+    if not plain(model, nn.Sequential):
+        raise ValueError(f"the model is a {type(model).__name__} with its own forward or hooks, "
+                         "not an nn.Sequential")
     modules = list(model)
-    if modules and isinstance(modules[0], nn.Flatten):
+    if modules and plain(modules[0], nn.Flatten):
         modules = modules[1:]  # mlp_forward flattens trailing input dims itself
     params: MLPParams = []
     for i, module in enumerate(modules):
         expect_linear = i % 2 == 0
-        if expect_linear and isinstance(module, nn.Linear):
+        if expect_linear and plain(module, nn.Linear):
             if module.bias is None:
                 raise ValueError(f"Linear layer {i} has no bias; MLPParams needs (weight, bias)")
             params.append((module.weight.detach(), module.bias.detach()))
-        elif not expect_linear and isinstance(module, nn.ReLU):
+        elif not expect_linear and plain(module, nn.ReLU):
             continue
         else:
             want = "nn.Linear" if expect_linear else "nn.ReLU"
-            raise ValueError(f"module {i} is {type(module).__name__}, expected {want}")
-    if not modules or not isinstance(modules[-1], nn.Linear):
+            raise ValueError(f"module {i} is {type(module).__name__}, expected {want} computing "
+                             "its own forward")
+    if not modules or not plain(modules[-1], nn.Linear):
         raise ValueError("the model must end with an nn.Linear readout")
     return params
+
+
+def plain(module: nn.Module, cls: type[nn.Module]) -> bool:
+    """`module` is a `cls` that computes what `cls` computes: not a subclass with its own forward
+    (muP's MuReadout scales its output), a parametrized layer (weight_norm, spectral_norm) or a
+    module with forward hooks, which mlp_forward's plain F.linear would silently drop."""
+    return (isinstance(module, cls) and type(module).forward is cls.forward
+            and not parametrize.is_parametrized(module)
+            and not (module._forward_hooks or module._forward_pre_hooks))
 
 
 def mlp_forward(

@@ -1,14 +1,17 @@
 """Linear mode connectivity of a small MLP: spawning (Frankle et al. 2020), Git Re-Basin and LLFC.
 
 Model interface (architecture entries): `forward(x)` float (N, d) → (N, C) logits. Spawn and
-independent barriers apply to any such model whose state is its parameters: θ(α) interpolates
-every floating parameter by name (`metrics.connectivity.state_path_curve`). A model with
-floating-point buffers in its state (BatchNorm running statistics, spectral_norm's vectors) gets
-`test_error` alone: interpolating such state is not interpolating the network, and recomputing it
-along the path is not built (`STATE`). Weight matching and LLFC permute hidden
-units and read hidden features, so they need the reference layout, an `nn.Sequential` of
-[Linear, ReLU] × depth, Linear with the config's depth (any widths); for other models those
-metrics are not applicable (a general permutation spec, as in Git Re-Basin, is not built).
+independent barriers apply to any such model: θ(α) interpolates every floating parameter and
+buffer by name (`metrics.connectivity.state_path_curve`), where the two networks' buffers are
+equal (constants: rotary frequencies). A model whose buffers training changes (BatchNorm running
+statistics, spectral_norm's vectors) gets `test_error` alone: interpolating such state is not
+interpolating the network, and recomputing it along the path is not built (`STATE`). Only exact
+[Linear, ReLU] layers count as the reference layout: a subclass with its own forward (muP's
+MuReadout), a parametrized layer or a hook computes another function than the plain MLP.
+Weight matching and LLFC permute hidden units and read hidden features, so they need the
+reference layout, an `nn.Sequential` of [Linear, ReLU] × depth, Linear with the config's depth
+(any widths); for other models those metrics are not applicable (a general permutation spec, as
+in Git Re-Basin, is not built).
 Reference optimizer: SGD lr 0.07, momentum 0.9 (the momentum baseline's table).
 """
 
@@ -54,19 +57,21 @@ RANGE = {"loss": (0.0, math.inf), "error": (0.0, 1.0)}  # valid values of a loss
 LAYOUT = ("weight matching and LLFC permute and read the hidden units of the reference layout "
           "([Linear, ReLU] × depth, Linear), which this model does not have")
 LAYOUT_METRICS = ("*_barrier/matched", "llfc/layer_*", "llfc_baseline/layer_*")
-STATE = ("the model keeps floating-point state in buffers (BatchNorm running statistics, "
-         "spectral_norm's power-iteration vectors): interpolating them is not interpolating the "
-         "network (a spectral-normalised layer's norm rose to 1.6 midway), and recomputing them "
-         "along the path is not built; a constant can be registered with persistent=False")
+STATE = ("training changed floating-point buffers of the model, differently in the two "
+         "networks (BatchNorm running statistics, spectral_norm's power-iteration vectors): "
+         "interpolating them is not interpolating the network (a spectral-normalised layer's "
+         "norm rose to 1.6 midway), and recomputing them along the path is not built (constant "
+         "buffers, e.g. rotary frequencies, are fine)")
 STATE_METRICS = ("*_barrier/spawn_*", "*_barrier/independent", "stable_spawn_step")
 
 
-def state_buffers(model: nn.Module) -> list[str]:
-    """The floating-point buffers of `model`'s state dict (what interpolating the state by name
-    would interpolate beyond its parameters)."""
-    params = {name for name, _ in model.named_parameters()}
-    return [name for name, value in model.state_dict().items()
-            if name not in params and value.is_floating_point()]
+def moved_buffers(a: Weights, b: Weights) -> list[str]:
+    """The floating-point buffers of two networks' states that differ (what interpolating the
+    states by name would interpolate beyond the parameters; equal ones interpolate to
+    themselves)."""
+    params = {name for name, _ in a.model.named_parameters()}
+    return [name for name, value in a.state.items() if name not in params and value.is_floating_point()
+            and not torch.equal(value, b.state[name])]
 
 
 def path_name(pair: str, kind: str, alpha: float) -> str:
@@ -357,11 +362,13 @@ class ModeConnectivity(Task):
 
     def inapplicable(self, model: nn.Module) -> tuple[str, ...]:
         """Weight matching and LLFC need the reference layout (they permute hidden units and
-        read hidden features): other models get the barriers without them. Barriers need a
-        model whose state is its parameters (STATE): one with floating buffers gets test_error
-        alone."""
-        patterns = [*(LAYOUT_METRICS if self.snapshot(model).mlp is None else ()),
-                    *(STATE_METRICS if state_buffers(model) else ())]
+        read hidden features): other models get the barriers without them. Barriers also need
+        the two networks' floating buffers to be equal (STATE), which only training tells:
+        where they differ, `run_seeds` adds STATE_METRICS to the run's."""
+        return self.matching(LAYOUT_METRICS) if self.snapshot(model).mlp is None else ()
+
+    def matching(self, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        """The task's metrics that `patterns` (fnmatch) name."""
         return tuple(m for m in self.metrics() if any(fnmatch.fnmatchcase(m, p) for p in patterns))
 
     def probe(self, data):
@@ -418,15 +425,15 @@ class ModeConnectivity(Task):
     def path_values(self, pair: str, a: Weights, b: Weights, data, *,
                     forward: Callable[[], ContextManager] = contextlib.nullcontext) -> dict[str, float]:
         """Test loss and error along θ(α) = (1 − α)θ_A + αθ_B, one curve value per α.
-        `forward()`: the context of a call of the model's forward (Trainer.model_code)."""
+        `forward()`: the context of a call of the model's forward (Trainer.model_code). Where
+        the networks' floating buffers differ (STATE) only the networks themselves are
+        measured (α = 0 and 1: their test errors), NaN between."""
         alphas = self.alpha_grid
         if a.mlp is not None:
             curve = path_curve(params_a=a.mlp, params_b=b.mlp, alphas=alphas,
                                x=data["x_test"], y=data["y_test"])
         else:  # any architecture: interpolate its state by name; its forward is the entry's code
-            # With state buffers only the two networks themselves are measured (α = 0 and 1:
-            # their test errors); the points between would interpolate the buffers (STATE).
-            ends = bool(state_buffers(a.model))
+            ends = bool(moved_buffers(a, b))  # the points between would interpolate them
             with forward():
                 curve = state_path_curve(model=a.model, state_a=a.state, state_b=b.state,
                                          alphas=[0.0, 1.0] if ends else alphas,
@@ -515,15 +522,20 @@ class ModeConnectivity(Task):
             run = done[r]
             if run.failed is not None:
                 continue
+            moved = []
             for a, b in zip(*[iter(children[r])] * 2, strict=True):
                 pair = a.network.removesuffix("_a")
-                run.final.update(self.path_values(pair, self.trained_weights(trainer, a),
-                                                  self.trained_weights(trainer, b), run.data,
-                                                  forward=forward_of(trainer, a)))
+                wa, wb = self.trained_weights(trainer, a), self.trained_weights(trainer, b)
+                moved += moved_buffers(wa, wb)
+                run.final.update(self.path_values(pair, wa, wb, run.data, forward=forward_of(trainer, a)))
             a, b = pairs[r]
             run.traj = a.traj
-            self.compare_independent(run, self.trained_weights(trainer, a), self.trained_weights(trainer, b),
-                                     seeds[r], forward=forward_of(trainer, a))
+            wa, wb = self.trained_weights(trainer, a), self.trained_weights(trainer, b)
+            moved += moved_buffers(wa, wb)
+            self.compare_independent(run, wa, wb, seeds[r], forward=forward_of(trainer, a))
+            if moved:  # barriers between such networks measure no network (STATE)
+                run.traj.not_applicable = tuple(sorted({*run.traj.not_applicable,
+                                                        *self.matching(STATE_METRICS)}))
         return [done[r].trajectory(steps) for r in indices]
 
     def trained_weights(self, trainer: Trainer, net: Network) -> Weights:
