@@ -26,6 +26,7 @@ BatchingUnsupported and the runner runs its seeds one by one.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import re
 import warnings
@@ -492,6 +493,57 @@ def tensor_attributes(model: nn.Module) -> list[str]:
     return found
 
 
+def plain_attributes(model: nn.Module) -> dict[str, Any]:
+    """Each submodule's type and public attributes, as comparable values: what its forward may
+    read besides parameters and buffers (a logit cap, a head count, an activation function)."""
+    out: dict[str, Any] = {}
+    for prefix, module in model.named_modules():
+        out[f"{prefix or '(model)'} type"] = type(module)
+        for key, value in vars(module).items():
+            if not key.startswith("_") and key != "training":
+                out[f"{prefix}.{key}" if prefix else key] = value
+    return out
+
+
+def comparable(value: Any) -> Any:
+    """`value` as something == compares faithfully: numbers exactly (NaN equal to NaN),
+    containers by their items, functions and classes by identity (a bound method by its
+    function), any other object by its type alone (its contents cannot be compared safely)."""
+    if value is None or isinstance(value, bool | int | str | bytes):
+        return value
+    if isinstance(value, float):
+        return ("float", value.hex())
+    if isinstance(value, tuple | list):
+        return (type(value).__name__, tuple(comparable(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((repr(k), comparable(v)) for k, v in value.items()))
+    if isinstance(value, functools.partial):
+        return ("partial", id(value.func), comparable(value.args), comparable(value.keywords))
+    if inspect.ismethod(value):
+        return ("method", id(value.__func__))
+    if callable(value) or isinstance(value, type):
+        return ("object", id(value))
+    return ("instance of", type(value))
+
+
+def attribute_difference(models: list[nn.Module]) -> str | None:
+    """Why the models are not one function of their parameters, or None: the batch runs the
+    first model's forward with every model's parameters, so a model whose attributes differ
+    (trials of a study searching a logit cap) would train as the first one silently."""
+    shapes = [{n: (p.shape, p.dtype) for n, p in m.named_parameters()} for m in models]
+    if any(s != shapes[0] for s in shapes[1:]):
+        return None  # stack_parameters says which parameter differs in shape
+    first = plain_attributes(models[0])
+    for model in models[1:]:
+        other = plain_attributes(model)
+        for name in sorted(set(first) | set(other)):
+            a, b = first.get(name, "(absent)"), other.get(name, "(absent)")
+            if comparable(a) != comparable(b):
+                return (f"the runs' models differ beyond their parameters: {name} is {a!r} in one "
+                        f"and {b!r} in another (one model's forward would serve them all)")
+    return None
+
+
 def train_seeds(task: Task, trainer: Trainer, seeds: list[int],
                 runs: list[Trainer] | None = None) -> list[Trajectory]:
     """Train `seeds` of `task` together with the default procedure; one Trajectory per seed.
@@ -569,6 +621,9 @@ class SeedBatch:
                 f"model attribute {hidden[0]!r} is a tensor that is neither a parameter nor a "
                 "buffer (every seed would see seed 0's); register it with register_buffer or "
                 "make it a parameter")
+        differs = attribute_difference(models)
+        if differs:
+            raise BatchingUnsupported(differs)
         template = loss_template(task, models[0])
         stacks = stack_parameters(models)  # name -> (S, ...); models[i]'s parameters are rows i
         optimizers = [lane.optimizer for lane in lanes]

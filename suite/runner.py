@@ -190,7 +190,7 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
                 traj.execution = networks_refused(
                     {"mode": "procedure", "seeds": seeds, "networks": "side by side"}, trainer)
             if trainer.lanes_refused is not None:  # said, as a refused batch of seeds is
-                notes(f"note: {task.name}: seeds {', '.join(map(str, seeds))}: their networks train "
+                notes(f"note: {task.name}: {which_runs(seeds)}: their networks train "
                       f"one after another, not batched: BatchingUnsupported: {trainer.lanes_refused}")
         check_host_rngs(host)
         if own:  # a study's trials: each run's hyperparameters for this task, in batch order
@@ -212,11 +212,19 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
         reason = f"{type(err).__name__}: {err}"
         if not isinstance(err, BatchingUnsupported):  # ldbench's own bug: keep its traceback
             reason += "\n" + traceback.format_exc(limit=-4)
-        notes(f"note: {task.name}: seeds {', '.join(map(str, seeds))} run one by one, not batched: "
+        notes(f"note: {task.name}: {which_runs(seeds)} run one by one, not batched: "
               f"{reason}")
         return [execute(plan, alone(run), note=reason.splitlines()[0])
                 for plan, run in zip(plans, runs, strict=True)]
     return [finish(plan, traj) for plan, traj in zip(plans, trajs, strict=True)]
+
+
+def which_runs(seeds: list[int]) -> str:
+    """'seeds 0, 1', or for runs sharing a seed (a study's trials) '4 runs (trials) of seed 1000000'."""
+    if len(set(seeds)) == len(seeds):
+        return f"seeds {', '.join(map(str, seeds))}"
+    shared = sorted(set(seeds))
+    return f"{len(seeds)} runs (trials) of seed{'s' if len(shared) > 1 else ''} {', '.join(map(str, shared))}"
 
 
 def parse_seed_batch(value: int | str, option: str = "--seed-batch") -> int | None:

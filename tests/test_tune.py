@@ -584,3 +584,53 @@ def test_resuming_a_study_with_a_damaged_study_json_is_refused_in_one_line(make_
     (out / tune.STUDY_FILE).write_text("<<<<<<< HEAD\n{}", encoding="utf-8")
     with pytest.raises(results.ResultsError, match="study.json: unreadable .*git checkout"):
         study(make_entry(hparams=SEARCH), out)
+
+
+CAPPED = """
+import torch
+from torch import nn
+from suite.init import from_generator
+
+class Capped(nn.Module):
+    def __init__(self, d, cap):
+        super().__init__()
+        self.read = nn.Linear(2 * (d + 1), 1)
+        self.cap = cap  # a plain attribute the forward reads: not a parameter, not a buffer
+
+    def forward(self, tokens):
+        h = torch.cat([tokens[:, :-1].mean(1), tokens[:, -1]], dim=1)
+        return self.cap * torch.tanh(self.read(h)[:, 0] / self.cap)
+
+def make_model(task, hparams, generator):
+    if task.name != "in-context-regression":
+        return None
+    model = from_generator(lambda: Capped(task.config["dim"], hparams["cap"]), generator)
+    with torch.no_grad():  # output 0 at first: every cap gives the same first loss and gradient
+        model.read.weight.zero_()
+        model.read.bias.zero_()
+    return model
+
+def make_optimizer(params, hparams, task):
+    return torch.optim.Adam(params, lr=0.01)
+"""
+
+
+def test_trials_whose_models_differ_beyond_their_parameters_are_not_batched(make_entry, tmp_path):
+    """Trials searching a plain attribute (a logit cap) were batched, and the batch ran the first
+    trial's forward for all of them: the second trial trained with the first one's cap (its
+    excess loss 0.876 against 0.834 alone), silently (found by a user). Each now trains alone."""
+    entry = make_entry("capped", code=CAPPED, hparams="[hparams.default]\ncap = 1.0\n\n[search.default]\n"
+                       "cap = { choice = [0.3, 30.0] }\n")
+    out = tune.tune(entry, budget=2, tasks=["in-context-regression"], design_seed=0, eval_seeds=1,
+                    sets=FAST, out=tmp_path / "study", progress=False)
+    trials = pd.read_parquet(out / tune.TRIALS / "runs.parquet")
+    for _, part in trials.groupby("run_id"):
+        cap = json.loads(part.hparams.iloc[0])["cap"]
+        plans = runner.make_plans(["in-context-regression"], [tune.TUNING_SEED_BASE], "smoke", FAST,
+                                  {"in-context-regression": {"cap": cap}})
+        (traj, metrics, _), = runner.execute_batch(plans, Trainer(plans[0].task, load_entry(entry),
+                                                                  profiles.load("cpu-2core")))
+        got = part.set_index("metric")["value"]
+        assert got["excess_loss"] == metrics["excess_loss"], (cap, got["excess_loss"], metrics["excess_loss"])
+    notes = {json.loads(e).get("note", "") for e in trials.execution}
+    assert any("the runs' models differ beyond their parameters: cap is" in n for n in notes), notes
