@@ -37,6 +37,9 @@ def load(path: str | Path, *, tier: str | None, profile: str) -> tuple[pd.DataFr
 
     path = Path(path)
     folder = path / "results" / profile if (path / "entry.toml").is_file() else path
+    if folder != path and not results.results_folders(folder):  # an entry without results
+        raise results.ResultsError(f"{path}: no results on profile {profile}; run `ldbench run "
+                                   f"{path} --tier {tier or 'smoke'}` first")
     runs, curves = tune.chosen_results(folder) if tune.is_study(folder) else results.read_results(folder)
     runs = runs[runs["profile"] == profile] if "profile" in runs else runs
     if tier is None:

@@ -593,7 +593,12 @@ def check_search(manifest: Path, raw: dict[str, Any]) -> None:
                 # a trial with "0.01" or 1.5 for a float or an integer fails inside the entry's code
                 raise fail(manifest, f"search.{table}.{name}: choice values must be of the "
                            f"hyperparameter's type ({kind_name(known[name])}: it is {known[name]!r}), "
-                           f"got {bad[0]!r}", f"write each as a {kind_name(known[name])}, without quotes")
+                           f"got {bad[0]!r}", f"write each as {with_article(kind_name(known[name]))}, "
+                           "without quotes")
+
+
+def with_article(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def kind_name(value: Any) -> str:

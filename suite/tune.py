@@ -470,7 +470,12 @@ def plot(folder: Path, path: str | Path) -> Path:
         top = y[finite].max() * 1.1 if finite.any() else 1.0
         if "log_uniform" in space:
             ax.set_xscale("log")
-        xs = x.astype(float) if "choice" not in space else np.array([str(v) for v in x])
+        if "choice" in space:  # in the order the space lists them (not of first appearance)
+            order = {json.dumps(c): i for i, c in enumerate(space["choice"])}
+            xs = np.array([order[json.dumps(v)] for v in x], dtype=float)
+            ax.set_xticks(range(len(order)), [str(c) for c in space["choice"]])
+        else:
+            xs = x.astype(float)
         ax.scatter(xs[finite], y[finite], s=14)
         ax.scatter(xs[~finite], np.full((~finite).sum(), top), marker="x", s=14, color="tab:red")
         best = (part["best"] == "*").to_numpy()

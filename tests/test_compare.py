@@ -201,3 +201,11 @@ def test_a_study_compares_as_its_chosen_points_evaluation_runs():
     assert [c.label for c in cols] == ["adam (tuned, budget-16)"]
     assert set(cols[0].runs["run_id"]) == set(chosen.loc[chosen["tier"] == "smoke", "run_id"])
     assert set(cols[0].runs["task"]) == set(tuned)
+
+
+def test_an_entry_without_results_names_the_command_that_makes_them(make_entry):
+    entry = make_entry("empty")
+    result = CliRunner().invoke(main, ["compare", str(entry), "--tier", "smoke"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    expected = f"{entry}: no results on profile cpu-2core; run `ldbench run {entry} --tier smoke` first"
+    assert expected in result.output

@@ -513,15 +513,17 @@ def test_trials_at_one_point_share_their_runs(make_entry, tmp_path):
     assert runs["run_id"].nunique() == 2
 
 
-@pytest.mark.parametrize(("default", "choice", "got"), [
-    ("0.01", '[0.1, "0.01"]', "'0.01'"), ("3", "[1.5, 2]", "1.5"), ("true", "[0, 1]", "0"),
-    ("0.01", "[0.1, true]", "True"), ('"fast"', '["slow", 2]', "2")])
-def test_choice_values_must_be_of_the_hyperparameters_type(make_entry, default, choice, got):
+@pytest.mark.parametrize(("default", "choice", "got", "kind"), [
+    ("0.01", '[0.1, "0.01"]', "'0.01'", "a number"), ("3", "[1.5, 2]", "1.5", "an integer"),
+    ("true", "[0, 1]", "0", "a boolean"), ("0.01", "[0.1, true]", "True", "a number"),
+    ('"fast"', '["slow", 2]', "2", "a string")])
+def test_choice_values_must_be_of_the_hyperparameters_type(make_entry, default, choice, got, kind):
     """Choices of another type were accepted and every trial then failed inside the entry's
     code ("unsupported operand type(s) for *: 'float' and 'str'")."""
     manifest = f"[hparams.default]\nlr = 0.1\nk = {default}\n[search.default]\nk = {{ choice = {choice} }}\n"
     with pytest.raises(EntryError, match=rf"search.default.k: choice values must be of the "
-                                         rf"hyperparameter's type .*got {re.escape(got)}; write each as"):
+                                         rf"hyperparameter's type .*got {re.escape(got)}; write each as "
+                                         rf"{kind}, without quotes"):
         load_entry(make_entry("bad", hparams=manifest))
     fine = manifest.replace(choice, "[0.5, 1]" if default == "0.01" else f"[{default}]")
     load_entry(make_entry("fine", hparams=fine))
@@ -634,3 +636,12 @@ def test_trials_whose_models_differ_beyond_their_parameters_are_not_batched(make
         assert got["excess_loss"] == metrics["excess_loss"], (cap, got["excess_loss"], metrics["excess_loss"])
     notes = {json.loads(e).get("note", "") for e in trials.execution}
     assert any("the runs' models differ beyond their parameters: cap is" in n for n in notes), notes
+
+
+def test_the_committed_tuned_views_markdown_says_it_is_one():
+    """leaderboard/tuned-budget-16/README.md read like the main leaderboard: no word of tuning."""
+    text = (REPO / "leaderboard" / "tuned-budget-16" / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("# ldbench leaderboard · tuned view\n")
+    assert "**Tuned view.** Each entry at the hyperparameters its ldbench tune study chose with 16" in text
+    main = (REPO / "leaderboard" / "README.md").read_text(encoding="utf-8")
+    assert "tuned view" not in main.splitlines()[0]
