@@ -281,13 +281,15 @@ def seed_by_seed(entry: Entry, plans: list[Plan]) -> str:
     return f"note: {entry.name} {why}: each seed trains by itself, not batched with the others"
 
 
-def unbatched_note(prof: profiles.Profile, plans: list[Plan]) -> str:
-    """A note when the profile trains the seeds of some of these tasks one by one."""
+def unbatched_note(prof: profiles.Profile, plans: list[Plan], option: str = "--seed-batch",
+                   what: str = "seeds") -> str:
+    """A note when the profile trains the runs (`what`) of some of these tasks one by one;
+    `option` is the command's option that batches them anyway."""
     names = sorted(batchable_tasks(plans) & set(prof.unbatched))
     if not names:
         return ""
-    return (f"note: profile {prof.name} trains the seeds of {', '.join(names)} one by one, not "
-            "batched (measured faster there; --seed-batch N batches them anyway)")
+    return (f"note: profile {prof.name} trains the {what} of {', '.join(names)} one by one, not "
+            f"batched (measured faster there; {option} N batches them anyway)")
 
 
 def batches_with(a: Plan, b: Plan) -> bool:

@@ -317,6 +317,9 @@ def run_study(entry: Entry, out: Path, spec: dict, tasks: list[str], prof: profi
     # Two trials at one point (a choice-only space smaller than the budget) are the same runs:
     # each run id is trained once, and both trials read it.
     todo = list({p[1]: p for _, planned in found for p in planned if p[1] not in done}.values())
+    if trial_batch is None and (note := runner.unbatched_note(prof, [p for p, _ in todo], "--trial-batch",
+                                                              "trials")):
+        print(note, file=sys.stderr)
     execute(entry, todo, out=out / TRIALS, spec=spec, prof=prof, client=client,
             time_limit=time_limit, progress=progress, size=trial_batch)
     trials = [t for t, _ in found]

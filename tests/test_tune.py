@@ -645,3 +645,10 @@ def test_the_committed_tuned_views_markdown_says_it_is_one():
     assert "**Tuned view.** Each entry at the hyperparameters its ldbench tune study chose with 16" in text
     main = (REPO / "leaderboard" / "README.md").read_text(encoding="utf-8")
     assert "tuned view" not in main.splitlines()[0]
+
+
+def test_tune_says_when_the_profile_trains_a_tasks_trials_one_by_one(make_entry, tmp_path, capsys):
+    """`run` said so and `tune` did not (found by a user); the option it names is tune's own."""
+    study(make_entry(hparams=SEARCH), tmp_path / "study", tasks=("modular-addition",))
+    assert ("note: profile cpu-2core trains the trials of modular-addition one by one, not batched "
+            "(measured faster there; --trial-batch N batches them anyway)") in capsys.readouterr().err
