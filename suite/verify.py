@@ -18,6 +18,7 @@ import pandas as pd
 from suite import batched, cluster, profiles, registry, results, runner, seeding
 from suite.entry import check_runnable, load_entry
 from suite.loop import NotApplicable, Trainer, torch_threads
+from suite.task import Task
 
 # The profiles are deterministic, so a rerun on the same kind of machine matches to the last
 # bit; another CPU model or BLAS may differ in the last digits, which a steps-to-target value
@@ -201,12 +202,7 @@ def not_applicable_reason(folder: Path, claim: tuple[str, str, int], *, tier: st
     does: a not-applicable run's claim, checked by building the model, without training.
     `claim`: (task, overrides, seed) of one such run."""
     task_name, overrides, seed = claim
-    prof = profiles.load(profile)
-    prof.apply()
-    entry = load_entry(folder)
-    task = registry.make_task(task_name, tier, config_of(overrides))
-    trainer = Trainer(task, entry.with_hparams({task_name: json.loads(overrides or "{}").get("hparams", {})}),
-                      prof)
+    task, trainer = rerun_trainer(folder, task_name, overrides, tier=tier, profile=profile)
     try:
         with seeding.seeded_host_rngs(seed):
             trainer.make_model(seed, trainer.to_device(task.make_data(seed)))
@@ -305,18 +301,27 @@ def config_of(overrides: str | None) -> dict:
     return {k: v for k, v in json.loads(overrides or "{}").items() if k != "hparams"}
 
 
-def rerun(folder: Path, key: tuple, *, tier: str, profile: str) -> dict[int, tuple[str, dict]]:
-    """Re-run one recorded batch (task, overrides, seeds, networks batched, threads): per
-    seed, the status and metrics. Runs here or on a Dask worker (which applies the profile
-    itself), on the threads the runs recorded (recorded_threads)."""
-    task_name, overrides, seeds, batch_lanes, threads = key
+def rerun_trainer(folder: Path, task_name: str, overrides: str, *, tier: str,
+                  profile: str) -> tuple[Task, Trainer]:
+    """The task and trainer of a recorded run, here or on a Dask worker (which applies the
+    profile itself): the tier's config with the run's --set overrides, the entry with its
+    --hparam ones."""
     prof = profiles.load(profile)
     prof.apply()
     entry = load_entry(folder)
     task = registry.make_task(task_name, tier, config_of(overrides))
     tuned = entry.with_hparams({task_name: json.loads(overrides or "{}").get("hparams", {})})
+    return task, Trainer(task, tuned, prof)
+
+
+def rerun(folder: Path, key: tuple, *, tier: str, profile: str) -> dict[int, tuple[str, dict]]:
+    """Re-run one recorded batch (task, overrides, seeds, networks batched, threads): per
+    seed, the status and metrics. Runs here or on a Dask worker (which applies the profile
+    itself), on the threads the runs recorded (recorded_threads)."""
+    task_name, overrides, seeds, batch_lanes, threads = key
+    task, trainer = rerun_trainer(folder, task_name, overrides, tier=tier, profile=profile)
+    prof = trainer.profile
     plans = [runner.Plan(task, seed, json.loads(overrides or "{}")) for seed in seeds]
-    trainer = Trainer(task, tuned, prof)
     trainer.batch_lanes = batch_lanes
     notes: list[str] = []
     # On a Dask worker, the worker's own threads draw from Python's and numpy's global RNGs;

@@ -159,6 +159,14 @@ def test_only_the_chosen_points_evaluations_are_a_studys_result():
     assert list(tune.chosen_evaluations(runs, {"t": {"lr": 0.2}, "u": {}})["run_id"]) == ["b", "c"]
 
 
+def trial_alone(entry, task: str, hparams: dict):
+    """(trajectory, metrics) of a trial's point on the first tuning seed, run by itself."""
+    plans = runner.make_plans([task], [tune.TUNING_SEED_BASE], "smoke", FAST, {task: hparams})
+    (traj, metrics, _), = runner.execute_batch(plans, Trainer(plans[0].task, load_entry(entry),
+                                                              profiles.load("cpu-2core")))
+    return traj, metrics
+
+
 def study(entry, out, tasks=("deep-linear-modes",), **kwargs):
     return tune.tune(entry, budget=3, tasks=list(tasks), design_seed=1, eval_seeds=2,
                      sets=FAST, out=out, progress=False, **kwargs)
@@ -229,11 +237,7 @@ def test_trials_batched_match_each_trial_run_by_itself(make_entry, tmp_path):
     recorded = json.loads(trials.execution.iloc[0])
     assert recorded["mode"] == "batched" and len(recorded["hparams"]) == 3
     for run_id, part in trials.groupby("run_id"):
-        lr = json.loads(part.hparams.iloc[0])["lr"]
-        plans = runner.make_plans(["teacher-student"], [tune.TUNING_SEED_BASE], "smoke", FAST,
-                                  {"teacher-student": {"lr": lr}})
-        (traj, metrics, _), = runner.execute_batch(plans, Trainer(plans[0].task, load_entry(entry),
-                                                                  profiles.load("cpu-2core")))
+        traj, metrics = trial_alone(entry, "teacher-student", json.loads(part.hparams.iloc[0]))
         assert traj.execution["mode"] == "one-by-one"
         got = part.set_index("metric")["value"]
         for name, value in metrics.items():
@@ -628,10 +632,7 @@ def test_trials_whose_models_differ_beyond_their_parameters_are_not_batched(make
     trials = pd.read_parquet(out / tune.TRIALS / "runs.parquet")
     for _, part in trials.groupby("run_id"):
         cap = json.loads(part.hparams.iloc[0])["cap"]
-        plans = runner.make_plans(["in-context-regression"], [tune.TUNING_SEED_BASE], "smoke", FAST,
-                                  {"in-context-regression": {"cap": cap}})
-        (traj, metrics, _), = runner.execute_batch(plans, Trainer(plans[0].task, load_entry(entry),
-                                                                  profiles.load("cpu-2core")))
+        _, metrics = trial_alone(entry, "in-context-regression", {"cap": cap})
         got = part.set_index("metric")["value"]
         assert got["excess_loss"] == metrics["excess_loss"], (cap, got["excess_loss"], metrics["excess_loss"])
     notes = {json.loads(e).get("note", "") for e in trials.execution}
