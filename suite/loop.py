@@ -25,7 +25,7 @@ import torch
 from torch.nn.parameter import is_lazy
 from torch.optim.lr_scheduler import LRScheduler
 
-from suite import seeding
+from suite import reuse, seeding
 from suite.entry import Entry, EntryCodeError, entry_call
 from suite.profiles import Profile
 from suite.task import Task
@@ -172,70 +172,6 @@ def copy_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer
     memo: dict[int, Any] = {}
     copied = copy_model(model, memo)
     return copied, attribute_copy(optimizer, memo), attribute_copy(schedule, memo)
-
-
-# Every trainable parameter an entry's make_model has returned in this process, held weakly,
-# by its storage: a model returned twice, or built again over the same storage
-# (nn.Parameter(CACHED), Embedding.from_pretrained(CACHED, freeze=False)), is one set of weights
-# for two seeds. A frozen module shared by every model trains nothing, so it is allowed.
-RETURNED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-
-
-def storage_key(tensor: torch.Tensor) -> tuple[str, int]:
-    return str(tensor.device), tensor.untyped_storage().data_ptr()
-
-
-def reused_parameter(model: torch.nn.Module) -> str | None:
-    """The name of a trainable parameter of `model` whose storage belongs to a parameter that
-    make_model returned before (and that still exists), else None; records the model's."""
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad and p.numel()}
-    reused = None
-    for name, p in params.items():
-        other = RETURNED.get(storage_key(p))
-        if other is not None and storage_key(other) == storage_key(p):
-            reused = name
-            break
-    for p in params.values():
-        RETURNED[storage_key(p)] = p
-    return reused
-
-
-# The trainable parameters of the architecture entries' models trained in this process: where
-# each lay and the sum of its final values. A new model whose parameter lies there holding those
-# values starts from trained weights (make_model wrapped a cached tensor that training wrote to).
-# Only parameters that training moved count (BUILT: each returned parameter's sum as built): one
-# that got no gradient holds its initial values, which a fresh build of the same seed has too.
-TRAINED: dict[tuple[str, int, int], float] = {}
-BUILT: dict[int, tuple[weakref.ref, float]] = {}
-
-
-def trained_key(p: torch.Tensor) -> tuple[str, int, int]:
-    return str(p.device), p.data_ptr(), p.numel()
-
-
-def value_sum(p: torch.Tensor) -> float:
-    return float(p.detach().double().sum())
-
-
-def record_built(model: torch.nn.Module) -> None:
-    for p in model.parameters():
-        if p.requires_grad and p.numel():
-            forget = functools.partial(lambda key, _: BUILT.pop(key, None), id(p))  # when p is gone
-            BUILT[id(p)] = (weakref.ref(p, forget), value_sum(p))
-
-
-def record_trained(model: torch.nn.Module) -> None:
-    for p in model.parameters():
-        ref, built = BUILT.get(id(p), (None, None))
-        if ref is not None and ref() is p and value_sum(p) != built:  # moved by training
-            TRAINED[trained_key(p)] = value_sum(p)
-
-
-def trained_parameter(model: torch.nn.Module) -> str | None:
-    """The name of a trainable parameter of `model` holding the final values of one trained
-    before in this process, at the same place, else None."""
-    return next((name for name, p in model.named_parameters() if p.requires_grad and p.numel()
-                 and TRAINED.get(trained_key(p)) == value_sum(p)), None)
 
 
 def data_versions(data: Any) -> dict[str, int]:
@@ -395,8 +331,8 @@ class Trainer:
                 "the meta device (built with device='meta' and never given storage): call "
                 ".to_empty(device='cpu') on it, then initialise its weights with "
                 "torch.nn.init.*(..., generator=generator)")
-        reused = reused_parameter(model) or trained_parameter(model)
-        record_built(model)
+        reused = reuse.returned_before(model) or reuse.trained_before(model)
+        reuse.record_built(model)
         if reused is not None:
             raise ModelError(
                 f"{self.entry.path / 'entry.py'}: make_model returned a model whose parameter "
@@ -557,7 +493,7 @@ class Trainer:
         self.check_data(lanes, versions)
         for lane in lanes:
             if self.run_of(lane).entry.track != "optimizer":
-                record_trained(lane.model)
+                reuse.record_trained(lane.model)
 
     def check_data(self, lanes: list[Lane], versions: list[dict[str, int]]) -> None:
         """Refuse a run whose model changed the task's data in place (`x.div_()` on its input):

@@ -807,14 +807,14 @@ def test_a_parameter_training_never_moved_does_not_count_as_trained():
     seed, which the allocator may place at the same address, holds them too, and was refused
     as "lies where one trained before" (found by a user; here the same tensors stand in for
     the rebuilt ones)."""
-    from suite import loop
+    from suite import reuse
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
-    loop.record_built(model)
+    reuse.record_built(model)
     with torch.no_grad():
         model[0].weight.add_(1.0)  # trained; model[1] got no gradient
-    loop.record_trained(model)
-    assert loop.trained_parameter(model) == "0.weight"
+    reuse.record_trained(model)
+    assert reuse.trained_before(model) == "0.weight"
     with torch.no_grad():
         model[0].weight.sub_(1.0)  # as freshly built again
-    assert loop.trained_parameter(model) is None
+    assert reuse.trained_before(model) is None
