@@ -505,25 +505,41 @@ def plain_attributes(model: nn.Module) -> dict[str, Any]:
     return out
 
 
-def comparable(value: Any) -> Any:
+def comparable(value: Any, depth: int = 0) -> Any:
     """`value` as something == compares faithfully: numbers exactly (NaN equal to NaN),
-    containers by their items, functions and classes by identity (a bound method by its
-    function), any other object by its type alone (its contents cannot be compared safely)."""
+    containers by their items, functions by their code and captured values, classes and
+    builtins by identity, other objects by their type and attributes (a few levels deep; past
+    that, or without attributes, by type alone: their contents cannot be compared safely)."""
+    if depth > 4:
+        return ("instance of", type(value))
+    deeper = functools.partial(comparable, depth=depth + 1)
     if value is None or isinstance(value, bool | int | str | bytes):
         return value
     if isinstance(value, float):
         return ("float", value.hex())
     if isinstance(value, tuple | list):
-        return (type(value).__name__, tuple(comparable(v) for v in value))
+        return (type(value).__name__, tuple(deeper(v) for v in value))
     if isinstance(value, dict):
-        return ("dict", tuple((repr(k), comparable(v)) for k, v in value.items()))
+        return ("dict", tuple((repr(k), deeper(v)) for k, v in value.items()))
     if isinstance(value, functools.partial):
-        return ("partial", id(value.func), comparable(value.args), comparable(value.keywords))
+        return ("partial", deeper(value.func), deeper(value.args), deeper(value.keywords))
     if inspect.ismethod(value):
         return ("method", id(value.__func__))
-    if callable(value) or isinstance(value, type):
+    if inspect.isfunction(value):  # a lambda made per instance: its code and captured values
+        cells = tuple(deeper(cell_value(c)) for c in value.__closure__ or ())
+        return ("function", id(value.__code__), cells, deeper(value.__defaults__))
+    if isinstance(value, type) or inspect.isbuiltin(value) or inspect.ismodule(value):
         return ("object", id(value))
-    return ("instance of", type(value))
+    if isinstance(value, torch.Tensor) or not hasattr(value, "__dict__"):
+        return ("instance of", type(value))
+    return ("instance", type(value), deeper(vars(value)))  # x-transformers' always(value), a config
+
+
+def cell_value(cell) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a cell not filled yet
+        return "(empty cell)"
 
 
 def attribute_difference(models: list[nn.Module]) -> str | None:

@@ -771,3 +771,30 @@ def test_hooks_run_as_one_by_one_or_the_batch_is_refused(code, refusal, make_ent
             assert_same_run(reference, traj)
         else:
             assert traj.curves == reference.curves
+
+
+def test_models_that_differ_beyond_their_parameters_are_told_apart_and_others_not():
+    """The batch runs one model's forward for all: attributes the forward reads must agree.
+    Objects made per model that are equal in what they hold (a lambda over the same value,
+    x-transformers' `always(value)`) must not refuse a batch (it refused xt's models at first)."""
+    from suite.batched import attribute_difference
+
+    class Always:
+        def __init__(self, value):
+            self.value = value
+
+        def __call__(self, *args):
+            return self.value
+
+    class Net(nn.Module):
+        def __init__(self, cap, scale=1.0):
+            super().__init__()
+            self.read = nn.Linear(3, 1)
+            self.cap, self.mix = cap, Always(scale)
+            self.act = (lambda c: (lambda x: c * torch.tanh(x / c)))(cap)
+
+    assert attribute_difference([Net(1.0), Net(1.0)]) is None
+    assert attribute_difference([Net(float("nan")), Net(float("nan"))]) is None
+    said = attribute_difference([Net(1.0), Net(2.0)])
+    assert said.startswith("the runs' models differ beyond their parameters: ")
+    assert attribute_difference([Net(1.0, scale=1.0), Net(1.0, scale=0.5)]) is not None  # inside Always
