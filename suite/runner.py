@@ -171,10 +171,8 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
     runs = [trainer.with_entry(e) for e in entries] if own else [trainer] * len(plans)
     if len(plans) == 1:
         outcome = execute(plans[0], trainer)
-        execution = outcome[0].execution or {}
-        if execution.get("networks") == "one by one" and "note" in execution:  # said, as below
-            notes(f"note: {plans[0].task.name}: seed {plans[0].seed}: its networks train one after "
-                  f"another, not batched: {execution['note']}")
+        if note := refused_networks_note(plans[0].task.name, [plans[0].seed], outcome[0].execution):
+            notes(note)
         return [outcome]
     task, seeds = plans[0].task, [p.seed for p in plans]
     # The steps check between evaluations; this checks the whole batch, make_optimizer and
@@ -189,9 +187,8 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
             for traj in trajs:
                 traj.execution = networks_refused(
                     {"mode": "procedure", "seeds": seeds, "networks": "side by side"}, trainer)
-            if trainer.lanes_refused is not None:  # said, as a refused batch of seeds is
-                notes(f"note: {task.name}: {which_runs(seeds)}: their networks train "
-                      f"one after another, not batched: BatchingUnsupported: {trainer.lanes_refused}")
+            if note := refused_networks_note(task.name, seeds, trajs[0].execution):
+                notes(note)
         check_host_rngs(host)
         if own:  # a study's trials: each run's hyperparameters for this task, in batch order
             for traj in trajs:
@@ -219,10 +216,21 @@ def execute_batch(plans: list[Plan], trainer: Trainer, notes: Callable[[str], No
     return [finish(plan, traj) for plan, traj in zip(plans, trajs, strict=True)]
 
 
+def refused_networks_note(task_name: str, seeds: list[int], execution: dict | None) -> str | None:
+    """The console note of a procedure whose networks trained one after another because their
+    batch was refused (its execution record says so and why), as a refused batch of seeds has."""
+    if not execution or execution.get("networks") != "one by one" or "note" not in execution:
+        return None
+    whose = "its" if len(seeds) == 1 else "their"
+    return (f"note: {task_name}: {which_runs(seeds)}: {whose} networks train one after another, "
+            f"not batched: {execution['note']}")
+
+
 def which_runs(seeds: list[int]) -> str:
-    """'seeds 0, 1', or for runs sharing a seed (a study's trials) '4 runs (trials) of seed 1000000'."""
+    """'seed 1', 'seeds 0, 1', or for runs sharing a seed (a study's trials) '4 runs (trials) of
+    seed 1000000'."""
     if len(set(seeds)) == len(seeds):
-        return f"seeds {', '.join(map(str, seeds))}"
+        return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
     shared = sorted(set(seeds))
     return f"{len(seeds)} runs (trials) of seed{'s' if len(shared) > 1 else ''} {', '.join(map(str, shared))}"
 
