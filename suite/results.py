@@ -19,12 +19,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -231,6 +233,16 @@ def read_arrow(path: Path, *, max_rows: int | None = None, max_bytes: int | None
     except (pa.ArrowException, OSError, UnicodeDecodeError) as err:
         raise ResultsError(f"{path}: corrupt content ({one_line(err)}); delete it and rerun "
                            "`ldbench run`") from None
+
+
+def read_json(path: Path, fix: str) -> Any:
+    """A JSON file ldbench wrote (a study's record), parsed; ResultsError naming the file, why
+    and `fix` when it cannot be read or parsed (a merge conflict, a hand edit, a truncation)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise ResultsError(f"{path}: unreadable ({why}); {fix}") from None
 
 
 def one_line(err: BaseException) -> str:

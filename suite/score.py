@@ -292,11 +292,11 @@ def result_files(folder: Path, name: str, tier: str, budget: int | None,
 
 def read_tuned(tuned_file: Path) -> dict[str, dict]:
     """A study's chosen hyperparameters per task (tuned.json)."""
+    written = results.read_json(tuned_file, "rerun `ldbench tune`")
     try:
-        tuned = json.loads(tuned_file.read_text(encoding="utf-8"))["tuned"]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
-        why = "nested too deeply" if isinstance(err, RecursionError) else err
-        raise results.ResultsError(f"{tuned_file}: unreadable ({why}); rerun `ldbench tune`") from None
+        tuned = written["tuned"]
+    except (KeyError, TypeError) as err:
+        raise results.ResultsError(f"{tuned_file}: unreadable ({err}); rerun `ldbench tune`") from None
     if not isinstance(tuned, dict) or not all(isinstance(v, dict) for v in tuned.values()):
         raise results.ResultsError(f"{tuned_file}: 'tuned' is not a table per task; rerun `ldbench tune`")
     odd = [f"{task}.{name} = {value!r}" for task, values in tuned.items() for name, value in values.items()

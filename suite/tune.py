@@ -133,11 +133,7 @@ def read_study(folder: Path) -> dict:
     hand edit) is named in one line, never a traceback or a study read as empty."""
     path = Path(folder) / STUDY_FILE
     fix = "restore it (git checkout), or delete the study folder and rerun `ldbench tune`"
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as err:
-        why = "nested too deeply" if isinstance(err, RecursionError) else err
-        raise results.ResultsError(f"{path}: unreadable ({why}); {fix}") from None
+    spec = results.read_json(path, fix)
     shapes = {"entry": str, "entry_hash": str, "tier": str, "profile": str, "tasks": dict,
               "tuning_seeds": list, "eval_seeds": list}
     wrong = [key for key, kind in shapes.items() if not isinstance(spec, dict)
@@ -433,13 +429,13 @@ def show(folder: Path) -> tuple[pd.DataFrame, dict]:
 
 def chosen_trials(tuned_file: Path) -> dict[str, int | None]:
     """Each task's chosen trial index in tuned.json (None: no trial reached the target)."""
+    written = results.read_json(tuned_file, "rerun `ldbench tune`")
     try:
-        tasks = json.loads(tuned_file.read_text(encoding="utf-8"))["provenance"]["tasks"]
+        tasks = written["provenance"]["tasks"]
         best = {task: info["best_trial"] for task, info in tasks.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
-        why = "nested too deeply" if isinstance(err, RecursionError) else f"{type(err).__name__}: {err}"
-        raise results.ResultsError(f"{tuned_file}: its provenance is unreadable ({why}); "
-                                   "rerun `ldbench tune`") from None
+    except (KeyError, TypeError, AttributeError) as err:
+        raise results.ResultsError(f"{tuned_file}: its provenance is unreadable ({type(err).__name__}: "
+                                   f"{err}); rerun `ldbench tune`") from None
     odd = [t for t, b in best.items() if b is not None and (isinstance(b, bool) or not isinstance(b, int))]
     if odd:
         raise results.ResultsError(f"{tuned_file}: provenance.tasks.{odd[0]}.best_trial is "
